@@ -1,0 +1,32 @@
+# Two entry points for a fresh clone: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch and torchvision must be the standard (CUDA-capable) pair: the CPU-only torch wheel
+# that some machines pre-seed through pip's find-links cannot load PyPI's torchvision.
+# Installing the pair with find-links and pip config switched off picks the right build.
+TORCH_PAIR := torch==2.13.0 torchvision==0.28.0
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PIP) install -q $(TORCH_PAIR)
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) finetune.py demo --out runs/demo
+
+test: install lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: install
+	$(PY) -m ruff check hv_tune tests bench finetune.py
+
+clean:
+	rm -rf $(VENV) runs

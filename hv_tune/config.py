@@ -1,0 +1,301 @@
+"""Typed configuration: nested dataclasses, YAML loading, dot-path overrides, validation.
+
+Every field is defined once here with its type, default and a one-line doc (the
+``doc`` metadata). ``validate`` runs all cross-field checks and never loads a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from hv_tune.errors import ConfigError
+
+
+def _f(default: Any, doc: str, **kw: Any) -> Any:
+    """A dataclass field with a docstring (``default_factory`` for lists and dicts)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("hunyuan-video", "Model spec to use (a key of hv_tune.models.MODEL_SPECS).")
+    path: str = _f("", "Local diffusers-format model folder, or a hub id (needs network).")
+    revision: str | None = _f(None, "Hub revision when `path` is a hub id.")
+    base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", "Dtype of the frozen base weights; auto = bf16 on GPU, fp32 on CPU."
+    )
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _f(32, "LoRA rank r.")
+    alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = _f(0.0, "Dropout on the LoRA input during training.")
+    targets: Union[str, list[str]] = _f(  # noqa: UP007 (typing.get_type_hints needs Union here)
+        "attn", "Preset `attn` | `all-linear`, or a list of module-name globs (fnmatch)."
+    )
+
+
+@dataclass
+class DataConfig:
+    cache_dir: str = _f("", "Folder of cached latents and text embeddings (output of `cache`).")
+    frame_buckets: list[int] = _f([1, 33], "Frame counts of the buckets; each must be 4k+1.")
+    resolution: int = _f(512, "Target side length in pixels (area = resolution^2); multiple of 16.")
+    num_workers: int = _f(0, "DataLoader workers reading the cache.")
+
+
+@dataclass
+class ObjectiveConfig:
+    timestep_sampling: Literal["uniform", "logit_normal"] = _f(
+        "logit_normal", "How training sigmas are drawn."
+    )
+    logit_mean: float = _f(0.0, "Mean of the normal before the sigmoid (logit_normal).")
+    logit_std: float = _f(1.0, "Std of the normal before the sigmoid (logit_normal).")
+    shift: float = _f(1.0, "Sigma shift s: sigma' = s*sigma / (1 + (s-1)*sigma). 1.0 = none.")
+    loss_weighting: Literal["none", "sigma_sqrt", "cosmap", "logit_normal", "mode"] = _f(
+        "none", "Per-sample loss weight as a function of sigma (SD3 schemes)."
+    )
+    mode_scale: float = _f(1.29, "Scale of the `mode` weighting (SD3 default).")
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int = _f(1000, "Optimizer steps to train.")
+    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    seed: int = _f(42, "Seed for data order, noise, sigmas and LoRA init.")
+    checkpoint_every: int = _f(250, "Save a resumable checkpoint every N steps (0 = never).")
+    checkpoints_to_keep: int = _f(3, "Keep only the last N checkpoints.")
+    guidance_scale: float = _f(1.0, "Embedded guidance; the transformer gets guidance_scale * 1000.")
+    batch_size: int = _f(1, "Items per batch per process (one bucket per batch).")
+    gradient_accumulation_steps: int = _f(1, "Batches accumulated per optimizer step.")
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0 = no clipping).")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f(
+        "auto", "Autocast precision; auto = bf16 on GPU, no on CPU."
+    )
+    gradient_checkpointing: bool = _f(True, "Recompute transformer block activations in backward.")
+    optimizer: Literal["adamw", "adamw8bit"] = _f("adamw", "AdamW, or 8-bit AdamW (bitsandbytes, GPU).")
+    weight_decay: float = _f(1e-4, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
+    lr_scheduler: Literal["constant", "cosine"] = _f("constant", "Schedule after warmup.")
+    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to learning_rate.")
+    log_every: int = _f(1, "Log loss, lr and grad norm to TensorBoard every N steps.")
+
+
+@dataclass
+class Config:
+    output_dir: str = _f("runs/hv-lora", "Where the LoRA, checkpoints, logs and the resolved config go.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config, apply ``a.b=value`` overrides, and validate.
+
+    Raises:
+        ConfigError: on unreadable YAML, unknown keys, wrong types or bad values.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {path}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = from_dict(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value (e.g. lora.rank=32)")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from a dict, checking keys and types (recursively)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            full = prefix + str(key)
+            valid = [prefix + n for n in names]
+            close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key {full!r}{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, raw[name] or {}, prefix + name + ".")
+        else:
+            kwargs[name] = _coerce(raw[name], tp, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = " | ".join(map(str, typing.get_args(tp)))
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {choices}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key {key!r}: {value!r} does not fit {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key {key!r}: expected null, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"config key {key!r}: expected an integer, got {value!r}")
+    if not isinstance(value, tp):
+        raise ConfigError(f"config key {key!r}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain data (what ``save_config`` writes)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from hv_tune.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """Map of every dot-path key to its one-line doc (used by docs and tests)."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_docs(hints[f.name], prefix + f.name + "."))
+        else:
+            out[prefix + f.name] = f.metadata.get("doc", "")
+    return out
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def is_hub_id(path: str) -> bool:
+    """True for ``owner/name`` strings that are not an existing local path."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path)) and not Path(path).exists()
+
+
+def validate(cfg: Config) -> None:
+    """All value and cross-field checks. Runs before any model is loaded.
+
+    Raises:
+        ConfigError: naming the first bad key and what to do.
+    """
+    m, lo, d, o, t = cfg.model, cfg.lora, cfg.data, cfg.objective, cfg.training
+    checks: list[tuple[bool, str, str]] = [
+        (bool(m.path), "model.path", "is required: a diffusers-format model folder or a hub id"),
+        (lo.rank >= 1, "lora.rank", f"must be >= 1 (got {lo.rank})"),
+        (lo.alpha > 0, "lora.alpha", f"must be > 0 (got {lo.alpha})"),
+        (0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1) (got {lo.dropout})"),
+        (not isinstance(lo.targets, list) or len(lo.targets) > 0, "lora.targets", "must not be an empty list"),
+        (bool(d.frame_buckets), "data.frame_buckets", "must list at least one frame count"),
+        (d.resolution > 0 and d.resolution % 16 == 0, "data.resolution", f"must be a positive multiple of 16 (got {d.resolution})"),
+        (d.num_workers >= 0, "data.num_workers", f"must be >= 0 (got {d.num_workers})"),
+        (o.logit_std > 0, "objective.logit_std", f"must be > 0 (got {o.logit_std})"),
+        (o.shift > 0, "objective.shift", f"must be > 0 (got {o.shift})"),
+        (t.max_steps >= 1, "training.max_steps", f"must be >= 1 (got {t.max_steps})"),
+        (t.learning_rate > 0, "training.learning_rate", f"must be > 0 (got {t.learning_rate})"),
+        (t.checkpoint_every >= 0, "training.checkpoint_every", f"must be >= 0 (got {t.checkpoint_every})"),
+        (t.checkpoints_to_keep >= 1, "training.checkpoints_to_keep", f"must be >= 1 (got {t.checkpoints_to_keep})"),
+        (t.guidance_scale >= 0, "training.guidance_scale", f"must be >= 0 (got {t.guidance_scale})"),
+        (t.batch_size >= 1, "training.batch_size", f"must be >= 1 (got {t.batch_size})"),
+        (t.gradient_accumulation_steps >= 1, "training.gradient_accumulation_steps", "must be >= 1"),
+        (t.max_grad_norm >= 0, "training.max_grad_norm", f"must be >= 0 (got {t.max_grad_norm})"),
+        (t.lr_warmup_steps >= 0, "training.lr_warmup_steps", f"must be >= 0 (got {t.lr_warmup_steps})"),
+        (t.log_every >= 1, "training.log_every", f"must be >= 1 (got {t.log_every})"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} {msg}")
+    for i, n in enumerate(d.frame_buckets):
+        if n < 1 or (n - 1) % 4 != 0:
+            raise ConfigError(
+                f"config key 'data.frame_buckets[{i}]' must be a 4k+1 frame count (1, 5, ..., 33, 65); got {n}"
+            )
+    if not is_hub_id(m.path) and not Path(m.path).expanduser().is_dir():
+        raise ConfigError(
+            f"config key 'model.path': folder {m.path!r} does not exist; "
+            "point it at a diffusers-format model folder (or run `finetune.py tiny-model DIR`)"
+        )
+    if isinstance(lo.targets, str) and lo.targets not in LORA_PRESET_NAMES:
+        raise ConfigError(
+            f"config key 'lora.targets': unknown preset {lo.targets!r}; use one of "
+            f"{', '.join(LORA_PRESET_NAMES)} or a list of module-name globs"
+        )
+    if t.optimizer == "adamw8bit":
+        _check_bitsandbytes()
+
+
+LORA_PRESET_NAMES = ("attn", "all-linear")
+
+
+def _check_bitsandbytes() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "config key 'training.optimizer': adamw8bit needs bitsandbytes and a CUDA GPU; "
+            "install it with `pip install -e .[gpu]` or set training.optimizer=adamw"
+        )

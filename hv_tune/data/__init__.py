@@ -1,0 +1,1 @@
+"""Data path: cache format (written by `cache`), the cached dataset and batch order."""

@@ -1,0 +1,83 @@
+"""The contract between a base model and the rest of hv-tune.
+
+The trainer, cache and (later) merge code only talk to a ``ModelSpec``; they never
+import a model family's diffusers classes. Adding Wan or LTX-Video means one new file
+implementing this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextEncoders:
+    """Tokenizers and encoders of one model, loaded together and freed together."""
+
+    tokenizer: Any
+    text_encoder: nn.Module
+    tokenizer_2: Any
+    text_encoder_2: nn.Module
+
+
+@dataclass
+class LoadOptions:
+    """Where a model comes from and in which dtype it is loaded."""
+
+    path: str
+    dtype: torch.dtype = torch.float32
+    revision: str | None = None
+
+
+class ModelSpec(Protocol):
+    """What hv-tune needs to know about one base model family."""
+
+    name: str
+    #: preset name -> regular expressions matched (fullmatch) against module names
+    lora_presets: Mapping[str, tuple[str, ...]]
+    vae_scale_factor_temporal: int
+    vae_scale_factor_spatial: int
+
+    def load_transformer(self, opts: LoadOptions) -> nn.Module: ...
+
+    def load_vae(self, opts: LoadOptions) -> nn.Module: ...
+
+    def load_text_encoders(self, opts: LoadOptions) -> TextEncoders: ...
+
+    def load_vae_config(self, opts: LoadOptions) -> Mapping[str, Any]:
+        """The VAE's config (its ``scaling_factor`` maps posteriors to training latents)."""
+        ...
+
+    def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
+        """Prompt embeddings exactly as the reference pipeline computes them."""
+        ...
+
+    def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """VAE posterior (``latent_mean``, ``latent_logvar``) of pixels in [-1, 1]."""
+        ...
+
+    def sample_latents(
+        self, vae_config: Mapping[str, Any], mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """A fresh posterior sample, scaled into the transformer's latent space."""
+        ...
+
+    def transformer_inputs(
+        self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the transformer's forward for one training batch."""
+        ...
+
+    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], lora_config: Any) -> Path:
+        """Write the adapter in diffusers format (with its PEFT config as metadata)."""
+        ...
+
+    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+        """Write a tiny random model folder in the real on-disk format."""
+        ...

@@ -1,0 +1,187 @@
+"""HunyuanVideo (diffusers layout) as a ``ModelSpec``.
+
+Text encoding mirrors ``HunyuanVideoPipeline.encode_prompt`` (DESIGN.md §3): the prompt
+goes into an LLM template, the template's first ``crop_start`` tokens are cropped after
+encoding, embeddings are ``hidden_states[-3]`` (skip 2 layers, no final norm), 256 text
+tokens after the crop; CLIP-L gives ``pooler_output`` at 77 tokens. diffusers imports are
+local so that importing the registry stays cheap (config checks run before any of this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
+from hv_tune.models.base import LoadOptions, TextEncoders
+
+VIDEO_TEMPLATE = {
+    "template": (
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+        "1. The main content and theme of the video."
+        "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+        "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+        "4. background environment, light, style and atmosphere."
+        "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+    "crop_start": 95,
+}
+# Tencent's image template (used for 1-frame items), crop 36.
+IMAGE_TEMPLATE = {
+    "template": (
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
+        "texture, quantity, text, spatial relationship of the objects and background:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+    "crop_start": 36,
+}
+LLM_MAX_TOKENS = 256
+LLM_SKIP_LAYERS = 2
+CLIP_MAX_TOKENS = 77
+
+_DOUBLE_ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
+_SINGLE_ATTN = r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)"
+_DOUBLE_MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
+_SINGLE_MLP = r"single_transformer_blocks\.\d+\.(proj_mlp|proj_out)"
+
+
+def template_for(num_frames: int) -> dict[str, Any]:
+    """Video template for clips, image template for 1-frame items."""
+    return IMAGE_TEMPLATE if num_frames == 1 else VIDEO_TEMPLATE
+
+
+class HunyuanVideoSpec:
+    """HunyuanVideo T2V: transformer, 3D causal VAE, Llama + CLIP-L text encoders."""
+
+    name = "hunyuan-video"
+    lora_presets: Mapping[str, tuple[str, ...]] = {
+        "attn": (_DOUBLE_ATTN, _SINGLE_ATTN),
+        "all-linear": (_DOUBLE_ATTN, _SINGLE_ATTN, _DOUBLE_MLP, _SINGLE_MLP),
+    }
+    vae_scale_factor_temporal = 4
+    vae_scale_factor_spatial = 8
+
+    # ------------------------------------------------------------------ loading
+
+    def load_transformer(self, opts: LoadOptions) -> nn.Module:
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        return HunyuanVideoTransformer3DModel.from_pretrained(
+            opts.path, subfolder="transformer", dtype=opts.dtype, revision=opts.revision
+        )
+
+    def load_vae(self, opts: LoadOptions) -> nn.Module:
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        return AutoencoderKLHunyuanVideo.from_pretrained(
+            opts.path, subfolder="vae", dtype=opts.dtype, revision=opts.revision
+        )
+
+    def load_vae_config(self, opts: LoadOptions) -> Mapping[str, Any]:
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        return dict(AutoencoderKLHunyuanVideo.load_config(opts.path, subfolder="vae", revision=opts.revision))
+
+    def load_text_encoders(self, opts: LoadOptions) -> TextEncoders:
+        # AutoTokenizer honours tokenizer_config.json; the Llama-3 tokenizer is byte-level BPE,
+        # which transformers' LlamaTokenizer class (Metaspace) would mis-tokenize.
+        from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
+
+        kw = {"revision": opts.revision}
+        return TextEncoders(
+            tokenizer=AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+            text_encoder=LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
+            tokenizer_2=AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+            text_encoder_2=CLIPTextModel.from_pretrained(
+                opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw
+            ),
+        )
+
+    # ------------------------------------------------------------------ encoding
+
+    @torch.no_grad()
+    def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
+        """LLM hidden states + mask (video or image template) and CLIP pooled output.
+
+        Returns:
+            ``prompt_embeds`` [B, 256, D_llm], ``prompt_attention_mask`` [B, 256] (int64),
+            ``pooled_prompt_embeds`` [B, D_clip].
+        """
+        tpl = template_for(num_frames)
+        crop = tpl["crop_start"]
+        device = enc.text_encoder.device
+        llm_in = enc.tokenizer(
+            [tpl["template"].format(p) for p in prompts],
+            max_length=LLM_MAX_TOKENS + crop,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+            return_attention_mask=True,
+        )
+        hidden = enc.text_encoder(
+            input_ids=llm_in.input_ids.to(device),
+            attention_mask=llm_in.attention_mask.to(device),
+            output_hidden_states=True,
+        ).hidden_states[-(LLM_SKIP_LAYERS + 1)]
+        clip_ids = enc.tokenizer_2(
+            prompts, padding="max_length", max_length=CLIP_MAX_TOKENS, truncation=True, return_tensors="pt"
+        ).input_ids
+        pooled = enc.text_encoder_2(clip_ids.to(enc.text_encoder_2.device), output_hidden_states=False).pooler_output
+        return {
+            "prompt_embeds": hidden[:, crop:],  # [B, crop + 256, D] -> [B, 256, D]
+            "prompt_attention_mask": llm_in.attention_mask[:, crop:],
+            "pooled_prompt_embeds": pooled,
+        }
+
+    @torch.no_grad()
+    def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
+        dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+        return {"latent_mean": dist.mean.float(), "latent_logvar": dist.logvar.float()}
+
+    def sample_latents(
+        self, vae_config: Mapping[str, Any], mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """``(mean + exp(logvar / 2) * eps) * scaling_factor``, eps drawn on the CPU."""
+        eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device)
+        return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
+
+    def transformer_inputs(
+        self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
+    ) -> dict[str, torch.Tensor]:
+        """Inputs as ``HunyuanVideoPipeline`` builds them (mask and guidance in the model dtype)."""
+        dtype = text["prompt_embeds"].dtype
+        b = noisy.shape[0]
+        return {
+            "hidden_states": noisy.to(dtype),
+            "timestep": timesteps_from_sigmas(sigma).to(noisy.device, torch.float32),
+            "encoder_hidden_states": text["prompt_embeds"],
+            "encoder_attention_mask": text["prompt_attention_mask"].to(dtype),
+            "pooled_projections": text["pooled_prompt_embeds"],
+            "guidance": guidance_tensor(guidance_scale, b).to(noisy.device, dtype),
+            "return_dict": False,
+        }
+
+    # ------------------------------------------------------------------ LoRA
+
+    def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], lora_config: Any) -> Path:
+        """``pytorch_lora_weights.safetensors`` via diffusers, with the adapter metadata."""
+        from diffusers import HunyuanVideoPipeline
+
+        HunyuanVideoPipeline.save_lora_weights(
+            save_directory=str(out_dir),
+            transformer_lora_layers=state_dict,
+            transformer_lora_adapter_metadata=lora_config.to_dict(),
+        )
+        return Path(out_dir) / "pytorch_lora_weights.safetensors"
+
+    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+        from hv_tune.models.tiny_hunyuan import build_tiny_hunyuan_video
+
+        return build_tiny_hunyuan_video(Path(out_dir), seed=seed)
+

@@ -1,0 +1,1 @@
+"""The training loop (trainer), its loss step, optimizer/schedule and checkpoints."""
