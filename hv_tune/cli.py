@@ -61,8 +61,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hv_tune.training.trainer import train
 
     cfg = load_config(args.config, args.overrides)
-    path = train(cfg, resume=args.resume)
-    print(f"LoRA written to {path}")
+    result = train(cfg, resume=args.resume)
+    print(f"LoRA written to {result.lora_path}")
 
 
 def _parse_lora(spec: str) -> tuple[str, float]:

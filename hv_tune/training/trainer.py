@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,17 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def train(cfg: Config, resume: str | bool | None = None) -> Path:
-    """Train a LoRA as configured; returns the path of the saved LoRA file.
+@dataclass
+class TrainResult:
+    """Where the LoRA went, and this process's final adapter weights (float32, CPU)."""
+
+    lora_path: Path
+    adapter: dict[str, torch.Tensor]
+    steps: int
+
+
+def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
+    """Train a LoRA as configured and save it as ``output_dir/pytorch_lora_weights.safetensors``.
 
     Args:
         resume: ``True`` resumes from the newest checkpoint in ``output_dir`` (if any),
@@ -59,7 +69,8 @@ def train(cfg: Config, resume: str | bool | None = None) -> Path:
         save_config(cfg, out / "config.yaml")
     loop = TrainLoop(cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts)
     loop.run(state)
-    return finish(spec, accelerator, transformer, lora_cfg, out)
+    adapter = lora_state_dict(accelerator.unwrap_model(transformer))
+    return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out), adapter, state.step)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -132,11 +143,10 @@ def restore(path: Path, cfg: Config, accelerator: Any, transformer: Any, optimiz
     return ckpt.state
 
 
-def finish(spec: ModelSpec, accelerator: Any, transformer: Any, lora_cfg: Any, out: Path) -> Path:
+def finish(spec: ModelSpec, accelerator: Any, adapter: dict[str, torch.Tensor], lora_cfg: Any, out: Path) -> Path:
     """Save the final LoRA in diffusers format (atomically) and close the trackers."""
     final = out / LORA_FILE
     if accelerator.is_main_process:
-        adapter = lora_state_dict(accelerator.unwrap_model(transformer))
         with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-lora-") as tmp:
             written = spec.save_lora(Path(tmp), adapter, lora_cfg)
             os.replace(written, final)

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny random HunyuanVideo on disk and small caches built through our code."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hv_tune.data.cache import CacheEntry, write_index, write_latent, write_text  # noqa: E402
+from hv_tune.data.demo import demo_clips  # noqa: E402
+from hv_tune.data.encode import cache_clips  # noqa: E402
+from hv_tune.models import LoadOptions, get_spec  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def spec():
+    return get_spec("hunyuan-video")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, spec) -> Path:
+    """A tiny random model folder written by the same code as `finetune.py tiny-model`."""
+    return spec.build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory, spec, tiny_model) -> Path:
+    """A cache of 6 generated 5-frame 32x32 clips, encoded by our cache code."""
+    out = tmp_path_factory.mktemp("cache")
+    cache_clips(spec, LoadOptions(str(tiny_model)), demo_clips(6, 5, 32, 32), out, "cpu")
+    return out
+
+
+def write_fixed_latent_cache(spec, model: Path, out: Path, latents: list[torch.Tensor], prompts: list[str]) -> Path:
+    """A cache whose posteriors are (almost) deterministic: mean = latent, logvar = -30."""
+    enc = spec.load_text_encoders(LoadOptions(str(model)))
+    entries = []
+    for i, (lat, prompt) in enumerate(zip(latents, prompts)):
+        frames = (lat.shape[1] - 1) * 4 + 1
+        text = spec.encode_text(enc, [prompt], frames)
+        t_rel = write_text(out, f"t{i}", {k: v[0] for k, v in text.items()})
+        l_rel = write_latent(out, f"l{i}", {"latent_mean": lat, "latent_logvar": torch.full_like(lat, -30.0)})
+        entries.append(CacheEntry(f"item{i}", l_rel, [t_rel], frames, lat.shape[2] * 8, lat.shape[3] * 8, [prompt]))
+    write_index(out, entries)
+    return out
+
+
+def train_overrides(model: Path, cache: Path, out: Path, **extra) -> list[str]:
+    base = {
+        "model.path": str(model),
+        "data.cache_dir": str(cache),
+        "output_dir": str(out),
+        "lora.rank": 4,
+        "lora.alpha": 2,
+        "training.max_steps": 6,
+        "training.learning_rate": 1e-3,
+        "training.checkpoint_every": 0,
+        "training.batch_size": 2,
+        "training.lr_warmup_steps": 0,
+        "data.frame_buckets": [5],
+        "data.resolution": 32,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

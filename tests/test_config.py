@@ -1,0 +1,112 @@
+"""Config loading, overrides and validation: bad values fail before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hv_tune.cli import main
+from hv_tune.config import Config, field_docs, load_config
+from hv_tune.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    d = tmp_path / "model"  # exists, but is no model: loading it would fail differently
+    d.mkdir()
+    return d
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads(path, model_dir):
+    cfg = load_config(path, [f"model.path={model_dir}"])
+    assert isinstance(cfg, Config)
+    assert cfg.training.guidance_scale == 1.0
+
+
+def test_every_shipped_config_is_commented_key_by_key():
+    for path in SHIPPED:
+        for line in path.read_text().splitlines():
+            if ":" in line and not line.strip().startswith("#") and not line.rstrip().endswith(":"):
+                assert "#" in line, f"{path.name}: key without a comment: {line!r}"
+
+
+def test_required_keys_exist_with_their_names():
+    docs = field_docs()
+    for key in [
+        "model.path", "output_dir", "lora.rank", "lora.alpha", "lora.targets", "training.max_steps",
+        "training.learning_rate", "training.seed", "training.checkpoint_every", "training.guidance_scale",
+    ]:
+        assert key in docs and docs[key], key
+
+
+def test_overrides_are_typed(model_dir):
+    cfg = load_config(None, [f"model.path={model_dir}", "lora.rank=8", "lora.alpha=4", "lora.targets=[a.*]",
+                             "training.learning_rate=3e-4", "data.frame_buckets=[1,33,65]"])
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets) == (8, 4.0, ["a.*"])
+    assert cfg.training.learning_rate == pytest.approx(3e-4)
+    assert cfg.data.frame_buckets == [1, 33, 65]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("lora.rank=0", "lora.rank"),
+        ("training.learning_rate=0", "training.learning_rate"),
+        ("training.learning_rate=-1e-4", "training.learning_rate"),
+        ("data.frame_buckets=[1,32]", "data.frame_buckets[1]"),
+        ("lora.targets=everything", "lora.targets"),
+        ("training.max_steps=abc", "training.max_steps"),
+        ("objective.loss_weighting=huber", "objective.loss_weighting"),
+    ],
+)
+def test_bad_values_name_the_key(override, key, model_dir):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [f"model.path={model_dir}", override])
+
+
+def test_unknown_key_suggests_closest(model_dir):
+    with pytest.raises(ConfigError, match=r"'lora.rnak'.*did you mean 'lora.rank'"):
+        load_config(None, [f"model.path={model_dir}", "lora.rnak=4"])
+    with pytest.raises(ConfigError, match=r"'trainig'.*did you mean 'training'"):
+        load_config(None, [f"model.path={model_dir}", "trainig.max_steps=4"])
+
+
+def test_model_path_missing_or_absent():
+    with pytest.raises(ConfigError, match="'model.path' is required"):
+        load_config(None, [])
+    with pytest.raises(ConfigError, match="'model.path'.*does not exist"):
+        load_config(None, ["model.path=./no/such/model"])
+    # a hub id is accepted here and resolved when loading
+    assert load_config(None, ["model.path=hunyuanvideo-community/HunyuanVideo"]).model.path
+
+
+@pytest.mark.parametrize("override, key", [("lora.rank=0", "lora.rank"), ("data.frame_buckets=[16]", "frame_buckets"),
+                                           ("training.learning_rate=0", "learning_rate"), ("lora.rnak=4", "lora.rank")])
+def test_cli_fails_before_loading_models(override, key, model_dir, capsys):
+    # model.path is an empty folder: had the trainer tried to load it, the error would be a load error
+    cfg = REPO / "configs" / "demo_tiny.yaml"
+    code = main(["train", "--config", str(cfg), f"model.path={model_dir}", override])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert key in err and "config key" in err
+
+
+def test_cli_missing_cache_names_the_folder(model_dir, tmp_path, capsys):
+    cfg = REPO / "configs" / "demo_tiny.yaml"
+    code = main(["train", "--config", str(cfg), f"model.path={model_dir}", f"data.cache_dir={tmp_path / 'nocache'}"])
+    assert code == 2
+    assert "nocache" in capsys.readouterr().err
+
+
+def test_adamw8bit_without_bitsandbytes_says_what_to_do(model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    with pytest.raises(ConfigError, match=r"training.optimizer.*bitsandbytes.*optimizer=adamw"):
+        load_config(None, [f"model.path={model_dir}", "training.optimizer=adamw8bit"])
