@@ -173,10 +173,12 @@ class HunyuanVideoSpec:
         """``pytorch_lora_weights.safetensors`` via diffusers, with the adapter metadata."""
         from diffusers import HunyuanVideoPipeline
 
+        # PEFT keeps target_modules as a set: sort it so the file is byte-identical across runs
+        metadata = {k: sorted(v) if isinstance(v, set) else v for k, v in lora_config.to_dict().items()}
         HunyuanVideoPipeline.save_lora_weights(
             save_directory=str(out_dir),
             transformer_lora_layers=state_dict,
-            transformer_lora_adapter_metadata=lora_config.to_dict(),
+            transformer_lora_adapter_metadata=metadata,
         )
         return Path(out_dir) / "pytorch_lora_weights.safetensors"
 

@@ -20,7 +20,14 @@ from hv_tune.config import Config, save_config
 from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import ConfigError, DataError, TrainingError
-from hv_tune.lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_dict, peft_config, resolve_targets
+from hv_tune.lora import (
+    add_lora,
+    load_lora_state_dict,
+    lora_parameters,
+    lora_state_dict,
+    peft_config,
+    resolve_targets,
+)
 from hv_tune.models import LoadOptions, ModelSpec, get_spec
 from hv_tune.training.checkpoint import (
     TrainerState,

@@ -1,0 +1,35 @@
+"""Every verb has --help; the entry point exits non-zero with a readable message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+VERBS = ["tiny-model", "train", "sample", "demo"]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, str(REPO / "finetune.py"), *args], capture_output=True, text=True)
+
+
+def test_help_lists_verbs():
+    out = _run("--help")
+    assert out.returncode == 0
+    for verb in VERBS:
+        assert verb in out.stdout
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb):
+    out = _run(verb, "--help")
+    assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_bad_config_exits_2_without_traceback(tmp_path):
+    out = _run("train", "--config", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2
+    assert "missing.yaml" in out.stderr and "Traceback" not in out.stderr
