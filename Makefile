@@ -26,7 +26,7 @@ test: install lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
 
 lint: install
-	$(PY) -m ruff check hv_tune tests bench finetune.py
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) runs
