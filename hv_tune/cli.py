@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. lora.rank=16")
 
+    c = sub.add_parser("cache", help="encode data.sources into data.cache_dir (latents + text embeddings)")
+    c.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
+    c.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
     s = sub.add_parser("sample", help="generate a preview video with diffusers' HunyuanVideoPipeline")
     s.add_argument("--model", required=True, help="diffusers-format model folder or hub id")
     s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA file, repeatable")
@@ -65,6 +69,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"LoRA written to {result.lora_path}")
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from hv_tune.config import load_config
+    from hv_tune.data.encode import build_cache
+    from hv_tune.models import get_spec
+
+    cfg = load_config(args.config, args.overrides)
+    device = "cuda" if _cuda() else "cpu"
+    print(build_cache(get_spec(cfg.model.name), cfg, device).table())
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _parse_lora(spec: str) -> tuple[str, float]:
     path, _, scale = spec.rpartition(":") if spec.rsplit(":", 1)[-1].replace(".", "", 1).isdigit() else (spec, "", "1")
     if not Path(path).is_file():
@@ -94,7 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, DEMO_CONFIG, args.overrides)
 
 
-COMMANDS = {"tiny-model": cmd_tiny_model, "train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
+COMMANDS = {"tiny-model": cmd_tiny_model, "cache": cmd_cache, "train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,10 +49,38 @@ class LoraConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset input; unset (null) settings fall back to the same key under `data`."""
+
+    path: str = _f("", "Folder of media + .txt captions, curation manifest.jsonl, musubi .jsonl, or .csv.")
+    type: Literal["auto", "folder", "manifest", "jsonl", "csv"] = _f("auto", "Source kind; auto = by path.")
+    repeats: int = _f(1, "How many times each item of this source appears per epoch.")
+    frame_extraction: Literal["head", "uniform", "chunks"] | None = _f(None, "Override of data.frame_extraction.")
+    frame_samples: int | None = _f(None, "Override of data.frame_samples.")
+    trigger_word: str | None = _f(None, "Override of data.trigger_word.")
+    caption_dropout: float | None = _f(None, "Override of data.caption_dropout.")
+    missing_caption: Literal["error", "empty", "filename"] | None = _f(None, "Override of data.missing_caption.")
+
+
+@dataclass
 class DataConfig:
-    cache_dir: str = _f("", "Folder of cached latents and text embeddings (output of `cache`).")
-    frame_buckets: list[int] = _f([1, 33], "Frame counts of the buckets; each must be 4k+1.")
+    cache_dir: str = _f("", "Folder of cached latents and text embeddings (empty = OUTPUT_DIR/cache).")
+    sources: list[SourceConfig] = _f([], "Dataset inputs (see SourceConfig); needed to (re)build the cache.")
+    frame_buckets: list[int] = _f([1, 33], "Frame counts of the buckets; each must be 4k+1 (1 = images).")
     resolution: int = _f(512, "Target side length in pixels (area = resolution^2); multiple of 16.")
+    allow_upscale: bool = _f(False, "Upscale sources smaller than their bucket (else they get a smaller bucket).")
+    fps: float = _f(24.0, "Model frame rate; clips are resampled to it before frames are picked.")
+    frame_extraction: Literal["head", "uniform", "chunks"] = _f(
+        "head", "Windows per clip: head (first), uniform (frame_samples spread out), chunks (consecutive)."
+    )
+    frame_samples: int = _f(1, "Windows per clip for frame_extraction=uniform.")
+    trigger_word: str = _f("", "Prepended to every caption as `trigger, caption` (empty = none).")
+    caption_dropout: float = _f(0.0, "Probability of training an item on the empty prompt.")
+    missing_caption: Literal["error", "empty", "filename"] = _f(
+        "error", "Item without caption: error (skip and report), empty prompt, or the file name."
+    )
+    vae_tiling: bool = _f(False, "Encode with VAE tiling (large frames, less memory).")
+    vae_slicing: bool = _f(False, "Encode batch items one at a time in the VAE.")
     num_workers: int = _f(0, "DataLoader workers reading the cache.")
 
 
@@ -127,6 +155,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
     for item in overrides:
         _apply_override(raw, item)
     cfg = from_dict(Config, raw, prefix="")
+    if not cfg.data.cache_dir:
+        cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
     validate(cfg)
     return cfg
 
@@ -171,6 +201,8 @@ def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against type ``tp``; ints are accepted for floats."""
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -258,6 +290,9 @@ def validate(cfg: Config) -> None:
         (bool(d.frame_buckets), "data.frame_buckets", "must list at least one frame count"),
         (d.resolution > 0 and d.resolution % 16 == 0, "data.resolution", f"must be a positive multiple of 16 (got {d.resolution})"),
         (d.num_workers >= 0, "data.num_workers", f"must be >= 0 (got {d.num_workers})"),
+        (d.fps > 0, "data.fps", f"must be > 0 (got {d.fps})"),
+        (d.frame_samples >= 1, "data.frame_samples", f"must be >= 1 (got {d.frame_samples})"),
+        (0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", f"must be in [0, 1) (got {d.caption_dropout})"),
         (o.logit_std > 0, "objective.logit_std", f"must be > 0 (got {o.logit_std})"),
         (o.shift > 0, "objective.shift", f"must be > 0 (got {o.shift})"),
         (t.max_steps >= 1, "training.max_steps", f"must be >= 1 (got {t.max_steps})"),
@@ -279,6 +314,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'data.frame_buckets[{i}]' must be a 4k+1 frame count (1, 5, ..., 33, 65); got {n}"
             )
+    _validate_sources(d.sources)
     if not is_hub_id(m.path) and not Path(m.path).expanduser().is_dir():
         raise ConfigError(
             f"config key 'model.path': folder {m.path!r} does not exist; "
@@ -294,6 +330,21 @@ def validate(cfg: Config) -> None:
 
 
 LORA_PRESET_NAMES = ("attn", "all-linear")
+
+
+def _validate_sources(sources: list[SourceConfig]) -> None:
+    for i, src in enumerate(sources):
+        key = f"data.sources[{i}]"
+        if not src.path:
+            raise ConfigError(f"config key '{key}.path' is required")
+        if not Path(src.path).expanduser().exists():
+            raise ConfigError(f"config key '{key}.path': {src.path!r} does not exist")
+        if src.repeats < 1:
+            raise ConfigError(f"config key '{key}.repeats' must be >= 1 (got {src.repeats})")
+        if src.caption_dropout is not None and not 0.0 <= src.caption_dropout < 1.0:
+            raise ConfigError(f"config key '{key}.caption_dropout' must be in [0, 1)")
+        if src.frame_samples is not None and src.frame_samples < 1:
+            raise ConfigError(f"config key '{key}.frame_samples' must be >= 1")
 
 
 def _check_bitsandbytes() -> None:

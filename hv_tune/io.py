@@ -83,3 +83,25 @@ def atomic_directory(final: str | os.PathLike, fill: Callable[[Path], None]) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def canonicalize_safetensors_header(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors header with sorted keys, in place and at the same length.
+
+    The safetensors writer serialises ``__metadata__`` from a hash map whose order changes
+    from process to process, so two runs that save identical tensors and metadata can
+    differ in their header bytes. Sorting makes equal content byte-identical. The header
+    keeps its length (padded with spaces, which the format allows), so tensor offsets and
+    data are untouched.
+    """
+    import json
+    import struct
+
+    with open(path, "rb+") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(canonical) > n:
+            return  # cannot happen for a compact writer; leave the file as it is
+        fh.seek(8)
+        fh.write(canonical + b" " * (n - len(canonical)))

@@ -12,9 +12,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from hv_tune.config import load_config  # noqa: E402
 from hv_tune.data.cache import CacheEntry, write_index, write_latent, write_text  # noqa: E402
-from hv_tune.data.demo import demo_clips  # noqa: E402
-from hv_tune.data.encode import cache_clips  # noqa: E402
+from hv_tune.data.demo import write_demo_folder  # noqa: E402
+from hv_tune.data.encode import build_cache  # noqa: E402
 from hv_tune.models import LoadOptions, get_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,10 +33,24 @@ def tiny_model(tmp_path_factory, spec) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory, spec, tiny_model) -> Path:
-    """A cache of 6 generated 5-frame 32x32 clips, encoded by our cache code."""
+def demo_folder(tmp_path_factory) -> Path:
+    """6 generated clips (8 frames, 24 fps, 32x32) + one still image, with .txt captions."""
+    folder = tmp_path_factory.mktemp("clips")
+    write_demo_folder(folder, 6, 8, 32, 32)
+    return folder
+
+
+def cache_config(model: Path, folder: Path, cache: Path, *extra: str):
+    return load_config(None, [f"model.path={model}", f"data.cache_dir={cache}", f"data.sources=[{{path: {folder}}}]",
+                              "data.frame_buckets=[1,5]", "data.resolution=32", *extra])
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory, spec, tiny_model, demo_folder) -> Path:
+    """The demo folder encoded by our cache stage (6 clips of 5 frames + 1 image)."""
     out = tmp_path_factory.mktemp("cache")
-    cache_clips(spec, LoadOptions(str(tiny_model)), demo_clips(6, 5, 32, 32), out, "cpu")
+    summary = build_cache(spec, cache_config(tiny_model, demo_folder, out), "cpu")
+    assert summary.items == 7 and not summary.skipped, summary.table()
     return out
 
 

@@ -56,17 +56,38 @@ def test_text_embeddings_equal_pipeline_encode_prompt(spec, tiny_model):
     assert not torch.equal(video, image)  # 1-frame items use the image template
 
 
-def test_cached_latents_are_the_vae_posterior(spec, tiny_model, demo_cache):
+def test_cached_latents_are_the_vae_posterior(spec, tiny_model, demo_cache, demo_folder):
+    import av
+    import numpy as np
     from safetensors.torch import load_file
 
     from hv_tune.data.cache import read_index
-    from hv_tune.data.demo import demo_clips
+    from hv_tune.data.decode import probe_video, read_video, to_pixels
 
     vae = spec.load_vae(LoadOptions(str(tiny_model)))
-    entries = read_index(demo_cache)
-    clip = demo_clips(6, 5, 32, 32)[2]
-    cached = load_file(str(demo_cache / entries[2].latent))
-    dist = vae.encode(clip.pixels.unsqueeze(0)).latent_dist
+    entry = next(e for e in read_index(demo_cache) if e.id.startswith("clip002"))
+    cached = load_file(str(demo_cache / entry.latent))
+    path = demo_folder / "clip002.mp4"
+    ours = read_video(path, [0, 1, 2, 3, 4], probe_video(path), (32, 32))  # head window, 24 fps source
+    with av.open(str(path)) as c:  # an independent decoder agrees on the frames
+        ref = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)][:5])
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 3
+    dist = vae.encode(to_pixels(ours).unsqueeze(0)).latent_dist
     assert torch.equal(cached["latent_mean"], dist.mean[0])
     assert torch.equal(cached["latent_logvar"], dist.logvar[0])
     assert cached["latent_mean"].shape == (4, 2, 4, 4)  # 5 frames -> 2 latent frames, 32 px -> 4
+
+
+def test_cached_text_is_encode_prompt_with_the_item_template(spec, tiny_model, demo_cache):
+    from safetensors.torch import load_file
+
+    from hv_tune.data.cache import read_index
+
+    pipe = HunyuanVideoPipeline.from_pretrained(tiny_model)
+    for entry in read_index(demo_cache):
+        template = IMAGE_TEMPLATE if entry.frames == 1 else VIDEO_TEMPLATE
+        cached = load_file(str(demo_cache / entry.texts[0]))
+        embeds, pooled, mask = pipe.encode_prompt(entry.captions[0], prompt_template=template, device="cpu")
+        assert torch.equal(cached["prompt_embeds"], embeds[0]), entry.id
+        assert torch.equal(cached["pooled_prompt_embeds"], pooled[0])
+        assert torch.equal(cached["prompt_attention_mask"], mask[0])

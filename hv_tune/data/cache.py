@@ -42,6 +42,9 @@ class CacheEntry:
     height: int
     width: int
     captions: list[str]
+    repeats: int = 1
+    caption_dropout: float = 0.0
+    empty_text: str | None = None  # embedding of "" with this item's template (caption dropout)
 
     @property
     def bucket(self) -> tuple[int, int, int]:
@@ -51,6 +54,17 @@ class CacheEntry:
 def content_key(*parts: object) -> str:
     """A stable short hash of the things a cached tensor depends on."""
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:24]
+
+
+def is_valid(path: Path, keys: tuple[str, ...]) -> bool:
+    """True if ``path`` is a readable safetensors file holding ``keys`` (header check only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return set(keys) <= set(f.keys())
+    except Exception:  # missing, truncated or not safetensors: re-encode
+        return False
 
 
 def write_latent(cache_dir: Path, key: str, posterior: dict[str, torch.Tensor]) -> str:
@@ -107,9 +121,11 @@ class CachedDataset(torch.utils.data.Dataset):
         return len(self.entries)
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """``(item, caption)``; caption -1 means the empty prompt (caption dropout)."""
         item, caption = index
         e = self.entries[item]
-        out = {**self._load(e.latent, LATENT_KEYS), **self._load(e.texts[caption], TEXT_KEYS)}
+        text = e.empty_text if caption < 0 else e.texts[caption]
+        out = {**self._load(e.latent, LATENT_KEYS), **self._load(text, TEXT_KEYS)}
         out["index"] = torch.tensor(item)
         return out
 

@@ -62,3 +62,30 @@ def demo_clips(count: int, frames: int, height: int, width: int) -> list[Clip]:
         )
         for i in range(count)
     ]
+
+
+def write_demo_folder(folder, count: int, frames: int, height: int, width: int, fps: int = 24) -> list:
+    """Write ``count`` clips as ``NAME.mp4`` + ``NAME.txt`` and one still image (+ caption).
+
+    Returns the written media paths. This is the `folder` source layout users have.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from hv_tune.sampling import write_video
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, clip in enumerate(demo_clips(count, frames, height, width)):
+        rgb = ((clip.pixels.permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        paths.append(write_video(rgb, folder / f"clip{i:03d}.mp4", fps=fps))  # [F, H, W, 3]
+        (folder / f"clip{i:03d}.txt").write_text(clip.caption + "\n", encoding="utf-8")
+    still = moving_shape("square", "green", "light", "up", 1, height, width)
+    img = ((still.pixels[:, 0].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    Image.fromarray(np.ascontiguousarray(img)).save(folder / "still.png")
+    (folder / "still.txt").write_text("a green square on a light background\n", encoding="utf-8")
+    paths.append(folder / "still.png")
+    return paths

@@ -1,50 +1,180 @@
-"""Encode items into the training cache, one model at a time (text encoders, then VAE)."""
+"""The cache stage: scan sources, plan items, encode text, then video, then write the index.
+
+Text encoders and the VAE are loaded one at a time and freed before the next, so peak
+memory is one model's worth. Every cache file is content-addressed and written
+atomically: a re-run (also after SIGKILL) encodes only what is missing, and a changed
+caption re-encodes only its text.
+"""
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+import json
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from hv_tune.data.cache import CacheEntry, content_key, write_index, write_latent, write_text
-from hv_tune.data.demo import Clip
-from hv_tune.models.base import LoadOptions, ModelSpec
+from hv_tune.config import Config
+from hv_tune.data.cache import (
+    LATENT_KEYS,
+    TEXT_KEYS,
+    CacheEntry,
+    is_valid,
+    write_index,
+    write_latent,
+    write_text,
+)
+from hv_tune.data.decode import MediaError, read_image, read_video, resize_cover, to_pixels
+from hv_tune.data.plan import PlannedItem, model_identity, plan_items, text_key
+from hv_tune.data.sources import Skip, scan_sources
+from hv_tune.io import atomic_write_text
+from hv_tune.models.base import LoadOptions, ModelSpec, resolve_dtype
+
+SUMMARY_FILE = "summary.json"
 
 
-def _free(*modules: object) -> None:
-    del modules
+@dataclass
+class CacheSummary:
+    items: int = 0
+    buckets: dict[str, int] = field(default_factory=dict)
+    latents_encoded: int = 0
+    latents_reused: int = 0
+    texts_encoded: int = 0
+    texts_reused: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    notes: list[Skip] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        """The human-readable end-of-run report."""
+        lines = [f"cache: {self.items} items in {len(self.buckets)} buckets ({self.seconds:.1f} s)",
+                 f"  latents: {self.latents_encoded} encoded, {self.latents_reused} reused; "
+                 f"texts: {self.texts_encoded} encoded, {self.texts_reused} reused",
+                 "  bucket (frames x height x width)   items"]
+        lines += [f"  {b:<34} {n}" for b, n in sorted(self.buckets.items())]
+        if self.skipped:
+            lines.append(f"  skipped ({len(self.skipped)}):")
+            lines += [f"    {s.path}: {s.reason}" for s in self.skipped]
+        if self.notes:
+            lines.append("  notes:")
+            lines += [f"    {s.path}: {s.reason}" for s in self.notes]
+        return "\n".join(lines)
+
+
+def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def cache_clips(spec: ModelSpec, opts: LoadOptions, clips: Sequence[Clip], cache_dir: Path, device: str) -> Path:
-    """Encode in-memory clips (pixels + caption) into ``cache_dir`` and write its index.
+def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
+    """Encode every item of ``cfg.data.sources`` into ``cfg.data.cache_dir``."""
+    t0 = time.time()
+    root = Path(cfg.data.cache_dir)
+    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, device), cfg.model.revision)
+    model_id = f"{spec.name}:{model_identity(cfg.model.path)}:{cfg.model.revision}"
+    scan = scan_sources(cfg.data)
+    planned = plan_items(scan, cfg.data, model_id)
+    summary = CacheSummary(skipped=scan.skipped, notes=scan.notes)
+    texts = text_jobs(planned, model_id)
+    encode_texts(spec, opts, device, root, texts, summary)
+    done = encode_latents(spec, opts, device, root, planned, cfg, summary)
+    entries = [_entry(p, model_id) for p in done]
+    summary.items = len(entries)
+    summary.buckets = dict(Counter("x".join(map(str, e.bucket)) for e in entries))
+    summary.seconds = time.time() - t0
+    if entries:
+        write_index(root, entries)
+    atomic_write_text(root / SUMMARY_FILE, json.dumps(asdict(summary), indent=2, ensure_ascii=False))
+    return summary
 
-    Text embeddings use the video template for clips and the image template for
-    1-frame items, exactly as the reference pipeline does for generation.
-    """
-    cache_dir = Path(cache_dir)
+
+def text_jobs(planned: list[PlannedItem], model_id: str) -> dict[str, tuple[str, str]]:
+    """key -> (caption, template) for every caption, plus the empty prompt per template."""
+    jobs: dict[str, tuple[str, str]] = {}
+    for p in planned:
+        for key, caption in zip(p.text_keys, p.media.captions):
+            jobs[key] = (caption, p.template)
+        jobs[text_key(model_id, p.template, "")] = ("", p.template)
+    return jobs
+
+
+def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]], summary: CacheSummary) -> None:
+    missing = {k: v for k, v in jobs.items() if not is_valid(root / f"text/{k}.safetensors", TEXT_KEYS)}
+    summary.texts_reused = len(jobs) - len(missing)
+    if not missing:
+        return
     enc = spec.load_text_encoders(opts)
     enc.text_encoder.to(device)
     enc.text_encoder_2.to(device)
-    text_rel = []
-    for clip in tqdm(clips, desc="encode text", unit="item"):
-        frames = clip.pixels.shape[1]
-        key = content_key(spec.name, opts.path, frames == 1, clip.caption)
-        text = spec.encode_text(enc, [clip.caption], frames)
-        text_rel.append(write_text(cache_dir, key, {k: v[0].cpu() for k, v in text.items()}))
-    _free(enc)
-    vae = spec.load_vae(opts).to(device)
-    entries = []
-    for i, clip in enumerate(tqdm(clips, desc="encode video", unit="item")):
-        _, f, h, w = clip.pixels.shape
-        key = content_key(spec.name, opts.path, "latent", i, f, h, w, clip.pixels.sum().item())
-        post = spec.encode_pixels(vae, clip.pixels.unsqueeze(0))  # [3, F, H, W] -> [1, 3, F, H, W]
-        rel = write_latent(cache_dir, key, {k: v[0].cpu() for k, v in post.items()})
-        entries.append(CacheEntry(f"item{i:05d}", rel, [text_rel[i]], f, h, w, [clip.caption]))
-    _free(vae)
-    return write_index(cache_dir, entries)
+    for key, (caption, template) in tqdm(missing.items(), desc="encode text", unit="caption"):
+        frames = 1 if template == "image" else 2  # any count > 1 selects the video template
+        out = spec.encode_text(enc, [caption], frames)
+        write_text(root, key, {k: v[0].cpu() for k, v in out.items()})
+        summary.texts_encoded += 1
+    del enc
+    _free()
+
+
+def encode_latents(spec, opts, device, root: Path, planned, cfg: Config, summary) -> list[PlannedItem]:
+    """Encode missing latents (decode of the next item overlaps the VAE); returns usable items."""
+    todo = [p for p in planned if not is_valid(root / f"latents/{p.latent_key}.safetensors", LATENT_KEYS)]
+    summary.latents_reused = len(planned) - len(todo)
+    failed: set[str] = set()
+    if todo:
+        vae = spec.load_vae(opts).to(device)
+        if cfg.data.vae_tiling:
+            vae.enable_tiling()
+        if cfg.data.vae_slicing:
+            vae.enable_slicing()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures = [pool.submit(load_pixels, todo[0])] if todo else []
+            for i, item in enumerate(tqdm(todo, desc="encode video", unit="item")):
+                if i + 1 < len(todo):
+                    futures.append(pool.submit(load_pixels, todo[i + 1]))
+                try:
+                    pixels = futures[i].result()
+                except MediaError as e:
+                    summary.skipped.append(Skip(str(item.media.path), str(e)))
+                    failed.add(item.id)
+                    continue
+                futures[i] = None  # release the decoded frames
+                post = spec.encode_pixels(vae, pixels.unsqueeze(0))  # [3, F, H, W] -> [1, 3, F, H, W]
+                write_latent(root, item.latent_key, {k: v[0].cpu() for k, v in post.items()})
+                summary.latents_encoded += 1
+        del vae
+        _free()
+    return [p for p in planned if p.id not in failed]
+
+
+def load_pixels(item: PlannedItem) -> torch.Tensor:
+    """Decode the item's frames into [3, F, H, W] in [-1, 1] at its bucket size."""
+    try:
+        if item.template == "image":
+            frames = resize_cover(read_image(item.media.path), (item.height, item.width))
+        else:
+            frames = read_video(item.media.path, item.indices, item.info, (item.height, item.width))
+    except FileNotFoundError as e:
+        raise MediaError("file vanished") from e
+    return to_pixels(frames)
+
+
+def _entry(p: PlannedItem, model_id: str) -> CacheEntry:
+    s = p.media.settings
+    return CacheEntry(
+        id=p.id,
+        latent=f"latents/{p.latent_key}.safetensors",
+        texts=[f"text/{k}.safetensors" for k in p.text_keys],
+        frames=p.frames,
+        height=p.height,
+        width=p.width,
+        captions=p.media.captions,
+        repeats=s.repeats,
+        caption_dropout=s.caption_dropout,
+        empty_text=f"text/{text_key(model_id, p.template, '')}.safetensors",
+    )

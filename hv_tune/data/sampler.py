@@ -29,17 +29,22 @@ def epoch_batches(
     seed: int,
     epoch: int,
     world_size: int = 1,
+    repeats: Sequence[int] | None = None,
+    caption_dropout: Sequence[float] | None = None,
 ) -> list[Batch]:
     """All batches of one epoch, for all ranks, in order.
 
-    Items are shuffled within their bucket, cut into batches (the last one of a bucket may
-    be smaller), and the batches shuffled. The count is trimmed to a multiple of
-    ``world_size`` so every rank takes the same number of steps.
+    Each item appears ``repeats[i]`` times. Items are shuffled within their bucket, cut
+    into batches (the last one of a bucket may be smaller), and the batches shuffled. The
+    count is trimmed to a multiple of ``world_size`` so every rank takes the same number
+    of steps. Each occurrence gets a caption index, or -1 (the empty prompt) with
+    probability ``caption_dropout[i]``.
     """
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    repeats = repeats or [1] * len(buckets)
     by_bucket: dict[tuple[int, ...], list[int]] = {}
     for i, b in enumerate(buckets):
-        by_bucket.setdefault(tuple(b), []).append(i)
+        by_bucket.setdefault(tuple(b), []).extend([i] * repeats[i])
     batches: list[list[int]] = []
     for key in sorted(by_bucket):
         idx = by_bucket[key]
@@ -49,8 +54,12 @@ def epoch_batches(
     order = torch.randperm(len(batches), generator=g).tolist()
     batches = [batches[o] for o in order]
     batches = batches[: len(batches) - len(batches) % world_size]
-    captions = torch.randint(0, 2**31 - 1, (len(buckets),), generator=g).tolist()
-    return [[(i, captions[i] % num_captions[i]) for i in b] for b in batches]
+    dropout = caption_dropout or [0.0] * len(buckets)
+    flat = [i for b in batches for i in b]
+    picks = torch.randint(0, 2**31 - 1, (len(flat),), generator=g).tolist()
+    drops = torch.rand(len(flat), generator=g, dtype=torch.float64).tolist()
+    chosen = iter([-1 if d < dropout[i] else p % num_captions[i] for i, p, d in zip(flat, picks, drops)])
+    return [[(i, next(chosen)) for i in b] for b in batches]
 
 
 def rank_batches(all_batches: list[Batch], rank: int, world_size: int) -> list[Batch]:

@@ -35,6 +35,16 @@ class LoadOptions:
     revision: str | None = None
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``auto`` = bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and inexact)."""
+    if name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
 class ModelSpec(Protocol):
     """What hv-tune needs to know about one base model family."""
 

@@ -17,9 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from hv_tune.config import Config, save_config
-from hv_tune.data.cache import CachedDataset, collate
+from hv_tune.data.cache import INDEX_FILE, CachedDataset, collate
+from hv_tune.data.encode import build_cache
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import ConfigError, DataError, TrainingError
+from hv_tune.io import canonicalize_safetensors_header
 from hv_tune.lora import (
     add_lora,
     load_lora_state_dict,
@@ -29,6 +31,7 @@ from hv_tune.lora import (
     resolve_targets,
 )
 from hv_tune.models import LoadOptions, ModelSpec, get_spec
+from hv_tune.models.base import resolve_dtype
 from hv_tune.training.checkpoint import (
     TrainerState,
     latest_checkpoint,
@@ -40,7 +43,6 @@ from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.step import step_generator, training_loss
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -61,10 +63,10 @@ def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
     """
     out = Path(cfg.output_dir)
     spec = get_spec(cfg.model.name)
-    dataset = CachedDataset(cfg.data.cache_dir)
     ckpt_path = find_resume(resume, out / "checkpoints")
     accelerator = make_accelerator(cfg, out)
-    opts = LoadOptions(cfg.model.path, base_dtype(cfg, accelerator.device), cfg.model.revision)
+    dataset = ensure_cache(spec, cfg, accelerator)
+    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, accelerator.device), cfg.model.revision)
     transformer, lora_cfg = load_lora_model(spec, cfg, opts, accelerator.device)
     optimizer = build_optimizer(lora_parameters(transformer), cfg.training)
     scheduler = build_scheduler(optimizer, cfg.training)
@@ -81,6 +83,17 @@ def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
 
 
 # ----------------------------------------------------------------------------- set-up
+
+
+def ensure_cache(spec: ModelSpec, cfg: Config, accelerator: Any) -> CachedDataset:
+    """The cached dataset; builds the cache first (main process) when it is missing."""
+    index = Path(cfg.data.cache_dir) / INDEX_FILE
+    if not index.is_file() and cfg.data.sources:
+        if accelerator.is_main_process:
+            accelerator.print(f"no cache at {cfg.data.cache_dir}: running the cache step first")
+            accelerator.print(build_cache(spec, cfg, str(accelerator.device)).table())
+        accelerator.wait_for_everyone()
+    return CachedDataset(cfg.data.cache_dir)
 
 
 def find_resume(resume: str | bool | None, ckpt_root: Path) -> Path | None:
@@ -110,13 +123,6 @@ def make_accelerator(cfg: Config, out: Path) -> Any:
     )
     accelerator.init_trackers("hv-tune")
     return accelerator
-
-
-def base_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """auto = bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and inexact)."""
-    if cfg.model.base_dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[cfg.model.base_dtype]
 
 
 def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, device: torch.device) -> tuple[Any, Any]:
@@ -156,6 +162,7 @@ def finish(spec: ModelSpec, accelerator: Any, adapter: dict[str, torch.Tensor], 
     if accelerator.is_main_process:
         with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-lora-") as tmp:
             written = spec.save_lora(Path(tmp), adapter, lora_cfg)
+            canonicalize_safetensors_header(written)
             os.replace(written, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -233,6 +240,7 @@ class TrainLoop:
         all_batches = epoch_batches(
             [e.bucket for e in entries], [len(e.texts) for e in entries],
             t.batch_size, t.seed, data.epoch, self.acc.num_processes,
+            repeats=[e.repeats for e in entries], caption_dropout=[e.caption_dropout for e in entries],
         )
         mine = rank_batches(all_batches, self.acc.process_index, self.acc.num_processes)
         if not mine:

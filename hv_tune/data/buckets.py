@@ -1,0 +1,101 @@
+"""Bucketing and frame selection as pure functions.
+
+Resolution buckets keep a target pixel area with sides that are multiples of 16; a
+clip goes to the bucket of nearest aspect ratio, is resized to cover it and centre
+cropped. Frame selection first resamples the clip to the model frame rate (24 fps for
+HunyuanVideo), then picks windows of a 4k+1 frame bucket.
+"""
+
+from __future__ import annotations
+
+import math
+
+MULTIPLE = 16
+
+
+def resolution_buckets(resolution: int, min_side: int = 256, max_ratio: float = 2.5) -> list[tuple[int, int]]:
+    """(height, width) pairs, multiples of 16, with area close to ``resolution**2``.
+
+    Sides step by 16 from ``min_side`` (scaled down for small resolutions); the aspect ratio
+    stays within ``[1/max_ratio, max_ratio]``.
+    """
+    area = resolution * resolution
+    lo = max(MULTIPLE, min(min_side, resolution // 2) // MULTIPLE * MULTIPLE)
+    out = set()
+    h = lo
+    while h * lo <= area and h / lo <= max_ratio:
+        w = int(area / h) // MULTIPLE * MULTIPLE
+        if w >= lo and 1 / max_ratio <= h / w <= max_ratio:
+            out.add((h, w))
+            out.add((w, h))
+        h += MULTIPLE
+    return sorted(out)
+
+
+def choose_bucket(
+    height: int, width: int, buckets: list[tuple[int, int]], allow_upscale: bool = False
+) -> tuple[int, int]:
+    """The bucket of nearest aspect ratio (in log space) for a ``height x width`` source.
+
+    Without upscaling, a source too small to cover that bucket keeps its own aspect and
+    size (scaled down to the bucket's area if larger), floored to multiples of 16: only
+    a few edge pixels are cropped and no pixel is invented.
+    """
+    ratio = math.log(height / width)
+    bh, bw = min(buckets, key=lambda b: (round(abs(math.log(b[0] / b[1]) - ratio), 9), -b[0] * b[1]))
+    if allow_upscale or (bh <= height and bw <= width):
+        return bh, bw
+    s = min(1.0, math.sqrt(bh * bw / (height * width)))
+    return max(MULTIPLE, _floor16(height * s)), max(MULTIPLE, _floor16(width * s))
+
+
+def _floor16(x: float) -> int:
+    return int(x) // MULTIPLE * MULTIPLE
+
+
+def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, int]:
+    """Size to resize a source to so it covers ``bucket`` (then centre crop)."""
+    bh, bw = bucket
+    scale = max(bh / height, bw / width)
+    return max(bh, round(height * scale)), max(bw, round(width * scale))
+
+
+def resampled_indices(num_frames: int, src_fps: float, dst_fps: float) -> list[int]:
+    """Source frame shown at each tick of a ``dst_fps`` clock (sample and hold).
+
+    Output frame j shows at time j / dst_fps; source frame i is on screen during
+    [i / src_fps, (i + 1) / src_fps), so j maps to floor(j * src_fps / dst_fps).
+    30 -> 24 fps: 0, 1, 2, 3, 5, 6, 7, 8, 10, ...
+    """
+    if num_frames <= 0:
+        return []
+    step = src_fps / dst_fps
+    count = math.ceil(num_frames / step - 1e-9)
+    return [min(num_frames - 1, int(math.floor(j * step + 1e-9))) for j in range(count)]
+
+
+def frame_bucket_for(length: int, frame_buckets: list[int]) -> int | None:
+    """Longest video bucket (> 1 frame) that ``length`` resampled frames fill, else None."""
+    fitting = [b for b in frame_buckets if 1 < b <= length]
+    return max(fitting) if fitting else None
+
+
+def frame_windows(length: int, bucket: int, mode: str, samples: int = 1) -> list[int]:
+    """Start offsets (in resampled frames) of the windows of ``bucket`` frames to use.
+
+    ``head``: one window at the start. ``chunks``: consecutive non-overlapping windows.
+    ``uniform``: ``samples`` windows with evenly spaced starts over the whole clip.
+    """
+    if bucket > length:
+        return []
+    last = length - bucket
+    if mode == "head":
+        return [0]
+    if mode == "chunks":
+        return list(range(0, last + 1, bucket))
+    if mode == "uniform":
+        if samples <= 1 or last == 0:
+            return [0]
+        starts = [round(i * last / (samples - 1)) for i in range(samples)]
+        return sorted(set(starts))
+    raise ValueError(f"unknown frame extraction mode {mode!r}")

@@ -1,0 +1,109 @@
+"""From media items to cache items: bucket, frame indices and content keys (no pixels yet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hv_tune.config import DataConfig
+from hv_tune.data.buckets import (
+    choose_bucket,
+    frame_bucket_for,
+    frame_windows,
+    resampled_indices,
+    resolution_buckets,
+)
+from hv_tune.data.cache import content_key
+from hv_tune.data.decode import MediaError, VideoInfo, probe_video, read_image
+from hv_tune.data.sources import MediaItem, Scan, Skip
+
+
+@dataclass
+class PlannedItem:
+    """One training item: which source frames, which bucket, which cache files."""
+
+    id: str
+    media: MediaItem
+    frames: int
+    height: int
+    width: int
+    indices: list[int]  # source frame indices (empty for images)
+    info: VideoInfo | None
+    latent_key: str
+    text_keys: list[str]
+    template: str  # "video" | "image"
+
+    @property
+    def bucket(self) -> tuple[int, int, int]:
+        return (self.frames, self.height, self.width)
+
+
+def file_fingerprint(path: Path) -> tuple[str, int, int]:
+    """What a cached latent depends on about its file: absolute path, size, mtime (ns)."""
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def text_key(model_id: str, template: str, caption: str) -> str:
+    return content_key("text", model_id, template, caption)
+
+
+def plan_items(scan: Scan, data: DataConfig, model_id: str) -> list[PlannedItem]:
+    """Probe each media item and expand it into its windows; problems go to ``scan.skipped``."""
+    res_buckets = resolution_buckets(data.resolution)
+    planned: list[PlannedItem] = []
+    for media in scan.items:
+        try:
+            planned += _plan_one(media, data, res_buckets, model_id)
+        except MediaError as e:
+            scan.skipped.append(Skip(str(media.path), str(e)))
+        except OSError as e:
+            scan.skipped.append(Skip(str(media.path), f"cannot read: {e.strerror or e}"))
+    return planned
+
+
+def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str) -> list[PlannedItem]:
+    if media.kind == "image":
+        if 1 not in data.frame_buckets:
+            raise MediaError("image, but data.frame_buckets has no 1-frame bucket")
+        if not media.path.is_file() or media.path.stat().st_size == 0:
+            raise MediaError("file vanished" if not media.path.exists() else "zero-byte file")
+        h, w = read_image(media.path).shape[:2]
+        bh, bw = choose_bucket(h, w, res_buckets, data.allow_upscale)
+        return [_item(media, 0, 1, bh, bw, [], None, model_id, "image")]
+    info = probe_video(media.path)
+    start, end = media.span if media.span else (0, info.num_frames)
+    end = min(end, info.num_frames)
+    if end - start < 1:
+        raise MediaError(f"empty frame span [{start}, {end}) of a {info.num_frames}-frame video")
+    resampled = [start + i for i in resampled_indices(end - start, info.fps, data.fps)]
+    bucket = frame_bucket_for(len(resampled), data.frame_buckets)
+    if bucket is None:
+        shortest = min([b for b in data.frame_buckets if b > 1], default=None)
+        raise MediaError(
+            f"too short: {len(resampled)} frames at {data.fps:g} fps, shortest video bucket is {shortest}"
+        )
+    bh, bw = choose_bucket(info.height, info.width, res_buckets, data.allow_upscale)
+    s = media.settings
+    starts = frame_windows(len(resampled), bucket, s.frame_extraction, s.frame_samples)
+    return [
+        _item(media, n, bucket, bh, bw, resampled[o : o + bucket], info, model_id, "video")
+        for n, o in enumerate(starts)
+    ]
+
+
+def _item(media, window, frames, h, w, indices, info, model_id, template) -> PlannedItem:
+    fp = file_fingerprint(media.path)
+    latent_key = content_key("latent", model_id, *fp, frames, h, w, indices)
+    item_id = f"{media.path.stem}-{content_key(*fp, window)[:8]}-w{window}"
+    keys = [text_key(model_id, template, c) for c in media.captions]
+    return PlannedItem(item_id, media, frames, h, w, indices, info, latent_key, keys, template)
+
+
+def model_identity(path: str) -> str:
+    """A model's identity for cache keys: its resolved path (or hub id)."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if p.exists() else path
+
+
+

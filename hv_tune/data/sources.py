@@ -1,0 +1,229 @@
+"""Dataset inputs -> media items with captions. No decoding happens here.
+
+Four kinds of source (``data.sources[i].type``, ``auto`` picks by path):
+``folder`` (media files with sidecar ``.txt`` captions, one caption per line),
+``manifest`` (hv-tune curation ``manifest.jsonl``: accepted records only, their frame span),
+``jsonl`` (musubi-tuner: ``{"video_path" | "image_path": ..., "caption": ...}``) and
+``csv`` (finetrainers: ``path,caption`` columns). Problems become ``Skip`` records.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hv_tune.config import DataConfig, SourceConfig
+
+VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class SourceSettings:
+    """A source's settings with the `data` defaults filled in."""
+
+    repeats: int
+    frame_extraction: str
+    frame_samples: int
+    trigger_word: str
+    caption_dropout: float
+    missing_caption: str
+
+
+@dataclass
+class MediaItem:
+    path: Path
+    kind: str  # "video" | "image"
+    captions: list[str]
+    settings: SourceSettings
+    span: tuple[int, int] | None = None  # source frames [start, end), from a manifest
+
+
+@dataclass
+class Skip:
+    path: str
+    reason: str
+
+
+@dataclass
+class Scan:
+    items: list[MediaItem] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
+    notes: list[Skip] = field(default_factory=list)  # kept items with a remark (e.g. encoding)
+
+
+def resolve_settings(src: SourceConfig, data: DataConfig) -> SourceSettings:
+    def pick(name: str):
+        own = getattr(src, name)
+        return getattr(data, name) if own is None else own
+
+    names = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption")
+    return SourceSettings(src.repeats, *(pick(n) for n in names))
+
+
+def media_kind(path: Path) -> str | None:
+    ext = path.suffix.lower()
+    return "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else None
+
+
+def source_type(src: SourceConfig) -> str:
+    if src.type != "auto":
+        return src.type
+    p = Path(src.path)
+    if p.is_dir():
+        return "folder"
+    if p.suffix.lower() == ".csv":
+        return "csv"
+    if p.name.startswith("manifest") or _looks_like_manifest(p):
+        return "manifest"
+    return "jsonl"
+
+
+def _looks_like_manifest(p: Path) -> bool:
+    try:
+        with open(p, encoding="utf-8") as fh:
+            first = json.loads(fh.readline() or "{}")
+    except (OSError, ValueError):
+        return False
+    return "status" in first and "start_frame" in first
+
+
+# ----------------------------------------------------------------------------- captions
+
+
+def decode_caption_bytes(raw: bytes) -> tuple[str, str | None]:
+    """Text of a caption file, and a note when it was not plain UTF-8.
+
+    UTF-8 (with or without BOM) and UTF-16 with BOM are read as such; anything else is
+    decoded as cp1252 (then latin-1), which never fails, and noted in the summary.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16"), "caption decoded as UTF-16"
+    try:
+        return raw.decode("utf-8-sig"), None
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252"), "caption not UTF-8; decoded as cp1252"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "caption not UTF-8; decoded as latin-1"
+
+
+def split_captions(text: str) -> list[str]:
+    """One caption per non-empty line (a file may hold several alternatives)."""
+    return [" ".join(line.split()) for line in text.replace("\x00", "").splitlines() if line.strip()]
+
+
+def finish_captions(
+    path: Path, captions: list[str], s: SourceSettings, scan: Scan
+) -> list[str] | None:
+    """Apply the missing-caption policy and the trigger word; None means skip."""
+    if not captions:
+        if s.missing_caption == "error":
+            scan.skipped.append(Skip(str(path), "missing caption (data.missing_caption=error)"))
+            return None
+        captions = [path.stem.replace("_", " ").replace("-", " ")] if s.missing_caption == "filename" else [""]
+    if s.trigger_word:
+        captions = [f"{s.trigger_word}, {c}" if c else s.trigger_word for c in captions]
+    return captions
+
+
+def _caption_value(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [" ".join(str(v).split()) for v in value if str(v).strip()]
+    return split_captions(str(value))
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and media_kind(p)):
+        side = path.with_suffix(".txt")
+        captions: list[str] = []
+        if side.is_file():
+            text, note = decode_caption_bytes(side.read_bytes())
+            captions = split_captions(text)
+            if note:
+                scan.notes.append(Skip(str(side), note))
+        captions = finish_captions(path, captions, s, scan)
+        if captions is not None:
+            scan.items.append(MediaItem(path, media_kind(path), captions, s))
+
+
+def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
+    for n, rec in _jsonl_records(path, scan):
+        if rec.get("status") != "accepted":
+            continue
+        media = _resolve(path, rec.get("source"))
+        if media is None or media_kind(media) is None:
+            scan.skipped.append(Skip(f"{path}:{n}", f"manifest record has no usable 'source' ({rec.get('source')!r})"))
+            continue
+        try:
+            span = (int(rec["start_frame"]), int(rec["end_frame"]))
+        except (KeyError, TypeError, ValueError):
+            span = None
+        captions = finish_captions(media, _caption_value(rec.get("caption")), s, scan)
+        if captions is not None:
+            scan.items.append(MediaItem(media, media_kind(media), captions, s, span))
+
+
+def scan_jsonl(path: Path, s: SourceSettings, scan: Scan) -> None:
+    for n, rec in _jsonl_records(path, scan):
+        media = _resolve(path, rec.get("video_path") or rec.get("image_path"))
+        if media is None or media_kind(media) is None:
+            scan.skipped.append(Skip(f"{path}:{n}", "line needs 'video_path' or 'image_path' of a media file"))
+            continue
+        captions = finish_captions(media, _caption_value(rec.get("caption")), s, scan)
+        if captions is not None:
+            scan.items.append(MediaItem(media, media_kind(media), captions, s))
+
+
+def scan_csv(path: Path, s: SourceSettings, scan: Scan) -> None:
+    text, _ = decode_caption_bytes(path.read_bytes())
+    rows = list(csv.DictReader(text.splitlines()))
+    for n, row in enumerate(rows, start=2):
+        row = {(k or "").strip().lower(): v for k, v in row.items()}
+        media = _resolve(path, row.get("path") or row.get("video") or row.get("image"))
+        if media is None or media_kind(media) is None:
+            scan.skipped.append(Skip(f"{path}:{n}", "row needs a 'path' column naming a media file"))
+            continue
+        captions = finish_captions(media, _caption_value(row.get("caption")), s, scan)
+        if captions is not None:
+            scan.items.append(MediaItem(media, media_kind(media), captions, s))
+
+
+def _resolve(base_file: Path, value: object) -> Path | None:
+    if not value or not isinstance(value, str):
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base_file.parent / p
+
+
+def _jsonl_records(path: Path, scan: Scan):
+    text, _ = decode_caption_bytes(path.read_bytes())
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            scan.skipped.append(Skip(f"{path}:{n}", f"not valid JSON ({e.msg})"))
+            continue
+        if isinstance(rec, dict):
+            yield n, rec
+
+
+READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv}
+
+
+def scan_sources(data: DataConfig) -> Scan:
+    """Every media item of every source, with resolved settings and final captions."""
+    scan = Scan()
+    for src in data.sources:
+        READERS[source_type(src)](Path(src.path).expanduser(), resolve_settings(src, data), scan)
+    return scan

@@ -1,0 +1,252 @@
+"""The cache stage: sources, frame selection, re-runs, bad input, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hv_tune.data.cache import read_index
+from hv_tune.data.encode import build_cache, encode_latents, load_pixels
+from hv_tune.data.plan import model_identity, plan_items
+from hv_tune.data.sources import scan_sources
+
+from .conftest import REPO, cache_config
+
+
+def write_index_video(path: Path, n: int, fps: int, step: int = 6, size=(32, 48)) -> None:
+    """A video whose frame i is uniformly grey at level i * step (lossless H.264)."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.height, s.width = size
+        s.pix_fmt = "yuv420p"
+        s.options = {"qp": "0"}
+        for i in range(n):
+            frame = np.full((*size, 3), i * step, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _plan(tiny_model, folder, cache, *extra):
+    cfg = cache_config(tiny_model, folder, cache, *extra)
+    scan = scan_sources(cfg.data)
+    return cfg, scan, plan_items(scan, cfg.data, model_identity(str(tiny_model)))
+
+
+RESAMPLED_30_TO_24 = [int(j * 1.25 + 1e-9) for j in range(32)]  # floor(j * 30 / 24)
+
+
+@pytest.mark.parametrize("mode, samples, starts", [("head", 1, [0]), ("chunks", 1, [0, 9, 18]),
+                                                   ("uniform", 3, [0, 12, 23])])
+def test_frame_selection_after_fps_resampling(tiny_model, tmp_path, mode, samples, starts):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    write_index_video(folder / "count.mp4", 40, fps=30)
+    (folder / "count.txt").write_text("a grey frame")
+    _, scan, planned = _plan(tiny_model, folder, tmp_path / "c", "data.frame_buckets=[5,9]",
+                             f"data.frame_extraction={mode}", f"data.frame_samples={samples}")
+    assert not scan.skipped
+    assert [p.frames for p in planned] == [9] * len(starts)
+    for item, start in zip(planned, starts):
+        expected = RESAMPLED_30_TO_24[start : start + 9]
+        assert item.indices == expected
+        pixels = load_pixels(item)  # [3, F, H, W] in [-1, 1]
+        levels = ((pixels[0, :, 8, 8] + 1) * 127.5 / 6).round().long().tolist()
+        assert levels == expected  # the decoded frames really are those source frames
+
+
+def test_manifest_jsonl_and_csv_sources(tiny_model, tmp_path, demo_folder):
+    clip = demo_folder / "clip001.mp4"
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "source": str(clip), "start_frame": 2, "end_frame": 8, "status": "accepted", "caption": "kept"},
+        {"id": "b", "source": str(clip), "start_frame": 0, "end_frame": 8, "status": "rejected", "caption": "no"},
+    ]))
+    musubi = tmp_path / "musubi.jsonl"
+    musubi.write_text(json.dumps({"video_path": str(clip), "caption": "from musubi"}) + "\n"
+                      + json.dumps({"image_path": str(demo_folder / "still.png"), "caption": "an image"}) + "\n")
+    table = tmp_path / "ft.csv"
+    table.write_text(f"path,caption\n{clip},from csv\n")
+    cfg = cache_config(tiny_model, demo_folder, tmp_path / "c")
+    from hv_tune.config import SourceConfig
+
+    cfg.data.sources = [SourceConfig(path=str(manifest), repeats=3, trigger_word="sks"),
+                        SourceConfig(path=str(musubi)), SourceConfig(path=str(table))]
+    scan = scan_sources(cfg.data)
+    assert [m.captions for m in scan.items] == [["sks, kept"], ["from musubi"], ["an image"], ["from csv"]]
+    assert scan.items[0].span == (2, 8) and scan.items[0].settings.repeats == 3
+    planned = plan_items(scan, cfg.data, "m")
+    assert planned[0].indices == [2, 3, 4, 5, 6]  # within the manifest span
+    assert [p.template for p in planned] == ["video", "video", "image", "video"]
+
+
+def test_rerun_reuses_everything_and_caption_change_reencodes_only_text(spec, tiny_model, tmp_path, demo_folder):
+    import shutil
+
+    folder = tmp_path / "clips"
+    shutil.copytree(demo_folder, folder)
+    cache = tmp_path / "cache"
+    first = build_cache(spec, cache_config(tiny_model, folder, cache), "cpu")
+    assert (first.latents_encoded, first.latents_reused) == (7, 0)
+    mtimes = {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")}
+    again = build_cache(spec, cache_config(tiny_model, folder, cache), "cpu")
+    assert (again.latents_encoded, again.texts_encoded) == (0, 0)
+    assert again.latents_reused == 7
+    (folder / "clip003.txt").write_text("a new caption\nand a second one\n")
+    third = build_cache(spec, cache_config(tiny_model, folder, cache), "cpu")
+    assert (third.latents_encoded, third.texts_encoded) == (0, 2)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # nothing rewritten
+    entry = next(e for e in read_index(cache) if e.id.startswith("clip003"))
+    assert entry.captions == ["a new caption", "and a second one"] and len(entry.texts) == 2
+
+
+def _bad_folder(root: Path, good: Path) -> Path:
+    root.mkdir()
+    import shutil
+
+    for name in ("clip000.mp4", "clip000.txt", "clip001.mp4"):
+        shutil.copy(good / name, root / name)
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "zero.txt").write_text("zero")
+    data = (good / "clip002.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (root / "truncated.txt").write_text("truncated")
+    (root / "notes.mp4").write_text("this is a text file named .mp4")
+    (root / "notes.txt").write_text("text")
+    rgb = np.asarray(Image.open(good / "still.png").convert("RGB"))
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(rgb).convert("RGBA").save(root / "alpha.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(root / "deep.png")  # 16-bit grey
+    for name, text in [("cmyk", "caf\xe9 in cmyk"), ("alpha", "with alpha")]:
+        (root / f"{name}.txt").write_bytes(text.encode("cp1252"))
+    (root / "deep.txt").write_bytes("sixteen bit ☃".encode("utf-16"))
+    return root
+
+
+@pytest.mark.parametrize("policy, kept", [("error", 4), ("empty", 5), ("filename", 5)])
+def test_bad_inputs_are_reported_and_the_run_goes_on(spec, tiny_model, tmp_path, demo_folder, policy, kept):
+    folder = _bad_folder(tmp_path / "bad", demo_folder)  # clip001 has no caption
+    summary = build_cache(spec, cache_config(tiny_model, folder, tmp_path / "cache",
+                                             f"data.missing_caption={policy}"), "cpu")
+    reasons = {Path(s.path).name: s.reason for s in summary.skipped}
+    assert "zero-byte" in reasons["zero.mp4"]
+    assert "unreadable" in reasons["notes.mp4"]
+    assert "truncated.mp4" in reasons  # either unreadable or too few frames
+    assert ("clip001.mp4" in reasons) == (policy == "error")
+    assert summary.items == kept, summary.table()
+    entries = {e.id.split("-")[0]: e for e in read_index(tmp_path / "cache")}
+    assert entries["cmyk"].captions == ["café in cmyk"] and entries["deep"].captions == ["sixteen bit ☃"]
+    if policy == "filename":
+        assert entries["clip001"].captions == ["clip001"]
+    assert any("cp1252" in n.reason for n in summary.notes)
+    for name in ("cmyk", "alpha", "deep"):
+        pixels = load_pixels(next(p for p in plan_items(scan_sources(cache_config(
+            tiny_model, folder, tmp_path / "c2", f"data.missing_caption={policy}").data), cache_config(
+            tiny_model, folder, tmp_path / "c2").data, "m") if p.media.path.stem == name))
+        assert pixels.shape == (3, 1, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
+    text = summary.table()
+    assert "zero.mp4" in text and "skipped" in text
+
+
+def test_file_vanishing_mid_run_is_skipped(spec, tiny_model, tmp_path, demo_folder):
+    import shutil
+
+    from hv_tune.data.encode import CacheSummary
+    from hv_tune.models import LoadOptions
+
+    folder = tmp_path / "clips"
+    shutil.copytree(demo_folder, folder)
+    cfg, scan, planned = _plan(tiny_model, folder, tmp_path / "cache")
+    (folder / "clip004.mp4").unlink()  # after planning, before decoding
+    summary = CacheSummary()
+    done = encode_latents(spec, LoadOptions(str(tiny_model)), "cpu", tmp_path / "cache", planned, cfg, summary)
+    assert len(done) == len(planned) - 1
+    assert [(Path(s.path).name, s.reason) for s in summary.skipped] == [("clip004.mp4", "file vanished")]
+
+
+def test_image_modes_convert_without_clipping():
+    from hv_tune.data.decode import image_to_rgb
+
+    deep = Image.fromarray(np.full((4, 4), 128 * 257, np.uint16))  # 16-bit 128/255
+    assert image_to_rgb(deep)[0, 0].tolist() == [128, 128, 128]
+    rgba = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert image_to_rgb(rgba)[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    cmyk = Image.new("CMYK", (2, 2), (0, 0, 0, 0))
+    assert image_to_rgb(cmyk)[0, 0].tolist() == [255, 255, 255]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_cache_then_rerun_encodes_only_missing(tiny_model, tmp_path):
+    from hv_tune.data.cache import LATENT_KEYS, is_valid
+    from hv_tune.data.demo import write_demo_folder
+
+    folder = tmp_path / "clips"
+    write_demo_folder(folder, 24, 17, 64, 64)
+    cache = tmp_path / "cache"
+    args = [sys.executable, str(REPO / "finetune.py"), "cache", "--config", str(REPO / "configs" / "demo_tiny.yaml"),
+            f"model.path={tiny_model}", f"data.cache_dir={cache}", f"data.sources=[{{path: {folder}}}]",
+            "data.frame_buckets=[1,17]", "data.resolution=64"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latents = cache / "latents"
+    deadline = time.time() + 120
+    while (not latents.is_dir() or len(list(latents.glob("*.safetensors"))) < 3) and proc.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [p for p in latents.glob("*.safetensors")]
+    assert 3 <= len(before) < 25, "the cache finished before the kill"
+    assert not (cache / "index.jsonl").exists()
+    assert all(is_valid(p, LATENT_KEYS) for p in before)  # no corrupt file left behind
+    out = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((cache / "summary.json").read_text())
+    assert summary["latents_reused"] == len(before)
+    assert summary["latents_encoded"] == 25 - len(before)
+    assert summary["items"] == 25
+
+
+def test_train_builds_the_cache_when_missing(tiny_model, demo_folder, tmp_path):
+    from hv_tune.config import load_config
+    from hv_tune.training.trainer import train
+
+    cache = tmp_path / "cache"
+    cfg = load_config(None, [f"model.path={tiny_model}", f"data.cache_dir={cache}", f"output_dir={tmp_path / 'run'}",
+                             f"data.sources=[{{path: {demo_folder}}}]", "data.frame_buckets=[1,5]",
+                             "data.resolution=32", "training.max_steps=2", "lora.rank=4"])
+    result = train(cfg)
+    assert (cache / "index.jsonl").is_file() and result.lora_path.is_file()
+
+
+def test_repeats_and_caption_dropout_in_the_batch_order():
+    from hv_tune.data.sampler import epoch_batches
+
+    batches = epoch_batches([(1, 16, 16)] * 2, [1, 1], 1, seed=0, epoch=0, repeats=[3, 1], caption_dropout=[0.0, 0.0])
+    assert sorted(i for b in batches for i, _ in b) == [0, 0, 0, 1]
+    many = epoch_batches([(1, 16, 16)] * 1000, [2] * 1000, 10, seed=1, epoch=0, caption_dropout=[0.3] * 1000)
+    caps = [c for b in many for _, c in b]
+    assert abs(caps.count(-1) / len(caps) - 0.3) < 0.05
+    assert set(caps) == {-1, 0, 1}
+
+
+def test_dataset_serves_the_empty_prompt_for_dropout(demo_cache):
+    from hv_tune.data.cache import CachedDataset
+
+    ds = CachedDataset(demo_cache)
+    normal, dropped = ds[(0, 0)], ds[(0, -1)]
+    assert torch.equal(normal["latent_mean"], dropped["latent_mean"])
+    assert not torch.equal(normal["prompt_embeds"], dropped["prompt_embeds"])
+    assert dropped["prompt_attention_mask"].sum() == 1  # "" leaves only the template's closing <|eot_id|>
