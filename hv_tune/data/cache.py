@@ -94,8 +94,8 @@ def read_index(cache_dir: str | Path) -> list[CacheEntry]:
     path = Path(cache_dir) / INDEX_FILE
     if not path.is_file():
         raise DataError(
-            f"no training cache at {cache_dir} ({INDEX_FILE} missing); set data.cache_dir to a folder "
-            "written by `finetune.py cache` (the demo writes one with `finetune.py demo`)"
+            f"no training cache at {cache_dir} ({INDEX_FILE} missing) and no data.sources to build it from; "
+            "set data.sources (then `finetune.py cache` or `train` builds it) or point data.cache_dir at a cache"
         )
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     try:

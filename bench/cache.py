@@ -1,0 +1,96 @@
+"""Cache-stage throughput and overhead over the bare model time (CPU).
+
+    python bench/cache.py [--vae tiny|full|both] [--items N]
+
+For each VAE (the tiny random one, and a full-size HunyuanVideo VAE with random weights),
+builds a folder of generated clips, runs the cache stage cold, and separately times the
+bare model work on the same items (text encoder forwards + VAE encode of frames already in
+memory). Prints one JSON object per VAE: items/s and the ratio cache_time / bare_time
+(model loading counted on both sides; the target is <= 1.15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hv_tune.config import load_config
+from hv_tune.data.demo import write_demo_folder
+from hv_tune.data.encode import build_cache, load_pixels
+from hv_tune.data.plan import model_identity, plan_items
+from hv_tune.data.sources import scan_sources
+from hv_tune.models import LoadOptions, get_spec
+
+
+def make_model(root: Path, vae: str) -> Path:
+    spec = get_spec("hunyuan-video")
+    model = spec.build_tiny(root / "model")
+    if vae == "full":
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        torch.manual_seed(0)
+        shutil.rmtree(model / "vae")
+        AutoencoderKLHunyuanVideo().save_pretrained(model / "vae")  # default = full-size architecture
+    return model
+
+
+def bare_time(spec, model: Path, cfg) -> float:
+    """Model loading + text forwards + VAE encode of pre-decoded pixels, nothing else."""
+    scan = scan_sources(cfg.data)
+    planned = plan_items(scan, cfg.data, model_identity(str(model)))
+    pixels = [load_pixels(p) for p in planned]  # decode outside the timed region
+    captions = sorted({(c, p.template) for p in planned for c in p.media.captions})  # unique, as cached
+    t0 = time.perf_counter()
+    enc = spec.load_text_encoders(LoadOptions(str(model)))
+    for caption, template in captions + [("", "video")]:
+        spec.encode_text(enc, [caption], 1 if template == "image" else 2)
+    del enc
+    vae = spec.load_vae(LoadOptions(str(model)))
+    for px in pixels:
+        spec.encode_pixels(vae, px.unsqueeze(0))
+    return time.perf_counter() - t0
+
+
+def run(vae: str, items: int, frames: int, size: int) -> dict:
+    spec = get_spec("hunyuan-video")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = make_model(root, vae)
+        write_demo_folder(root / "clips", items, frames, size, size)
+        overrides = [f"model.path={model}", f"data.cache_dir={root / 'cache'}",
+                     f"data.sources=[{{path: {root / 'clips'}}}]", f"data.frame_buckets=[1,{frames}]",
+                     f"data.resolution={size}"]
+        cfg = load_config(None, overrides)
+        bare_time(spec, model, cfg)  # warm-up: imports, allocator, first-call kernels
+        bare = bare_time(spec, model, cfg)
+        t0 = time.perf_counter()
+        summary = build_cache(spec, cfg, "cpu")
+        cache = time.perf_counter() - t0
+    return {
+        "bench": "cache", "vae": vae, "items": summary.items, "frames": frames, "size": size,
+        "cache_s": round(cache, 3), "bare_model_s": round(bare, 3), "ratio": round(cache / bare, 3),
+        "items_per_s": round(summary.items / cache, 3), "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vae", choices=["tiny", "full", "both"], default="both")
+    p.add_argument("--items", type=int, default=8)
+    args = p.parse_args()
+    settings = {"tiny": (args.items * 4, 33, 64), "full": (args.items, 9, 128)}
+    for vae in ["tiny", "full"] if args.vae == "both" else [args.vae]:
+        n, frames, size = settings[vae]
+        print(json.dumps(run(vae, n, frames, size)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
