@@ -86,7 +86,11 @@ def _cuda() -> bool:
 
 
 def _parse_lora(spec: str) -> tuple[str, float]:
-    path, _, scale = spec.rpartition(":") if spec.rsplit(":", 1)[-1].replace(".", "", 1).isdigit() else (spec, "", "1")
+    """``FILE`` or ``FILE:SCALE`` (a path may itself contain ':', so only a numeric suffix is a scale)."""
+    path, scale = spec, "1"
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.replace(".", "", 1).isdigit():
+        path, scale = head, tail
     if not Path(path).is_file():
         raise HvTuneError(f"--lora {spec}: file {path} does not exist")
     return path, float(scale)

@@ -210,12 +210,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: {value!r} is not one of {choices}")
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"config key {key!r}: {value!r} does not fit {tp}")
     if tp is type(None):
         if value is None:

@@ -133,7 +133,7 @@ def encode_latents(spec, opts, device, root: Path, planned, cfg: Config, summary
         if cfg.data.vae_slicing:
             vae.enable_slicing()
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures = [pool.submit(load_pixels, todo[0])] if todo else []
+            futures = [pool.submit(load_pixels, todo[0])]
             for i, item in enumerate(tqdm(todo, desc="encode video", unit="item")):
                 if i + 1 < len(todo):
                     futures.append(pool.submit(load_pixels, todo[i + 1]))

@@ -104,6 +104,3 @@ def model_identity(path: str) -> str:
     """A model's identity for cache keys: its resolved path (or hub id)."""
     p = Path(path).expanduser()
     return str(p.resolve()) if p.exists() else path
-
-
-
