@@ -35,7 +35,7 @@ VIDEO_TEMPLATE = {
 IMAGE_TEMPLATE = {
     "template": (
         "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
-        "texture, quantity, text, spatial relationship of the objects and background:<|eot_id|>"
+        "texture, quantity, text, spatial relationships of the objects and background:<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
     ),
     "crop_start": 36,
