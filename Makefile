@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(PIP) install -q $(TORCH_PAIR)
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,curation]"
 	touch $@
 
 install: $(VENV)/.installed
