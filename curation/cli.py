@@ -90,7 +90,14 @@ COMMANDS = {"run": cmd_run, "filter": cmd_filter, "tiny-models": cmd_tiny_models
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for errors the user can fix)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # overrides may follow options (`run IN --out O key=value`): argparse leaves those over
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         COMMANDS[args.verb](args)
     except CurationError as e:
