@@ -26,7 +26,7 @@ from hv_tune.io import atomic_write, atomic_write_text
 MANIFEST_VERSION = 1
 MANIFEST_FIELDS = (
     "id", "source", "kind", "start_frame", "end_frame", "start_time", "end_time", "fps", "width", "height",
-    "num_frames", "status", "reasons", "scores", "metrics", "caption", "caption_source", "clip_path",
+    "num_frames", "status", "reasons", "scores", "metrics", "caption", "caption_source", "clip_path", "probe_notes",
 )
 
 

@@ -41,13 +41,16 @@ def moving_shape(frames: int, height: int, width: int, color: int = 0, backgroun
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 24, pts_ms: Sequence[int] | None = None,
                 codec: str = "libx264", options: dict[str, str] | None = None) -> Path:
-    """Encode ``[F, H, W, 3]`` uint8 frames. ``pts_ms`` gives variable frame timing in milliseconds."""
+    """Encode ``[F, H, W, 3]`` uint8 frames. ``pts_ms`` gives variable frame timing in milliseconds.
+
+    ``options`` are encoder options (e.g. ``{"preset": "ultrafast"}`` or ``{"b": "2M"}``).
+    """
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", options=options or {}) as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options or {})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         if pts_ms is not None:
             stream.codec_context.time_base = Fraction(1, 1000)

@@ -131,10 +131,11 @@ def clip_record(
 
 
 def error_clip(rec: dict[str, Any], reason: str) -> dict[str, Any]:
-    """The one record of a file that cannot be used."""
+    """The one record of a file that cannot be used: ``error``, or ``rejected`` when over a size limit."""
+    status = "rejected" if reason.startswith(("too large", "too long")) else "error"
     return {
         "id": clip_id(rec["rel"], 0, 0), "source": rec["source"], "rel": rec["rel"], "kind": rec["kind"],
         "start_frame": 0, "end_frame": 0, "num_frames": 0, "start_time": 0.0, "end_time": 0.0,
-        "fps": 0.0, "width": 0, "height": 0, "status": "error", "reasons": [reason],
+        "fps": 0.0, "width": 0, "height": 0, "status": status, "reasons": [reason],
         "scores": {}, "metrics": {}, "caption": None, "caption_source": None, "clip_path": None, "probe_notes": [],
     }
