@@ -160,7 +160,8 @@ class RayExecutor:
         for model, group in _groups(stages):
             if model:
                 ds = ds.map_batches(_ActorStage, fn_constructor_args=(group,), batch_size=bs, batch_format="numpy",
-                                    concurrency=self.cfg.ray.model_actors, num_gpus=self.cfg.ray.num_gpus or None)
+                                    compute=ray.data.ActorPoolStrategy(size=self.cfg.ray.model_actors),
+                                    num_gpus=self.cfg.ray.num_gpus or None)
             else:
                 ds = ds.map_batches(_TaskStage(group), batch_size=bs, batch_format="numpy")
         with tqdm(total=len(records), desc=f"{desc} (ray)", unit=unit) as bar:
