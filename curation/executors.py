@@ -113,7 +113,12 @@ class _TaskStage:
         self.stages = stages
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[bytes]]:
-        return _to_rows(_chain(self.stages, _from_rows(batch)))
+        try:
+            return _to_rows(_chain(self.stages, _from_rows(batch)))
+        finally:
+            for st in self.stages:  # a task owns nothing after it returns (e.g. probe workers)
+                if hasattr(st, "close"):
+                    st.close()
 
 
 class _ActorStage:

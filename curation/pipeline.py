@@ -117,11 +117,14 @@ def split_files(cfg: CurationConfig, files: list[dict[str, Any]], state: State, 
             done.append(row)
         else:
             todo.append(f)
-    stages = [Probe(cfg.probe), SceneSplit(cfg.scenes)]
-    for rec in make_executor(cfg).run(stages, todo, "split", unit="file"):
-        rec = {**public(rec), "fingerprint": fp}
-        state.files.append(rec)
-        done.append(rec)
+    probe = Probe(cfg.probe)
+    try:
+        for rec in make_executor(cfg).run([probe, SceneSplit(cfg.scenes)], todo, "split", unit="file"):
+            rec = {**public(rec), "fingerprint": fp}
+            state.files.append(rec)
+            done.append(rec)
+    finally:
+        probe.close()
     return sorted(done, key=lambda r: r["rel"])
 
 
