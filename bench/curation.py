@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Curation throughput with the full-size ViT-L/14 (random weights) and the ratio to bare CLIP.
+
+Generates ``--videos`` clips, runs ``curation.pipeline.run`` with ``configs/curation.yaml``
+(captions off: the bench measures scoring), then times ``encode_image`` alone on the same
+frames, preprocessed beforehand, in the same batch sizes. Prints one JSON object.
+
+    python -m bench.curation [--videos 12] [--seconds 4] [--size 320x240]   # from the repository root
+
+ratio = pipeline wall time (probe, scene split, decode, motion, CLIP, decisions, export,
+report; models already loaded) / bare CLIP forward time. The target is <= 1.25: decode,
+motion and I/O should hide behind the model.
+"""
+
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # as a script, this file would shadow the curation package
+    raise SystemExit("run it as a module from the repository root: python -m bench.curation")
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from curation.config import load_config
+from curation.media import open_video, positions_to_indices, read_frames
+from curation.pipeline import run
+from curation.samples import moving_shape, write_video
+from curation.stages.clip_scores import ClipScores
+from curation.tiny import aesthetic_state_dict
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_videos(folder: Path, count: int, seconds: float, width: int, height: int, fps: int = 24) -> None:
+    for i in range(count):
+        frames = moving_shape(int(seconds * fps), height, width, color=i, background=i, texture_seed=i)
+        write_video(folder / f"video{i:03d}.mp4", frames, fps)
+
+
+def bare_clip_seconds(stage: ClipScores, records: list[dict], positions: list[float], short_side: int,
+                      clips_per_batch: int) -> tuple[float, int]:
+    """Time ``encode_image`` alone on the frames the pipeline scored, in the pipeline's batch sizes."""
+    frames = []
+    for r in records:
+        reader = open_video(r["source"], r["width"], r["height"], short_side)
+        frames.append(read_frames(reader, positions_to_indices(r["start_frame"], r["end_frame"], positions)))
+    per_batch = [np.concatenate(frames[i : i + clips_per_batch]) for i in range(0, len(frames), clips_per_batch)]
+    tensors = []
+    for batch in per_batch:
+        for i in range(0, len(batch), stage.cfg.batch_size):
+            tensors.append(torch.stack([stage.preprocess(Image.fromarray(f)) for f in batch[i : i + stage.cfg.batch_size]]))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for t in tensors:
+            stage.model.encode_image(t)
+    return time.perf_counter() - t0, sum(len(t) for t in tensors)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--videos", type=int, default=12)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--size", default="320x240")
+    args = ap.parse_args()
+    width, height = map(int, args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_videos(tmp / "in", args.videos, args.seconds, width, height)
+        head = tmp / "sac+logos+ava1-l14-linearMSE.pth"
+        torch.save(aesthetic_state_dict(768), head)  # the real layout, random weights
+        cfg = load_config(REPO / "configs" / "curation.yaml", [
+            "clip.pretrained=null", f"clip.aesthetic_head={head}", "clip.device=cpu", "caption.enabled=false",
+        ])
+        stage = ClipScores(cfg.clip)
+        t0 = time.perf_counter()
+        stage.setup()  # ViT-L-14 architecture, random init: nothing is downloaded
+        load_s = time.perf_counter() - t0
+        with torch.no_grad():  # warm-up (allocator, kernels) so that neither timing pays it
+            stage.model.encode_image(torch.zeros(2, 3, 224, 224))
+        result = run(cfg, tmp / "in", tmp / "out", {"clip": stage})
+        scored = [r for r in result.records if r.get("scores")]
+        bare_s, images = bare_clip_seconds(stage, scored, cfg.frames.positions, cfg.frames.short_side, cfg.batch_size)
+    total = result.timings["total_s"]
+    print(json.dumps({
+        "model": "open_clip ViT-L-14 (random weights) + LAION aesthetic MLP layout",
+        "device": "cpu", "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "videos": args.videos, "video": f"{args.seconds:g} s {width}x{height} 24 fps", "clips": len(result.records),
+        "clips_scored": result.clips_scored, "frames_encoded": result.clip_images_encoded,
+        "model_load_s": round(load_s, 2), "pipeline_s": round(total, 2),
+        "split_s": round(result.timings["split_s"], 2), "score_s": round(result.timings["score_s"], 2),
+        "clips_per_s": round(len(result.records) / total, 3),
+        "bare_clip_forward_s": round(bare_s, 2), "bare_frames": images,
+        "ratio_pipeline_to_bare_clip": round(total / bare_s, 3),
+        "ratio_score_stage_to_bare_clip": round(result.timings["score_s"] / bare_s, 3),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

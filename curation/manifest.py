@@ -1,0 +1,145 @@
+"""Clip records, the resumable state store, and the manifest files (jsonl + parquet).
+
+A *record* is a plain dict. File records (one per input file) carry ``source``, ``kind``,
+``probe``/``error`` and ``spans``; clip records carry the manifest fields (docs/manifest.md).
+Keys starting with ``_`` hold in-memory data between stages (decoded frames) and are never
+stored.
+
+State lives in ``OUT_DIR/state/*.jsonl``: one JSON object per line, appended with a single
+``write`` and fsync as soon as it is computed. A line without its newline (a run killed
+mid-write) is cut off on the next open, so every stored line is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from curation.errors import InputError
+from hv_tune.io import atomic_write, atomic_write_text
+
+MANIFEST_VERSION = 1
+MANIFEST_FIELDS = (
+    "id", "source", "kind", "start_frame", "end_frame", "start_time", "end_time", "fps", "width", "height",
+    "num_frames", "status", "reasons", "scores", "metrics", "caption", "caption_source", "clip_path", "probe_notes",
+)
+
+
+def clip_id(rel: str, start: int, end: int) -> str:
+    """Stable, readable clip id: slug of the file name, hash of its relative path, the span."""
+    stem = Path(rel).stem
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower()[:40] or "clip"
+    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
+    return f"{slug}-{digest}-{start:06d}-{end:06d}"
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short hash of config parts: stored next to results so that changed settings recompute."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without in-memory (``_``) keys."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+class StateLog:
+    """An append-only jsonl file of results, keyed by ``key``; later lines win."""
+
+    def __init__(self, path: Path, key: str = "id"):
+        self.path, self.key = Path(path), key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._repair()
+        if self.path.exists():
+            for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(
+                        f"{self.path}:{n} is not valid JSON ({e}); delete the line or the file to recompute it"
+                    ) from e
+                self.rows[row[key]] = row
+
+    def _repair(self) -> None:
+        """Cut a trailing partial line left by a killed run."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+                os.fsync(fh.fileno())
+
+    def get(self, key: str, fp: str | None = None) -> dict[str, Any] | None:
+        """The stored row for ``key``, if its fingerprint is ``fp`` (when given)."""
+        row = self.rows.get(key)
+        if row is None or (fp is not None and row.get("fingerprint") != fp):
+            return None
+        return row
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Store one row durably: one ``write`` of the whole line in append mode, then fsync."""
+        line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.rows[row[self.key]] = row
+
+
+def manifest_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A clip record reduced to the manifest fields, in a fixed order."""
+    return {k: record.get(k) for k in MANIFEST_FIELDS}
+
+
+def _uniform_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every row the same score/metric keys (null where absent): parquet needs one schema."""
+    score_keys = sorted({k for r in rows for k in (r["scores"] or {})})
+    metric_keys = sorted({k for r in rows for k in (r["metrics"] or {})})
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["scores"] = {k: (r["scores"] or {}).get(k) for k in score_keys}
+        r["metrics"] = {k: (r["metrics"] or {}).get(k) for k in metric_keys}
+        out.append(r)
+    return out
+
+
+def write_manifest(out_dir: Path, records: Iterable[dict[str, Any]]) -> tuple[Path, Path]:
+    """Write ``manifest.jsonl`` and ``manifest.parquet`` (via ``datasets``), each atomically."""
+    from datasets import Dataset
+
+    rows = _uniform_scores([manifest_row(r) for r in records])
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    jsonl = atomic_write_text(out_dir / "manifest.jsonl", text)
+    table = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in MANIFEST_FIELDS})
+    parquet = atomic_write(out_dir / "manifest.parquet", lambda p: table.to_parquet(str(p)))
+    return jsonl, parquet
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read ``manifest.jsonl`` (a file or its OUT_DIR).
+
+    Raises:
+        InputError: when the file is missing or a line is not a JSON object.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.jsonl"
+    if not path.is_file():
+        raise InputError(f"{path} not found; run `python -m curation run INPUT_DIR --out OUT_DIR` first")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n} is not valid JSON ({e})") from e
+    return rows

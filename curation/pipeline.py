@@ -1,0 +1,202 @@
+"""The curation run, as a table of contents: find -> probe + split -> score -> decide -> caption -> export.
+
+Every result is stored in ``OUT_DIR/state`` as soon as it exists (append-only jsonl), keyed by
+file or clip id and by a fingerprint of the settings that produced it. A re-run (after a
+crash, a SIGKILL, or with new thresholds) reuses everything whose fingerprint matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from curation.config import CurationConfig, to_dict
+from curation.errors import InputError
+from curation.executors import make_executor
+from curation.export import export_all
+from curation.filters import decide
+from curation.manifest import StateLog, fingerprint, public
+from curation.stages.caption import Captioner, CaptionFrames, user_caption
+from curation.stages.clip_scores import ClipScores
+from curation.stages.frames import SampleFrames
+from curation.stages.motion import Motion
+from curation.stages.probe import Probe, discover
+from curation.stages.scenes import SceneSplit
+from hv_tune.io import atomic_write_text
+
+SCORE_FIELDS = ("status", "reasons", "scores", "metrics", "embedding", "scored")
+
+
+@dataclass
+class RunResult:
+    """What a run did: records, counts of model work, timings (never part of the manifest)."""
+
+    records: list[dict[str, Any]]
+    out_dir: Path
+    clips_scored: int = 0
+    clip_images_encoded: int = 0
+    captions_generated: int = 0
+    caption_calls: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class State:
+    """The stored results of one OUT_DIR."""
+
+    files: StateLog
+    scores: StateLog
+    captions: StateLog
+
+    @classmethod
+    def open(cls, out_dir: Path) -> State:
+        d = Path(out_dir) / "state"
+        return cls(StateLog(d / "files.jsonl", "rel"), StateLog(d / "scores.jsonl"), StateLog(d / "captions.jsonl"))
+
+
+def fingerprints(cfg: CurationConfig) -> dict[str, str]:
+    """Settings that decide each stored result; changing one recomputes only that result."""
+    split = fingerprint(cfg.probe, cfg.scenes)
+    return {
+        "split": split,
+        "score": fingerprint(split, cfg.frames, cfg.motion, dataclasses.replace(cfg.clip, batch_size=0, device="")),
+        "caption": fingerprint(dataclasses.replace(cfg.caption, enabled=True, batch_size=0, device="", overwrite=False)),
+    }
+
+
+def run(cfg: CurationConfig, input_dir: Path, out_dir: Path, stages: dict[str, Any] | None = None) -> RunResult:
+    """Curate ``input_dir`` into ``out_dir`` (resumable).
+
+    Args:
+        cfg: the validated config.
+        input_dir: folder walked recursively for videos and images.
+        out_dir: manifest, clips, report and state go here.
+        stages: optional pre-built stage objects by name (``clip``, ``caption``) so a caller can
+            share loaded models across runs or read their call counters.
+    """
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"input folder {input_dir} does not exist or is not a folder")
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "state" / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    state, fps = State.open(out_dir), fingerprints(cfg)
+    stages = stages or {}
+    result = RunResult([], out_dir)
+    files = split_files(cfg, discover(input_dir, cfg.input), state, fps["split"])
+    result.timings["split_s"] = time.perf_counter() - t0
+    clips = [c for f in files for c in f["clips"]]
+    clips = score_clips(cfg, clips, state, fps["score"], stages, result)
+    result.timings["score_s"] = time.perf_counter() - t0 - result.timings["split_s"]
+    return finish(cfg, clips, state, out_dir, stages, result, t0)
+
+
+def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_dir: Path,
+           stages: dict[str, Any], result: RunResult, t0: float) -> RunResult:
+    """Decide, caption accepted clips, export. Shared by ``run`` and ``refilter``."""
+    records = decide(clips, cfg.filters)
+    t1 = time.perf_counter()
+    records = caption_clips(cfg, records, state, out_dir, stages, result)
+    result.timings["caption_s"] = time.perf_counter() - t1
+    result.records = export_all(cfg, records, out_dir)
+    result.timings["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def split_files(cfg: CurationConfig, files: list[dict[str, Any]], state: State, fp: str) -> list[dict[str, Any]]:
+    """Probe and scene-split files not already stored with the same size, mtime and settings."""
+    done, todo = [], []
+    for f in files:
+        row = state.files.get(f["rel"], fp)
+        if row and row["size"] == f["size"] and row["mtime_ns"] == f["mtime_ns"] and row["source"] == f["source"]:
+            done.append(row)
+        else:
+            todo.append(f)
+    probe = Probe(cfg.probe)
+    try:
+        for rec in make_executor(cfg).run([probe, SceneSplit(cfg.scenes)], todo, "split", unit="file"):
+            rec = {**public(rec), "fingerprint": fp}
+            state.files.append(rec)
+            done.append(rec)
+    finally:
+        probe.close()
+    return sorted(done, key=lambda r: r["rel"])
+
+
+def score_clips(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, fp: str,
+                stages: dict[str, Any], result: RunResult) -> list[dict[str, Any]]:
+    """Frames -> motion -> CLIP for every pending clip without stored scores; store each at once."""
+    todo = [c for c in clips if c["status"] == "pending" and not state.scores.get(c["id"], fp)]
+    clip_stage = stages.setdefault("clip", ClipScores(cfg.clip))
+    chain = [SampleFrames(cfg.frames, cfg.motion), Motion(cfg.motion), clip_stage]
+    images_before = getattr(clip_stage, "images_encoded", 0)
+    for rec in make_executor(cfg).run(chain, todo, "score"):
+        row = {k: rec.get(k) for k in SCORE_FIELDS}
+        state.scores.append({"id": rec["id"], "fingerprint": fp, **row, "scored": rec["status"] == "pending"})
+        result.clips_scored += 1
+    result.clip_images_encoded = getattr(clip_stage, "images_encoded", 0) - images_before
+    out = []
+    for c in clips:
+        row = state.scores.get(c["id"], fp) if c["status"] == "pending" else None
+        out.append({**c, **{k: row[k] for k in SCORE_FIELDS}} if row else c)
+    return out
+
+
+def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: State, out_dir: Path,
+                  stages: dict[str, Any], result: RunResult) -> list[dict[str, Any]]:
+    """Captions for accepted clips: the user's own text if any, else stored, else the model's."""
+    fp = fingerprints(cfg)["caption"]
+    clips_dir = out_dir / "clips"
+    todo, out = [], []
+    for rec in records:
+        rec = dict(rec)
+        if rec["status"] == "accepted":
+            stored = state.captions.get(rec["id"], fp)
+            user = None if cfg.caption.overwrite else user_caption(rec, clips_dir, stored)
+            if user is not None:
+                rec.update(caption=user, caption_source="user")
+            elif stored is not None:
+                rec.update(caption=stored["caption"], caption_source="model")
+            elif cfg.caption.enabled:
+                todo.append(rec)
+        out.append(rec)
+    if todo:
+        captioner = stages.setdefault("caption", Captioner(cfg.caption))
+        before = (captioner.clips_captioned, captioner.generate_calls)
+        chain = [CaptionFrames(cfg.caption), captioner]
+        done = {}
+        for rec in make_executor(cfg).run(chain, todo, "caption"):
+            if rec.get("caption_source") == "model":
+                state.captions.append({"id": rec["id"], "fingerprint": fp, "caption": rec["caption"]})
+                done[rec["id"]] = rec["caption"]
+        result.captions_generated = captioner.clips_captioned - before[0]
+        result.caption_calls = captioner.generate_calls - before[1]
+        for rec in out:
+            if rec["id"] in done:
+                rec.update(caption=done[rec["id"]], caption_source="model")
+    return out
+
+
+def refilter(cfg: CurationConfig, out_dir: Path, stages: dict[str, Any] | None = None) -> RunResult:
+    """Re-apply ``cfg.filters`` to the stored scores of ``out_dir``: no decoding, no CLIP.
+
+    Captions are generated only for clips that become accepted and have none yet.
+    """
+    out_dir, t0 = Path(out_dir), time.perf_counter()
+    if not (out_dir / "state" / "files.jsonl").is_file():
+        raise InputError(f"{out_dir} has no stored run (state/files.jsonl); run `python -m curation run` first")
+    state, fps = State.open(out_dir), fingerprints(cfg)
+    files = sorted((r for r in state.files.rows.values() if r.get("fingerprint") == fps["split"]), key=lambda r: r["rel"])
+    clips = []
+    for f in files:
+        for c in f["clips"]:
+            row = state.scores.get(c["id"], fps["score"]) if c["status"] == "pending" else None
+            if c["status"] == "pending" and row is None:
+                raise InputError(f"clip {c['id']} has no stored scores; finish the run with `python -m curation run`")
+            clips.append({**c, **{k: row[k] for k in SCORE_FIELDS}} if row else c)
+    return finish(cfg, clips, state, out_dir, stages or {}, RunResult([], out_dir), t0)

@@ -1,0 +1,1 @@
+"""Curation stages (issue 5)."""
