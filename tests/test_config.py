@@ -11,7 +11,7 @@ from hv_tune.config import Config, field_docs, load_config
 from hv_tune.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
-# training configs; the curation configs are loaded by tests/curation
+# curation*.yaml are curation configs (another loader): tests/curation/test_config.py loads them
 SHIPPED = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("curation"))
 
 

@@ -141,3 +141,13 @@ def test_probe_that_runs_too_long_is_stopped(tmp_path):
     assert slow["error"].startswith("unreadable: probe did not finish in 0.001 s")
     ok = Probe(ProbeConfig())([rec, rec])  # a fresh worker after the stop
     assert [r["probe"]["num_frames"] for r in ok] == [12, 12]
+
+
+def test_empty_folder_gives_empty_outputs(tmp_path, tiny_config):
+    from curation.manifest import read_manifest
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.md").write_text("not a video")  # ignored: not a video or image extension
+    result = run(tiny_config(), tmp_path / "in", tmp_path / "out")
+    assert result.records == [] and read_manifest(tmp_path / "out") == []
+    assert (tmp_path / "out" / "manifest.parquet").is_file() and (tmp_path / "out" / "report.html").is_file()

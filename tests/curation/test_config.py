@@ -25,6 +25,13 @@ def test_every_shipped_curation_config_loads(tiny_models):
     assert tiny.clip.model.startswith("local-dir:") and tiny.caption.trigger_word == "sks"
 
 
+def test_every_shipped_curation_config_is_commented_key_by_key():
+    for path in SHIPPED:
+        for line in path.read_text().splitlines():
+            if ":" in line and not line.strip().startswith("#") and not line.rstrip().endswith(":"):
+                assert "#" in line, f"{path.name}: key without a comment: {line!r}"
+
+
 def test_real_config_without_the_head_file_names_the_key():
     with pytest.raises(ConfigError, match=r"'clip.aesthetic_head'.*does not exist"):
         load_config(REPO / "configs" / "curation.yaml")

@@ -160,3 +160,22 @@ def test_copy_clips_false_keeps_spans_only(tmp_path, samples, tiny_config):
     result = run(tiny_config("export.copy_clips=false", "caption.enabled=false"), inp, tmp_path / "out")
     assert result.records[0]["status"] == "accepted" and result.records[0]["clip_path"] is None
     assert not (tmp_path / "out" / "clips").exists()
+
+
+def test_cli_run_then_filter(tmp_path, samples, tiny_models, capsys):
+    from curation.cli import main
+
+    from .conftest import TINY_CONFIG, model_overrides
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(samples / "red_circle.mp4", inp)
+    shutil.copy(samples / "static_shot.mp4", inp)
+    out = tmp_path / "out"
+    assert main(["run", str(inp), "--out", str(out), "--config", str(TINY_CONFIG), *model_overrides(tiny_models),
+                 "caption.enabled=false"]) == 0
+    table = capsys.readouterr().out
+    assert "accepted                               1" in table and "  static                               1" in table
+    assert main(["filter", str(out), "filters.motion_min=null"]) == 0
+    assert [r["status"] for r in read_manifest(out)] == ["accepted", "accepted"]
+    assert "motion_min: null" in (out / "state" / "config.yaml").read_text()  # the new thresholds are kept
