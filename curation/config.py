@@ -240,9 +240,9 @@ def validate(cfg: CurationConfig) -> None:
                 f"config key 'filters.zero_shot_max.{name}': no zero-shot prompt named {name!r} "
                 f"in clip.zero_shot (names: {', '.join(names) or 'none'})"
             )
-    _check_local(c.aesthetic_head, "clip.aesthetic_head", "the LAION aesthetic .pth file")
-    if c.model.startswith("local-dir:"):
+    if c.model.startswith("local-dir:"):  # the model first: the head is useless without it
         _check_local(c.model[len("local-dir:"):], "clip.model", "an open_clip folder (python -m curation tiny-models DIR)")
+    _check_local(c.aesthetic_head, "clip.aesthetic_head", "the LAION aesthetic .pth file")
 
 
 def _check_local(path: str, key: str, what: str) -> None:
