@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="tiny model + generated clips -> cache -> train -> sample (CPU, minutes)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
+    d.add_argument("--source", type=Path, default=None,
+                   help="train on this source (e.g. a curation manifest.jsonl) instead of generated clips")
     d.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides of configs/demo_tiny.yaml")
     return p
 
@@ -115,7 +117,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from hv_tune.demo import run_demo
 
-    run_demo(args.out, DEMO_CONFIG, args.overrides)
+    run_demo(args.out, DEMO_CONFIG, args.overrides, source=args.source)
 
 
 COMMANDS = {"tiny-model": cmd_tiny_model, "cache": cmd_cache, "train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from hv_tune.config import load_config
+from hv_tune.data.cache import read_index
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
 from hv_tune.models import get_spec
@@ -17,8 +18,8 @@ from hv_tune.training.trainer import train
 DEMO_CLIPS, DEMO_FRAMES, DEMO_SIZE = 8, 12, 64  # 12 frames at 24 fps fill the 9-frame bucket
 
 
-def run_demo(out: Path, config: Path, overrides: list[str]) -> dict[str, Path]:
-    """Generated clips -> cache -> train -> sample, printing where each result went."""
+def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None = None) -> dict[str, Path]:
+    """Clips (generated, or ``source``: e.g. a curation manifest) -> cache -> train -> sample."""
     t0 = time.time()
     out = Path(out)
     spec = get_spec("hunyuan-video")
@@ -26,16 +27,16 @@ def run_demo(out: Path, config: Path, overrides: list[str]) -> dict[str, Path]:
     if not (model_dir / "model_index.json").is_file():
         spec.build_tiny(model_dir)
     clips_dir = out / "clips"
-    if not clips_dir.is_dir():
+    if source is None and not clips_dir.is_dir():
         write_demo_folder(clips_dir, DEMO_CLIPS, DEMO_FRAMES, DEMO_SIZE, DEMO_SIZE)
     paths = [f"model.path={model_dir}", f"data.cache_dir={out / 'cache'}", f"output_dir={out / 'lora'}",
-             f"data.sources=[{{path: {clips_dir}}}]"]
+             f"data.sources=[{{path: '{source or clips_dir}'}}]"]
     cfg = load_config(config, paths + list(overrides))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(build_cache(spec, cfg, device).table())
     lora = train(cfg, resume=True).lora_path
     pipe = load_pipeline(str(model_dir), [(str(lora), 1.0)], device, torch.float32)
-    prompt = (clips_dir / "clip000.txt").read_text(encoding="utf-8").strip()
+    prompt = read_index(cfg.data.cache_dir)[0].captions[0]
     req = SampleRequest(prompt, 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale)
     sample = write_video(generate(pipe, req), out / "sample.mp4")
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}  ({req.prompt!r})")
