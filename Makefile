@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# The demo: generated videos (moving shapes, a static shot, a cut) -> curation with tiny models
+# -> cache of the accepted clips -> LoRA training -> sample.
 demo: install
-	$(PY) finetune.py demo --out runs/demo
+	$(PY) -m curation samples runs/demo/videos
+	$(PY) -m curation tiny-models runs/tiny-models
+	$(PY) -m curation run runs/demo/videos --out runs/demo/curated --config configs/curation_tiny.yaml
+	$(PY) finetune.py demo --out runs/demo --source runs/demo/curated/manifest.jsonl
 
 # The curation report is tested in headless Chromium (Debian's package). Installing it needs root;
 # without it the report tests skip and say why.
