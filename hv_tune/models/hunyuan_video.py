@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
+from hv_tune.io import sort_safetensors_metadata
 from hv_tune.models.base import LoadOptions, TextEncoders
 
 VIDEO_TEMPLATE = {
@@ -180,7 +181,9 @@ class HunyuanVideoSpec:
             transformer_lora_layers=state_dict,
             transformer_lora_adapter_metadata=metadata,
         )
-        return Path(out_dir) / "pytorch_lora_weights.safetensors"
+        path = Path(out_dir) / "pytorch_lora_weights.safetensors"
+        sort_safetensors_metadata(path)  # same training -> same bytes (exact resume is checked byte for byte)
+        return path
 
     def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
         from hv_tune.models.tiny_hunyuan import build_tiny_hunyuan_video
