@@ -43,6 +43,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, type=Path, help="preview.mp4, or x.png for one frame")
 
+    m = sub.add_parser("merge", help="merge LoRAs into the base transformer and write a merged model")
+    m.add_argument("--model", required=True, type=Path, help="diffusers-format model folder (local)")
+    m.add_argument("--lora", action=_LoraAction, dest="loras", default=[], metavar="FILE[:SCALE]", required=True,
+                   help="LoRA file (diffusers, ComfyUI or kohya format), repeatable")
+    m.add_argument("--scale", action=_ScaleAction, dest="loras", type=float, metavar="S",
+                   help="scale of the --lora just before it (default 1)")
+    m.add_argument("--out", required=True, type=Path,
+                   help="new model folder (diffusers format), or FILE.safetensors (--format original)")
+    m.add_argument("--format", choices=["diffusers", "original"], default="diffusers",
+                   help="original: one safetensors transformer with Tencent's names (ComfyUI diffusion model)")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="dtype of the merged weights (default: the base's)")
+    m.add_argument("--max-shard-size", default="5GB", help="largest transformer shard (diffusers format)")
+    m.add_argument("--copy", action="store_true", help="copy the other components instead of hard-linking them")
+    m.add_argument("--skip-unknown", action="store_true", help="leave out (and list) LoRA keys naming no layer")
+
+    c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
+    c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
+    c.add_argument("output", type=Path, help="file to write (.safetensors)")
+    c.add_argument("--to", required=True, choices=["diffusers", "comfyui", "kohya"])
+    c.add_argument("--model", default=None,
+                   help="model folder the LoRA is for (layer sizes); default: the full-size architecture")
+    c.add_argument("--rank-check", action="store_true",
+                   help="re-read the output, check each layer's update equals the input's, print ranks")
+    c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
+
     d = sub.add_parser("demo", help="tiny model + generated clips -> cache -> train -> sample (CPU, minutes)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
     d.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides of configs/demo_tiny.yaml")
@@ -65,11 +91,35 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"LoRA written to {result.lora_path}")
 
 
-def _parse_lora(spec: str) -> tuple[str, float]:
-    path, _, scale = spec.rpartition(":") if spec.rsplit(":", 1)[-1].replace(".", "", 1).isdigit() else (spec, "", "1")
+def _parse_lora(text: str) -> tuple[str, float]:
+    """``FILE[:SCALE]`` -> (FILE, SCALE); a ``:`` not followed by a number is part of the path."""
+    path, _, scale = text.rpartition(":")
+    try:
+        value = float(scale) if path else None
+    except ValueError:
+        value = None
+    if value is None:
+        path, value = text, 1.0
     if not Path(path).is_file():
-        raise HvTuneError(f"--lora {spec}: file {path} does not exist")
-    return path, float(scale)
+        raise HvTuneError(f"--lora {text}: file {path} does not exist")
+    return path, value
+
+
+class _LoraAction(argparse.Action):
+    """``--lora FILE[:SCALE]`` appends [text, None] to a list that ``--scale`` can amend."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append([values, None])
+
+
+class _ScaleAction(argparse.Action):
+    """``--scale S`` sets the scale of the ``--lora`` given just before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        loras = getattr(namespace, self.dest)
+        if not loras:
+            parser.error("--scale must follow the --lora it applies to")
+        loras[-1][1] = values
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -88,13 +138,64 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"sample written to {write_video(generate(pipe, req), args.out)}")
 
 
+def _parse_size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * factor)
+    raise HvTuneError(f"--max-shard-size {text}: use a size like 5GB or 500MB")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from hv_tune.export.merge import merge_loras
+    from hv_tune.models import get_spec
+    from hv_tune.training.trainer import DTYPES
+
+    loras = []
+    for text, scale in args.loras:
+        path, parsed = _parse_lora(text)
+        loras.append((path, parsed if scale is None else scale))
+    if args.format == "original" and args.out.suffix != ".safetensors":
+        raise HvTuneError(f"--out {args.out}: --format original writes one file; name it *.safetensors")
+    result = merge_loras(
+        get_spec("hunyuan-video"), args.model, loras, args.out, args.format,
+        DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
+    )
+    for note in result.notes:
+        print(note)
+    print(f"merged {len(loras)} LoRA(s) into {result.merged_layers} layers; {result.tensors} tensors "
+          f"({result.shards} file(s)) written to {result.out}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from hv_tune.export.convert import convert_lora
+    from hv_tune.models import get_spec
+
+    spec = get_spec("hunyuan-video")
+    if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
+        raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
+    shapes = spec.linear_shapes(args.model)
+    result = convert_lora(spec, args.input, args.output, args.to, shapes, args.rank_check, args.skip_unknown)
+    for line in result.notes + result.check:
+        print(line)
+    print(f"{result.source_format} -> {args.to}: {result.layers} layers written to {result.out}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from hv_tune.demo import run_demo
 
     run_demo(args.out, DEMO_CONFIG, args.overrides)
 
 
-COMMANDS = {"tiny-model": cmd_tiny_model, "train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
+COMMANDS = {
+    "tiny-model": cmd_tiny_model,
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "merge": cmd_merge,
+    "convert": cmd_convert,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
