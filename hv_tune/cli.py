@@ -30,17 +30,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. lora.rank=16")
 
-    s = sub.add_parser("sample", help="generate a preview video with diffusers' HunyuanVideoPipeline")
+    s = sub.add_parser("sample", help="generate a preview video with the model's diffusers pipeline")
     s.add_argument("--model", required=True, help="diffusers-format model folder or hub id")
-    s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA file, repeatable")
+    s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="LoRA file (diffusers, ComfyUI or kohya format), repeatable; default scale 1")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--frames", type=int, default=33, help="4k+1 frames")
-    s.add_argument("--height", type=int, default=320)
-    s.add_argument("--width", type=int, default=512)
+    s.add_argument("--frames", type=int, default=None, help="4k+1 frames (default 33; 1 for a .png --out)")
+    s.add_argument("--height", type=int, default=320, help="multiple of 16")
+    s.add_argument("--width", type=int, default=512, help="multiple of 16")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
     s.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fps", type=int, default=24, help="frame rate of the mp4")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto = bf16 on GPU, fp32 on CPU")
+    s.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (less memory)")
+    s.add_argument("--offload", choices=["none", "text-encoders", "model"], default="none",
+                   help="text-encoders: keep the text encoders on the CPU except while encoding; "
+                        "model: diffusers' model CPU offload (GPU only)")
     s.add_argument("--out", required=True, type=Path, help="preview.mp4, or x.png for one frame")
 
     m = sub.add_parser("merge", help="merge LoRAs into the base transformer and write a merged model")
@@ -122,20 +130,38 @@ class _ScaleAction(argparse.Action):
         loras[-1][1] = values
 
 
-def cmd_sample(args: argparse.Namespace) -> None:
+def _device_dtype(name: str):
     import torch
 
-    from hv_tune.sampling import SampleRequest, generate, load_pipeline, write_video
+    from hv_tune.training.trainer import DTYPES
 
-    if (args.frames - 1) % 4 or args.height % 16 or args.width % 16:
-        raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    pipe = load_pipeline(args.model, [_parse_lora(s) for s in args.lora], device, dtype)
-    req = SampleRequest(
-        args.prompt, args.frames, args.height, args.width, args.steps, args.shift, args.guidance, args.seed
-    )
-    print(f"sample written to {write_video(generate(pipe, req), args.out)}")
+    if name == "auto":
+        return device, torch.bfloat16 if device == "cuda" else torch.float32
+    return device, DTYPES[name]
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from hv_tune.models import LoadOptions, get_spec
+    from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
+
+    png = args.out.suffix.lower() == ".png"
+    frames = args.frames if args.frames is not None else 1 if png else 33
+    if png and frames != 1:
+        raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
+    if (frames - 1) % 4 or args.height % 16 or args.width % 16:
+        raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
+    spec = get_spec("hunyuan-video")
+    loras = [_parse_lora(s) for s in args.lora]
+    device, dtype = _device_dtype(args.dtype)
+    pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload)
+    req = SampleRequest(args.prompt, frames, args.height, args.width, args.steps, args.shift, args.guidance,
+                        args.seed, args.fps)
+    embeds = None
+    if args.offload == "text-encoders":
+        embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
+        pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
+    print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, args.fps)}")
 
 
 def _parse_size(text: str) -> int:

@@ -31,7 +31,7 @@ def run_demo(out: Path, config: Path, overrides: list[str]) -> dict[str, Path]:
     clips = demo_clips(DEMO_CLIPS, DEMO_FRAMES, DEMO_SIZE, DEMO_SIZE)
     cache_clips(spec, LoadOptions(str(model_dir)), clips, Path(cfg.data.cache_dir), device)
     lora = train(cfg, resume=True).lora_path
-    pipe = load_pipeline(str(model_dir), [(str(lora), 1.0)], device, torch.float32)
+    pipe = load_pipeline(spec, str(model_dir), [(str(lora), 1.0)], device, torch.float32)
     req = SampleRequest(clips[0].caption, DEMO_FRAMES, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale)
     sample = write_video(generate(pipe, req), out / "sample.mp4")
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}  ({req.prompt!r})")
