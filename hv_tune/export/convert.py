@@ -17,6 +17,8 @@ from hv_tune.models.base import ModelSpec
 
 PROBES = 8
 CHECK_RTOL = 1e-5
+#: file names of the LoRA in other formats, written next to pytorch_lora_weights.safetensors
+EXTRA_FILES = {"comfyui": "lora_comfyui.safetensors", "kohya": "lora_kohya.safetensors"}
 
 
 @dataclass
@@ -87,3 +89,28 @@ def convert_lora(
     if check:
         result.check = check_same_updates(lora.modules, read_lora(spec, dst, shapes).modules, shapes)
     return result
+
+
+def adapter_modules(adapter: Mapping[str, torch.Tensor], rank: int, alpha: float) -> dict[str, LoraModule]:
+    """A PEFT adapter state dict (``<module>.lora_A.weight``, ``.lora_B.weight``) as LoRA modules."""
+    modules = {}
+    for key, down in adapter.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            modules[module] = LoraModule(down, adapter[f"{module}.lora_B.weight"], float(alpha))
+            if modules[module].rank != rank:
+                raise HvTuneError(f"adapter layer {module!r} has rank {modules[module].rank}, expected {rank}")
+    return modules
+
+
+def save_extra_formats(
+    spec: ModelSpec, out_dir: Path, adapter: Mapping[str, torch.Tensor], rank: int, alpha: float,
+    formats: list[str], model_path: str,
+) -> list[Path]:
+    """Write a trained adapter in each of ``formats`` other than diffusers (``EXTRA_FILES``)."""
+    extra = [f for f in formats if f != "diffusers"]
+    if not extra:
+        return []
+    modules = adapter_modules(adapter, rank, alpha)
+    shapes = spec.linear_shapes(model_path)
+    return [write_lora(spec, modules, Path(out_dir) / EXTRA_FILES[f], f, shapes) for f in extra]
