@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from hv_tune.cli import main
 from hv_tune.errors import HvTuneError
+from hv_tune.export import merge as merge_module
 from hv_tune.export.convert import convert_lora
 from hv_tune.export.merge import merge_loras
 
@@ -66,8 +67,10 @@ def test_merge_two_stacked_loras_with_scales_equals_peft(spec, tiny_model, tmp_p
     assert pipe.transformer.dtype == torch.float32
 
 
-def test_merge_original_format_has_tencent_names_and_same_weights(spec, tiny_model, tmp_path):
-    lora = random_lora(spec, tiny_model, tmp_path / "a.safetensors", rank=4, alpha=1.0, targets="all-linear")
+def test_merge_original_format_has_tencent_names_and_same_weights(spec, tiny_model, tmp_path, monkeypatch):
+    # every linear layer (embedders, refiner, final layer with its swapped halves), merged in blocks of rows
+    lora = random_lora(spec, tiny_model, tmp_path / "a.safetensors", rank=4, alpha=1.0, targets=["*"])
+    monkeypatch.setattr(merge_module, "BLOCK_ELEMENTS", 200)
     merge_loras(spec, tiny_model, [(str(lora), 0.7)], tmp_path / "d", max_shard_bytes=10**5)
     code = main(["merge", "--model", str(tiny_model), "--lora", f"{lora}:0.7", "--format", "original",
                  "--out", str(tmp_path / "orig.safetensors")])

@@ -34,6 +34,7 @@ from hv_tune.models.base import ModelSpec
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 MERGE_FORMATS = ("diffusers", "original")
+BLOCK_ELEMENTS = 2**24  # float32 values merged at a time (64 MiB)
 
 
 @dataclass(frozen=True)
@@ -174,27 +175,44 @@ def shard(plan: list[OutTensor], max_bytes: int) -> list[list[OutTensor]]:
 # ----------------------------------------------------------------------------- merging
 
 
-def merged_weight(w: torch.Tensor, updates: Sequence[tuple[LoraModule, float]], dtype: torch.dtype) -> torch.Tensor:
-    """``W + sum scale * (alpha / r) * up @ down`` in float32, returned in ``dtype``."""
+def merged_weight(
+    w: torch.Tensor, updates: Sequence[tuple[LoraModule, float]], dtype: torch.dtype, row_offset: int = 0
+) -> torch.Tensor:
+    """``W + sum scale * (alpha / r) * up @ down`` in float32, returned in ``dtype``.
+
+    ``w`` may be a block of rows of the layer's weight, starting at row ``row_offset``.
+    """
     if not updates:
         return w.to(dtype)
     acc = w.to(torch.float32, copy=True)
+    rows = slice(row_offset, row_offset + w.shape[0])
     for m, scale in updates:
-        acc.addmm_(m.up.float(), m.down.float(), alpha=scale * m.scale)  # [out, r] @ [r, in]
+        acc.addmm_(m.up[rows].float(), m.down.float(), alpha=scale * m.scale)  # [n, r] @ [r, in]
     return acc.to(dtype)
 
 
 def write_tensors(
     writer: StreamWriter, tensors: list[OutTensor], infos: dict[str, TensorInfo], updates, bar: tqdm
 ) -> None:
-    """Merge and write each tensor of ``tensors``, part by part."""
+    """Merge and write each tensor of ``tensors``, part by part, in blocks of rows.
+
+    Working memory is one base tensor plus ``BLOCK_ELEMENTS`` float32 values, whatever the
+    size of the layer.
+    """
     for t in tensors:
         for src in t.sources:
             module, _, suffix = src.name.rpartition(".")
+            ups = updates.get(module, []) if suffix == "weight" else []
             w = read_tensor(infos[src.name])
-            w = merged_weight(w, updates.get(module, []) if suffix == "weight" else [], t.dtype)
-            writer.write(t.name, w.chunk(src.chunks)[src.chunk] if src.chunks > 1 else w)
-            del w
+            if w.dim() == 0:
+                writer.write(t.name, w.to(t.dtype))
+                continue
+            offset = src.chunk * (w.shape[0] // src.chunks)  # first row of this part in the base tensor
+            part = w[offset : offset + w.shape[0] // src.chunks]
+            step = max(1, BLOCK_ELEMENTS // max(1, part[0].numel()))
+            for r0 in range(0, part.shape[0], step):
+                writer.write(t.name, merged_weight(part[r0 : r0 + step], ups, t.dtype, offset + r0))
+            del w, part
         bar.update(1)
 
 
