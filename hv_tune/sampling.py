@@ -6,6 +6,7 @@ the latter call the pipeline with precomputed prompt embeddings and no text enco
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,11 @@ def load_pipeline(
         raise HvTuneError(f"--offload {offload}: use one of {', '.join(OFFLOAD_MODES)}")
     pipe = spec.load_pipeline(LoadOptions(model, dtype))
     names = []
-    for i, (path, _) in enumerate(loras):
-        pipe.load_lora_weights(path, adapter_name=f"lora{i}")
-        names.append(f"lora{i}")
+    with tempfile.TemporaryDirectory(prefix="hv-tune-lora-") as tmp:
+        for i, (path, _) in enumerate(loras):
+            pipe.load_lora_weights(as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors"),
+                                   adapter_name=f"lora{i}")
+            names.append(f"lora{i}")
     if names:
         pipe.set_adapters(names, [scale for _, scale in loras])
     if vae_tiling:
@@ -72,6 +75,24 @@ def load_pipeline(
     else:
         pipe.to(device)
     return pipe
+
+
+def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> str:
+    """``path`` if it is a diffusers-format LoRA, else its conversion written to ``scratch``.
+
+    diffusers cannot load kohya files, and reads a final-layer LoRA of the original format
+    wrongly (docs/lora-formats.md); our reader handles every format.
+    """
+    from hv_tune.export.formats import unknown_keys_message
+    from hv_tune.export.lora_io import read_lora, write_lora
+
+    shapes = spec.linear_shapes(model)
+    lora = read_lora(spec, path, shapes)
+    if lora.unknown:
+        raise HvTuneError(unknown_keys_message(path, lora.unknown) + "\nconvert it with --skip-unknown first")
+    if lora.format == "diffusers":
+        return path
+    return str(write_lora(spec, lora.modules, scratch, "diffusers", shapes))
 
 
 def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str) -> dict[str, torch.Tensor]:

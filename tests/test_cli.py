@@ -53,8 +53,11 @@ def test_sample_writes_a_playable_mp4(tiny_model, tmp_path):
     assert bad.returncode == 2 and "4k+1" in bad.stderr
 
 
-def test_sample_is_deterministic_and_memory_options_do_not_change_it(tiny_model, tmp_path, capsys):
+def test_sample_is_deterministic_and_memory_options_do_not_change_it(spec, tiny_model, tmp_path, capsys):
     from hv_tune.cli import main
+    from hv_tune.export.convert import convert_lora
+
+    from .lora_utils import random_lora
 
     args = ["sample", "--model", str(tiny_model), "--prompt", "a blue square slides left", "--frames", "5",
             "--height", "32", "--width", "32", "--steps", "2", "--seed", "3"]
@@ -66,6 +69,13 @@ def test_sample_is_deterministic_and_memory_options_do_not_change_it(tiny_model,
     assert a.shape == (5, 32, 32, 3)
     assert (a == b).all() and (a == c).all()  # same seed, same video; offloading changes nothing
     assert (a != d).any()  # another seed, another video
+    # a LoRA in kohya format (diffusers cannot load those) gives the same video as its diffusers file
+    lora = random_lora(spec, tiny_model, tmp_path / "l.safetensors", rank=4, alpha=2.0)
+    kohya = convert_lora(spec, lora, tmp_path / "k.safetensors", "kohya", spec.linear_shapes(str(tiny_model))).out
+    assert main([*args, "--lora", f"{lora}:0.7", "--out", str(tmp_path / "e.mp4")]) == 0
+    assert main([*args, "--lora", f"{kohya}:0.7", "--out", str(tmp_path / "f.mp4")]) == 0
+    e, f = _decode(tmp_path / "e.mp4"), _decode(tmp_path / "f.mp4")
+    assert (e != a).any() and (e == f).all()  # the recorded fused layout splits back exactly
     assert main(["sample", "--model", str(tiny_model), "--prompt", "a cat", "--height", "32", "--width", "32",
                  "--steps", "2", "--out", str(tmp_path / "x.png")]) == 0
     from PIL import Image
