@@ -70,6 +70,15 @@ def test_shared_down_fuses_to_itself_and_zero_rows_are_padding():
         unfuse(fused, [5, 5])
 
 
+def test_rank_check_catches_a_changed_update():
+    gen = torch.Generator().manual_seed(5)
+    a = {"x": _mod(gen, 2, 4, 3, 2.0)}
+    same = {"x": LoraModule(a["x"].down, a["x"].up * 2, 1.0)}  # scale halved, up doubled: same update
+    assert "rank 2 -> 2" in check_same_updates(a, same, {"x": (3, 4)})[0]
+    with pytest.raises(HvTuneError, match="check failed: x"):
+        check_same_updates(a, {"x": LoraModule(a["x"].down, a["x"].up, 2.1)}, {"x": (3, 4)})
+
+
 # ----------------------------------------------------------------------------- formats
 
 
