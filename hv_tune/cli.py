@@ -34,18 +34,52 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
     c.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
-    s = sub.add_parser("sample", help="generate a preview video with diffusers' HunyuanVideoPipeline")
+    s = sub.add_parser("sample", help="generate a preview video with the model's diffusers pipeline")
     s.add_argument("--model", required=True, help="diffusers-format model folder or hub id")
-    s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="LoRA file, repeatable")
+    s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="LoRA file (diffusers, ComfyUI or kohya format), repeatable; default scale 1")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--frames", type=int, default=33, help="4k+1 frames")
-    s.add_argument("--height", type=int, default=320)
-    s.add_argument("--width", type=int, default=512)
+    s.add_argument("--frames", type=int, default=None, help="4k+1 frames (default 33; 1 for a .png --out)")
+    s.add_argument("--height", type=int, default=320, help="multiple of 16")
+    s.add_argument("--width", type=int, default=512, help="multiple of 16")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
     s.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fps", type=int, default=24, help="frame rate of the mp4")
+    s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto = bf16 on GPU, fp32 on CPU")
+    s.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (less memory)")
+    s.add_argument("--offload", choices=["none", "text-encoders", "model"], default="none",
+                   help="text-encoders: keep the text encoders on the CPU except while encoding; "
+                        "model: diffusers' model CPU offload (GPU only)")
     s.add_argument("--out", required=True, type=Path, help="preview.mp4, or x.png for one frame")
+
+    m = sub.add_parser("merge", help="merge LoRAs into the base transformer and write a merged model")
+    m.add_argument("--model", required=True, type=Path, help="diffusers-format model folder (local)")
+    m.add_argument("--lora", action=_LoraAction, dest="loras", default=[], metavar="FILE[:SCALE]", required=True,
+                   help="LoRA file (diffusers, ComfyUI or kohya format), repeatable")
+    m.add_argument("--scale", action=_ScaleAction, dest="loras", type=float, metavar="S",
+                   help="scale of the --lora just before it (default 1)")
+    m.add_argument("--out", required=True, type=Path,
+                   help="new model folder (diffusers format), or FILE.safetensors (--format original)")
+    m.add_argument("--format", choices=["diffusers", "original"], default="diffusers",
+                   help="original: one safetensors transformer with Tencent's names (ComfyUI diffusion model)")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="dtype of the merged weights (default: the base's)")
+    m.add_argument("--max-shard-size", default="5GB", help="largest transformer shard (diffusers format)")
+    m.add_argument("--copy", action="store_true", help="copy the other components instead of hard-linking them")
+    m.add_argument("--skip-unknown", action="store_true", help="leave out (and list) LoRA keys naming no layer")
+
+    c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
+    c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
+    c.add_argument("output", type=Path, help="file to write (.safetensors)")
+    c.add_argument("--to", required=True, choices=["diffusers", "comfyui", "kohya"])
+    c.add_argument("--model", default=None,
+                   help="model folder the LoRA is for (layer sizes); default: the full-size architecture")
+    c.add_argument("--rank-check", action="store_true",
+                   help="re-read the output, check each layer's update equals the input's, print ranks")
+    c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
 
     d = sub.add_parser("demo", help="tiny model + generated clips -> cache -> train -> sample (CPU, minutes)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
@@ -87,31 +121,113 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _parse_lora(spec: str) -> tuple[str, float]:
-    """``FILE`` or ``FILE:SCALE`` (a path may itself contain ':', so only a numeric suffix is a scale)."""
-    path, scale = spec, "1"
-    head, sep, tail = spec.rpartition(":")
-    if sep and tail.replace(".", "", 1).isdigit():
-        path, scale = head, tail
+def _parse_lora(text: str) -> tuple[str, float]:
+    """``FILE[:SCALE]`` -> (FILE, SCALE); a ``:`` not followed by a number is part of the path."""
+    path, _, scale = text.rpartition(":")
+    try:
+        value = float(scale) if path else None
+    except ValueError:
+        value = None
+    if value is None:
+        path, value = text, 1.0
     if not Path(path).is_file():
-        raise HvTuneError(f"--lora {spec}: file {path} does not exist")
-    return path, float(scale)
+        raise HvTuneError(f"--lora {text}: file {path} does not exist")
+    return path, value
+
+
+class _LoraAction(argparse.Action):
+    """``--lora FILE[:SCALE]`` appends [text, None] to a list that ``--scale`` can amend."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append([values, None])
+
+
+class _ScaleAction(argparse.Action):
+    """``--scale S`` sets the scale of the ``--lora`` given just before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        loras = getattr(namespace, self.dest)
+        if not loras:
+            parser.error("--scale must follow the --lora it applies to")
+        loras[-1][1] = values
+
+
+def _device_dtype(name: str):
+    import torch
+
+    from hv_tune.training.trainer import DTYPES
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return device, torch.bfloat16 if device == "cuda" else torch.float32
+    return device, DTYPES[name]
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    import torch
+    from hv_tune.models import LoadOptions, get_spec
+    from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
 
-    from hv_tune.sampling import SampleRequest, generate, load_pipeline, write_video
-
-    if (args.frames - 1) % 4 or args.height % 16 or args.width % 16:
+    png = args.out.suffix.lower() == ".png"
+    frames = args.frames if args.frames is not None else 1 if png else 33
+    if png and frames != 1:
+        raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
+    if (frames - 1) % 4 or args.height % 16 or args.width % 16:
         raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    pipe = load_pipeline(args.model, [_parse_lora(s) for s in args.lora], device, dtype)
-    req = SampleRequest(
-        args.prompt, args.frames, args.height, args.width, args.steps, args.shift, args.guidance, args.seed
+    spec = get_spec("hunyuan-video")
+    loras = [_parse_lora(s) for s in args.lora]
+    device, dtype = _device_dtype(args.dtype)
+    pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload)
+    req = SampleRequest(args.prompt, frames, args.height, args.width, args.steps, args.shift, args.guidance,
+                        args.seed, args.fps)
+    embeds = None
+    if args.offload == "text-encoders":
+        embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
+        pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
+    print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, args.fps)}")
+
+
+def _parse_size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    t = text.strip().upper()
+    for unit, factor in units.items():
+        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * factor)
+    raise HvTuneError(f"--max-shard-size {text}: use a size like 5GB or 500MB")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from hv_tune.export.merge import merge_loras
+    from hv_tune.models import get_spec
+    from hv_tune.training.trainer import DTYPES
+
+    loras = []
+    for text, scale in args.loras:
+        path, parsed = _parse_lora(text)
+        loras.append((path, parsed if scale is None else scale))
+    if args.format == "original" and args.out.suffix != ".safetensors":
+        raise HvTuneError(f"--out {args.out}: --format original writes one file; name it *.safetensors")
+    result = merge_loras(
+        get_spec("hunyuan-video"), args.model, loras, args.out, args.format,
+        DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
     )
-    print(f"sample written to {write_video(generate(pipe, req), args.out)}")
+    for note in result.notes:
+        print(note)
+    print(f"merged {len(loras)} LoRA(s) into {result.merged_layers} layers; {result.tensors} tensors "
+          f"({result.shards} file(s)) written to {result.out}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from hv_tune.export.convert import convert_lora
+    from hv_tune.models import get_spec
+
+    spec = get_spec("hunyuan-video")
+    if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
+        raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
+    shapes = spec.linear_shapes(args.model)
+    result = convert_lora(spec, args.input, args.output, args.to, shapes, args.rank_check, args.skip_unknown)
+    for line in result.notes + result.check:
+        print(line)
+    print(f"{result.source_format} -> {args.to}: {result.layers} layers written to {result.out}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -120,7 +236,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, DEMO_CONFIG, args.overrides, source=args.source)
 
 
-COMMANDS = {"tiny-model": cmd_tiny_model, "cache": cmd_cache, "train": cmd_train, "sample": cmd_sample, "demo": cmd_demo}
+COMMANDS = {
+    "tiny-model": cmd_tiny_model,
+    "cache": cmd_cache,
+    "train": cmd_train,
+    "sample": cmd_sample,
+    "merge": cmd_merge,
+    "convert": cmd_convert,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,35 @@ class TrainingConfig:
 
 
 @dataclass
+class ValidationConfig:
+    every: int = _f(0, "Render previews and measure the eval loss every N steps (0 = off).")
+    prompts: list[str] = _f([], "Preview prompts: videos in OUTPUT_DIR/samples/step_N/ and on TensorBoard.")
+    frames: int = _f(33, "Frames of each preview (4k+1; 1 = an image).")
+    height: int = _f(320, "Preview height in pixels (multiple of 16).")
+    width: int = _f(512, "Preview width in pixels (multiple of 16).")
+    steps: int = _f(30, "Sampling steps per preview.")
+    shift: float = _f(7.0, "Flow shift of the preview sampler.")
+    guidance: float = _f(6.0, "Embedded guidance scale of the previews.")
+    seed: int = _f(0, "Noise seed of the previews (the same at every validation, so they compare).")
+    vae_tiling: bool = _f(True, "Decode previews in tiles (less GPU memory).")
+    eval_cache_dir: str = _f("", "Held-out cache for the eval loss; empty = training items (not held out).")
+    eval_items: int = _f(8, "Items of that cache in the eval loss (0 = no eval loss).")
+    eval_quantiles: list[float] = _f(
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        "Quantiles of the training sigma distribution at which the eval loss is measured.",
+    )
+    eval_seed: int = _f(0, "Seed of the eval noise and latent samples (fixed, so runs compare).")
+
+
+@dataclass
+class SaveConfig:
+    formats: list[Literal["diffusers", "comfyui", "kohya"]] = _f(
+        ["diffusers", "comfyui"],
+        "Final LoRA files: diffusers (always), comfyui (lora_comfyui.safetensors), kohya (lora_kohya.safetensors).",
+    )
+
+
+@dataclass
 class Config:
     output_dir: str = _f("runs/hv-lora", "Where the LoRA, checkpoints, logs and the resolved config go.")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -131,6 +160,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    save: SaveConfig = field(default_factory=SaveConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -326,6 +357,7 @@ def validate(cfg: Config) -> None:
         )
     if t.optimizer == "adamw8bit":
         _check_bitsandbytes()
+    _validate_validation_and_save(cfg)
 
 
 LORA_PRESET_NAMES = ("attn", "all-linear")
@@ -344,6 +376,29 @@ def _validate_sources(sources: list[SourceConfig]) -> None:
             raise ConfigError(f"config key '{key}.caption_dropout' must be in [0, 1)")
         if src.frame_samples is not None and src.frame_samples < 1:
             raise ConfigError(f"config key '{key}.frame_samples' must be >= 1")
+
+
+def _validate_validation_and_save(cfg: Config) -> None:
+    v, formats = cfg.validation, cfg.save.formats
+    checks: list[tuple[bool, str, str]] = [
+        (v.every >= 0, "validation.every", f"must be >= 0 (got {v.every})"),
+        (v.frames >= 1 and (v.frames - 1) % 4 == 0, "validation.frames", f"must be 4k+1 (got {v.frames})"),
+        (v.height > 0 and v.height % 16 == 0, "validation.height", f"must be a positive multiple of 16 (got {v.height})"),
+        (v.width > 0 and v.width % 16 == 0, "validation.width", f"must be a positive multiple of 16 (got {v.width})"),
+        (v.steps >= 1, "validation.steps", f"must be >= 1 (got {v.steps})"),
+        (v.shift > 0, "validation.shift", f"must be > 0 (got {v.shift})"),
+        (v.eval_items >= 0, "validation.eval_items", f"must be >= 0 (got {v.eval_items})"),
+        (all(0 < q < 1 for q in v.eval_quantiles), "validation.eval_quantiles", "must lie strictly between 0 and 1"),
+        (v.every == 0 or bool(v.prompts) or (v.eval_items > 0 and bool(v.eval_quantiles)), "validation.every",
+         "is set but there is nothing to validate: give validation.prompts or validation.eval_items > 0"),
+        (not v.eval_cache_dir or v.every == 0 or Path(v.eval_cache_dir).is_dir(), "validation.eval_cache_dir",
+         f"folder {v.eval_cache_dir!r} does not exist (make it with the cache verb on held-out clips)"),
+        ("diffusers" in formats, "save.formats", f"must include diffusers, the native format (got {formats})"),
+        (len(set(formats)) == len(formats), "save.formats", f"lists a format twice ({formats})"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} {msg}")
 
 
 def _check_bitsandbytes() -> None:

@@ -35,7 +35,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(build_cache(spec, cfg, device).table())
     lora = train(cfg, resume=True).lora_path
-    pipe = load_pipeline(str(model_dir), [(str(lora), 1.0)], device, torch.float32)
+    pipe = load_pipeline(spec, str(model_dir), [(str(lora), 1.0)], device, torch.float32)
     prompt = read_index(cfg.data.cache_dir)[0].captions[0]
     req = SampleRequest(prompt, 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale)
     sample = write_video(generate(pipe, req), out / "sample.mp4")

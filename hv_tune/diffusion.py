@@ -51,6 +51,25 @@ def sample_sigmas(
     return shift_sigmas(u, shift).clamp(eps, 1.0 - eps).float()
 
 
+def sigma_quantiles(
+    quantiles: list[float], scheme: str, logit_mean: float = 0.0, logit_std: float = 1.0, shift: float = 1.0
+) -> torch.Tensor:
+    """The sigmas at fixed quantiles of the training distribution of ``sample_sigmas``.
+
+    Evaluating the loss there gives a deterministic, stratified estimate of the training
+    objective: the same sigmas in every run and at every step, so eval losses compare.
+    Shift is monotonic, so shifted quantiles are quantiles of the shifted distribution.
+    """
+    q = torch.tensor(quantiles, dtype=torch.float64)
+    if scheme == "uniform":
+        u = q
+    elif scheme == "logit_normal":
+        u = torch.sigmoid(logit_mean + logit_std * torch.special.ndtri(q))
+    else:
+        raise ValueError(f"unknown timestep sampling scheme {scheme!r}")
+    return shift_sigmas(u, shift).float()
+
+
 def _expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     # [B] -> [B, 1, 1, ...] to broadcast over latent dims
     return sigma.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)

@@ -6,8 +6,10 @@ the complete new one is at the final path.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -49,11 +51,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def sort_safetensors_metadata(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors header in place with its metadata in sorted key order.
+
+    safetensors (0.8) writes the metadata map in hash order, which differs between
+    processes: the same tensors would give different bytes. The header keeps its length
+    (same entries, other order; padded with spaces, as the format allows).
+    """
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+        raw = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(raw) > size:  # cannot happen for a header written by safetensors; never corrupt the file
+            return
+        fh.seek(8)
+        fh.write(raw + b" " * (size - len(raw)))
+
+
 def atomic_save_safetensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
+    """``save_file`` to a temporary sibling, metadata order made deterministic, then renamed."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+    def write(p: Path) -> None:
+        save_file(tensors, str(p), metadata=metadata)
+        sort_safetensors_metadata(p)
+
+    return atomic_write(path, write)
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: object) -> Path:
@@ -84,24 +111,3 @@ def atomic_directory(final: str | os.PathLike, fill: Callable[[Path], None]) -> 
         raise
     return final
 
-
-def canonicalize_safetensors_header(path: str | os.PathLike) -> None:
-    """Rewrite a safetensors header with sorted keys, in place and at the same length.
-
-    The safetensors writer serialises ``__metadata__`` from a hash map whose order changes
-    from process to process, so two runs that save identical tensors and metadata can
-    differ in their header bytes. Sorting makes equal content byte-identical. The header
-    keeps its length (padded with spaces, which the format allows), so tensor offsets and
-    data are untouched.
-    """
-    import json
-    import struct
-
-    with open(path, "rb+") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-        canonical = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-        if len(canonical) > n:
-            return  # cannot happen for a compact writer; leave the file as it is
-        fh.seek(8)
-        fh.write(canonical + b" " * (n - len(canonical)))

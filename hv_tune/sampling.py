@@ -1,14 +1,25 @@
-"""Preview generation with diffusers' HunyuanVideoPipeline, written as mp4 (PyAV) or png."""
+"""Previews through the model family's diffusers pipeline (asked of the spec), as mp4 or png.
+
+The same code renders ``finetune.py sample`` and the validation previews during training;
+the latter call the pipeline with precomputed prompt embeddings and no text encoders.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from hv_tune.errors import HvTuneError
 from hv_tune.io import atomic_write
+from hv_tune.models.base import LoadOptions, ModelSpec
+
+OFFLOAD_MODES = ("none", "text-encoders", "model")
 
 
 @dataclass
@@ -24,27 +35,91 @@ class SampleRequest:
     fps: int = 24
 
 
-def load_pipeline(model: str, loras: list[tuple[str, float]], device: str, dtype: torch.dtype):
-    """HunyuanVideoPipeline from a model folder with LoRAs (path, scale) loaded via diffusers."""
-    from diffusers import HunyuanVideoPipeline
+def load_pipeline(
+    spec: ModelSpec,
+    model: str,
+    loras: list[tuple[str, float]],
+    device: str,
+    dtype: torch.dtype,
+    vae_tiling: bool = False,
+    offload: str = "none",
+) -> Any:
+    """The pipeline of a model folder with LoRAs (path, scale) loaded through diffusers.
 
-    pipe = HunyuanVideoPipeline.from_pretrained(model, dtype=dtype)
+    Args:
+        vae_tiling: decode in tiles (much less memory for long or large videos).
+        offload: ``none`` (everything on ``device``), ``text-encoders`` (text encoders stay
+            on the CPU and visit ``device`` only to encode: see ``prompt_embeds``), or
+            ``model`` (diffusers' model CPU offload: each component visits the GPU in turn).
+    """
+    if offload not in OFFLOAD_MODES:
+        raise HvTuneError(f"--offload {offload}: use one of {', '.join(OFFLOAD_MODES)}")
+    pipe = spec.load_pipeline(LoadOptions(model, dtype))
     names = []
-    for i, (path, _) in enumerate(loras):
-        pipe.load_lora_weights(path, adapter_name=f"lora{i}")
-        names.append(f"lora{i}")
+    with tempfile.TemporaryDirectory(prefix="hv-tune-lora-") as tmp:
+        for i, (path, _) in enumerate(loras):
+            pipe.load_lora_weights(as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors"),
+                                   adapter_name=f"lora{i}")
+            names.append(f"lora{i}")
     if names:
         pipe.set_adapters(names, [scale for _, scale in loras])
-    return pipe.to(device)
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if offload == "model":
+        if device == "cpu":
+            raise HvTuneError("--offload model needs a GPU (there is nothing to offload to on the CPU)")
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "text-encoders":
+        pipe.transformer.to(device)
+        pipe.vae.to(device)
+    else:
+        pipe.to(device)
+    return pipe
 
 
-def generate(pipe, req: SampleRequest) -> np.ndarray:
-    """Frames [F, H, W, 3] uint8 for one prompt, deterministic for a fixed seed."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> str:
+    """``path`` if it is a diffusers-format LoRA, else its conversion written to ``scratch``.
 
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=req.shift)
+    diffusers cannot load kohya files, and reads a final-layer LoRA of the original format
+    wrongly (docs/lora-formats.md); our reader handles every format.
+    """
+    from hv_tune.export.formats import unknown_keys_message
+    from hv_tune.export.lora_io import read_lora, write_lora
+
+    shapes = spec.linear_shapes(model)
+    lora = read_lora(spec, path, shapes)
+    if lora.unknown:
+        raise HvTuneError(unknown_keys_message(path, lora.unknown) + "\nconvert it with --skip-unknown first")
+    if lora.format == "diffusers":
+        return path
+    return str(write_lora(spec, lora.modules, scratch, "diffusers", shapes))
+
+
+def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str) -> dict[str, torch.Tensor]:
+    """Encode with the pipeline's own text encoders, moved to ``device`` only while they run."""
+    encoders = [m for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None]
+    for enc in encoders:
+        enc.to(device)
+    try:
+        return spec.pipeline_prompt_embeds(pipe, prompt, device)
+    finally:
+        for enc in encoders:
+            enc.to("cpu")
+        if device != "cpu" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def generate(pipe: Any, req: SampleRequest, embeds: Mapping[str, torch.Tensor] | None = None) -> np.ndarray:
+    """Frames [F, H, W, 3] uint8 for one prompt, deterministic for a fixed seed.
+
+    Args:
+        embeds: precomputed prompt embeddings (keyword arguments of the pipeline call); the
+            prompt text is used when None.
+    """
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=req.shift)
+    prompt: dict[str, Any] = dict(embeds) if embeds is not None else {"prompt": req.prompt}
     out = pipe(
-        prompt=req.prompt,
+        **prompt,
         height=req.height,
         width=req.width,
         num_frames=req.frames,

@@ -1,7 +1,7 @@
 """The contract between a base model and the rest of hv-tune.
 
-The trainer, cache and (later) merge code only talk to a ``ModelSpec``; they never
-import a model family's diffusers classes. Adding Wan or LTX-Video means one new file
+The trainer, cache, sampling, merge and convert code only talk to a ``ModelSpec``; they
+never import a model family's diffusers classes or hard-code its key names. Adding Wan or LTX-Video means one new file
 implementing this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
 """
 
@@ -24,6 +24,20 @@ class TextEncoders:
     text_encoder: nn.Module
     tokenizer_2: Any
     text_encoder_2: nn.Module
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows of an original-checkpoint tensor that come from one diffusers module.
+
+    An original module is the row-wise concatenation of its parts, in order. Most parts
+    are a whole module (``chunks == 1``); a part can also be one of ``chunks`` equal row
+    blocks of a module (HunyuanVideo's final layer stores shift/scale in the other order).
+    """
+
+    module: str
+    chunk: int = 0
+    chunks: int = 1
 
 
 @dataclass
@@ -90,4 +104,42 @@ class ModelSpec(Protocol):
 
     def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
         """Write a tiny random model folder in the real on-disk format."""
+        ...
+
+    # -- pipelines (sampling, validation previews)
+
+    def load_pipeline(self, opts: LoadOptions) -> Any:
+        """The family's diffusers pipeline with every component, from a model folder."""
+        ...
+
+    def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
+        """A pipeline around already-loaded parts and no text encoders (pass prompt embeddings)."""
+        ...
+
+    def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
+        ...
+
+    # -- key names (merge, convert): the original checkpoint's layout and LoRA file prefixes
+
+    #: LoRA key prefix per file format: ``diffusers``, ``comfyui`` (original names), ``kohya``
+    lora_prefixes: Mapping[str, str]
+    #: name of the transformer's folder in a diffusers model folder
+    transformer_subfolder: str
+
+    def original_module(self, module: str) -> str | None:
+        """Name in the original checkpoint of the (possibly fused) module holding diffusers ``module``."""
+        ...
+
+    def original_parts(self, original: str) -> tuple[Part, ...] | None:
+        """The diffusers modules an original module is made of, in row order; None if unknown."""
+        ...
+
+    def original_from_flat(self, flat: str) -> str | None:
+        """Original module name from its kohya form (dots replaced by underscores)."""
+        ...
+
+    def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
+        """``(out_features, in_features)`` of every linear layer of the transformer, built on
+        the meta device from ``model_path``'s config (the full-size default when None)."""
         ...

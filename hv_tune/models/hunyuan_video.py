@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
-from hv_tune.models.base import LoadOptions, TextEncoders
+from hv_tune.io import sort_safetensors_metadata
+from hv_tune.models import hunyuan_video_keys
+from hv_tune.models.base import LoadOptions, Part, TextEncoders
 
 VIDEO_TEMPLATE = {
     "template": (
@@ -65,6 +67,8 @@ class HunyuanVideoSpec:
     }
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 8
+    lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
+    transformer_subfolder = "transformer"
 
     # ------------------------------------------------------------------ loading
 
@@ -180,10 +184,66 @@ class HunyuanVideoSpec:
             transformer_lora_layers=state_dict,
             transformer_lora_adapter_metadata=metadata,
         )
-        return Path(out_dir) / "pytorch_lora_weights.safetensors"
+        path = Path(out_dir) / "pytorch_lora_weights.safetensors"
+        sort_safetensors_metadata(path)  # same training -> same bytes (exact resume is checked byte for byte)
+        return path
 
     def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
         from hv_tune.models.tiny_hunyuan import build_tiny_hunyuan_video
 
         return build_tiny_hunyuan_video(Path(out_dir), seed=seed)
 
+
+    # ------------------------------------------------------------------ pipelines
+
+    def load_pipeline(self, opts: LoadOptions) -> Any:
+        from diffusers import HunyuanVideoPipeline
+
+        return HunyuanVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision)
+
+    def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
+        """``HunyuanVideoPipeline`` around loaded parts, without text encoders (pass embeddings)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
+            opts.path, subfolder="scheduler", revision=opts.revision
+        )
+        return HunyuanVideoPipeline(
+            transformer=transformer,
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            scheduler=scheduler,
+        )
+
+    def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """The pipeline's own prompt encoding, as keyword arguments of its ``__call__``."""
+        embeds, pooled, mask = pipe.encode_prompt(prompt=prompt, device=device)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
+
+    # ------------------------------------------------------------------ key names
+
+    def original_module(self, module: str) -> str | None:
+        return hunyuan_video_keys.original_module(module)
+
+    def original_parts(self, original: str) -> tuple[Part, ...] | None:
+        return hunyuan_video_keys.original_parts(original)
+
+    def original_from_flat(self, flat: str) -> str | None:
+        return hunyuan_video_keys.original_from_flat(flat)
+
+    def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
+        """Linear layer shapes from the config alone (meta device: no weights, no memory).
+
+        ``model_path=None`` gives the full 13B architecture (diffusers' default config).
+        """
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        config = {}
+        if model_path is not None:
+            config = HunyuanVideoTransformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        with torch.device("meta"):
+            model = HunyuanVideoTransformer3DModel.from_config(config)
+        return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}

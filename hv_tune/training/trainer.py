@@ -21,7 +21,7 @@ from hv_tune.data.cache import INDEX_FILE, CachedDataset, collate
 from hv_tune.data.encode import build_cache
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import ConfigError, DataError, TrainingError
-from hv_tune.io import canonicalize_safetensors_header
+from hv_tune.export.convert import save_extra_formats
 from hv_tune.lora import (
     add_lora,
     load_lora_state_dict,
@@ -41,6 +41,7 @@ from hv_tune.training.checkpoint import (
 )
 from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.step import step_generator, training_loss
+from hv_tune.training.validation import Validator
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -79,7 +80,7 @@ def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
     loop = TrainLoop(cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts)
     loop.run(state)
     adapter = lora_state_dict(accelerator.unwrap_model(transformer))
-    return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out), adapter, state.step)
+    return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out, cfg), adapter, state.step)
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -156,14 +157,16 @@ def restore(path: Path, cfg: Config, accelerator: Any, transformer: Any, optimiz
     return ckpt.state
 
 
-def finish(spec: ModelSpec, accelerator: Any, adapter: dict[str, torch.Tensor], lora_cfg: Any, out: Path) -> Path:
-    """Save the final LoRA in diffusers format (atomically) and close the trackers."""
+def finish(
+    spec: ModelSpec, accelerator: Any, adapter: dict[str, torch.Tensor], lora_cfg: Any, out: Path, cfg: Config
+) -> Path:
+    """Save the final LoRA in diffusers format and ``save.formats`` (atomically); close the trackers."""
     final = out / LORA_FILE
     if accelerator.is_main_process:
         with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-lora-") as tmp:
             written = spec.save_lora(Path(tmp), adapter, lora_cfg)
-            canonicalize_safetensors_header(written)
             os.replace(written, final)
+        save_extra_formats(spec, out, adapter, lora_cfg.r, lora_cfg.lora_alpha, cfg.save.formats, cfg.model.path)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
@@ -184,6 +187,7 @@ class TrainLoop:
         self.params = lora_parameters(accelerator.unwrap_model(transformer))
         self.ckpt_root = Path(cfg.output_dir) / "checkpoints"
         self._epoch_iter: Any = None
+        self.validator = Validator(cfg, spec, accelerator, opts, self.vae_config)
 
     def run(self, state: TrainerState) -> None:
         t = self.cfg.training
@@ -195,6 +199,7 @@ class TrainLoop:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             if t.checkpoint_every and state.step % t.checkpoint_every == 0:
                 self.save(state)
+            self.validator.maybe_run(state.step, self.model)
         bar.close()
 
     def optimizer_step(self, state: TrainerState) -> float:

@@ -1,0 +1,1 @@
+"""Adapters out into the world: LoRA file formats, conversion between them, merging into base weights."""

@@ -1,0 +1,180 @@
+"""Validation during training: preview videos and an eval loss at fixed sigmas.
+
+Every ``validation.every`` steps the main process
+
+- renders ``validation.prompts`` with the family's pipeline built around the *training*
+  transformer (adapter active; no second transformer is loaded) into
+  ``OUTPUT_DIR/samples/step_NNNNNNNN/`` and logs a frame strip per prompt to TensorBoard;
+- measures the flow-matching loss (unweighted MSE) of up to ``eval_items`` cached items at
+  the sigmas of fixed quantiles of the training sigma distribution, with latents and noise
+  from ``eval_seed``: a deterministic number that compares across steps and runs.
+
+Training must not notice: the model runs in eval mode (no LoRA dropout), every draw uses
+an explicit generator, and the global RNG state is restored afterwards (``fork_rng``), so
+a run with validation ends with the same LoRA as one without, and resume stays exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from hv_tune.config import Config
+from hv_tune.data.cache import CachedDataset, collate
+from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, sigma_quantiles
+from hv_tune.io import atomic_save_safetensors
+from hv_tune.models.base import LoadOptions, ModelSpec
+from hv_tune.sampling import SampleRequest, generate, write_video
+from hv_tune.training.step import TEXT_FIELDS
+
+SAMPLES_DIR = "samples"
+PROMPT_CACHE = "prompt_embeds.safetensors"
+STRIP_FRAMES = 4
+
+
+def eval_generator(seed: int, item: int) -> torch.Generator:
+    """CPU generator for eval item ``item``: the same latent sample and noise at every validation."""
+    digest = hashlib.sha256(f"eval:{seed}:{item}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def frame_strip(frames: np.ndarray, count: int = STRIP_FRAMES) -> np.ndarray:
+    """Up to ``count`` evenly spaced frames side by side: [F, H, W, 3] -> [H, count * W, 3]."""
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    return np.concatenate(list(frames[idx]), axis=1)
+
+
+class Validator:
+    """Runs previews and the eval loss on the main process; a no-op when ``validation.every`` is 0."""
+
+    def __init__(self, cfg: Config, spec: ModelSpec, accelerator: Any, opts: LoadOptions, vae_config: Any):
+        self.cfg, self.v, self.spec, self.acc, self.opts = cfg, cfg.validation, spec, accelerator, opts
+        self.vae_config = vae_config
+        self.enabled = self.v.every > 0
+        self.out = Path(cfg.output_dir) / SAMPLES_DIR
+        self.vae: Any = None
+        self.embeds: list[dict[str, torch.Tensor]] = []
+        self.sigmas = sigma_quantiles(
+            self.v.eval_quantiles, cfg.objective.timestep_sampling, cfg.objective.logit_mean,
+            cfg.objective.logit_std, cfg.objective.shift,
+        )
+        self.eval_set: CachedDataset | None = None
+        if self.enabled and accelerator.is_main_process:
+            self.embeds = self._prompt_embeds()
+            if self.v.eval_items > 0 and len(self.v.eval_quantiles) > 0:
+                self.eval_set = CachedDataset(self.v.eval_cache_dir or cfg.data.cache_dir)
+                if not self.v.eval_cache_dir:
+                    print("validation: eval loss on training items (set validation.eval_cache_dir for held-out ones)")
+
+    # ------------------------------------------------------------------ set-up
+
+    def _prompt_embeds(self) -> list[dict[str, torch.Tensor]]:
+        """Embeddings of the preview prompts, encoded once per run (cached under samples/)."""
+        if not self.v.prompts:
+            return []
+        key = json.dumps({"prompts": self.v.prompts, "frames": self.v.frames, "model": self.cfg.model.path})
+        cache = self.out / PROMPT_CACHE
+        if cache.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(cache), "pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    flat = load_file(str(cache))
+                    return [{k: flat[f"{i}.{k}"] for k in TEXT_FIELDS} for i in range(len(self.v.prompts))]
+        # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
+        enc = self.spec.load_text_encoders(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
+        embeds = [self.spec.encode_text(enc, [p], self.v.frames) for p in self.v.prompts]
+        del enc
+        flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
+        atomic_save_safetensors(cache, flat, {"key": key})
+        return embeds
+
+    # ------------------------------------------------------------------ running
+
+    def maybe_run(self, step: int, model: Any) -> None:
+        """Validate if ``step`` is a multiple of ``validation.every``; every process waits."""
+        if not self.enabled or step % self.v.every:
+            return
+        if self.acc.is_main_process:
+            unwrapped = self.acc.unwrap_model(model)
+            was_training = unwrapped.training
+            devices = [self.acc.device] if self.acc.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self.acc.autocast():
+                unwrapped.eval()  # no LoRA dropout (it would also draw from the global RNG)
+                try:
+                    logs = self.eval_loss(unwrapped)
+                    written = self.previews(unwrapped, step)
+                finally:
+                    unwrapped.train(was_training)
+            if logs:
+                self.acc.log(logs, step=step)
+            shown = f"eval loss {logs['eval/loss']:.4f}" if logs else "no eval loss"
+            print(f"validation at step {step}: {shown}; {len(written)} preview(s) in {self.out / step_dir(step)}")
+        self.acc.wait_for_everyone()
+
+    def eval_loss(self, model: Any) -> dict[str, float]:
+        """Mean MSE of v-prediction per sigma quantile over the eval items, and overall."""
+        if self.eval_set is None:
+            return {}
+        n = min(self.v.eval_items, len(self.eval_set))
+        dtype, device = self.opts.dtype, self.acc.device
+        totals = torch.zeros(len(self.sigmas), dtype=torch.float64)
+        for i in range(n):
+            batch = {k: v.to(device) for k, v in collate([self.eval_set[(i, 0)]]).items()}
+            gen = eval_generator(self.v.eval_seed, i)
+            x0 = self.spec.sample_latents(self.vae_config, batch["latent_mean"], batch["latent_logvar"], gen)
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
+            text = {k: batch[k].to(dtype) if k != "prompt_attention_mask" else batch[k] for k in TEXT_FIELDS}
+            for j, sigma in enumerate(self.sigmas.tolist()):
+                s = torch.tensor([sigma], device=device)
+                inputs = self.spec.transformer_inputs(add_noise(x0, noise, s), s, text, self.cfg.training.guidance_scale)
+                pred = model(**inputs)[0]
+                totals[j] += flow_matching_loss(pred, flow_target(x0, noise), torch.ones(1, device=device)).item()
+        per_q = totals / n
+        logs = {"eval/loss": per_q.mean().item()}
+        logs.update({f"eval/loss_q{q:g}": v for q, v in zip(self.v.eval_quantiles, per_q.tolist())})
+        return logs
+
+    def previews(self, model: Any, step: int) -> list[Path]:
+        """Render every preview prompt; write mp4 (png for 1 frame) and log frame strips."""
+        if not self.embeds:
+            return []
+        if self.vae is None:
+            self.vae = self.spec.load_vae(self.opts)
+            if self.v.vae_tiling:
+                self.vae.enable_tiling()
+        device = self.acc.device
+        self.vae.to(device)
+        try:
+            pipe = self.spec.pipeline_from(self.opts, model, self.vae)
+            pipe.set_progress_bar_config(disable=True)
+            v, written = self.v, []
+            for i, (prompt, emb) in enumerate(zip(v.prompts, self.embeds)):
+                req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed)
+                frames = generate(pipe, req, {k: t.to(device) for k, t in emb.items()})
+                ext = "png" if v.frames == 1 else "mp4"
+                written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", req.fps))
+                self._log_image(i, prompt, frames, step)
+        finally:
+            self.vae.to("cpu")
+        return written
+
+    def _log_image(self, index: int, prompt: str, frames: np.ndarray, step: int) -> None:
+        try:
+            writer = self.acc.get_tracker("tensorboard", unwrap=True)
+        except ValueError:  # trackers, but no TensorBoard
+            return
+        if hasattr(writer, "add_image"):  # a blank tracker has none
+            writer.add_image(f"preview/{index:02d}", frame_strip(frames), step, dataformats="HWC")
+            writer.add_text(f"preview/{index:02d}/prompt", prompt, step)
+
+
+def step_dir(step: int) -> str:
+    """Folder of one validation's previews, named like the checkpoints (``step_00000250``)."""
+    return f"step_{step:08d}"
