@@ -155,12 +155,10 @@ class _ScaleAction(argparse.Action):
 def _device_dtype(name: str):
     import torch
 
-    from hv_tune.training.trainer import DTYPES
+    from hv_tune.models.base import resolve_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "auto":
-        return device, torch.bfloat16 if device == "cuda" else torch.float32
-    return device, DTYPES[name]
+    return device, resolve_dtype(name, device)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -198,7 +196,7 @@ def _parse_size(text: str) -> int:
 def cmd_merge(args: argparse.Namespace) -> None:
     from hv_tune.export.merge import merge_loras
     from hv_tune.models import get_spec
-    from hv_tune.training.trainer import DTYPES
+    from hv_tune.models.base import DTYPES
 
     loras = []
     for text, scale in args.loras:
