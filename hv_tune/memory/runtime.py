@@ -57,35 +57,46 @@ class MemoryRuntime:
     # ------------------------------------------------------------------ set-up
 
     def prepare(self, spec: ModelSpec, transformer: nn.Module, compile_backend: str = "inductor") -> nn.Module:
-        """fp8 storage, swap or device placement, and compile, in that order.
+        """fp8 storage, then swap or device placement, then compile.
 
         Call it on the LoRA transformer while it is still in CPU memory (after
         ``add_lora``): fp8 must see the adapter to leave it alone, and swapped weights must
         never be moved to the GPU as a whole.
         """
-        blocks = spec.transformer_blocks(transformer)
-        if self.base_dtype == "fp8":
-            compute = resolve_dtype("fp8", self.device)
-            cast = apply_fp8_storage(transformer, spec.fp8_keep_patterns("transformer", transformer), compute)
-            self.notes.append(f"fp8 storage: {len(cast)} linear layers ({human_bytes(storage_bytes(transformer))})")
-        n = self.memory.blocks_to_swap
-        if n > len(blocks):
-            raise ConfigError(
-                f"config key 'memory.blocks_to_swap' is {n} but the transformer has {len(blocks)} blocks"
-            )
-        if n:
-            self.swapper = BlockSwapper(blocks, swap_indices(len(blocks), n), self.device)
-            self.swapper.place(transformer)
-            off = sum(storage_bytes(blocks[i]) for i in self.swapper.swapped)  # LoRA is moved, but tiny
-            self.notes.append(f"block swap: {n} of {len(blocks)} blocks in pinned CPU memory ({human_bytes(off)})")
-        else:
-            transformer.to(self.device)
+        self.apply_fp8(spec, transformer)
+        self.place(spec, transformer)
         if self.memory.compile:
-            compile_blocks(blocks, compile_backend)
-            self.notes.append(f"torch.compile: {len(blocks)} blocks ({compile_backend})")
+            self.compile(spec, transformer, compile_backend)
         if self.memory.checkpointing == "offload":
             self.notes.append("activation offload: checkpointed block inputs in pinned CPU memory")
         return transformer
+
+    def apply_fp8(self, spec: ModelSpec, transformer: nn.Module) -> None:
+        """With ``model.base_dtype: fp8``, store the frozen projections in float8 (also on meta)."""
+        if self.base_dtype != "fp8":
+            return
+        compute = resolve_dtype("fp8", self.device)
+        cast = apply_fp8_storage(transformer, spec.fp8_keep_patterns("transformer", transformer), compute)
+        self.notes.append(f"fp8 storage: {len(cast)} linear layers")
+
+    def place(self, spec: ModelSpec, transformer: nn.Module) -> None:
+        """Move the model to the device, except the swapped blocks' frozen weights (pinned CPU)."""
+        blocks = spec.transformer_blocks(transformer)
+        n = self.memory.blocks_to_swap
+        if n > len(blocks):
+            raise ConfigError(f"config key 'memory.blocks_to_swap' is {n} but the transformer has {len(blocks)} blocks")
+        if not n:
+            transformer.to(self.device)
+            return
+        self.swapper = BlockSwapper(blocks, swap_indices(len(blocks), n), self.device)
+        self.swapper.place(transformer)
+        off = sum(storage_bytes(blocks[i]) for i in self.swapper.swapped)  # includes the (tiny) LoRA
+        self.notes.append(f"block swap: {n} of {len(blocks)} blocks in pinned CPU memory ({human_bytes(off)})")
+
+    def compile(self, spec: ModelSpec, transformer: nn.Module, backend: str = "inductor") -> None:
+        blocks = spec.transformer_blocks(transformer)
+        compile_blocks(blocks, backend)
+        self.notes.append(f"torch.compile: {len(blocks)} blocks ({backend})")
 
     def summary(self) -> str:
         """One line for the log: what the memory settings did."""
