@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from hv_tune.errors import ConfigError
+from hv_tune.memory.presets import expand_memory_preset
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
@@ -33,8 +34,11 @@ class ModelConfig:
     name: str = _f("hunyuan-video", "Model spec to use (a key of hv_tune.models.MODEL_SPECS).")
     path: str = _f("", "Local diffusers-format model folder, or a hub id (needs network).")
     revision: str | None = _f(None, "Hub revision when `path` is a hub id.")
-    base_dtype: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", "Dtype of the frozen base weights; auto = bf16 on GPU, fp32 on CPU."
+    base_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = _f(
+        "auto", "Dtype of the frozen base weights; auto = bf16 on GPU, fp32 on CPU; fp8 = float8 storage, bf16 compute."
+    )
+    text_encoder_dtype: Literal["auto", "fp8"] = _f(
+        "auto", "LLM text encoder while caching: auto = as the other parts; fp8 = float8 weights, computed upcast."
     )
 
 
@@ -153,6 +157,20 @@ class SaveConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """How the transformer fits the card (docs/memory.md); `preset` fills the keys left unset."""
+
+    preset: Literal["none", "16gb", "24gb", "48gb", "80gb"] = _f(
+        "none", "Card-size preset: sets model.base_dtype and memory.* keys that the config leaves out."
+    )
+    blocks_to_swap: int = _f(0, "Transformer blocks (the last N run) kept in pinned CPU memory, streamed to the GPU.")
+    checkpointing: Literal["full", "offload"] = _f(
+        "full", "Checkpointed block inputs: full = kept on the GPU; offload = moved to pinned CPU memory."
+    )
+    compile: bool = _f(False, "torch.compile each transformer block (not with fp8 or block swap).")
+
+
+@dataclass
 class Config:
     output_dir: str = _f("runs/hv-lora", "Where the LoRA, checkpoints, logs and the resolved config go.")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -162,6 +180,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     save: SaveConfig = field(default_factory=SaveConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -185,6 +204,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
     for item in overrides:
         _apply_override(raw, item)
+    expand_memory_preset(raw)
     cfg = from_dict(Config, raw, prefix="")
     if not cfg.data.cache_dir:
         cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
@@ -345,6 +365,7 @@ def validate(cfg: Config) -> None:
                 f"config key 'data.frame_buckets[{i}]' must be a 4k+1 frame count (1, 5, ..., 33, 65); got {n}"
             )
     _validate_sources(d.sources)
+    _validate_memory(cfg)
     if not is_hub_id(m.path) and not Path(m.path).expanduser().is_dir():
         raise ConfigError(
             f"config key 'model.path': folder {m.path!r} does not exist; "
@@ -395,6 +416,25 @@ def _validate_validation_and_save(cfg: Config) -> None:
          f"folder {v.eval_cache_dir!r} does not exist (make it with the cache verb on held-out clips)"),
         ("diffusers" in formats, "save.formats", f"must include diffusers, the native format (got {formats})"),
         (len(set(formats)) == len(formats), "save.formats", f"lists a format twice ({formats})"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} {msg}")
+
+
+def _validate_memory(cfg: Config) -> None:
+    """Combinations of memory settings we do not support (device checks run in hv_tune.memory)."""
+    mem, ckpt = cfg.memory, cfg.training.gradient_checkpointing
+    checks: list[tuple[bool, str, str]] = [
+        (mem.blocks_to_swap >= 0, "memory.blocks_to_swap", f"must be >= 0 (got {mem.blocks_to_swap})"),
+        (mem.blocks_to_swap == 0 or ckpt, "memory.blocks_to_swap",
+         "needs training.gradient_checkpointing=true (a swapped block's weights leave the GPU after its forward)"),
+        (mem.checkpointing == "full" or ckpt, "memory.checkpointing",
+         "offload needs training.gradient_checkpointing=true (without it every activation would be copied)"),
+        (not mem.compile or mem.blocks_to_swap == 0, "memory.compile",
+         "does not work with memory.blocks_to_swap (the swap hooks use CUDA streams that compile cannot trace)"),
+        (not mem.compile or cfg.model.base_dtype != "fp8", "memory.compile",
+         "does not work with model.base_dtype=fp8 (per-layer weight casts break the compiled graphs)"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -33,6 +33,7 @@ from hv_tune.data.decode import MediaError, read_image, read_video, resize_cover
 from hv_tune.data.plan import PlannedItem, model_identity, plan_items, text_key
 from hv_tune.data.sources import Skip, scan_sources
 from hv_tune.io import atomic_write_text
+from hv_tune.memory.fp8 import apply_fp8_storage
 from hv_tune.models.base import LoadOptions, ModelSpec, resolve_dtype
 
 SUMMARY_FILE = "summary.json"
@@ -76,7 +77,8 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     """Encode every item of ``cfg.data.sources`` into ``cfg.data.cache_dir``."""
     t0 = time.time()
     root = Path(cfg.data.cache_dir)
-    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, device), cfg.model.revision)
+    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, device), cfg.model.revision,
+                       text_encoder_fp8=cfg.model.text_encoder_dtype == "fp8")
     model_id = f"{spec.name}:{model_identity(cfg.model.path)}:{cfg.model.revision}"
     scan = scan_sources(cfg.data)
     planned = plan_items(scan, cfg.data, model_id)
@@ -110,6 +112,9 @@ def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]
     if not missing:
         return
     enc = spec.load_text_encoders(opts)
+    if opts.text_encoder_fp8:
+        keep = spec.fp8_keep_patterns("text_encoder", enc.text_encoder)
+        apply_fp8_storage(enc.text_encoder.requires_grad_(False), keep, opts.dtype)
     enc.text_encoder.to(device)
     enc.text_encoder_2.to(device)
     for key, (caption, template) in tqdm(missing.items(), desc="encode text", unit="caption"):

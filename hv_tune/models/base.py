@@ -47,15 +47,23 @@ class LoadOptions:
     path: str
     dtype: torch.dtype = torch.float32
     revision: str | None = None
+    #: store the LLM text encoder's linear weights in fp8 (computed in ``dtype``) while caching
+    text_encoder_fp8: bool = False
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """``auto`` = bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and inexact)."""
+    """The dtype a model is loaded and computes in.
+
+    ``auto`` = bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and inexact);
+    ``fp8`` = bf16 (the weights are then stored in fp8 by ``hv_tune.memory.fp8``).
+    """
     if name == "auto":
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name == "fp8":
+        return torch.bfloat16
     return DTYPES[name]
 
 
@@ -96,6 +104,19 @@ class ModelSpec(Protocol):
         self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
     ) -> dict[str, torch.Tensor]:
         """Keyword arguments of the transformer's forward for one training batch."""
+        ...
+
+    def transformer_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        """The repeated blocks in execution order (what block swap and compile act on)."""
+        ...
+
+    def fp8_keep_patterns(self, component: str, module: nn.Module) -> tuple[str, ...]:
+        """Module-name regexes (``re.search``) that stay in the compute dtype under fp8 storage.
+
+        Args:
+            component: ``"transformer"`` or ``"text_encoder"`` (the LLM).
+            module: the loaded component (diffusers models carry their own skip patterns).
+        """
         ...
 
     def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], lora_config: Any) -> Path:

@@ -171,6 +171,28 @@ class HunyuanVideoSpec:
             "return_dict": False,
         }
 
+    # ------------------------------------------------------------------ memory
+
+    def transformer_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        """20 double-stream then 40 single-stream blocks (13B), the order the forward runs them."""
+        return [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+
+    def fp8_keep_patterns(self, component: str, module: nn.Module) -> tuple[str, ...]:
+        """What stays bf16 under fp8 storage.
+
+        Transformer: diffusers' defaults (norms, patch/pos embeddings, the final
+        ``proj_out``), the model's ``_skip_layerwise_casting_patterns`` (``x_embedder``,
+        ``context_embedder`` = token refiner, ``norm``, which also keeps the adaLN
+        modulation linears ``norm1.linear`` / ``norm.linear``) and the timestep, guidance
+        and pooled-text embedders. Text encoder (Llama): the token embedding and norms.
+        """
+        if component == "text_encoder":
+            return ("embed_tokens", "norm")
+        from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+        own = tuple(getattr(module, "_skip_layerwise_casting_patterns", None) or ())
+        return (*DEFAULT_SKIP_MODULES_PATTERN, *own, "time_text_embed")
+
     # ------------------------------------------------------------------ LoRA
 
     def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], lora_config: Any) -> Path:

@@ -30,6 +30,7 @@ from hv_tune.lora import (
     peft_config,
     resolve_targets,
 )
+from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.models import LoadOptions, ModelSpec, get_spec
 from hv_tune.models.base import resolve_dtype
 from hv_tune.training.checkpoint import (
@@ -66,18 +67,21 @@ def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
     spec = get_spec(cfg.model.name)
     ckpt_path = find_resume(resume, out / "checkpoints")
     accelerator = make_accelerator(cfg, out)
+    memory = MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
     dataset = ensure_cache(spec, cfg, accelerator)
     opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, accelerator.device), cfg.model.revision)
-    transformer, lora_cfg = load_lora_model(spec, cfg, opts, accelerator.device)
+    transformer, lora_cfg = load_lora_model(spec, cfg, opts, memory)
+    accelerator.print(memory.summary())
     optimizer = build_optimizer(lora_parameters(transformer), cfg.training)
     scheduler = build_scheduler(optimizer, cfg.training)
-    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    # the memory runtime placed the model (swapped blocks must stay in CPU memory)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[False, None])
     state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed)
     if ckpt_path is not None:
         state = restore(ckpt_path, cfg, accelerator, transformer, optimizer, scheduler)
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
-    loop = TrainLoop(cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts)
+    loop = TrainLoop(cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts, memory)
     loop.run(state)
     adapter = lora_state_dict(accelerator.unwrap_model(transformer))
     return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out, cfg), adapter, state.step)
@@ -126,8 +130,8 @@ def make_accelerator(cfg: Config, out: Path) -> Any:
     return accelerator
 
 
-def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, device: torch.device) -> tuple[Any, Any]:
-    """Transformer with a fresh float32 LoRA (seeded) on its target modules."""
+def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, memory: MemoryRuntime) -> tuple[Any, Any]:
+    """Transformer with a fresh float32 LoRA (seeded), fitted to the device by ``memory``."""
     from accelerate.utils import set_seed
 
     transformer = spec.load_transformer(opts)
@@ -138,7 +142,7 @@ def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, device: tor
     if cfg.training.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
-    return transformer.to(device), lora_cfg
+    return memory.prepare(spec, transformer), lora_cfg
 
 
 def restore(path: Path, cfg: Config, accelerator: Any, transformer: Any, optimizer: Any, scheduler: Any) -> TrainerState:
@@ -178,8 +182,9 @@ def finish(
 class TrainLoop:
     """Runs optimizer steps from a ``TrainerState`` to ``training.max_steps``."""
 
-    def __init__(self, cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts):
+    def __init__(self, cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts, memory=None):
         self.cfg, self.spec, self.acc = cfg, spec, accelerator
+        self.memory = memory or MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
         self.model, self.optimizer, self.scheduler = transformer, optimizer, scheduler
         self.dataset = dataset
         self.vae_config = spec.load_vae_config(opts)
@@ -210,12 +215,14 @@ class TrainLoop:
             gen = step_generator(t.seed, state.step, micro, self.acc.process_index)
             last = micro == t.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
-                loss = training_loss(
-                    self.spec, self.model, batch, self.cfg.objective, self.vae_config,
-                    t.guidance_scale, gen, self.model_dtype,
-                )
+                with self.memory.forward_context():
+                    loss = training_loss(
+                        self.spec, self.model, batch, self.cfg.objective, self.vae_config,
+                        t.guidance_scale, gen, self.model_dtype,
+                    )
                 self.check_finite(loss, state, batch)
                 self.acc.backward(loss / t.gradient_accumulation_steps)
+                self.memory.after_backward()
             losses.append(loss.detach())
         grad_norm = self.acc.clip_grad_norm_(self.params, t.max_grad_norm or math.inf)
         self.optimizer.step()

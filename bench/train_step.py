@@ -1,0 +1,371 @@
+"""Training-step benchmarks: framework overhead on CPU, speed and memory of the 13B model on GPU.
+
+    python bench/train_step.py --size small [--steps 24]
+    python bench/train_step.py --size full [--presets 24gb,16gb] [--buckets 33x512x512,33x544x960]
+    python bench/train_step.py --size full --estimate      # no GPU needed: bytes and FLOPs
+
+``--size small`` (CPU): a small HunyuanVideo transformer trained from a real cache. Times
+our full step (``TrainLoop.optimizer_step``: cache read, latent sample, noise, forward,
+backward, clipping, AdamW, schedule, TensorBoard log every step) against a bare
+forward + backward + AdamW step of the same model on a prepared batch in a plain loop. The
+two alternate step by step (a shared machine's load then hits both alike); prints the
+ratio of the median step times.
+
+``--size full`` (CUDA): the full-size transformer (diffusers' default config, 12.8B
+parameters) with random weights, materialised block by block directly on the GPU from the
+meta device, a rank-32 LoRA on the attention projections, batch 1, gradient
+checkpointing, bf16 autocast, each memory preset through the same ``MemoryRuntime`` the
+trainer uses. Each (preset, bucket) runs in a fresh process; reports peak
+``max_memory_allocated`` / ``max_memory_reserved``, s/step and MFU (model FLOPs = 2 x the
+forward's FLOPs, counted by ``FlopCounterMode``: forward plus input-gradient backward; the
+frozen weights get no weight gradient and the checkpoint recompute is not counted; ``hfu``
+counts it). ``--estimate`` prints the weight bytes per preset and the FLOPs per bucket
+from the meta-device model, without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hv_tune.config import load_config
+from hv_tune.data.demo import write_demo_folder
+from hv_tune.data.encode import build_cache
+from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
+from hv_tune.memory.presets import PRESETS
+from hv_tune.memory.runtime import MemoryRuntime
+from hv_tune.memory.swap import swap_indices
+from hv_tune.models import LoadOptions, get_spec
+from hv_tune.models.base import resolve_dtype
+
+SMALL_TRANSFORMER = dict(
+    in_channels=4, out_channels=4, num_attention_heads=6, attention_head_dim=32, num_layers=2,
+    num_single_layers=4, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
+    qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+    rope_theta=256.0, rope_axes_dim=(8, 12, 12),
+)
+# dense bf16 tensor TFLOPS (NVIDIA datasheets), matched in order against the device name
+PEAK_BF16_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
+                    ("A100", 312.0), ("L40S", 362.1), ("RTX 6000 Ada", 364.2), ("L40", 181.0),
+                    ("RTX 4090", 165.2), ("RTX A6000", 154.8), ("RTX 3090", 71.0)]
+FULL_BUCKETS = ["33x512x512", "33x544x960"]
+LLM_DIM, CLIP_DIM, TEXT_TOKENS = 4096, 768, 256
+
+
+def parse_bucket(bucket: str) -> tuple[int, int, int]:
+    frames, height, width = (int(x) for x in bucket.split("x"))
+    return frames, height, width
+
+
+# ----------------------------------------------------------------------------- small (CPU)
+
+
+def small_setup(root: Path, frames: int, size: int, items: int):
+    """A small model folder, generated clips cached through our cache stage, and the config."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    spec = get_spec("hunyuan-video")
+    model = spec.build_tiny(root / "model")
+    torch.manual_seed(0)
+    HunyuanVideoTransformer3DModel(**SMALL_TRANSFORMER).save_pretrained(model / "transformer")
+    write_demo_folder(root / "clips", items, frames, size, size)
+    cfg = load_config(None, [
+        f"model.path={model}", f"data.cache_dir={root / 'cache'}", f"output_dir={root / 'run'}",
+        f"data.sources=[{{path: {root / 'clips'}}}]", f"data.frame_buckets=[{frames}]", f"data.resolution={size}",
+        "lora.rank=16", "lora.alpha=16", "training.max_steps=100000", "training.checkpoint_every=0",
+        "training.batch_size=1", "training.log_every=1", "training.lr_warmup_steps=0", "data.caption_dropout=0.1",
+    ])
+    build_cache(spec, cfg, "cpu")
+    return spec, cfg
+
+
+def our_loop(spec, cfg):
+    """Everything ``train()`` builds before its loop, so ``optimizer_step`` is the real one."""
+    from hv_tune.data.sampler import DataState
+    from hv_tune.training.checkpoint import TrainerState
+    from hv_tune.training.optim import build_optimizer, build_scheduler
+    from hv_tune.training.trainer import TrainLoop, ensure_cache, load_lora_model, make_accelerator
+
+    acc = make_accelerator(cfg, Path(cfg.output_dir))
+    memory = MemoryRuntime.from_config(cfg, acc.device)
+    dataset = ensure_cache(spec, cfg, acc)
+    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, acc.device))
+    model, _ = load_lora_model(spec, cfg, opts, memory)
+    optimizer = build_optimizer(lora_parameters(model), cfg.training)
+    scheduler = build_scheduler(optimizer, cfg.training)
+    model, optimizer = acc.prepare(model, optimizer, device_placement=[False, None])
+    loop = TrainLoop(cfg, spec, acc, model, optimizer, scheduler, dataset, opts, memory)
+    return loop, TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed)
+
+
+def bare_step_fn(loop):
+    """A plain forward + MSE + backward + AdamW step of the same model on one prepared batch."""
+    from hv_tune.data.cache import collate
+
+    spec, model = loop.spec, loop.acc.unwrap_model(loop.model)
+    batch = collate([loop.dataset[(0, 0)]])
+    x0 = batch["latent_mean"] * float(loop.vae_config["scaling_factor"])
+    noise, sigma = torch.randn_like(x0), torch.full((1,), 0.5)
+    text = {k: batch[k] for k in ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")}
+    inputs = spec.transformer_inputs((1 - sigma) * x0 + sigma * noise, sigma, text, 1.0)
+    target = noise - x0
+    params = lora_parameters(model)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        loss = F.mse_loss(model(**inputs)[0].float(), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def run_small(args: argparse.Namespace) -> dict:
+    frames, size = 9, 128
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, cfg = small_setup(Path(tmp), frames, size, items=6)
+        loop, state = our_loop(spec, cfg)
+        bare = bare_step_fn(loop)
+
+        def ours() -> None:
+            loop.optimizer_step(state)
+            state.step += 1
+
+        for _ in range(2):  # warm-up: allocator, first-call kernels, TensorBoard writer
+            ours()
+            bare()
+        t_ours, t_bare = [], []
+        for _ in range(args.steps):  # interleaved pairs: load from other jobs hits both sides alike
+            t_ours.append(timed(ours))
+            t_bare.append(timed(bare))
+        n_params = sum(p.numel() for p in loop.acc.unwrap_model(loop.model).parameters())
+        loop.acc.end_training()
+    return {
+        "bench": "train_step", "size": "small", "params_m": round(n_params / 1e6, 2),
+        "bucket": f"{frames}x{size}x{size}", "pairs": args.steps,
+        "ours_s_per_step": round(statistics.median(t_ours), 4), "bare_s_per_step": round(statistics.median(t_bare), 4),
+        "ratio_of_medians": round(statistics.median(t_ours) / statistics.median(t_bare), 4),
+        "median_pair_ratio": round(statistics.median(a / b for a, b in zip(t_ours, t_bare)), 4),
+        "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+    }
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- full (CUDA)
+
+
+def meta_lora_transformer(spec, cfg, config: dict | None = None):
+    """The transformer on the meta device (bf16) with the configured LoRA: no memory used.
+
+    ``config`` None = diffusers' default HunyuanVideo config, i.e. the 13B model.
+    """
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    with torch.device("meta"):
+        model = HunyuanVideoTransformer3DModel(**(config or {})).to(torch.bfloat16)
+    add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
+    model.enable_gradient_checkpointing()
+    return model.train()
+
+
+def bench_config(preset: str):
+    with tempfile.TemporaryDirectory() as tmp:  # model.path must exist; nothing is read from it
+        return load_config(None, [f"model.path={tmp}", f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"])
+
+
+def materialise(module: torch.nn.Module, device: str) -> None:
+    """Allocate a meta module on ``device`` and fill it with random values generated there."""
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim == 1 and "norm" in name:
+                p.fill_(1.0)
+            else:  # copy_ casts into fp8 storage where layerwise casting made the weight fp8
+                p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16) * 0.02)
+
+
+def build_full(spec, cfg, runtime: MemoryRuntime, device: str = "cuda", config: dict | None = None):
+    """Random LoRA transformer (13B by default) fitted by ``runtime``, never whole on the GPU in bf16."""
+    model = meta_lora_transformer(spec, cfg, config)
+    runtime.apply_fp8(spec, model)  # on meta: fp8 weights are then allocated as fp8
+    blocks = spec.transformer_blocks(model)
+    swapped = set(swap_indices(len(blocks), cfg.memory.blocks_to_swap))
+    block_ids = {id(b) for b in blocks}
+    for child in model.children():
+        if not any(id(m) in block_ids for m in child.children()):
+            materialise(child, device)
+    for i, block in enumerate(blocks):
+        materialise(block, device)
+        if i in swapped:
+            block.to("cpu")  # the swapper pins it; only one block is on the GPU at a time here
+    runtime.place(spec, model)
+    return model
+
+
+def full_inputs(spec, frames: int, height: int, width: int, device: str):
+    g = torch.Generator(device).manual_seed(0)
+    lat = (16, (frames - 1) // 4 + 1, height // 8, width // 8)  # [C, F', H/8, W/8]
+    x = torch.randn(1, *lat, generator=g, device=device, dtype=torch.bfloat16)
+    text = {"prompt_embeds": torch.randn(1, TEXT_TOKENS, LLM_DIM, generator=g, device=device, dtype=torch.bfloat16),
+            "prompt_attention_mask": torch.ones(1, TEXT_TOKENS, device=device, dtype=torch.int64),
+            "pooled_prompt_embeds": torch.randn(1, CLIP_DIM, generator=g, device=device, dtype=torch.bfloat16)}
+    inputs = spec.transformer_inputs(x, torch.full((1,), 0.5, device=device), text, 1.0)
+    return inputs, torch.randn(x.shape, generator=g, device=device)
+
+
+def forward_flops(spec, cfg, frames: int, height: int, width: int) -> float:
+    """FLOPs of one forward (matmuls, convolutions, attention), counted on the meta model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = meta_lora_transformer(spec, cfg)
+    inputs = meta_inputs(spec, frames, height, width)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    return float(counter.get_total_flops())
+
+
+def meta_inputs(spec, frames: int, height: int, width: int):
+    lat = torch.empty(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="meta", dtype=torch.bfloat16)
+    text = {"prompt_embeds": torch.empty(1, TEXT_TOKENS, LLM_DIM, device="meta", dtype=torch.bfloat16),
+            "prompt_attention_mask": torch.ones(1, TEXT_TOKENS, device="meta", dtype=torch.int64),
+            "pooled_prompt_embeds": torch.empty(1, CLIP_DIM, device="meta", dtype=torch.bfloat16)}
+    return spec.transformer_inputs(lat, torch.full((1,), 0.5, device="meta"), text, 1.0)
+
+
+def peak_tflops(name: str, override: float | None) -> float | None:
+    if override:
+        return override
+    return next((v for key, v in PEAK_BF16_TFLOPS if key in name), None)
+
+
+def run_one(preset: str, bucket: str, steps: int, peak_override: float | None) -> dict:
+    """One (preset, bucket) measurement in this process (the parent starts one per pair)."""
+    spec, cfg = get_spec("hunyuan-video"), bench_config(preset)
+    frames, height, width = parse_bucket(bucket)
+    runtime = MemoryRuntime.from_config(cfg, "cuda")
+    model = build_full(spec, cfg, runtime)
+    opt = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
+    inputs, target = full_inputs(spec, frames, height, width, "cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps + 2):  # 2 warm-up steps
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", torch.bfloat16), runtime.forward_context():
+            pred = model(**inputs)[0]
+        F.mse_loss(pred.float(), target).backward()
+        runtime.after_backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    s_step = statistics.median(times[2:])
+    fwd = forward_flops(spec, cfg, frames, height, width)
+    name = torch.cuda.get_device_name()
+    peak = peak_tflops(name, peak_override)
+    return {
+        "bench": "train_step", "size": "full", "preset": preset, "bucket": bucket, "gpu": name,
+        "max_allocated_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+        "max_reserved_gb": round(torch.cuda.max_memory_reserved() / 1024**3, 2),
+        "s_per_step": round(s_step, 3), "forward_tflop": round(fwd / 1e12, 1),
+        "mfu": round(2 * fwd / s_step / (peak * 1e12), 3) if peak else None,
+        "hfu": round(3 * fwd / s_step / (peak * 1e12), 3) if peak else None,
+        "peak_bf16_tflops": peak, "memory": runtime.summary(), "steps": steps,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def run_full(args: argparse.Namespace) -> list[dict]:
+    """One child process per (preset, bucket): clean allocator state, and an OOM is one row."""
+    rows = []
+    for preset in args.presets.split(","):
+        for bucket in args.buckets.split(","):
+            cmd = [sys.executable, __file__, "--size", "full", "--one", preset, bucket, "--steps", str(args.steps)]
+            if args.peak_tflops:
+                cmd += ["--peak-tflops", str(args.peak_tflops)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            row = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
+                "preset": preset, "bucket": bucket, "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:300]}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def estimate(args: argparse.Namespace) -> list[dict]:
+    """Weight bytes per preset and FLOPs per bucket from the meta-device model (no GPU)."""
+    spec, rows = get_spec("hunyuan-video"), []
+    for preset in args.presets.split(","):
+        cfg = bench_config(preset)
+        runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
+        model = meta_lora_transformer(spec, cfg)
+        runtime.apply_fp8(spec, model)
+        blocks = spec.transformer_blocks(model)
+        off = {id(p) for i in swap_indices(len(blocks), cfg.memory.blocks_to_swap)
+               for p in blocks[i].parameters() if not p.requires_grad}
+        size = {id(p): p.numel() * p.element_size() for p in model.parameters()}
+        lora = sum(p.numel() for p in lora_parameters(model))
+        row = {"preset": preset, "base_dtype": cfg.model.base_dtype, "blocks_to_swap": cfg.memory.blocks_to_swap,
+               "checkpointing": cfg.memory.checkpointing,
+               "gpu_weights_gb": round(sum(v for k, v in size.items() if k not in off) / 1024**3, 2),
+               "cpu_weights_gb": round(sum(size[k] for k in off) / 1024**3, 2),
+               "lora_params_m": round(lora / 1e6, 1), "lora_adam_gb": round(lora * 16 / 1024**3, 2)}
+        for bucket in args.buckets.split(","):
+            f, h, w = parse_bucket(bucket)
+            tokens = ((f - 1) // 4 + 1) * (h // 16) * (w // 16) + TEXT_TOKENS
+            ckpt = len(blocks) * tokens * 3072 * 2  # bf16 block inputs kept for the recompute
+            row[bucket] = {"tokens": tokens, "checkpoints_gb": round(ckpt / 1024**3, 2),
+                           "forward_tflop": round(forward_flops(spec, cfg, f, h, w) / 1e12, 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["small", "full"], required=True)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (small: ours/bare pairs, 24; full: 5)")
+    p.add_argument("--presets", default=",".join(PRESETS["hunyuan-video"]), help="full: comma-separated presets")
+    p.add_argument("--buckets", default=",".join(FULL_BUCKETS), help="full: FRAMESxHEIGHTxWIDTH, comma-separated")
+    p.add_argument("--peak-tflops", type=float, default=None, help="full: the GPU's dense bf16 peak, for MFU")
+    p.add_argument("--estimate", action="store_true", help="full: bytes and FLOPs from the meta model, no GPU")
+    p.add_argument("--one", nargs=2, metavar=("PRESET", "BUCKET"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.size == "small":
+        args.steps = args.steps or 24
+        print(json.dumps(run_small(args)), flush=True)
+        return 0
+    if args.estimate:
+        estimate(args)
+        return 0
+    if not torch.cuda.is_available():
+        print("bench/train_step.py --size full needs a CUDA GPU (none is visible here); "
+              "use --size small on CPU, or --size full --estimate for bytes and FLOPs", file=sys.stderr)
+        return 2
+    args.steps = args.steps or 5
+    if args.one:
+        print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.peak_tflops)), flush=True)
+    else:
+        run_full(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
