@@ -6,9 +6,6 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# MKL picks kernels by memory alignment, so a copy of the same weights can round differently
-# (1e-7); strict CNR mode makes results address-independent, which the swap tests compare on.
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from pathlib import Path  # noqa: E402
 
