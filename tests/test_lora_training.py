@@ -77,7 +77,7 @@ def test_objective_memorises_one_latent_and_diffusers_samples_it(spec, tiny_mode
     """Sign and scale end to end: after memorising x0, the reference sampler returns ~x0.
 
     LoRA rank 64 on every linear layer of the tiny model (about a full fine-tune), 600 steps.
-    Measured (2026-11-22, CPU): ||sample - x0|| / ||sample - noise|| = 0.14 and 0.20 for two
+    Measured (2026-11-22, CPU): ||sample - x0|| / ||sample - noise|| = 0.22 and 0.21 for two
     sampling seeds, against 2.2 for the untrained model. A flipped sign of v, or timesteps
     in [0, 1] instead of [0, 1000], leaves the trained ratio near or above 1.
     """
@@ -86,8 +86,8 @@ def test_objective_memorises_one_latent_and_diffusers_samples_it(spec, tiny_mode
     cache = write_fixed_latent_cache(spec, tiny_model, tmp_path / "cache", [x0_raw], [prompt])
     cfg = load_config(None, train_overrides(tiny_model, cache, tmp_path / "run", **{
         "lora.rank": 64, "lora.alpha": 64, "lora.targets": ["*"], "training.batch_size": 1,
-        "training.max_steps": 600, "training.learning_rate": 3e-3, "training.lr_scheduler": "cosine",
-        "training.lr_warmup_steps": 20, "training.max_grad_norm": 0, "objective.timestep_sampling": "uniform",
+        "training.max_steps": 600, "training.learning_rate": 1e-3, "training.lr_scheduler": "cosine",
+        "training.lr_warmup_steps": 20, "training.max_grad_norm": 1.0, "objective.timestep_sampling": "uniform",
         "data.frame_buckets": [1], "data.resolution": 16, "training.gradient_checkpointing": False}))
     result = train(cfg)
     x0 = x0_raw.unsqueeze(0) * spec.load_vae_config(LoadOptions(str(tiny_model)))["scaling_factor"]

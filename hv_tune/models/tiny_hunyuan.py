@@ -11,7 +11,6 @@ CLIP-style BPE.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -106,29 +105,19 @@ def build_llama_tokenizer():
 
 
 def build_clip_tokenizer(work_dir: Path):
-    """A CLIP-style BPE (lower-cased words, ``</w>`` end-of-word marks) as CLIPTokenizer."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A CLIP tokenizer over single byte-level characters (no merges), as CLIPTokenizer.
+
+    Built from a fixed vocabulary rather than trained: the ``tokenizers`` BPE trainer orders
+    tied merges by hash, so a trained vocabulary (and every number that depends on it) changed
+    from build to build.
+    """
+    from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
-    tok = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Whitespace(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tok.train_from_iterator([" ".join(_WORDS)] * 8 + _corpus(), trainer)
-    model_dir = work_dir / "clip_bpe"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    vocab_file, merges_file = tok.model.save(str(model_dir))
-    vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
-    merges = [tuple(line.split()) for line in Path(merges_file).read_text(encoding="utf-8").splitlines()[1:] if line]
-    return CLIPTokenizer(vocab=vocab, merges=merges)
+    del work_dir
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[])
 
 
 def build_tiny_hunyuan_video(out_dir: Path, seed: int = 0) -> Path:
