@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate a preview video with the model's diffusers pipeline")
     s.add_argument("--model", required=True, help="diffusers-format model folder or hub id")
     s.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
-                   help="LoRA file (diffusers, ComfyUI or kohya format), repeatable; default scale 1")
+                   help="LoRA file (diffusers, ComfyUI, ComfyUI-internal or kohya format), repeatable; default scale 1")
+    s.add_argument("--transformer", default=None, metavar="FILE",
+                   help="transformer from one original-layout .safetensors (configs from --model)")
+    s.add_argument("--vae", default=None, metavar="FILE", help="VAE from one .safetensors (config from --model)")
     s.add_argument("--prompt", required=True)
     s.add_argument("--frames", type=int, default=None, help="4k+1 frames (default 33; 1 for a .png --out)")
     s.add_argument("--height", type=int, default=320, help="multiple of 16")
@@ -58,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge LoRAs into the base transformer and write a merged model")
     m.add_argument("--model", required=True, type=Path, help="diffusers-format model folder (local)")
     m.add_argument("--lora", action=_LoraAction, dest="loras", default=[], metavar="FILE[:SCALE]", required=True,
-                   help="LoRA file (diffusers, ComfyUI or kohya format), repeatable")
+                   help="LoRA file (diffusers, ComfyUI, ComfyUI-internal or kohya format), repeatable")
+    m.add_argument("--transformer", default=None, metavar="FILE",
+                   help="base transformer from one original-layout .safetensors instead of --model's folder")
     m.add_argument("--scale", action=_ScaleAction, dest="loras", type=float, metavar="S",
                    help="scale of the --lora just before it (default 1)")
     m.add_argument("--out", required=True, type=Path,
@@ -74,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
     c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
     c.add_argument("output", type=Path, help="file to write (.safetensors)")
-    c.add_argument("--to", required=True, choices=["diffusers", "comfyui", "kohya"])
+    c.add_argument("--to", required=True, choices=["diffusers", "comfyui", "kohya", "comfyui-internal", "original"],
+                   help="comfyui (alias original): what ComfyUI's LoRA loader maps; kohya: musubi-tuner; "
+                        "comfyui-internal: ComfyUI's own module names")
     c.add_argument("--model", default=None,
                    help="model folder the LoRA is for (layer sizes); default: the full-size architecture")
     c.add_argument("--rank-check", action="store_true",
@@ -174,7 +181,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     spec = get_spec("hunyuan-video")
     loras = [_parse_lora(s) for s in args.lora]
     device, dtype = _device_dtype(args.dtype)
-    pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload)
+    opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
+    pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload, opts)
     req = SampleRequest(args.prompt, frames, args.height, args.width, args.steps, args.shift, args.guidance,
                         args.seed, args.fps)
     embeds = None
@@ -207,6 +215,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     result = merge_loras(
         get_spec("hunyuan-video"), args.model, loras, args.out, args.format,
         DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
+        args.transformer,
     )
     for note in result.notes:
         print(note)

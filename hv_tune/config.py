@@ -34,6 +34,11 @@ class ModelConfig:
     name: str = _f("hunyuan-video", "Model spec to use (a key of hv_tune.models.MODEL_SPECS).")
     path: str = _f("", "Local diffusers-format model folder, or a hub id (needs network).")
     revision: str | None = _f(None, "Hub revision when `path` is a hub id.")
+    transformer_path: str | None = _f(
+        None, "Transformer from one .safetensors with Tencent's names (ComfyUI's file, `merge --format original`); "
+        "configs still come from `path`."
+    )
+    vae_path: str | None = _f(None, "VAE from one .safetensors (Tencent's / ComfyUI's VAE file); config from `path`.")
     base_dtype: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = _f(
         "auto", "Dtype of the frozen base weights; auto = bf16 on GPU, fp32 on CPU; fp8 = float8 storage, bf16 compute."
     )
@@ -366,6 +371,9 @@ def validate(cfg: Config) -> None:
             )
     _validate_sources(d.sources)
     _validate_memory(cfg)
+    for key, value in (("model.transformer_path", m.transformer_path), ("model.vae_path", m.vae_path)):
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"config key {key!r}: file {value!r} does not exist; give a .safetensors file or leave it unset")
     if not is_hub_id(m.path) and not Path(m.path).expanduser().is_dir():
         raise ConfigError(
             f"config key 'model.path': folder {m.path!r} does not exist; "

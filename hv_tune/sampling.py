@@ -43,26 +43,33 @@ def load_pipeline(
     dtype: torch.dtype,
     vae_tiling: bool = False,
     offload: str = "none",
+    opts: LoadOptions | None = None,
 ) -> Any:
     """The pipeline of a model folder with LoRAs (path, scale) loaded through diffusers.
+
+    ``.diff`` / ``.diff_b`` deltas of a LoRA are added to the transformer's weights.
 
     Args:
         vae_tiling: decode in tiles (much less memory for long or large videos).
         offload: ``none`` (everything on ``device``), ``text-encoders`` (text encoders stay
             on the CPU and visit ``device`` only to encode: see ``prompt_embeds``), or
             ``model`` (diffusers' model CPU offload: each component visits the GPU in turn).
+        opts: load options with single-file components (``LoadOptions.transformer_path``, ``vae_path``).
     """
     if offload not in OFFLOAD_MODES:
         raise HvTuneError(f"--offload {offload}: use one of {', '.join(OFFLOAD_MODES)}")
-    pipe = spec.load_pipeline(LoadOptions(model, dtype))
-    names = []
+    pipe = spec.load_pipeline(opts if opts is not None else LoadOptions(model, dtype))
+    names, scales = [], []
     with tempfile.TemporaryDirectory(prefix="hv-tune-lora-") as tmp:
-        for i, (path, _) in enumerate(loras):
-            pipe.load_lora_weights(as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors"),
-                                   adapter_name=f"lora{i}")
-            names.append(f"lora{i}")
+        for i, (path, scale) in enumerate(loras):
+            file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
+            apply_deltas(pipe.transformer, diffs, scale)
+            if file is not None:
+                pipe.load_lora_weights(file, adapter_name=f"lora{i}")
+                names.append(f"lora{i}")
+                scales.append(scale)
     if names:
-        pipe.set_adapters(names, [scale for _, scale in loras])
+        pipe.set_adapters(names, scales)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload == "model":
@@ -77,22 +84,43 @@ def load_pipeline(
     return pipe
 
 
-def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> str:
+def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
     """``path`` if it is a diffusers-format LoRA, else its conversion written to ``scratch``.
 
-    diffusers cannot load kohya files, and reads a final-layer LoRA of the original format
-    wrongly (docs/lora-formats.md); our reader handles every format.
+    diffusers cannot load kohya or ComfyUI-internal files, and reads a final-layer LoRA of
+    the original format wrongly (docs/lora-formats.md); our reader (which refuses NaN/inf
+    values) handles every layout.
+
+    Returns:
+        The file to load (None when the LoRA has only deltas) and its ``.diff`` / ``.diff_b``
+        deltas by diffusers parameter name (a LoRA file cannot carry them: ``apply_deltas``).
     """
-    from hv_tune.export.formats import unknown_keys_message
+    from hv_tune.export.formats import Layout, unknown_keys_policy
     from hv_tune.export.lora_io import read_lora, write_lora
 
     shapes = spec.linear_shapes(model)
     lora = read_lora(spec, path, shapes)
-    if lora.unknown:
-        raise HvTuneError(unknown_keys_message(path, lora.unknown) + "\nconvert it with --skip-unknown first")
-    if lora.format == "diffusers":
-        return path
-    return str(write_lora(spec, lora.modules, scratch, "diffusers", shapes))
+    unknown_keys_policy(path, lora.unknown, False, "convert it with --skip-unknown first")
+    if not lora.modules:
+        return None, lora.diffs
+    if lora.format == Layout.DIFFUSERS:
+        return path, lora.diffs
+    return str(write_lora(spec, lora.modules, scratch, Layout.DIFFUSERS, shapes)), lora.diffs
+
+
+@torch.no_grad()
+def apply_deltas(transformer: torch.nn.Module, diffs: Mapping[str, torch.Tensor], scale: float) -> None:
+    """Add ``scale * delta`` to the transformer's parameters (in float32, stored in their dtype).
+
+    Raises:
+        HvTuneError: naming a delta that fits no parameter.
+    """
+    params = dict(transformer.named_parameters())
+    for name, delta in diffs.items():
+        target = params.get(name)
+        if target is None or tuple(target.shape) != tuple(delta.shape):
+            raise HvTuneError(f"LoRA delta {name} {tuple(delta.shape)} fits no parameter of the transformer")
+        target.copy_((target.float() + scale * delta.to(target.device).float()).to(target.dtype))
 
 
 def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str) -> dict[str, torch.Tensor]:

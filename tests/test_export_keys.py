@@ -21,7 +21,7 @@ def to_original(spec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     out = {}
     for t in plan_original(spec, infos, None):
         # each original tensor = its parts' rows, concatenated: [sum(rows_i), ...]
-        out[t.name] = torch.cat([state[s.name].chunk(s.chunks)[s.chunk] for s in t.sources])
+        out[t.name] = torch.cat([state[s.module].chunk(s.chunks)[s.chunk] for s in t.sources])
         assert tuple(out[t.name].shape) == t.shape
     return out
 
@@ -73,9 +73,11 @@ def test_every_module_name_is_found_back_in_every_format(spec, full_meta_state):
             (f"transformer.{module}.lora_A.weight", "diffusers", module),
             (f"diffusion_model.{original}.lora_B.weight", "comfyui", original),
             (f"lora_unet_{original.replace('.', '_')}.alpha", "kohya", original),
+            (f"diffusion_model.{spec.comfy_name(original, 'lora')}.lora_B.weight", "comfyui", original),
+            (f"diffusion_model.{spec.comfy_name(original)}.diff_b", "comfyui-internal", original),
         ]:
             parsed = parse_key(spec, key)
-            assert (parsed.format, parsed.module) == (fmt, name), key
+            assert fmt in parsed.layouts and parsed.module == name, key
             assert looks_like_family([key]) is None, key  # no HunyuanVideo key looks like another family
     assert spec.original_module("transformer_blocks.0.attn.to_x") is None
     assert spec.original_from_flat("double_blocks_0_img_attn_qkvx") is None

@@ -10,15 +10,13 @@ from pathlib import Path
 import torch
 
 from hv_tune.errors import HvTuneError
-from hv_tune.export.formats import unknown_keys_message
-from hv_tune.export.lora_io import read_lora, write_lora
+from hv_tune.export.formats import Layout, to_layout, unknown_keys_message, unknown_keys_policy
+from hv_tune.export.lora_io import comfyui_skipped_kohya_layers, read_lora, undeliverable_diffs, write_lora
 from hv_tune.export.lora_math import LoraModule
 from hv_tune.models.base import ModelSpec
 
 PROBES = 8
 CHECK_RTOL = 1e-5
-#: file names of the LoRA in other formats, written next to pytorch_lora_weights.safetensors
-EXTRA_FILES = {"comfyui": "lora_comfyui.safetensors", "kohya": "lora_kohya.safetensors"}
 
 
 @dataclass
@@ -54,7 +52,22 @@ def check_same_updates(
         err = ((a - b).norm() / a.norm().clamp_min(1e-30)).item()
         ranks = [m.rank if m is not None else 0 for m in (before.get(module), after.get(module))]
         lines.append(f"{module}: rank {ranks[0]} -> {ranks[1]}, relative difference {err:.1e}")
-        if err > CHECK_RTOL:
+        if not err <= CHECK_RTOL:  # NaN compares false both ways: a NaN update fails the check
+            raise HvTuneError(f"check failed: {lines[-1]}")
+    return lines
+
+
+def check_same_diffs(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> list[str]:
+    """Compare ``.diff`` / ``.diff_b`` deltas exactly; one line per parameter.
+
+    Raises:
+        HvTuneError: if a delta is missing or differs.
+    """
+    lines = []
+    for name in sorted(set(before) | set(after)):
+        same = name in before and name in after and torch.equal(before[name].float(), after[name].float())
+        lines.append(f"{name}: delta {'identical' if same else 'DIFFERS'}")
+        if not same:
             raise HvTuneError(f"check failed: {lines[-1]}")
     return lines
 
@@ -63,32 +76,50 @@ def convert_lora(
     spec: ModelSpec,
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    to: str,
+    to: str | Layout,
     shapes: Mapping[str, tuple[int, int]],
     check: bool = False,
     skip_unknown: bool = False,
 ) -> ConvertResult:
-    """Read ``src`` (format detected from its keys), write ``dst`` in format ``to``.
+    """Read ``src`` (layout detected from its keys), write ``dst`` in layout ``to``.
 
     Args:
         shapes: the model's linear layer shapes (``spec.linear_shapes``).
         check: re-read ``dst`` and compare every layer's update with ``src``'s.
-        skip_unknown: leave out keys that name no layer (they are listed in the notes)
-            instead of refusing the file.
+        skip_unknown: leave out keys that name no layer, and deltas the target layout cannot
+            carry (both are listed in the notes) instead of refusing the file.
     """
+    to = to_layout(to)
     if Path(src).resolve() == Path(dst).resolve():
         raise HvTuneError(f"convert: input and output are the same file ({src})")
     lora = read_lora(spec, src, shapes)
-    result = ConvertResult(Path(dst), lora.format, len(lora.modules), list(lora.notes))
-    if lora.unknown:
-        message = unknown_keys_message(str(src), lora.unknown)
-        if not skip_unknown:
-            raise HvTuneError(message + "\nconvert with --skip-unknown to leave them out")
-        result.notes.append(message + "\n(left out: --skip-unknown)")
-    write_lora(spec, lora.modules, dst, to, shapes)
+    result = ConvertResult(Path(dst), str(lora.format), len(lora.modules), list(lora.notes))
+    fix = "convert with --skip-unknown to leave them out"
+    result.notes += unknown_keys_policy(str(src), lora.unknown, skip_unknown, fix)
+    dropped = undeliverable_diffs(lora, to)
+    result.notes += unknown_keys_policy(
+        str(src), dropped, skip_unknown, f"{fix}, or convert --to comfyui (ComfyUI applies them); merge applies them too",
+        what=f"are weight/bias deltas (.diff/.diff_b) the {to} format cannot carry",
+    )
+    diffs = {} if dropped else lora.diffs
+    write_lora(spec, lora.modules, dst, to, shapes, diffs)
+    if to == Layout.KOHYA:
+        result.notes += kohya_comfyui_notes(spec, lora.modules)
     if check:
-        result.check = check_same_updates(lora.modules, read_lora(spec, dst, shapes).modules, shapes)
+        again = read_lora(spec, dst, shapes)
+        result.check = check_same_updates(lora.modules, again.modules, shapes) + check_same_diffs(diffs, again.diffs)
     return result
+
+
+def kohya_comfyui_notes(spec: ModelSpec, modules: Mapping[str, LoraModule], comfy_file: str = "") -> list[str]:
+    """A warning when a kohya file holds layers ComfyUI skips, pointing at the ComfyUI layout."""
+    skipped = comfyui_skipped_kohya_layers(spec, modules)
+    if not skipped:
+        return []
+    where = comfy_file or "a file written with `convert --to comfyui`"
+    return [unknown_keys_message("warning: in ComfyUI this kohya file", skipped, limit=5,
+                                 what="are not loaded (ComfyUI expects its own names, e.g. img_mlp_0)")
+            + f"\nuse {where} in ComfyUI instead; musubi-tuner loads the kohya file completely"]
 
 
 def adapter_modules(adapter: Mapping[str, torch.Tensor], rank: int, alpha: float) -> dict[str, LoraModule]:
@@ -101,16 +132,3 @@ def adapter_modules(adapter: Mapping[str, torch.Tensor], rank: int, alpha: float
             if modules[module].rank != rank:
                 raise HvTuneError(f"adapter layer {module!r} has rank {modules[module].rank}, expected {rank}")
     return modules
-
-
-def save_extra_formats(
-    spec: ModelSpec, out_dir: Path, adapter: Mapping[str, torch.Tensor], rank: int, alpha: float,
-    formats: list[str], model_path: str,
-) -> list[Path]:
-    """Write a trained adapter in each of ``formats`` other than diffusers (``EXTRA_FILES``)."""
-    extra = [f for f in formats if f != "diffusers"]
-    if not extra:
-        return []
-    modules = adapter_modules(adapter, rank, alpha)
-    shapes = spec.linear_shapes(model_path)
-    return [write_lora(spec, modules, Path(out_dir) / EXTRA_FILES[f], f, shapes) for f in extra]

@@ -1,46 +1,127 @@
-"""Which LoRA format a file is in, read from its keys (DESIGN.md §4, docs/lora-formats.md).
+"""The LoRA layouts hv-tune reads and writes, and which one a file is in (docs/lora-formats.md).
 
-- ``diffusers``: ``transformer.<diffusers module>.lora_A.weight`` / ``.lora_B.weight``
+One vocabulary: ``Layout`` names each layout once; ``FORMATS`` says, per layout, how its
+keys look and what it can carry, so a new layout is one entry there (plus its names in the
+model spec). The layouts:
+
+- ``diffusers`` (PEFT): ``transformer.<diffusers module>.lora_A.weight`` / ``.lora_B.weight``
   (also PEFT's ``base_model.model.`` prefix, or no prefix), alpha in the metadata;
-- ``comfyui`` (original): ``diffusion_model.<original module>.lora_A.weight`` / ``.lora_B.weight``
-  (``lora_down`` / ``lora_up`` / ``.alpha`` are read too);
+- ``comfyui`` (Tencent's original names, as ComfyUI's LoRA key map and diffusion-pipe use
+  them): ``diffusion_model.<original module>.lora_A.weight`` (``transformer.`` /
+  ``base_model.model.`` / no prefix, ``lora_down`` / ``lora_up`` / ``.alpha`` are read too);
 - ``kohya`` (musubi-tuner): ``lora_unet_<original module, dots as underscores>.lora_down.weight``,
-  ``.lora_up.weight``, ``.alpha``.
+  ``.lora_up.weight``, ``.alpha``;
+- ``comfyui-internal`` (LoRAs extracted in ComfyUI): ComfyUI's own module names
+  (``img_attn.qkv``, ``img_mlp.0``, ``img_mod.lin``, ``time_in.in_layer``), with ``.alpha``,
+  ``.diff_b`` (bias delta) and ``.diff`` (full weight delta) entries.
 
 Module names are resolved through the model spec, so a key that looks right but names no
 layer of the model ends up in the "unknown" list. Files for other model families are
-recognised by key patterns that never occur in a HunyuanVideo LoRA.
+recognised by key patterns that never occur in a HunyuanVideo LoRA, and Flux (whose module
+names ComfyUI shares with HunyuanVideo) by its block counts.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
 
 from hv_tune.errors import HvTuneError
 from hv_tune.models.base import ModelSpec
 
-FORMATS = ("diffusers", "comfyui", "kohya")
+
+class Layout(str, Enum):
+    """A LoRA file layout; the value is its one name (CLI flags, config, notes)."""
+
+    DIFFUSERS = "diffusers"
+    COMFYUI = "comfyui"
+    KOHYA = "kohya"
+    COMFYUI_INTERNAL = "comfyui-internal"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: other names users and older flags give a layout
+ALIASES = {"original": Layout.COMFYUI, "tencent": Layout.COMFYUI, "diffusion-pipe": Layout.COMFYUI}
+
+
+@dataclass(frozen=True)
+class Format:
+    """How one layout's keys look and what a file in it can carry."""
+
+    layout: Layout
+    #: key of ``spec.lora_prefixes`` for the prefix written
+    prefix: str
+    down: str
+    up: str
+    #: writes a ``.alpha`` tensor per module (else alpha / rank is folded into ``up``)
+    alpha_key: bool
+    #: can carry ``.diff`` / ``.diff_b`` deltas (ComfyUI applies them)
+    diffs: bool
+    #: module names: ``diffusers``, ``original`` (as ComfyUI's LoRA key map reads them),
+    #: ``flat`` (original, dots as underscores) or ``internal`` (ComfyUI's module names)
+    names: str
+    #: file written next to ``pytorch_lora_weights.safetensors`` by ``save.formats``
+    file_name: str
+    example: str
+
+
+FORMATS: dict[Layout, Format] = {
+    Layout.DIFFUSERS: Format(Layout.DIFFUSERS, "diffusers", "lora_A.weight", "lora_B.weight", False, False,
+                             "diffusers", "pytorch_lora_weights.safetensors",
+                             "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"),
+    Layout.COMFYUI: Format(Layout.COMFYUI, "comfyui", "lora_A.weight", "lora_B.weight", False, True,
+                           "original", "lora_comfyui.safetensors",
+                           "diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight"),
+    Layout.KOHYA: Format(Layout.KOHYA, "kohya", "lora_down.weight", "lora_up.weight", True, False,
+                         "flat", "lora_kohya.safetensors", "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"),
+    Layout.COMFYUI_INTERNAL: Format(Layout.COMFYUI_INTERNAL, "comfyui", "lora_down.weight", "lora_up.weight", True,
+                                    True, "internal", "lora_comfyui_internal.safetensors",
+                                    "diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight"),
+}
+
+
+def to_layout(name: str | Layout) -> Layout:
+    """A layout from its name or an alias.
+
+    Raises:
+        HvTuneError: naming the valid layouts.
+    """
+    if isinstance(name, Layout):
+        return name
+    key = str(name).lower()
+    if key in ALIASES:
+        return ALIASES[key]
+    try:
+        return Layout(key)
+    except ValueError:
+        names = ", ".join([*(f.value for f in Layout), *ALIASES])
+        raise HvTuneError(f"unknown LoRA format {name!r}; use one of {names}") from None
+
+
 KINDS = {
     "lora_A.weight": "down",
     "lora_down.weight": "down",
     "lora_B.weight": "up",
     "lora_up.weight": "up",
     "alpha": "alpha",
+    "diff": "diff",
+    "diff_b": "diff_b",
 }
-_KEY = re.compile(r"(?P<module>.+?)\.(?P<kind>lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha)")
+_KEY = re.compile(
+    r"(?P<module>.+?)\.(?P<kind>lora_A\.weight|lora_B\.weight|lora_down\.weight|lora_up\.weight|alpha|diff_b|diff)"
+)
 _PEFT_PREFIX = "base_model.model."
 
 # Key patterns (re.search) that identify another model family. None of them can match a
-# HunyuanVideo key in any of the three formats (tests/test_export_formats.py checks that).
+# HunyuanVideo key in any layout (tests/test_export_lora.py checks that). Flux's module
+# names are ComfyUI's HunyuanVideo names: only Flux-only modules are listed here, the rest
+# is told apart by block counts (``FAMILY_BLOCKS``).
 OTHER_FAMILIES: dict[str, tuple[str, ...]] = {
     "Flux": (
-        r"(img|txt)_attn\.(qkv|proj)\.",  # Flux's original names put a dot before qkv
-        r"(img|txt)_mod[._]lin\.",
-        r"(img|txt)_mlp[._][02]\.",
-        r"modulation[._]lin\.",
-        r"(^|[._])(img_in|txt_in)\.(lora_|alpha)",  # Flux's img_in/txt_in are linear layers
+        r"(^|[._])(img_in|txt_in)\.(lora_|alpha|diff)",  # Flux's img_in/txt_in are linear layers
         r"(^|\.)(x_embedder|context_embedder)\.lora_",
     ),
     "SDXL": (r"^lora_te2_", r"^text_encoder_2\.", r"conditioner\.embedders\.1\."),
@@ -53,29 +134,51 @@ OTHER_FAMILIES: dict[str, tuple[str, ...]] = {
     "LTX-Video or CogVideoX": (r"transformer_blocks[._]\d+[._]attn[12][._]",),
 }
 _FAMILY_RES = {name: [re.compile(p) for p in pats] for name, pats in OTHER_FAMILIES.items()}
+#: (double, single) block counts of families whose block names match HunyuanVideo's
+FAMILY_BLOCKS = {"Flux": (19, 38)}
+_DOUBLE_RE = re.compile(r"^(?:double_blocks|transformer_blocks)\.(\d+)\.")
+_SINGLE_RE = re.compile(r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\.")
 _UNSUPPORTED = {"lora_magnitude_vector": "DoRA", "dora_scale": "DoRA", ".hada_": "LoHa", ".lokr_": "LoKr"}
 
 
 @dataclass(frozen=True)
 class ParsedKey:
-    """A LoRA key resolved to (format, module name in that format's layout, kind)."""
+    """A LoRA key resolved to (layouts it fits, module, kind)."""
 
-    format: str
-    module: str  # diffusers module (diffusers format) or original module (comfyui, kohya)
-    kind: str  # down | up | alpha
+    layouts: frozenset[Layout]
+    module: str  # diffusers module (diffusers layout) or original module (every other layout)
+    kind: str  # down | up | alpha | diff | diff_b
 
 
 @dataclass
 class KeyReport:
-    """Every key of a file, sorted into parsed keys and unknown ones."""
+    """Every key of a file, sorted into parsed keys and unknown ones, and the file's layout."""
 
     parsed: dict[str, ParsedKey] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
+    layout: Layout = Layout.DIFFUSERS
 
     @property
-    def format(self) -> str:
-        formats = Counter(p.format for p in self.parsed.values())
-        return formats.most_common(1)[0][0]
+    def format(self) -> Layout:
+        return self.layout
+
+
+def _original_layouts(spec: ModelSpec, module: str) -> tuple[set[Layout], str | None]:
+    """Layouts an (unprefixed, dotted) module name fits, and the original module it names."""
+    layouts: set[Layout] = set()
+    original = None
+    if spec.original_parts(module) is not None:
+        layouts.add(Layout.COMFYUI)
+        original = module
+    lora_named = spec.original_from_comfy(module, "lora")
+    if lora_named is not None:
+        layouts.add(Layout.COMFYUI)
+        original = original or lora_named
+    internal = spec.original_from_comfy(module, "internal")
+    if internal is not None:
+        layouts.add(Layout.COMFYUI_INTERNAL)
+        original = original or internal
+    return layouts, original
 
 
 def parse_key(spec: ModelSpec, key: str) -> ParsedKey | None:
@@ -85,9 +188,10 @@ def parse_key(spec: ModelSpec, key: str) -> ParsedKey | None:
     if body.startswith(kohya):
         m = _KEY.fullmatch(body[len(kohya) :])
         if m and "." not in m["module"]:
-            original = spec.original_from_flat(m["module"])
+            flat = m["module"]
+            original = spec.original_from_flat(flat) or spec.original_from_comfy(flat, "flat")
             if original is not None:
-                return ParsedKey("kohya", original, KINDS[m["kind"]])
+                return ParsedKey(frozenset({Layout.KOHYA}), original, KINDS[m["kind"]])
         return None
     for prefix in (spec.lora_prefixes["comfyui"], spec.lora_prefixes["diffusers"]):
         if body.startswith(prefix):
@@ -97,10 +201,11 @@ def parse_key(spec: ModelSpec, key: str) -> ParsedKey | None:
     if m is None:
         return None
     module, kind = m["module"], KINDS[m["kind"]]
-    if spec.original_parts(module) is not None:
-        return ParsedKey("comfyui", module, kind)
+    layouts, original = _original_layouts(spec, module)
+    if original is not None:
+        return ParsedKey(frozenset(layouts), original, kind)
     if spec.original_module(module) is not None:
-        return ParsedKey("diffusers", module, kind)
+        return ParsedKey(frozenset({Layout.DIFFUSERS}), module, kind)
     return None
 
 
@@ -113,8 +218,33 @@ def looks_like_family(keys: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def family_by_blocks(parsed: dict[str, ParsedKey], hunyuan_only: list[str]) -> tuple[str, str] | None:
+    """(family, explanation) when the blocks a file reaches are exactly another family's.
+
+    A file whose highest double block is that family's last (and whose single blocks, if
+    any, end at its last too) and that has no HunyuanVideo-only module is that family's.
+    """
+    doubles = {int(m[1]) for p in parsed.values() if (m := _DOUBLE_RE.match(p.module))}
+    singles = {int(m[1]) for p in parsed.values() if (m := _SINGLE_RE.match(p.module))}
+    if hunyuan_only or not (doubles or singles):
+        return None
+    for family, (n_double, n_single) in FAMILY_BLOCKS.items():
+        double_fits = not doubles or max(doubles) == n_double - 1
+        single_fits = not singles or max(singles) == n_single - 1
+        if double_fits and single_fits:
+            return family, (f"its blocks end at double block {max(doubles, default='-')} and single block "
+                            f"{max(singles, default='-')}: {family} has {n_double} + {n_single}")
+    return None
+
+
+def _hunyuan_only(parsed: dict[str, ParsedKey]) -> list[str]:
+    """Keys of modules only HunyuanVideo has (the token refiner and text/time embedders)."""
+    markers = ("individual_token_refiner", "txt_in.", "context_embedder.", "time_in.mlp", "guidance_in.mlp")
+    return [k for k, p in parsed.items() if any(x in p.module for x in markers)]
+
+
 def classify_keys(spec: ModelSpec, keys: list[str], source: str) -> KeyReport:
-    """Sort a file's keys; refuse files for other families, other adapter types, or mixed formats.
+    """Sort a file's keys; refuse files for other families, other adapter types, or mixed layouts.
 
     Raises:
         HvTuneError: naming ``source``, the family it looks like and an example key; or the
@@ -139,21 +269,54 @@ def classify_keys(spec: ModelSpec, keys: list[str], source: str) -> KeyReport:
             report.parsed[key] = parsed
     if not report.parsed:
         shown = ", ".join(repr(k) for k in keys[:5])
+        expected = ", ".join(f"{f.layout} ({f.example!r})" for f in FORMATS.values())
+        raise HvTuneError(f"{source}: no {spec.name} LoRA keys found (first keys: {shown}); expected {expected} keys")
+    by_blocks = family_by_blocks(report.parsed, _hunyuan_only(report.parsed))
+    if by_blocks is not None:
         raise HvTuneError(
-            f"{source}: no {spec.name} LoRA keys found (first keys: {shown}); expected "
-            f"diffusers ('transformer.transformer_blocks.0.attn.to_q.lora_A.weight'), ComfyUI "
-            f"('diffusion_model.double_blocks.0.img_attn_qkv.lora_A.weight') or kohya "
-            f"('lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight') keys"
+            f"{source}: this LoRA looks like a {by_blocks[0]} LoRA, not {spec.name} ({by_blocks[1]}); "
+            f"use it with a {by_blocks[0]} model"
         )
-    styles = Counter(p.format for p in report.parsed.values())
-    if len(styles) > 1:
-        examples = {f: next(k for k, p in report.parsed.items() if p.format == f) for f in styles}
-        raise HvTuneError(f"{source}: keys of several formats in one file: {examples}; convert each part separately")
+    report.layout = _common_layout(report, source)
     return report
 
 
-def unknown_keys_message(source: str, unknown: list[str], limit: int = 20) -> str:
-    """A readable list of keys that name no layer of the model."""
+def _common_layout(report: KeyReport, source: str) -> Layout:
+    """The one layout every parsed key fits (in ``Layout`` order when several do)."""
+    common = set(Layout)
+    for p in report.parsed.values():
+        common &= p.layouts
+    if common:
+        return next(layout for layout in Layout if layout in common)
+    examples: dict[str, str] = {}
+    for key, p in report.parsed.items():
+        examples.setdefault("/".join(sorted(str(x) for x in p.layouts)), key)
+    raise HvTuneError(f"{source}: keys of several formats in one file: {examples}; convert each part separately")
+
+
+def unknown_keys_message(source: str, unknown: list[str], limit: int = 20, what: str = "name no layer this tool knows") -> str:
+    """A readable list of keys (at most ``limit`` shown)."""
     shown = "\n  ".join(unknown[:limit])
     more = f"\n  ... and {len(unknown) - limit} more" if len(unknown) > limit else ""
-    return f"{source}: {len(unknown)} key(s) name no layer this tool knows:\n  {shown}{more}"
+    return f"{source}: {len(unknown)} key(s) {what}:\n  {shown}{more}"
+
+
+def unknown_keys_policy(source: str, unknown: list[str], skip_unknown: bool, fix: str,
+                        what: str = "name no layer this tool knows") -> list[str]:
+    """The one policy for keys a step cannot use: refuse (listing them) unless told to skip.
+
+    Args:
+        fix: what the user can do, e.g. ``"merge with --skip-unknown to leave them out"``.
+
+    Returns:
+        Notes for the user (empty when nothing is left out).
+
+    Raises:
+        HvTuneError: listing the keys, when there are some and ``skip_unknown`` is false.
+    """
+    if not unknown:
+        return []
+    message = unknown_keys_message(source, unknown, what=what)
+    if not skip_unknown:
+        raise HvTuneError(f"{message}\n{fix}")
+    return [message + "\n(left out: --skip-unknown)"]

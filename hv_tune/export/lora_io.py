@@ -8,9 +8,7 @@ writing fuses them back (``lora_math``). Key names come from the model spec.
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -21,14 +19,14 @@ from typing import Any
 import torch
 
 from hv_tune.errors import HvTuneError
-from hv_tune.export.formats import FORMATS, ParsedKey, classify_keys
+from hv_tune.export.alpha import resolve_alphas
+from hv_tune.export.formats import FORMATS, Format, Layout, ParsedKey, classify_keys, to_layout
 from hv_tune.export.lora_math import LoraModule, fold_scale, fuse, unfuse
 from hv_tune.io import atomic_save_safetensors
 from hv_tune.models.base import ModelSpec, Part
 
 #: safetensors metadata key: per fused original module, the rank of each part (block-diagonal layout)
 FUSED_RANKS_KEY = "hv_tune.fused_ranks"
-DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 
 Shapes = Mapping[str, tuple[int, int]]
 
@@ -38,10 +36,13 @@ class LoraFile:
     """A LoRA read from disk: diffusers module -> update, plus what was noticed on the way."""
 
     path: Path
-    format: str
+    format: Layout
     modules: dict[str, LoraModule]
     unknown: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: full deltas added to diffusers parameters (``<module>.weight`` from ``.diff``,
+    #: ``<module>.bias`` from ``.diff_b``), in the file's dtype
+    diffs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -75,41 +76,18 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return dict(obj), {}
 
 
-def _pattern_value(patterns: Mapping[str, Any], module: str) -> Any:
-    """PEFT's ``rank_pattern`` / ``alpha_pattern`` lookup (``(.*\\.)?(key)$``, first match wins)."""
-    for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return None
+def check_finite(path: Path, tensors: Mapping[str, torch.Tensor], parsed: Mapping[str, ParsedKey]) -> None:
+    """Refuse a file with NaN or inf values, naming the layers (a diverged training run).
 
-
-def _diffusers_alphas(path: Path, meta: Mapping[str, str], groups: Mapping[str, dict], notes: list[str]) -> dict[str, float]:
-    """Alpha per module from the adapter metadata, PEFT's adapter_config.json, or ``.alpha`` keys."""
-    config: dict[str, Any] | None = None
-    if DIFFUSERS_METADATA_KEY in meta:
-        raw = json.loads(meta[DIFFUSERS_METADATA_KEY])
-        config = {k.split(".", 1)[1] if k.startswith("transformer.") else k: v for k, v in raw.items()}
-    elif (path.parent / "adapter_config.json").is_file():
-        config = json.loads((path.parent / "adapter_config.json").read_text())
-        notes.append(f"alpha read from {path.parent / 'adapter_config.json'}")
-    if config is not None and config.get("use_dora"):
-        raise HvTuneError(f"{path}: the adapter config says use_dora=true; DoRA is not supported")
-    alphas = {}
-    for module, g in groups.items():
-        rank = g["down"].shape[0]
-        if "alpha" in g:
-            alphas[module] = float(g["alpha"])
-        elif config is None:
-            alphas[module] = float(rank)
-        else:
-            alpha = _pattern_value(config.get("alpha_pattern") or {}, module)
-            alpha = float(config.get("lora_alpha", rank) if alpha is None else alpha)
-            if config.get("use_rslora"):
-                alpha *= math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r): same update as alpha' / r
-            alphas[module] = alpha
-    if config is None and not any("alpha" in g for g in groups.values()):
-        notes.append("no alpha in the file: alpha = rank (scale 1), as diffusers assumes")
-    return alphas
+    Raises:
+        HvTuneError: naming the file and up to 10 layers.
+    """
+    bad = sorted({parsed[k].module if k in parsed else k for k, t in tensors.items()
+                  if t.is_floating_point() and not torch.isfinite(t).all()})
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise HvTuneError(f"{path}: NaN or inf values in {len(bad)} layer(s): {shown}; the LoRA is broken "
+                          "(did its training diverge?) and is not used")
 
 
 def _group(tensors: Mapping[str, torch.Tensor], parsed: Mapping[str, ParsedKey], source: Path) -> dict[str, dict]:
@@ -119,10 +97,10 @@ def _group(tensors: Mapping[str, torch.Tensor], parsed: Mapping[str, ParsedKey],
             raise HvTuneError(f"{source}: two keys for {p.kind} of {p.module!r} (one is {key!r})")
         groups[p.module][p.kind] = tensors[key] if p.kind != "alpha" else float(tensors[key].float().item())
     for module, g in groups.items():
-        if "down" not in g or "up" not in g:
+        if ("down" in g) != ("up" in g) or not ({"down", "diff", "diff_b"} & set(g)):
             missing = "up (lora_B / lora_up)" if "down" in g else "down (lora_A / lora_down)"
             raise HvTuneError(f"{source}: module {module!r} has no {missing} weight")
-        if g["down"].dim() != 2 or g["up"].dim() != 2 or g["down"].shape[0] != g["up"].shape[1]:
+        if "down" in g and (g["down"].dim() != 2 or g["up"].dim() != 2 or g["down"].shape[0] != g["up"].shape[1]):
             raise HvTuneError(
                 f"{source}: module {module!r}: down {tuple(g['down'].shape)} and up {tuple(g['up'].shape)} "
                 "are not a LoRA pair ([r, in] and [out, r])"
@@ -182,8 +160,28 @@ def _resolve_original(
     return out
 
 
+def _split_delta(spec: ModelSpec, source: Path, original: str, delta: torch.Tensor, kind: str,
+                 shapes: Shapes) -> dict[str, torch.Tensor]:
+    """A fused layer's ``.diff`` [rows, in] or ``.diff_b`` [rows] as deltas of diffusers parameters."""
+    parts = spec.original_parts(original)
+    rows = _part_rows(parts, shapes, source, original)
+    in_f = shapes[parts[0].module][1]
+    want = (sum(rows), in_f) if kind == "diff" else (sum(rows),)
+    if tuple(delta.shape) != want:
+        raise HvTuneError(f"{source}: {original}.{kind} has shape {tuple(delta.shape)}, the layer needs {want}")
+    suffix = "weight" if kind == "diff" else "bias"
+    chunks: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
+    for part, piece in zip(parts, delta.split(rows)):
+        chunks[part.module].append((part.chunk, piece))
+    return {f"{module}.{suffix}": torch.cat([t for _, t in sorted(c, key=lambda x: x[0])])
+            for module, c in chunks.items()}
+
+
 def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraFile:
-    """Read a LoRA in any supported format as diffusers modules, checked against ``shapes``.
+    """Read a LoRA in any supported layout as diffusers modules, checked against ``shapes``.
+
+    This is the one reader (``convert``, ``merge``, ``sample``): it refuses NaN/inf values,
+    resolves alpha (``hv_tune.export.alpha``) and reads ``.diff`` / ``.diff_b`` deltas.
 
     Args:
         shapes: ``(out, in)`` of the model's linear layers (``spec.linear_shapes`` or a checkpoint's).
@@ -194,19 +192,28 @@ def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraF
     path = Path(path)
     tensors, meta = load_tensors(path)
     report = classify_keys(spec, list(tensors), str(path))
+    check_finite(path, tensors, report.parsed)
     groups = _group(tensors, report.parsed, path)
-    lora = LoraFile(path, report.format, {}, report.unknown)
-    if report.format == "diffusers":
-        alphas = _diffusers_alphas(path, meta, groups, lora.notes)
-        for module, g in groups.items():
-            m = LoraModule(g["down"], g["up"], alphas[module])
-            _check_shape(path, module, m, shapes, "layer")
-            lora.modules[module] = m
-        return lora
+    lora = LoraFile(path, report.layout, {}, report.unknown)
+    ranks = {module: g["down"].shape[0] for module, g in groups.items() if "down" in g}
+    own = {module: g["alpha"] for module, g in groups.items() if "alpha" in g}
+    alphas = resolve_alphas(path, meta, ranks, own, lora.notes)
     fused_ranks = json.loads(meta.get(FUSED_RANKS_KEY, "{}"))
-    for original, g in groups.items():
-        m = LoraModule(g["down"], g["up"], g.get("alpha", float(g["down"].shape[0])))
-        lora.modules.update(_resolve_original(spec, path, original, m, shapes, fused_ranks.get(original)))
+    for module, g in groups.items():
+        m = LoraModule(g["down"], g["up"], alphas[module]) if "down" in g else None
+        if report.layout == Layout.DIFFUSERS:
+            if m is not None:
+                _check_shape(path, module, m, shapes, "layer")
+                lora.modules[module] = m
+            for kind, suffix in (("diff", "weight"), ("diff_b", "bias")):
+                if kind in g:
+                    lora.diffs[f"{module}.{suffix}"] = g[kind]
+            continue
+        if m is not None:
+            lora.modules.update(_resolve_original(spec, path, module, m, shapes, fused_ranks.get(module)))
+        for kind in ("diff", "diff_b"):
+            if kind in g:
+                lora.diffs.update(_split_delta(spec, path, module, g[kind], kind, shapes))
     return lora
 
 
@@ -268,41 +275,105 @@ def _write_diffusers(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pa
     return out
 
 
-def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path, fmt: str, shapes: Shapes) -> Path:
-    prefix = spec.lora_prefixes[fmt]
+def _module_name(spec: ModelSpec, original: str, names: str) -> str:
+    """An original module's name in a layout's naming scheme (``Format.names``)."""
+    if names == "flat":
+        return original.replace(".", "_")
+    if names == "internal":
+        return spec.comfy_name(original)
+    return spec.comfy_name(original, "lora")  # Tencent's names, embedders as ComfyUI's key map reads them
+
+
+def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shapes) -> dict[tuple[str, str], torch.Tensor]:
+    """Deltas of diffusers parameters as deltas of fused original ones: (original, kind) -> tensor.
+
+    A part without a delta of its own gets zero rows.
+    """
+    fused: dict[tuple[str, str], torch.Tensor] = {}
+    for name in diffs:
+        module, _, suffix = name.rpartition(".")
+        original = spec.original_module(module)
+        kind = "diff" if suffix == "weight" else "diff_b"
+        if original is None or (original, kind) in fused:
+            continue
+        pieces = []
+        for part in spec.original_parts(original):
+            out_f, in_f = shapes[part.module]
+            rows = out_f // part.chunks
+            full = diffs.get(f"{part.module}.{suffix}")
+            ref = next(iter(diffs.values()))
+            if full is None:
+                full = ref.new_zeros((out_f, in_f) if kind == "diff" else (out_f,))
+            pieces.append(full[part.chunk * rows : (part.chunk + 1) * rows])
+        fused[(original, kind)] = torch.cat(pieces)
+    return fused
+
+
+def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path, fmt: Format, shapes: Shapes,
+                    diffs: Mapping[str, torch.Tensor]) -> Path:
+    prefix = spec.lora_prefixes[fmt.prefix]
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, list[int]] = {}
+    written: list[LoraModule] = []
     for original, (m, part_ranks) in sorted(_fuse_original(spec, modules, shapes).items()):
         if part_ranks is not None:
             ranks[original] = part_ranks
-        if fmt == "comfyui":  # no alpha in this format: readers (diffusers, ComfyUI) use scale 1
+        name = prefix + _module_name(spec, original, fmt.names)
+        if not fmt.alpha_key:  # no alpha in this layout: readers (diffusers, ComfyUI) use scale 1
             m = fold_scale(m)
-            state[f"{prefix}{original}.lora_A.weight"] = m.down
-            state[f"{prefix}{original}.lora_B.weight"] = m.up
-        else:
-            flat = prefix + original.replace(".", "_")
-            state[f"{flat}.lora_down.weight"] = m.down
-            state[f"{flat}.lora_up.weight"] = m.up
-            state[f"{flat}.alpha"] = torch.tensor(m.alpha, dtype=torch.float32)
+        state[f"{name}.{fmt.down}"] = m.down
+        state[f"{name}.{fmt.up}"] = m.up
+        if fmt.alpha_key:
+            state[f"{name}.alpha"] = torch.tensor(m.alpha, dtype=torch.float32)
+        written.append(m)
+    for (original, kind), delta in sorted(_fuse_diffs(spec, diffs, shapes).items()):
+        state[f"{prefix}{_module_name(spec, original, fmt.names)}.{kind}"] = delta.contiguous()
     metadata = {"format": "pt", FUSED_RANKS_KEY: json.dumps(ranks, sort_keys=True)}
-    if fmt == "kohya":
+    if fmt.layout == Layout.KOHYA and written:
+        # the ranks of the written (fused) layers: 3r / 4r for q,k,v (+mlp) fused from rank-r parts
         metadata["ss_network_module"] = "networks.lora"
-        metadata["ss_network_dim"] = str(_most_common([m.rank for m in modules.values()]))
-        metadata["ss_network_alpha"] = str(_most_common([m.alpha for m in modules.values()]))
+        metadata["ss_network_dim"] = str(_most_common([m.rank for m in written]))
+        metadata["ss_network_alpha"] = str(_most_common([m.alpha for m in written]))
+        metadata["hv_tune.ranks"] = json.dumps(sorted({m.rank for m in written}))
     return atomic_save_safetensors(out, state, metadata)
 
 
-def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os.PathLike, fmt: str, shapes: Shapes) -> Path:
-    """Write diffusers-named LoRA modules as one file in ``fmt`` (atomically).
+def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os.PathLike, fmt: str | Layout,
+               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write diffusers-named LoRA modules (and deltas) as one file in layout ``fmt`` (atomically).
 
     Args:
         shapes: the model's linear layer shapes; fusing needs the sizes of parts without a LoRA.
+        diffs: ``.diff`` / ``.diff_b`` deltas by diffusers parameter name; only layouts whose
+            ``Format.diffs`` is true can carry them (check ``undeliverable_diffs`` first).
+
+    Raises:
+        HvTuneError: for an unknown layout, nothing to write, or deltas the layout cannot carry.
     """
-    if fmt not in FORMATS:
-        raise HvTuneError(f"unknown LoRA format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if not modules:
+    spec_fmt = FORMATS[to_layout(fmt)]
+    diffs = dict(diffs or {})
+    if not modules and not diffs:
         raise HvTuneError("the LoRA has no layers to write")
+    if diffs and not spec_fmt.diffs:
+        raise HvTuneError(f"the {spec_fmt.layout} format cannot carry weight/bias deltas ({sorted(diffs)[:5]})")
     out = Path(out)
-    if fmt == "diffusers":
+    if spec_fmt.layout == Layout.DIFFUSERS:
         return _write_diffusers(spec, modules, out)
-    return _write_original(spec, modules, out, fmt, shapes)
+    return _write_original(spec, modules, out, spec_fmt, shapes, diffs)
+
+
+def undeliverable_diffs(lora: LoraFile, fmt: str | Layout) -> list[str]:
+    """Names of the deltas (``.diff`` / ``.diff_b``) a layout cannot carry."""
+    return [] if FORMATS[to_layout(fmt)].diffs else sorted(lora.diffs)
+
+
+def comfyui_skipped_kohya_layers(spec: ModelSpec, modules: Mapping[str, LoraModule]) -> list[str]:
+    """kohya names of the layers ComfyUI does not load from a kohya file.
+
+    ComfyUI maps ``lora_unet_`` + its *internal* module name with dots as underscores
+    (``img_mlp_0``, ``img_mod_lin``, ``modulation_lin``, ``time_in_in_layer``); where Tencent's
+    name differs (``img_mlp_fc1``, ...), it warns "lora key not loaded" and skips the layer.
+    """
+    originals = {spec.original_module(m) for m in modules} - {None}
+    flat = [o.replace(".", "_") for o in sorted(originals) if spec.comfy_name(o).replace(".", "_") != o.replace(".", "_")]
+    return [spec.lora_prefixes["kohya"] + f for f in flat]

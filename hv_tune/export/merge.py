@@ -25,25 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from hv_tune.errors import HvTuneError
-from hv_tune.export.formats import unknown_keys_message
+from hv_tune.export.formats import unknown_keys_policy
 from hv_tune.export.lora_io import LoraFile, read_lora
 from hv_tune.export.lora_math import LoraModule
 from hv_tune.export.safetensors_stream import INDEX_SUFFIX, StreamWriter, TensorInfo, index_file, read_tensor
 from hv_tune.io import atomic_directory, atomic_write
-from hv_tune.models.base import ModelSpec
+from hv_tune.models.base import ModelSpec, Part
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 MERGE_FORMATS = ("diffusers", "original")
 BLOCK_ELEMENTS = 2**24  # float32 values merged at a time (64 MiB)
-
-
-@dataclass(frozen=True)
-class Source:
-    """Rows ``chunk`` of ``chunks`` of one base tensor (the whole tensor when chunks == 1)."""
-
-    name: str
-    chunk: int = 0
-    chunks: int = 1
 
 
 @dataclass
@@ -51,7 +42,7 @@ class OutTensor:
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    sources: list[Source]
+    sources: list[Part]  # base tensors (``Part.module`` is a tensor name), rows in order
 
     @property
     def nbytes(self) -> int:
@@ -95,29 +86,80 @@ def index_checkpoint(folder: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+def index_original_file(spec: ModelSpec, path: Path, shapes: dict[str, tuple[int, int]]) -> dict[str, TensorInfo]:
+    """A single original-layout transformer file, seen as diffusers-named tensors (row views).
+
+    Args:
+        shapes: the model's linear layer shapes (``spec.linear_shapes`` of its config): the row
+            split of fused tensors.
+
+    Raises:
+        HvTuneError: naming the file and a tensor that has no diffusers name or does not split.
+    """
+    if not path.is_file():
+        raise HvTuneError(f"--transformer {path}: no such file")
+    stored = index_file(path)
+    views: dict[str, list[tuple[int, tuple[str, int, int]]]] = defaultdict(list)
+    first: dict[str, TensorInfo] = {}
+    for name, info in stored.items():
+        module, _, suffix = name.rpartition(".")
+        parts = spec.original_parts(module)
+        if parts is None:
+            raise HvTuneError(f"{path}: tensor {name!r} has no name in the diffusers layout (not an original checkpoint?)")
+        if len(parts) == 1:
+            rows = [info.shape[0]]
+        else:
+            rows = [shapes[p.module][0] // p.chunks if p.module in shapes else -1 for p in parts]
+        if sum(rows) != info.shape[0]:
+            raise HvTuneError(f"{path}: {name} has {info.shape[0]} rows; the model config's layers need {rows}")
+        row0 = 0
+        for part, n in zip(parts, rows):
+            target = f"{part.module}.{suffix}"
+            views[target].append((part.chunk, (name, row0, n)))
+            first.setdefault(target, info)
+            row0 += n
+    infos = {}
+    for target, blocks in views.items():
+        segments = tuple(seg for _, seg in sorted(blocks))
+        info = first[target]
+        shape = (sum(seg[2] for seg in segments), *info.shape[1:])
+        infos[target] = TensorInfo(target, path, info.dtype, shape, segments)
+    return infos
+
+
 def linear_shapes_of(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, int]]:
     """``(out, in)`` of every 2-D ``*.weight`` of a checkpoint, by module name."""
     return {n.removesuffix(".weight"): i.shape for n, i in infos.items() if n.endswith(".weight") and len(i.shape) == 2}
 
 
+@dataclass
+class Updates:
+    """Everything the LoRAs add, with the user's scales: low-rank updates and full deltas."""
+
+    #: diffusers module -> (update, user scale) of each LoRA touching it
+    lora: dict[str, list[tuple[LoraModule, float]]]
+    #: base tensor name (``<module>.weight`` / ``.bias``) -> (delta, user scale)
+    diffs: dict[str, list[tuple[torch.Tensor, float]]]
+    notes: list[str]
+
+
 def load_updates(
     spec: ModelSpec, loras: Sequence[tuple[str, float]], shapes: dict[str, tuple[int, int]], skip_unknown: bool
-) -> tuple[dict[str, list[tuple[LoraModule, float]]], list[str]]:
-    """Every LoRA, as (update, user scale) per diffusers module, plus notes for the user."""
-    updates: dict[str, list[tuple[LoraModule, float]]] = defaultdict(list)
-    notes = []
+) -> Updates:
+    """Every LoRA, as (update, user scale) per diffusers module and deltas per tensor, plus notes."""
+    updates = Updates(defaultdict(list), defaultdict(list), [])
     for path, scale in loras:
         lora: LoraFile = read_lora(spec, path, shapes)
-        if lora.unknown:
-            message = unknown_keys_message(str(path), lora.unknown)
-            if not skip_unknown:
-                raise HvTuneError(message + "\nmerge with --skip-unknown to leave them out")
-            notes.append(message + "\n(left out: --skip-unknown)")
-        notes += [f"{path}: {n}" for n in lora.notes]
-        notes.append(f"{path}: {lora.format} format, {len(lora.modules)} layers, scale {scale}")
+        updates.notes += unknown_keys_policy(str(path), lora.unknown, skip_unknown,
+                                             "merge with --skip-unknown to leave them out")
+        updates.notes += [f"{path}: {n}" for n in lora.notes]
+        extra = f" and {len(lora.diffs)} weight/bias deltas" if lora.diffs else ""
+        updates.notes.append(f"{path}: {lora.format} format, {len(lora.modules)} layers{extra}, scale {scale}")
         for module, m in lora.modules.items():
-            updates[module].append((m, scale))
-    return updates, notes
+            updates.lora[module].append((m, scale))
+        for name, delta in lora.diffs.items():
+            updates.diffs[name].append((delta, scale))
+    return updates
 
 
 # ----------------------------------------------------------------------------- planning
@@ -128,7 +170,7 @@ def _out_dtype(info: TensorInfo, dtype: torch.dtype | None) -> torch.dtype:
 
 
 def plan_diffusers(infos: dict[str, TensorInfo], dtype: torch.dtype | None) -> list[OutTensor]:
-    return [OutTensor(n, _out_dtype(i, dtype), i.shape, [Source(n)]) for n, i in infos.items()]
+    return [OutTensor(n, _out_dtype(i, dtype), i.shape, [Part(n)]) for n, i in infos.items()]
 
 
 def plan_original(spec: ModelSpec, infos: dict[str, TensorInfo], dtype: torch.dtype | None) -> list[OutTensor]:
@@ -148,11 +190,11 @@ def plan_original(spec: ModelSpec, infos: dict[str, TensorInfo], dtype: torch.dt
         out_name = f"{original}.{suffix}"
         if out_name in plan:
             continue
-        sources = [Source(f"{p.module}.{suffix}", p.chunk, p.chunks) for p in spec.original_parts(original)]
-        missing = [s.name for s in sources if s.name not in infos]
+        sources = [Part(f"{p.module}.{suffix}", p.chunk, p.chunks) for p in spec.original_parts(original)]
+        missing = [s.module for s in sources if s.module not in infos]
         if missing:
             raise HvTuneError(f"base transformer has {name} but not {missing}, which {out_name} needs")
-        rows = sum(infos[s.name].shape[0] // s.chunks for s in sources)
+        rows = sum(infos[s.module].shape[0] // s.chunks for s in sources)
         plan[out_name] = OutTensor(out_name, _out_dtype(info, dtype), (rows, *info.shape[1:]), sources)
     if unknown:
         raise HvTuneError(f"no original name for {len(unknown)} base tensor(s): {unknown[:10]}")
@@ -176,23 +218,26 @@ def shard(plan: list[OutTensor], max_bytes: int) -> list[list[OutTensor]]:
 
 
 def merged_weight(
-    w: torch.Tensor, updates: Sequence[tuple[LoraModule, float]], dtype: torch.dtype, row_offset: int = 0
+    w: torch.Tensor, updates: Sequence[tuple[LoraModule, float]], dtype: torch.dtype, row_offset: int = 0,
+    diffs: Sequence[tuple[torch.Tensor, float]] = (),
 ) -> torch.Tensor:
-    """``W + sum scale * (alpha / r) * up @ down`` in float32, returned in ``dtype``.
+    """``W + sum scale * (alpha / r) * up @ down + sum scale * diff`` in float32, returned in ``dtype``.
 
-    ``w`` may be a block of rows of the layer's weight, starting at row ``row_offset``.
+    ``w`` may be a block of rows of the tensor (a weight or a bias), starting at row ``row_offset``.
     """
-    if not updates:
+    if not updates and not diffs:
         return w.to(dtype)
     acc = w.to(torch.float32, copy=True)
     rows = slice(row_offset, row_offset + w.shape[0])
     for m, scale in updates:
         acc.addmm_(m.up[rows].float(), m.down.float(), alpha=scale * m.scale)  # [n, r] @ [r, in]
+    for delta, scale in diffs:
+        acc.add_(delta[rows].float(), alpha=scale)
     return acc.to(dtype)
 
 
 def write_tensors(
-    writer: StreamWriter, tensors: list[OutTensor], infos: dict[str, TensorInfo], updates, bar: tqdm
+    writer: StreamWriter, tensors: list[OutTensor], infos: dict[str, TensorInfo], updates: Updates, bar: tqdm
 ) -> None:
     """Merge and write each tensor of ``tensors``, part by part, in blocks of rows.
 
@@ -201,9 +246,10 @@ def write_tensors(
     """
     for t in tensors:
         for src in t.sources:
-            module, _, suffix = src.name.rpartition(".")
-            ups = updates.get(module, []) if suffix == "weight" else []
-            w = read_tensor(infos[src.name])
+            module, _, suffix = src.module.rpartition(".")
+            ups = updates.lora.get(module, []) if suffix == "weight" else []
+            diffs = updates.diffs.get(src.module, [])
+            w = read_tensor(infos[src.module])
             if w.dim() == 0:
                 writer.write(t.name, w.to(t.dtype))
                 continue
@@ -211,7 +257,7 @@ def write_tensors(
             part = w[offset : offset + w.shape[0] // src.chunks]
             step = max(1, BLOCK_ELEMENTS // max(1, part[0].numel()))
             for r0 in range(0, part.shape[0], step):
-                writer.write(t.name, merged_weight(part[r0 : r0 + step], ups, t.dtype, offset + r0))
+                writer.write(t.name, merged_weight(part[r0 : r0 + step], ups, t.dtype, offset + r0, diffs))
             del w, part
         bar.update(1)
 
@@ -271,6 +317,7 @@ def merge_loras(
     max_shard_bytes: int = 5 * 10**9,
     copy: bool = False,
     skip_unknown: bool = False,
+    transformer_path: str | os.PathLike | None = None,
 ) -> MergeResult:
     """Merge ``loras`` (path, scale) into the transformer of ``model_dir`` and write ``out``.
 
@@ -278,6 +325,8 @@ def merge_loras(
         fmt: ``diffusers`` (a model folder at ``out``) or ``original`` (one safetensors file).
         dtype: output dtype of floating tensors; None keeps each base tensor's dtype.
         copy: copy the other components instead of hard-linking them.
+        transformer_path: base transformer weights from this single original-layout file
+            (``--format original`` output, ComfyUI's file) instead of ``model_dir``'s folder.
 
     Raises:
         HvTuneError: for a missing/invalid model folder, an existing ``out``, or LoRAs that do
@@ -291,8 +340,15 @@ def merge_loras(
     if out.exists():
         raise HvTuneError(f"--out {out} already exists; choose a new path (nothing is overwritten)")
     sub = spec.transformer_subfolder
-    infos = index_checkpoint(model_dir / sub)
-    updates, notes = load_updates(spec, loras, linear_shapes_of(infos), skip_unknown)
+    if transformer_path:
+        infos = index_original_file(spec, Path(transformer_path), spec.linear_shapes(str(model_dir)))
+    else:
+        infos = index_checkpoint(model_dir / sub)
+    updates = load_updates(spec, loras, linear_shapes_of(infos), skip_unknown)
+    bad = sorted(n for n, ds in updates.diffs.items()
+                 if n not in infos or any(tuple(d.shape) != tuple(infos[n].shape) for d, _ in ds))
+    if bad:
+        raise HvTuneError(f"the LoRAs have deltas that fit no tensor of the base model: {bad[:10]}")
     plan = plan_diffusers(infos, dtype) if fmt == "diffusers" else plan_original(spec, infos, dtype)
     with tqdm(total=len(plan), desc="merge", unit="tensor") as bar:
         if fmt == "original":
@@ -308,4 +364,4 @@ def merge_loras(
 
             atomic_directory(out, fill)
             shards = count["shards"]
-    return MergeResult(out, len(plan), len(updates), shards, notes)
+    return MergeResult(out, len(plan), len(updates.lora), shards, updates.notes)

@@ -46,6 +46,9 @@ class TensorInfo:
     file: Path
     dtype: torch.dtype
     shape: tuple[int, ...]
+    #: a view: the tensor is these (stored name, first row, rows) blocks of the file, concatenated
+    #: (a diffusers tensor inside a fused original one); empty when it is stored as ``name``
+    segments: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -69,7 +72,10 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
     from safetensors import safe_open
 
     with safe_open(str(info.file), framework="pt") as f:
-        return f.get_tensor(info.name)
+        if not info.segments:
+            return f.get_tensor(info.name)
+        # only the rows of each block are read: [rows_i, ...] -> [sum(rows_i), ...]
+        return torch.cat([f.get_slice(name)[row0 : row0 + rows] for name, row0, rows in info.segments])
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -28,11 +28,13 @@ class TextEncoders:
 
 @dataclass(frozen=True)
 class Part:
-    """Rows of an original-checkpoint tensor that come from one diffusers module.
+    """Rows of a fused tensor that come from one module (or one tensor) of another layout.
 
     An original module is the row-wise concatenation of its parts, in order. Most parts
     are a whole module (``chunks == 1``); a part can also be one of ``chunks`` equal row
     blocks of a module (HunyuanVideo's final layer stores shift/scale in the other order).
+    The key table names diffusers modules here; merging names base tensors
+    (``<module>.weight``) with the same record.
     """
 
     module: str
@@ -49,6 +51,16 @@ class LoadOptions:
     revision: str | None = None
     #: store the LLM text encoder's linear weights in fp8 (computed in ``dtype``) while caching
     text_encoder_fp8: bool = False
+    #: the transformer from one original-layout safetensors file instead of ``path``'s folder
+    transformer_path: str | None = None
+    #: the VAE from one safetensors file instead of ``path``'s folder
+    vae_path: str | None = None
+
+    @classmethod
+    def from_config(cls, model: Any, dtype: torch.dtype, **kw: Any) -> LoadOptions:
+        """Options from the ``model`` config section (``path``, ``revision``, single-file paths)."""
+        return cls(model.path, dtype, model.revision, transformer_path=getattr(model, "transformer_path", None) or None,
+                   vae_path=getattr(model, "vae_path", None) or None, **kw)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -158,6 +170,15 @@ class ModelSpec(Protocol):
 
     def original_from_flat(self, flat: str) -> str | None:
         """Original module name from its kohya form (dots replaced by underscores)."""
+        ...
+
+    def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
+        """Original module name from a ComfyUI name: ``internal`` (ComfyUI's module names),
+        ``flat`` (those with dots as underscores) or ``lora`` (what ComfyUI's LoRA key map reads)."""
+        ...
+
+    def comfy_name(self, original: str, form: str = "internal") -> str:
+        """ComfyUI's name for an original module: ``internal`` or ``lora`` (its LoRA key map's)."""
         ...
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:

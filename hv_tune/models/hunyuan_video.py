@@ -52,6 +52,48 @@ _DOUBLE_MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
 _SINGLE_MLP = r"single_transformer_blocks\.\d+\.(proj_mlp|proj_out)"
 
 
+#: key prefixes single-file checkpoints carry (ComfyUI's saved models, Tencent's VAE in a checkpoint)
+SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "first_stage_model.", "vae.")
+
+
+def load_single_file(cls: Any, opts: LoadOptions, subfolder: str, path: str, rename: Any) -> nn.Module:
+    """A component built from the model folder's config, with the weights of one safetensors file.
+
+    diffusers' ``HunyuanVideoTransformer3DModel.from_single_file`` splits a single block's
+    ``linear1`` at the full model's width (3072, hard-coded) and the VAE has no single-file
+    loader, so the file is read here: ``rename(state, expected_shapes)`` maps its names to
+    diffusers' (the spec's key table), then ``load_state_dict(strict=True)`` checks every tensor.
+
+    Raises:
+        HvTuneError: naming the file for a missing file, or keys/shapes that do not fit the config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from hv_tune.errors import HvTuneError
+
+    if not Path(path).is_file():
+        raise HvTuneError(f"model.{subfolder}_path: {path} does not exist")
+    try:
+        raw = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise HvTuneError(f"model.{subfolder}_path: {path} is not a readable safetensors file ({e})") from e
+    state = {}
+    for key, tensor in raw.items():
+        prefix = next((p for p in SINGLE_FILE_PREFIXES if key.startswith(p)), "")
+        state[key[len(prefix):]] = tensor.to(opts.dtype) if tensor.is_floating_point() else tensor
+    config = cls.load_config(opts.path, subfolder=subfolder, revision=opts.revision)
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        model.load_state_dict(rename(state, shapes), strict=True, assign=True)
+    except RuntimeError as e:
+        raise HvTuneError(f"model.{subfolder}_path: {path} does not fit the {subfolder} config of "
+                          f"{opts.path}:\n{str(e)[:2000]}") from e
+    return model.to(opts.dtype).eval()
+
+
 def template_for(num_frames: int) -> dict[str, Any]:
     """Video template for clips, image template for 1-frame items."""
     return IMAGE_TEMPLATE if num_frames == 1 else VIDEO_TEMPLATE
@@ -73,18 +115,47 @@ class HunyuanVideoSpec:
     # ------------------------------------------------------------------ loading
 
     def load_transformer(self, opts: LoadOptions) -> nn.Module:
+        """From the model folder, or from ``opts.transformer_path`` (one file, Tencent's names)."""
         from diffusers import HunyuanVideoTransformer3DModel
 
+        if opts.transformer_path:
+            return load_single_file(HunyuanVideoTransformer3DModel, opts, "transformer", opts.transformer_path,
+                                    self._original_to_diffusers)
         return HunyuanVideoTransformer3DModel.from_pretrained(
             opts.path, subfolder="transformer", dtype=opts.dtype, revision=opts.revision
         )
 
     def load_vae(self, opts: LoadOptions) -> nn.Module:
+        """From the model folder, or from ``opts.vae_path`` (Tencent's VAE file: diffusers' names)."""
         from diffusers import AutoencoderKLHunyuanVideo
 
+        if opts.vae_path:
+            # diffusers' conversion script renames no VAE key: Tencent's file loads as it is
+            return load_single_file(AutoencoderKLHunyuanVideo, opts, "vae", opts.vae_path, lambda s, _: s)
         return AutoencoderKLHunyuanVideo.from_pretrained(
             opts.path, subfolder="vae", dtype=opts.dtype, revision=opts.revision
         )
+
+    def _original_to_diffusers(self, state: dict[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]
+                               ) -> dict[str, torch.Tensor]:
+        """An original-layout transformer state dict in diffusers' names (the key table, split by rows)."""
+        out: dict[str, torch.Tensor] = {}
+        chunks: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        for key, tensor in state.items():
+            module, _, suffix = key.rpartition(".")
+            parts = hunyuan_video_keys.original_parts(module)
+            if parts is None:
+                out[key] = tensor  # reported by load_state_dict as unexpected
+                continue
+            rows = [shapes.get(f"{p.module}.{suffix}", (0,))[0] // p.chunks for p in parts]
+            if sum(rows) != tensor.shape[0]:
+                out[key] = tensor  # a size mismatch: load_state_dict names it
+                continue
+            for p, piece in zip(parts, tensor.split(rows)):  # [sum(rows), ...] -> [rows_i, ...]
+                chunks.setdefault(f"{p.module}.{suffix}", []).append((p.chunk, piece))
+        for name, pieces in chunks.items():
+            out[name] = torch.cat([t for _, t in sorted(pieces, key=lambda x: x[0])])
+        return out
 
     def load_vae_config(self, opts: LoadOptions) -> Mapping[str, Any]:
         from diffusers import AutoencoderKLHunyuanVideo
@@ -219,9 +290,15 @@ class HunyuanVideoSpec:
     # ------------------------------------------------------------------ pipelines
 
     def load_pipeline(self, opts: LoadOptions) -> Any:
+        """``HunyuanVideoPipeline`` of the folder, with the single-file components of ``opts``."""
         from diffusers import HunyuanVideoPipeline
 
-        return HunyuanVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision)
+        parts = {}
+        if opts.transformer_path:
+            parts["transformer"] = self.load_transformer(opts)
+        if opts.vae_path:
+            parts["vae"] = self.load_vae(opts)
+        return HunyuanVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision, **parts)
 
     def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
         """``HunyuanVideoPipeline`` around loaded parts, without text encoders (pass embeddings)."""
@@ -255,6 +332,13 @@ class HunyuanVideoSpec:
 
     def original_from_flat(self, flat: str) -> str | None:
         return hunyuan_video_keys.original_from_flat(flat)
+
+    def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
+        return hunyuan_video_keys.original_from_comfy(name, form)
+
+    def comfy_name(self, original: str, form: str = "internal") -> str:
+        internal = hunyuan_video_keys.comfy_internal(original)
+        return hunyuan_video_keys.comfy_lora_name(internal) if form == "lora" else internal
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """Linear layer shapes from the config alone (meta device: no weights, no memory).

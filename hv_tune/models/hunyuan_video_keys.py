@@ -78,6 +78,58 @@ _TOP_TABLE: list[tuple[str, tuple[Part, ...]]] = [
 ]
 
 
+# ComfyUI's internal module names (its HunyuanVideo model reuses Flux's layers), where they
+# differ from Tencent's: read in ComfyUI's ``comfy/ldm/hunyuan_video/model.py`` and
+# ``comfy/ldm/flux/layers.py`` (MLPEmbedder ``in_layer``/``out_layer``, Modulation ``lin``,
+# SelfAttention ``qkv``/``proj``, MLPs as ``Sequential`` indices 0/2).
+_COMFY_INTERNAL: dict[str, str] = {
+    "double_blocks.{i}.img_attn_qkv": "double_blocks.{i}.img_attn.qkv",
+    "double_blocks.{i}.img_attn_proj": "double_blocks.{i}.img_attn.proj",
+    "double_blocks.{i}.txt_attn_qkv": "double_blocks.{i}.txt_attn.qkv",
+    "double_blocks.{i}.txt_attn_proj": "double_blocks.{i}.txt_attn.proj",
+    "double_blocks.{i}.img_mlp.fc1": "double_blocks.{i}.img_mlp.0",
+    "double_blocks.{i}.img_mlp.fc2": "double_blocks.{i}.img_mlp.2",
+    "double_blocks.{i}.txt_mlp.fc1": "double_blocks.{i}.txt_mlp.0",
+    "double_blocks.{i}.txt_mlp.fc2": "double_blocks.{i}.txt_mlp.2",
+    "double_blocks.{i}.img_mod.linear": "double_blocks.{i}.img_mod.lin",
+    "double_blocks.{i}.txt_mod.linear": "double_blocks.{i}.txt_mod.lin",
+    "single_blocks.{i}.modulation.linear": "single_blocks.{i}.modulation.lin",
+    "txt_in.individual_token_refiner.blocks.{i}.self_attn_qkv": "txt_in.individual_token_refiner.blocks.{i}.self_attn.qkv",
+    "txt_in.individual_token_refiner.blocks.{i}.self_attn_proj": "txt_in.individual_token_refiner.blocks.{i}.self_attn.proj",
+    "txt_in.individual_token_refiner.blocks.{i}.mlp.fc1": "txt_in.individual_token_refiner.blocks.{i}.mlp.0",
+    "txt_in.individual_token_refiner.blocks.{i}.mlp.fc2": "txt_in.individual_token_refiner.blocks.{i}.mlp.2",
+    "time_in.mlp.0": "time_in.in_layer",
+    "time_in.mlp.2": "time_in.out_layer",
+    "guidance_in.mlp.0": "guidance_in.in_layer",
+    "guidance_in.mlp.2": "guidance_in.out_layer",
+    "txt_in.t_embedder.mlp.0": "txt_in.t_embedder.in_layer",
+    "txt_in.t_embedder.mlp.2": "txt_in.t_embedder.out_layer",
+    "txt_in.c_embedder.linear_1": "txt_in.c_embedder.in_layer",
+    "txt_in.c_embedder.linear_2": "txt_in.c_embedder.out_layer",
+}
+
+# ComfyUI's LoRA key map for HunyuanVideo (``comfy/lora.py`` ``model_lora_keys_unet``, the
+# "diffusion-pipe lora format" branch): each internal weight name, with these substrings
+# replaced in this order, is accepted under the ``diffusion_model.`` and ``transformer.``
+# prefixes. For the blocks this gives Tencent's names; the embedders keep ComfyUI's names.
+COMFY_LORA_RENAMES = (
+    ("_mod.lin.", "_mod.linear."),
+    ("_attn.qkv.", "_attn_qkv."),
+    ("_attn.proj.", "_attn_proj."),
+    ("mlp.0.", "mlp.fc1."),
+    ("mlp.2.", "mlp.fc2."),
+    (".modulation.lin.", ".modulation.linear."),
+)
+
+
+def comfy_lora_name(internal: str) -> str:
+    """The module name ComfyUI's HunyuanVideo LoRA key map gives a ComfyUI-internal module."""
+    name = internal + "."
+    for old, new in COMFY_LORA_RENAMES:
+        name = name.replace(old, new)
+    return name[:-1]
+
+
 def _pattern(template: str, sep: str = ".") -> re.Pattern[str]:
     """Regex for a name template with ``{i}`` block indices (``sep`` replaces the dots)."""
     escaped = re.escape(template.replace(".", sep)).replace(r"\{i\}", r"(?P<i>\d+)")
@@ -100,6 +152,43 @@ def _compiled() -> list[tuple[re.Pattern[str], re.Pattern[str], str, tuple[Part,
         (_pattern(orig), _pattern(orig, "_"), orig, parts, [_pattern(p.module) for p in parts])
         for orig, parts in _rows()
     ]
+
+
+@functools.cache
+def _compiled_comfy() -> list[tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], str]]:
+    """(ComfyUI-internal, its flat kohya form, ComfyUI LoRA name) patterns per original template."""
+    out = []
+    for orig, _ in _rows():
+        internal = _COMFY_INTERNAL.get(orig, orig)
+        out.append((_pattern(internal), _pattern(internal, "_"), _pattern(comfy_lora_name(internal)), orig))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def comfy_internal(original: str) -> str:
+    """``double_blocks.3.img_mlp.fc1`` -> ComfyUI's internal ``double_blocks.3.img_mlp.0``."""
+    for pat, _, orig, _, _ in _compiled():
+        m = pat.fullmatch(original)
+        if m:
+            return _fill(_COMFY_INTERNAL.get(orig, orig), m)
+    return original
+
+
+@functools.lru_cache(maxsize=4096)
+def original_from_comfy(name: str, form: str = "internal") -> str | None:
+    """Original module from a ComfyUI name (None if unknown).
+
+    Args:
+        form: ``internal`` (``img_mlp.0``), ``flat`` (kohya-style ``img_mlp_0``, what ComfyUI
+            maps for ``lora_unet_`` keys) or ``lora`` (ComfyUI's LoRA key map: ``img_mlp.fc1``,
+            ``time_in.in_layer``).
+    """
+    index = {"internal": 0, "flat": 1, "lora": 2}[form]
+    for row in _compiled_comfy():
+        m = row[index].fullmatch(name)
+        if m:
+            return _fill(row[3], m)
+    return None
 
 
 def _fill(template: str, match: re.Match[str]) -> str:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from hv_tune.data.cache import INDEX_FILE, CachedDataset, collate
 from hv_tune.data.encode import build_cache
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import ConfigError, DataError, TrainingError
-from hv_tune.export.convert import save_extra_formats
+from hv_tune.export.save import save_trained_lora
 from hv_tune.lora import (
     add_lora,
     load_lora_state_dict,
@@ -69,7 +67,7 @@ def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
     accelerator = make_accelerator(cfg, out)
     memory = MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
     dataset = ensure_cache(spec, cfg, accelerator)
-    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, accelerator.device), cfg.model.revision)
+    opts = LoadOptions.from_config(cfg.model, resolve_dtype(cfg.model.base_dtype, accelerator.device))
     transformer, lora_cfg = load_lora_model(spec, cfg, opts, memory)
     accelerator.print(memory.summary())
     optimizer = build_optimizer(lora_parameters(transformer), cfg.training)
@@ -167,10 +165,8 @@ def finish(
     """Save the final LoRA in diffusers format and ``save.formats`` (atomically); close the trackers."""
     final = out / LORA_FILE
     if accelerator.is_main_process:
-        with tempfile.TemporaryDirectory(dir=out, prefix=".tmp-lora-") as tmp:
-            written = spec.save_lora(Path(tmp), adapter, lora_cfg)
-            os.replace(written, final)
-        save_extra_formats(spec, out, adapter, lora_cfg.r, lora_cfg.lora_alpha, cfg.save.formats, cfg.model.path)
+        for line in save_trained_lora(spec, out, adapter, lora_cfg, cfg.save.formats, cfg.model.path):
+            accelerator.print(line)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final

@@ -1,0 +1,50 @@
+"""The one save of a trained LoRA: diffusers format, plus the layouts of ``save.formats``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hv_tune.export.convert import adapter_modules, kohya_comfyui_notes
+from hv_tune.export.formats import FORMATS, Layout, to_layout
+from hv_tune.export.lora_io import write_lora
+from hv_tune.models.base import ModelSpec
+
+
+def save_trained_lora(
+    spec: ModelSpec, out_dir: Path, adapter: dict[str, torch.Tensor], lora_config: Any, formats: Sequence[str],
+    model_path: str,
+) -> list[str]:
+    """Write ``pytorch_lora_weights.safetensors`` (with its PEFT config) and each other layout.
+
+    Every file is written atomically, named by ``FORMATS[layout].file_name``.
+
+    Args:
+        lora_config: the PEFT ``LoraConfig`` trained with (its ``r`` and ``lora_alpha``).
+        formats: layout names (``diffusers`` is always written).
+        model_path: the model folder (layer sizes for fusing).
+
+    Returns:
+        Lines for the user: the other files written and warnings (kohya layers ComfyUI skips).
+    """
+    out_dir = Path(out_dir)
+    final = out_dir / FORMATS[Layout.DIFFUSERS].file_name
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-lora-") as tmp:
+        os.replace(spec.save_lora(Path(tmp), adapter, lora_config), final)
+    lines: list[str] = []
+    extra = [to_layout(f) for f in formats if to_layout(f) != Layout.DIFFUSERS]
+    if not extra:
+        return lines
+    modules = adapter_modules(adapter, lora_config.r, lora_config.lora_alpha)
+    shapes = spec.linear_shapes(model_path)
+    for layout in extra:
+        path = write_lora(spec, modules, out_dir / FORMATS[layout].file_name, layout, shapes)
+        lines.append(f"LoRA ({layout}) written to {path}")
+        if layout == Layout.KOHYA:
+            lines += kohya_comfyui_notes(spec, modules, str(out_dir / FORMATS[Layout.COMFYUI].file_name))
+    return lines
