@@ -155,9 +155,10 @@ class ValidationConfig:
 
 @dataclass
 class SaveConfig:
-    formats: list[Literal["diffusers", "comfyui", "kohya"]] = _f(
+    formats: list[Literal["diffusers", "comfyui", "kohya", "comfyui-internal"]] = _f(
         ["diffusers", "comfyui"],
-        "Final LoRA files: diffusers (always), comfyui (lora_comfyui.safetensors), kohya (lora_kohya.safetensors).",
+        "Final LoRA files: diffusers (always), comfyui (lora_comfyui.safetensors), kohya (lora_kohya.safetensors), "
+        "comfyui-internal (lora_comfyui_internal.safetensors).",
     )
 
 
