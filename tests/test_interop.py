@@ -299,3 +299,14 @@ def test_rank_check_fails_on_nan():
     assert check_same_updates({"x": ok}, {"x": ok}, {"x": (4, 3)})
     with pytest.raises(HvTuneError, match="check failed: x.*nan"):
         check_same_updates({"x": ok}, {"x": bad}, {"x": (4, 3)})
+
+
+def test_norm_delta_merges_and_converts(spec, tiny_model, shapes, base_original, tmp_path):
+    """A `.diff` on a 1:1 tensor that is no linear layer (a q-norm) is applied and carried too."""
+    delta = torch.randn_like(base_original["double_blocks.1.img_attn_q_norm.weight"])
+    save_file({"diffusion_model.double_blocks.1.img_attn_q_norm.diff": delta}, str(tmp_path / "n.safetensors"))
+    assert main(["convert", str(tmp_path / "n.safetensors"), str(tmp_path / "c.safetensors"), "--to", "comfyui",
+                 "--model", str(tiny_model)]) == 0
+    merge_loras(spec, tiny_model, [(str(tmp_path / "c.safetensors"), 2.0)], tmp_path / "m.safetensors", fmt="original")
+    _assert_merged(load_file(str(tmp_path / "m.safetensors")), base_original,
+                   {"double_blocks.1.img_attn_q_norm.weight": delta}, 2.0)

@@ -164,12 +164,14 @@ def _split_delta(spec: ModelSpec, source: Path, original: str, delta: torch.Tens
                  shapes: Shapes) -> dict[str, torch.Tensor]:
     """A fused layer's ``.diff`` [rows, in] or ``.diff_b`` [rows] as deltas of diffusers parameters."""
     parts = spec.original_parts(original)
+    suffix = "weight" if kind == "diff" else "bias"
+    if len(parts) == 1 and parts[0].chunks == 1:  # a 1:1 tensor (also norms): checked against the base when merged
+        return {f"{parts[0].module}.{suffix}": delta}
     rows = _part_rows(parts, shapes, source, original)
     in_f = shapes[parts[0].module][1]
     want = (sum(rows), in_f) if kind == "diff" else (sum(rows),)
     if tuple(delta.shape) != want:
         raise HvTuneError(f"{source}: {original}.{kind} has shape {tuple(delta.shape)}, the layer needs {want}")
-    suffix = "weight" if kind == "diff" else "bias"
     chunks: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for part, piece in zip(parts, delta.split(rows)):
         chunks[part.module].append((part.chunk, piece))
@@ -296,8 +298,12 @@ def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shap
         kind = "diff" if suffix == "weight" else "diff_b"
         if original is None or (original, kind) in fused:
             continue
+        parts = spec.original_parts(original)
+        if len(parts) == 1 and parts[0].chunks == 1:  # 1:1 (also norms): the delta as it is
+            fused[(original, kind)] = diffs[name]
+            continue
         pieces = []
-        for part in spec.original_parts(original):
+        for part in parts:
             out_f, in_f = shapes[part.module]
             rows = out_f // part.chunks
             full = diffs.get(f"{part.module}.{suffix}")
