@@ -230,6 +230,8 @@ def test_comfyui_export_uses_names_comfyui_maps_for_every_trainable_layer(spec, 
     assert {"time_in.in_layer", "guidance_in.out_layer", "txt_in.t_embedder.in_layer", "txt_in.c_embedder.out_layer"} <= modules
     assert modules <= loaded, sorted(modules - loaded)
     assert len(modules) == len(loaded), sorted(loaded - modules)  # every layer of the tiny model, each under a name ComfyUI maps
+    assert main(["convert", str(lora), str(tmp_path / "o.safetensors"), "--to", "original", "--model", str(tiny_model)]) == 0
+    assert (tmp_path / "o.safetensors").read_bytes() == (tmp_path / "c.safetensors").read_bytes()  # an alias
 
 
 def test_kohya_export_warns_about_layers_comfyui_skips_and_states_true_ranks(spec, tiny_model, shapes, tmp_path, capsys):
