@@ -92,8 +92,9 @@ class HunyuanVideoSpec:
         return dict(AutoencoderKLHunyuanVideo.load_config(opts.path, subfolder="vae", revision=opts.revision))
 
     def load_text_encoders(self, opts: LoadOptions) -> TextEncoders:
-        # AutoTokenizer honours tokenizer_config.json; the Llama-3 tokenizer is byte-level BPE,
-        # which transformers' LlamaTokenizer class (Metaspace) would mis-tokenize.
+        # AutoTokenizer keeps tokenizer.json's byte-level BPE (Llama 3, as Tencent's code loads it);
+        # the hub's model_index.json says LlamaTokenizerFast, which transformers 5 rebuilds as a
+        # Metaspace tokenizer (docs/decisions.md, tokenizers).
         from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
 
         kw = {"revision": opts.revision}
@@ -141,6 +142,19 @@ class HunyuanVideoSpec:
             "prompt_attention_mask": llm_in.attention_mask[:, crop:],
             "pooled_prompt_embeds": pooled,
         }
+
+    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
+        """How many caption tokens ``encode_text`` cuts off, per prompt (0 when it all fits).
+
+        Counted with the real tokenizer inside the template, as ``encode_text`` tokenizes:
+        the caption keeps ``LLM_MAX_TOKENS`` (256) tokens after the template's crop. CLIP's
+        77-token cut is not counted: it only feeds the pooled vector, as in the reference pipeline.
+        """
+        tpl = template_for(num_frames)
+        suffix = tpl["template"].split("{}")[1]
+        n_suffix = len(enc.tokenizer(suffix, add_special_tokens=False).input_ids)
+        ids = enc.tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
+        return [max(0, len(x) - tpl["crop_start"] - n_suffix - LLM_MAX_TOKENS) for x in ids]
 
     @torch.no_grad()
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -219,9 +233,18 @@ class HunyuanVideoSpec:
     # ------------------------------------------------------------------ pipelines
 
     def load_pipeline(self, opts: LoadOptions) -> Any:
-        from diffusers import HunyuanVideoPipeline
+        """``HunyuanVideoPipeline`` with the Llama tokenizer loaded as ``load_text_encoders`` does.
 
-        return HunyuanVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision)
+        The class the hub's ``model_index.json`` names would crop the template wrongly under
+        transformers 5 (docs/decisions.md, tokenizers).
+        """
+        from diffusers import HunyuanVideoPipeline
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", revision=opts.revision)
+        return HunyuanVideoPipeline.from_pretrained(
+            opts.path, tokenizer=tokenizer, dtype=opts.dtype, revision=opts.revision
+        )
 
     def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
         """``HunyuanVideoPipeline`` around loaded parts, without text encoders (pass embeddings)."""
