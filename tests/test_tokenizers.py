@@ -161,6 +161,12 @@ def test_qwen25_tokenizer_is_qwens_tiktoken_and_the_hv15_prefix_is_its_crop(qwen
         own = tok(caption).input_ids
         assert ids[crop : crop + len(own)] == own  # 108 tokens of system message + user header
         assert tok.decode(own) == caption
+    # as _get_mllm_prompt_embeds pads and crops: caption + "<|im_end|>\n<|im_start|>assistant\n" remain
+    padded = tok.apply_chat_template(hv15.format_text_input(CAPTIONS[:2], system), add_generation_prompt=True,
+                                     tokenize=True, return_dict=True, padding="max_length", max_length=1000 + crop,
+                                     truncation=True, return_tensors="pt")
+    kept = padded.attention_mask[:, crop:].sum(1).tolist()
+    assert kept == [len(tok(c).input_ids) + 5 for c in CAPTIONS[:2]]
     assert tok.decode(tok("Cafe\u0301").input_ids) == "Café"  # NFC, as Qwen's tokenizer normalises
 
 
