@@ -163,8 +163,9 @@ class HunyuanVideoSpec:
         return dict(AutoencoderKLHunyuanVideo.load_config(opts.path, subfolder="vae", revision=opts.revision))
 
     def load_text_encoders(self, opts: LoadOptions) -> TextEncoders:
-        # AutoTokenizer honours tokenizer_config.json; the Llama-3 tokenizer is byte-level BPE,
-        # which transformers' LlamaTokenizer class (Metaspace) would mis-tokenize.
+        # AutoTokenizer keeps tokenizer.json's byte-level BPE (Llama 3, as Tencent's code loads it);
+        # the hub's model_index.json says LlamaTokenizerFast, which transformers 5 rebuilds as a
+        # Metaspace tokenizer (docs/decisions.md, tokenizers).
         from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
 
         kw = {"revision": opts.revision}
@@ -212,6 +213,19 @@ class HunyuanVideoSpec:
             "prompt_attention_mask": llm_in.attention_mask[:, crop:],
             "pooled_prompt_embeds": pooled,
         }
+
+    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
+        """How many caption tokens ``encode_text`` cuts off, per prompt (0 when it all fits).
+
+        Counted with the real tokenizer inside the template, as ``encode_text`` tokenizes:
+        the caption keeps ``LLM_MAX_TOKENS`` (256) tokens after the template's crop. CLIP's
+        77-token cut is not counted: it only feeds the pooled vector, as in the reference pipeline.
+        """
+        tpl = template_for(num_frames)
+        suffix = tpl["template"].split("{}")[1]
+        n_suffix = len(enc.tokenizer(suffix, add_special_tokens=False).input_ids)
+        ids = enc.tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
+        return [max(0, len(x) - tpl["crop_start"] - n_suffix - LLM_MAX_TOKENS) for x in ids]
 
     @torch.no_grad()
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -290,10 +304,16 @@ class HunyuanVideoSpec:
     # ------------------------------------------------------------------ pipelines
 
     def load_pipeline(self, opts: LoadOptions) -> Any:
-        """``HunyuanVideoPipeline`` of the folder, with the single-file components of ``opts``."""
-        from diffusers import HunyuanVideoPipeline
+        """``HunyuanVideoPipeline`` of the folder, with the single-file components of ``opts`` and
+        the Llama tokenizer loaded as ``load_text_encoders`` does.
 
-        parts = {}
+        The class the hub's ``model_index.json`` names would crop the template wrongly under
+        transformers 5 (docs/decisions.md, tokenizers).
+        """
+        from diffusers import HunyuanVideoPipeline
+        from transformers import AutoTokenizer
+
+        parts = {"tokenizer": AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", revision=opts.revision)}
         if opts.transformer_path:
             parts["transformer"] = self.load_transformer(opts)
         if opts.vae_path:
