@@ -23,7 +23,6 @@ adds the margin and is what must fit the card.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from hv_tune.config import Config
 from hv_tune.data.buckets import resolution_buckets
-from hv_tune.data.cache import INDEX_FILE
+from hv_tune.data.cache import INDEX_FILE, read_index
 from hv_tune.errors import ConfigError
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
 from hv_tune.memory.estimate import StepProfile, profile_step
@@ -105,11 +104,7 @@ def largest_bucket(cfg: Config, spec: ModelSpec) -> tuple[tuple[int, int, int], 
     """
     index = Path(cfg.data.cache_dir) / INDEX_FILE
     if index.is_file():
-        buckets = []
-        for line in index.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                item = json.loads(line)
-                buckets.append((int(item["frames"]), int(item["height"]), int(item["width"])))
+        buckets = [e.bucket for e in read_index(cfg.data.cache_dir)]
         if buckets:
             return max(buckets, key=lambda b: _tokens(spec, b)), f"cache {index}"
     sizes = resolution_buckets(cfg.data.resolution)
@@ -151,7 +146,7 @@ class Planner:
         try:
             model, self.inputs = spec.plan_model(cfg.model.path, *bucket, cfg.training.batch_size, self.dtype)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"config key 'model.path': cannot read the transformer config: {e}") from e
+            raise PlanUnavailable(f"config key 'model.path': cannot read the transformer config: {e}") from e
         add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
         self.model = model.train()
         self._profiles: dict[tuple, StepProfile] = {}
@@ -305,3 +300,62 @@ def detect_card() -> int | None:
     if not torch.cuda.is_available():
         return None
     return int(torch.cuda.get_device_properties(0).total_memory)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+class PlanUnavailable(ConfigError):
+    """The transformer's config cannot be read (e.g. a hub id while offline): no plan."""
+
+
+def plan_config(
+    path: str | Path | None, overrides: Sequence[str] = (), gpu_memory: str | None = None, device: str = "cuda"
+) -> tuple[MemoryPlan, Config]:
+    """Load a config (and its variants with each memory preset) and predict them.
+
+    Card memory: ``gpu_memory`` (the ``--gpu-memory`` option), else ``memory.gpu_memory``,
+    else the memory of CUDA device 0, else unknown.
+    """
+    from hv_tune.config import load_config
+    from hv_tune.memory.presets import PRESETS
+    from hv_tune.models import get_spec
+
+    given = load_config(path, list(overrides))
+    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in PRESETS.get(given.model.name, {})}
+    size = gpu_memory or given.memory.gpu_memory
+    card = parse_memory(size) if size else detect_card()
+    return build_plan(get_spec(given.model.name), given, presets, card, device), given
+
+
+def config_for_training(
+    path: str | Path | None, overrides: Sequence[str] = (), gpu_memory: str | None = None
+) -> tuple[Config, str]:
+    """The config to train with and the plan's text, checked before any weight is loaded.
+
+    ``memory.preset: auto`` becomes the recommended preset (settings as given when the card
+    is unknown). Raises ``ConfigError`` with the plan when no preset fits, or when the
+    config as given is predicted to allocate more than the card holds (a clear miss: the
+    margin is not even counted).
+    """
+    from hv_tune.config import load_config
+
+    try:
+        plan, given = plan_config(path, overrides, gpu_memory)
+    except PlanUnavailable as e:
+        return load_config(path, list(overrides)), f"memory plan skipped: {e}"
+    text = format_plan(plan)
+    if given.memory.preset == "auto":
+        if plan.card is None:
+            return load_config(path, [*overrides, "memory.preset=none"]), text + "\nmemory.preset auto: card unknown, settings as given"
+        if plan.recommended is None:
+            raise ConfigError(f"{text}\nconfig key 'memory.preset': auto, but no preset is predicted to fit "
+                              f"{_gib(plan.card)} GiB; lower data.resolution or data.frame_buckets")
+        chosen = load_config(path, [*overrides, f"memory.preset={plan.recommended}"])
+        return chosen, text + f"\nmemory.preset auto -> {plan.recommended}"
+    row = plan.row("as given")
+    if plan.card is not None and row.allocated > plan.card:
+        fix = f"memory.preset={plan.recommended}" if plan.recommended else "a lower data.resolution or data.frame_buckets"
+        raise ConfigError(f"{text}\nthis config is predicted to allocate {_gib(row.allocated)} GiB, more than the "
+                          f"card's {_gib(plan.card)} GiB: training would run out of memory; use {fix}")
+    return given, text
