@@ -16,7 +16,8 @@ parameters) with random weights, materialised block by block directly on the GPU
 meta device, a rank-32 LoRA on the attention projections, batch 1, gradient
 checkpointing, bf16 autocast, each memory preset through the same ``MemoryRuntime`` the
 trainer uses. Each (preset, bucket) runs in a fresh process; reports peak
-``max_memory_allocated`` / ``max_memory_reserved``, s/step and MFU (model FLOPs = 2 x the
+``max_memory_allocated`` / ``max_memory_reserved`` next to the memory plan's prediction
+(``predicted_allocated_gb``, ``prediction_error`` = predicted / measured - 1), s/step and MFU (model FLOPs = 2 x the
 forward's FLOPs, counted by ``FlopCounterMode``: forward plus input-gradient backward; the
 frozen weights get no weight gradient and the checkpoint recompute is not counted; ``hfu``
 counts it). ``--estimate`` prints the weight bytes per preset and the FLOPs per bucket
@@ -184,6 +185,20 @@ def meta_lora_transformer(spec, cfg, config: dict | None = None):
     return model.train()
 
 
+def predicted(spec, preset: str, bucket: str) -> dict:
+    """The memory plan's prediction for (preset, bucket) on the 13B model (meta device, no GPU)."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from hv_tune.memory.plan import Planner
+
+    with tempfile.TemporaryDirectory() as tmp:  # the default (13B) transformer config, nothing else
+        with torch.device("meta"):
+            HunyuanVideoTransformer3DModel().save_config(Path(tmp) / "transformer")
+        cfg = load_config(None, [f"model.path={tmp}", f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"])
+        row = Planner(spec, cfg, parse_bucket(bucket)).predict(preset, cfg)
+    return {"predicted_allocated_gb": round(row.allocated / 1024**3, 2), "predicted_total_gb": round(row.total / 1024**3, 2)}
+
+
 def bench_config(preset: str):
     with tempfile.TemporaryDirectory() as tmp:  # model.path must exist; nothing is read from it
         return load_config(None, [f"model.path={tmp}", f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"])
@@ -277,12 +292,15 @@ def run_one(preset: str, bucket: str, steps: int, peak_override: float | None) -
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     s_step = statistics.median(times[2:])
+    measured = torch.cuda.max_memory_allocated() / 1024**3
+    plan = predicted(spec, preset, bucket)
     fwd = forward_flops(spec, cfg, frames, height, width)
     name = torch.cuda.get_device_name()
     peak = peak_tflops(name, peak_override)
     return {
         "bench": "train_step", "size": "full", "preset": preset, "bucket": bucket, "gpu": name,
-        "max_allocated_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+        "max_allocated_gb": round(measured, 2), **plan,
+        "prediction_error": round(plan["predicted_allocated_gb"] / measured - 1, 3),
         "max_reserved_gb": round(torch.cuda.max_memory_reserved() / 1024**3, 2),
         "s_per_step": round(s_step, 3), "forward_tflop": round(fwd / 1e12, 1),
         "mfu": round(2 * fwd / s_step / (peak * 1e12), 3) if peak else None,
