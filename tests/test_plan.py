@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,41 +58,25 @@ def test_meta_prediction_matches_real_tensors_tiny(spec, tiny_model, ckpt):
         assert predicted.saved < plain.saved / 3
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(field)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
-def test_full_width_prediction_matches_measured_peak(spec, tmp_path):
-    """1 double + 1 single block at the real width (3072): predicted peak vs the process's peak RSS."""
+@pytest.mark.parametrize("ckpt", ["none", "full"])
+def test_full_width_prediction_matches_measured_peak(tmp_path, ckpt):
+    """1 double + 1 single block at the real width (3072), fp32 on CPU: predicted step peak vs the
+    process's peak-RSS growth over a real step, within 10%."""
     from diffusers import HunyuanVideoTransformer3DModel
 
     cfg = dict(num_layers=1, num_single_layers=1, num_refiner_layers=1, text_embed_dim=64, pooled_projection_dim=32)
     with torch.device("meta"):
         HunyuanVideoTransformer3DModel(**cfg).save_config(tmp_path / "transformer")
-    bucket = (1, 256, 256)  # 1 x 32 x 32 latents: 256 video + 256 text tokens
-    meta, inputs = spec.plan_model(str(tmp_path), *bucket, 1, torch.float32)
-    predicted = profile_step(_lora_model(spec, meta, "none"), inputs)
-    with torch.device("meta"):
-        real = HunyuanVideoTransformer3DModel(**cfg)
-    real.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in real.parameters():
-            p.normal_(0.0, 0.02)
-    real = _lora_model(spec, real, "none")
-    real_inputs = _real_like(inputs)
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
-    before = _rss_kib("VmRSS")
-    pred = real(**real_inputs)[0]
-    torch.nn.functional.mse_loss(pred.float(), torch.zeros(pred.shape)).backward()
-    measured = (_rss_kib("VmHWM") - before) * 1024
-    expected = predicted.peak + predicted.grads
-    assert predicted.peak > 200 * 2**20  # big enough for RSS to measure it
-    assert abs(expected - measured) <= 0.15 * measured, (expected, measured)
+    script = Path(__file__).parent / "scripts" / "plan_peak_rss.py"
+    # 1 x 32 x 32 latents: 256 video + 256 text tokens
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), ckpt, "1", "256", "256"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["predicted"] > 100 * 2**20  # big enough for RSS to measure it
+    assert abs(got["predicted"] - got["measured"]) <= 0.10 * got["measured"], got
 
 
 def _write_config(tmp_path: Path, model: Path, **memory) -> Path:
