@@ -141,3 +141,9 @@ def test_parse_memory():
     assert parse_memory("512MB") == 512 * 2**20
     with pytest.raises(Exception, match="size like 16GB"):
         parse_memory("lots")
+
+
+def test_plan_has_help():
+    out = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "finetune.py"), "plan", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "--gpu-memory" in out.stdout
