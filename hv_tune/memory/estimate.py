@@ -91,17 +91,20 @@ class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
     Args:
         offload: drop each saved tensor and re-create it (same shape and dtype, on its device)
             when backward unpacks it: what activation offload leaves on the device.
+        existing: tensors that exist already (weights, inputs); saved views of them
+            (``weight.t()``) cost nothing and are not counted.
     """
 
-    def __init__(self, offload: bool = False) -> None:
+    def __init__(self, offload: bool = False, existing: Iterable[torch.Tensor] = ()) -> None:
+        existing_keys = {storage_key(t)[0] for t in existing}
         self.bytes = 0
         self.tensors = 0
         self._seen: set[int] = set()
 
         def pack(t: torch.Tensor) -> Any:
-            if isinstance(t, nn.Parameter):
-                return t
             key, nbytes = storage_key(t)
+            if isinstance(t, nn.Parameter) or key in existing_keys:
+                return t
             if offload or key not in self._seen:  # offload copies each saved tensor (ids get reused)
                 self._seen.add(key)
                 self.bytes += nbytes
@@ -214,7 +217,7 @@ def profile_step(
     handles = [p.register_post_accumulate_grad_hook(_drop_grad) for p in params]
     loss_fn = loss_fn or _mse_loss
     existing = [*model.parameters(), *model.buffers(), *(t for t in inputs.values() if isinstance(t, torch.Tensor))]
-    live, saved = LiveBytes(existing), SavedBytes(offload)
+    live, saved = LiveBytes(existing), SavedBytes(offload, existing)
     try:
         with kernels, live:
             with saved:
