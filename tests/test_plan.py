@@ -147,3 +147,13 @@ def test_plan_has_help():
     out = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "finetune.py"), "plan", "--help"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "--gpu-memory" in out.stdout
+
+
+def test_unresolved_auto_is_refused_by_the_runtime(tiny_model, tmp_path):
+    from hv_tune.config import load_config
+    from hv_tune.errors import ConfigError
+    from hv_tune.memory.runtime import MemoryRuntime
+
+    cfg = load_config(_write_config(tmp_path, tiny_model, preset="auto"), [])
+    with pytest.raises(ConfigError, match="memory.preset"):
+        MemoryRuntime.from_config(cfg, "cpu")
