@@ -2,7 +2,7 @@
 
     python bench/train_step.py --size small [--steps 24]
     python bench/train_step.py --size full [--presets 24gb,16gb] [--buckets 33x512x512,33x544x960]
-    python bench/train_step.py --size full --estimate      # no GPU needed: bytes and FLOPs
+    python bench/train_step.py --size full --estimate      # no GPU needed: bytes, FLOPs, predicted peaks
 
 ``--size small`` (CPU): a small HunyuanVideo transformer trained from a real cache. Times
 our full step (``TrainLoop.optimizer_step``: cache read, latent sample, noise, forward,
@@ -21,7 +21,8 @@ trainer uses. Each (preset, bucket) runs in a fresh process; reports peak
 forward's FLOPs, counted by ``FlopCounterMode``: forward plus input-gradient backward; the
 frozen weights get no weight gradient and the checkpoint recompute is not counted; ``hfu``
 counts it). ``--estimate`` prints the weight bytes per preset and the FLOPs per bucket
-from the meta-device model, without a GPU.
+from the meta-device model, and the memory plan's predicted peak per preset and bucket
+(docs/memory.md), without a GPU.
 """
 
 from __future__ import annotations
@@ -185,18 +186,32 @@ def meta_lora_transformer(spec, cfg, config: dict | None = None):
     return model.train()
 
 
-def predicted(spec, preset: str, bucket: str) -> dict:
-    """The memory plan's prediction for (preset, bucket) on the 13B model (meta device, no GPU)."""
+def predicted_rows(spec, presets: list[str], buckets: list[str]):
+    """The memory plan's predictions for the 13B model (meta device, no GPU), one dict per pair."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from hv_tune.memory.plan import Planner
+    from hv_tune.memory.plan import GiB, Planner
 
     with tempfile.TemporaryDirectory() as tmp:  # the default (13B) transformer config, nothing else
         with torch.device("meta"):
             HunyuanVideoTransformer3DModel().save_config(Path(tmp) / "transformer")
-        cfg = load_config(None, [f"model.path={tmp}", f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"])
-        row = Planner(spec, cfg, parse_bucket(bucket)).predict(preset, cfg)
-    return {"predicted_allocated_gb": round(row.allocated / 1024**3, 2), "predicted_total_gb": round(row.total / 1024**3, 2)}
+        cfgs = {p: load_config(None, [f"model.path={tmp}", f"memory.preset={p}", "lora.rank=32", "lora.alpha=32"])
+                for p in presets}
+        for bucket in buckets:
+            planner = Planner(spec, cfgs[presets[0]], parse_bucket(bucket))
+            for preset, cfg in cfgs.items():
+                r = planner.predict(preset, cfg)
+                yield {"preset": preset, "bucket": bucket,
+                       "predicted_weights_gb": {k: round(v / GiB, 2) for k, v in r.weights.items()},
+                       "predicted_cpu_weights_gb": round(r.weights_cpu / GiB, 2), "predicted_lora_gb": round(r.lora / GiB, 2),
+                       "predicted_activations_gb": round((r.activations + r.fp8_copies) / GiB, 2),
+                       "predicted_offloaded_gb": round(r.offloaded / GiB, 2),
+                       "predicted_allocated_gb": round(r.allocated / GiB, 2), "predicted_total_gb": round(r.total / GiB, 2)}
+
+
+def predicted(spec, preset: str, bucket: str) -> dict:
+    row = next(predicted_rows(spec, [preset], [bucket]))
+    return {k: row[k] for k in ("predicted_allocated_gb", "predicted_total_gb")}
 
 
 def bench_config(preset: str):
@@ -353,6 +368,8 @@ def estimate(args: argparse.Namespace) -> list[dict]:
                            "forward_tflop": round(forward_flops(spec, cfg, f, h, w) / 1e12, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    for row in predicted_rows(spec, args.presets.split(","), args.buckets.split(",")):
+        print(json.dumps(row), flush=True)
     return rows
 
 

@@ -149,7 +149,9 @@ class Planner:
             raise PlanUnavailable(f"config key 'model.path': cannot read the transformer config: {e}") from e
         add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
         self.model = model.train()
-        self._profiles: dict[tuple, StepProfile] = {}
+        self._profiles: dict[str, StepProfile] = {}
+        # CUDA autocast to the activation dtype (mixed precision); none in float32 or on the CPU
+        self.autocast = self.dtype if device == "cuda" and self.dtype != torch.float32 else None
 
     def profile(self, checkpointing: str) -> StepProfile:
         """The step's bytes with checkpointing ``none`` / ``full`` / ``offload`` (cached)."""
@@ -158,9 +160,8 @@ class Planner:
                 self.model.disable_gradient_checkpointing()
             else:
                 self.model.enable_gradient_checkpointing()
-            autocast = self.dtype if self.device == "cuda" and self.dtype != torch.float32 else None
             self._profiles[checkpointing] = profile_step(
-                self.model, self.inputs, offload=checkpointing == "offload", autocast=autocast
+                self.model, self.inputs, offload=checkpointing == "offload", autocast=self.autocast
             )
         return self._profiles[checkpointing]
 
@@ -182,10 +183,11 @@ class Planner:
                 weights[k] = weights.get(k, 0) + v
         weights_cpu = sum(sum(_bytes_by_dtype(ps, storage, base).values()) for ps in swapped)
         lora = sum(p.numel() for p in lora_parameters(self.model))
+        per_param = LORA_BYTES_PER_PARAM + (self.autocast.itemsize if self.autocast else 0)  # + autocast's cached copy
         copies = max(self._fp8_bytes(b, storage) for b in blocks) // _itemsize(FP8) * self.dtype.itemsize if fp8 else 0
         return Prediction(
             label=label, base_dtype=cfg.model.base_dtype, blocks_to_swap=swap, checkpointing=mode, weights=weights,
-            weights_cpu=weights_cpu, lora=lora * (LORA_BYTES_PER_PARAM + self.dtype.itemsize),
+            weights_cpu=weights_cpu, lora=lora * per_param,
             activations=step.inputs + step.peak, offloaded=step.saved if mode == "offload" else 0, fp8_copies=copies,
         )
 
