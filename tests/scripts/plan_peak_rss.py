@@ -5,7 +5,7 @@ step (after a warm-up step). Runs in its own process because it fixes glibc's mm
 (every block over 64 KiB is mapped and unmapped on free, so RSS follows the live bytes) and
 resets the kernel's peak-RSS counter.
 
-    python tests/scripts/plan_peak_rss.py MODEL_DIR CHECKPOINTING FRAMES HEIGHT WIDTH
+    python tests/scripts/plan_peak_rss.py MODEL_DIR FRAMES HEIGHT WIDTH CHECKPOINTING...
 """
 
 import ctypes
@@ -31,11 +31,16 @@ def rss(field: str) -> int:
     raise KeyError(field)
 
 
-def lora_model(spec, model, ckpt: str):
+def lora_model(spec, model):
     add_lora(model, peft_config(LoraConfig(rank=4), resolve_targets(spec, model, "attn")))
-    if ckpt != "none":
-        model.enable_gradient_checkpointing()
     return model.train()
+
+
+def set_checkpointing(model, ckpt: str) -> None:
+    if ckpt == "none":
+        model.disable_gradient_checkpointing()
+    else:
+        model.enable_gradient_checkpointing()
 
 
 def step(model, inputs) -> None:
@@ -44,30 +49,35 @@ def step(model, inputs) -> None:
 
 
 def main() -> None:
-    model_dir, ckpt = sys.argv[1], sys.argv[2]
-    bucket = tuple(int(x) for x in sys.argv[3:6])
+    model_dir, modes = sys.argv[1], sys.argv[5:]
+    bucket = tuple(int(x) for x in sys.argv[2:5])
     ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 * 1024)
     spec = get_spec("hunyuan-video")
     meta, inputs = spec.plan_model(model_dir, *bucket, 1, torch.float32)
-    predicted = profile_step(lora_model(spec, meta, ckpt), inputs)
+    meta = lora_model(spec, meta)
     real, _ = spec.plan_model(model_dir, *bucket, 1, torch.float32)
     real.to_empty(device="cpu")
     with torch.no_grad():
         for p in real.parameters():
             p.normal_(0.0, 0.02)
-    real = lora_model(spec, real, ckpt)
+    real = lora_model(spec, real)
     g = torch.Generator().manual_seed(0)
-    real_inputs = {k: (torch.randn(v.shape, generator=g, dtype=v.dtype) if v.is_floating_point() else
-                       torch.ones(v.shape, dtype=v.dtype)) if isinstance(v, torch.Tensor) else v
+    real_inputs = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) if isinstance(v, torch.Tensor) else v
                    for k, v in inputs.items()}
     real_inputs["encoder_attention_mask"] = torch.ones_like(real_inputs["encoder_attention_mask"])
-    step(real, real_inputs)  # warm-up: thread pools and library buffers are allocated once
-    real.zero_grad(set_to_none=True)
-    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    before = rss("VmRSS")
-    step(real, real_inputs)
-    print(json.dumps({"predicted": predicted.peak + predicted.grads, "saved": predicted.saved,
-                      "measured": rss("VmHWM") - before}))
+    out = {}
+    for ckpt in modes:
+        set_checkpointing(meta, ckpt)
+        predicted = profile_step(meta, inputs)
+        set_checkpointing(real, ckpt)
+        step(real, real_inputs)  # warm-up: thread pools and library buffers are allocated once
+        real.zero_grad(set_to_none=True)
+        Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+        before = rss("VmRSS")
+        step(real, real_inputs)
+        out[ckpt] = {"predicted": predicted.peak + predicted.grads, "measured": rss("VmHWM") - before}
+        real.zero_grad(set_to_none=True)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
