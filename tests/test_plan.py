@@ -144,6 +144,14 @@ def test_parse_memory():
         parse_memory("lots")
 
 
+def test_bad_card_memory_names_the_key(tiny_model, tmp_path, capsys):
+    config = _write_config(tmp_path, tiny_model, gpu_memory="lots")
+    assert main(["plan", "--config", str(config)]) == 2
+    assert "memory.gpu_memory" in capsys.readouterr().err
+    assert main(["plan", "--config", str(config), "--gpu-memory=-4GB"]) == 2
+    assert "--gpu-memory" in capsys.readouterr().err
+
+
 def test_plan_has_help():
     out = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "finetune.py"), "plan", "--help"],
                          capture_output=True, text=True)

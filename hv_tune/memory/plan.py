@@ -278,7 +278,7 @@ def _gib(n: float) -> str:
     return f"{n / GiB:.2f}"
 
 
-def parse_memory(text: str | int | float) -> int:
+def parse_memory(text: str | int | float, where: str = "card memory") -> int:
     """Card memory in bytes from ``16GB`` / ``16GiB`` / ``16`` (GB and GiB both mean 2**30:
     a "24 GB" card reports 23.99 GiB) or ``16000MB``."""
     t = str(text).strip().upper().replace(" ", "")
@@ -291,9 +291,9 @@ def parse_memory(text: str | int | float) -> int:
     try:
         value = float(t)
     except ValueError:
-        raise ConfigError(f"card memory {text!r}: use a size like 16GB or 24GiB") from None
+        raise ConfigError(f"{where} {text!r}: use a size like 16GB or 24GiB") from None
     if value <= 0:
-        raise ConfigError(f"card memory {text!r} must be positive")
+        raise ConfigError(f"{where} {text!r} must be positive")
     return int(value * scale)
 
 
@@ -325,8 +325,12 @@ def plan_config(
 
     given = load_config(path, list(overrides))
     presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in PRESETS.get(given.model.name, {})}
-    size = gpu_memory or given.memory.gpu_memory
-    card = parse_memory(size) if size else detect_card()
+    if gpu_memory:
+        card = parse_memory(gpu_memory, "--gpu-memory")
+    elif given.memory.gpu_memory:
+        card = parse_memory(given.memory.gpu_memory, "config key 'memory.gpu_memory'")
+    else:
+        card = detect_card()
     return build_plan(get_spec(given.model.name), given, presets, card, device), given
 
 
