@@ -166,3 +166,36 @@ def test_unresolved_auto_is_refused_by_the_runtime(tiny_model, tmp_path):
     cfg = load_config(_write_config(tmp_path, tiny_model, preset="auto"), [])
     with pytest.raises(ConfigError, match="memory.preset"):
         MemoryRuntime.from_config(cfg, "cpu")
+
+
+def test_weights_per_preset_match_fp8_storage_and_swap(spec, tmp_path):
+    """Full-width meta model (2 double + 2 single blocks): the plan's weight bytes against the
+    bytes fp8 storage really leaves (diffusers' hooks applied on meta), swap keeping two blocks."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from hv_tune.config import load_config
+    from hv_tune.memory.fp8 import apply_fp8_storage, storage_bytes
+    from hv_tune.memory.plan import Planner
+
+    with torch.device("meta"):
+        HunyuanVideoTransformer3DModel(num_layers=2, num_single_layers=2).save_config(tmp_path / "transformer")
+    cfgs = {p: load_config(None, [f"model.path={tmp_path}", f"memory.preset={p}"]) for p in ("16gb", "24gb", "48gb")}
+    planner = Planner(spec, cfgs["48gb"], (1, 64, 64))
+    rows = {p: planner.predict(p, c) for p, c in cfgs.items()}
+
+    model, _ = spec.plan_model(str(tmp_path), 1, 64, 64, 1, torch.bfloat16)
+    add_lora(model, peft_config(LoraConfig(), resolve_targets(spec, model, "attn")))
+    frozen_bf16 = sum(p.numel() * 2 for p in model.parameters() if not p.requires_grad)
+    apply_fp8_storage(model, spec.fp8_keep_patterns("transformer", model), torch.bfloat16)
+    lora = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    blocks = [storage_bytes(b) - sum(p.numel() * 4 for p in b.parameters() if p.requires_grad)
+              for b in spec.transformer_blocks(model)]
+    frozen_fp8 = storage_bytes(model) - lora
+
+    assert sum(rows["48gb"].weights.values()) == frozen_bf16 and set(rows["48gb"].weights) == {"bf16"}
+    assert sum(rows["24gb"].weights.values()) == frozen_fp8 < 0.8 * frozen_bf16  # embedders stay bf16
+    assert rows["16gb"].blocks_to_swap == 4 and rows["16gb"].weights_cpu == sum(blocks)
+    assert sum(rows["16gb"].weights.values()) == frozen_fp8 - sum(blocks) + sum(sorted(blocks)[-2:])
+    assert rows["24gb"].checkpointing == "offload" and rows["48gb"].checkpointing == "full"
+    assert rows["24gb"].activations < rows["48gb"].activations  # offload leaves the checkpoints in CPU RAM
+    assert rows["24gb"].fp8_copies > 0 == rows["48gb"].fp8_copies
