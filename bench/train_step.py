@@ -2,7 +2,7 @@
 
     python bench/train_step.py --size small [--steps 24]
     python bench/train_step.py --size full [--presets 24gb,16gb] [--buckets 33x512x512,33x544x960]
-    python bench/train_step.py --size full --estimate      # no GPU needed: bytes and FLOPs
+    python bench/train_step.py --size full --estimate      # no GPU needed: bytes, FLOPs, predicted peaks
 
 ``--size small`` (CPU): a small HunyuanVideo transformer trained from a real cache. Times
 our full step (``TrainLoop.optimizer_step``: cache read, latent sample, noise, forward,
@@ -16,11 +16,13 @@ parameters) with random weights, materialised block by block directly on the GPU
 meta device, a rank-32 LoRA on the attention projections, batch 1, gradient
 checkpointing, bf16 autocast, each memory preset through the same ``MemoryRuntime`` the
 trainer uses. Each (preset, bucket) runs in a fresh process; reports peak
-``max_memory_allocated`` / ``max_memory_reserved``, s/step and MFU (model FLOPs = 2 x the
+``max_memory_allocated`` / ``max_memory_reserved`` next to the memory plan's prediction
+(``predicted_allocated_gb``, ``prediction_error`` = predicted / measured - 1), s/step and MFU (model FLOPs = 2 x the
 forward's FLOPs, counted by ``FlopCounterMode``: forward plus input-gradient backward; the
 frozen weights get no weight gradient and the checkpoint recompute is not counted; ``hfu``
 counts it). ``--estimate`` prints the weight bytes per preset and the FLOPs per bucket
-from the meta-device model, without a GPU.
+from the meta-device model, and the memory plan's predicted peak per preset and bucket
+(docs/memory.md), without a GPU.
 """
 
 from __future__ import annotations
@@ -184,6 +186,34 @@ def meta_lora_transformer(spec, cfg, config: dict | None = None):
     return model.train()
 
 
+def predicted_rows(spec, presets: list[str], buckets: list[str]):
+    """The memory plan's predictions for the 13B model (meta device, no GPU), one dict per pair."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from hv_tune.memory.plan import GiB, Planner
+
+    with tempfile.TemporaryDirectory() as tmp:  # the default (13B) transformer config, nothing else
+        with torch.device("meta"):
+            HunyuanVideoTransformer3DModel().save_config(Path(tmp) / "transformer")
+        cfgs = {p: load_config(None, [f"model.path={tmp}", f"memory.preset={p}", "lora.rank=32", "lora.alpha=32"])
+                for p in presets}
+        for bucket in buckets:
+            planner = Planner(spec, cfgs[presets[0]], parse_bucket(bucket))
+            for preset, cfg in cfgs.items():
+                r = planner.predict(preset, cfg)
+                yield {"preset": preset, "bucket": bucket,
+                       "predicted_weights_gb": {k: round(v / GiB, 2) for k, v in r.weights.items()},
+                       "predicted_cpu_weights_gb": round(r.weights_cpu / GiB, 2), "predicted_lora_gb": round(r.lora / GiB, 2),
+                       "predicted_activations_gb": round((r.activations + r.fp8_copies) / GiB, 2),
+                       "predicted_offloaded_gb": round(r.offloaded / GiB, 2),
+                       "predicted_allocated_gb": round(r.allocated / GiB, 2), "predicted_total_gb": round(r.total / GiB, 2)}
+
+
+def predicted(spec, preset: str, bucket: str) -> dict:
+    row = next(predicted_rows(spec, [preset], [bucket]))
+    return {k: row[k] for k in ("predicted_allocated_gb", "predicted_total_gb")}
+
+
 def bench_config(preset: str):
     with tempfile.TemporaryDirectory() as tmp:  # model.path must exist; nothing is read from it
         return load_config(None, [f"model.path={tmp}", f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"])
@@ -277,12 +307,15 @@ def run_one(preset: str, bucket: str, steps: int, peak_override: float | None) -
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     s_step = statistics.median(times[2:])
+    measured = torch.cuda.max_memory_allocated() / 1024**3
+    plan = predicted(spec, preset, bucket)
     fwd = forward_flops(spec, cfg, frames, height, width)
     name = torch.cuda.get_device_name()
     peak = peak_tflops(name, peak_override)
     return {
         "bench": "train_step", "size": "full", "preset": preset, "bucket": bucket, "gpu": name,
-        "max_allocated_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2),
+        "max_allocated_gb": round(measured, 2), **plan,
+        "prediction_error": round(plan["predicted_allocated_gb"] / measured - 1, 3),
         "max_reserved_gb": round(torch.cuda.max_memory_reserved() / 1024**3, 2),
         "s_per_step": round(s_step, 3), "forward_tflop": round(fwd / 1e12, 1),
         "mfu": round(2 * fwd / s_step / (peak * 1e12), 3) if peak else None,
@@ -335,6 +368,8 @@ def estimate(args: argparse.Namespace) -> list[dict]:
                            "forward_tflop": round(forward_flops(spec, cfg, f, h, w) / 1e12, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
+    for row in predicted_rows(spec, args.presets.split(","), args.buckets.split(",")):
+        print(json.dumps(row), flush=True)
     return rows
 
 

@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
         help="resume from the newest checkpoint in output_dir, or from checkpoint folder PATH",
     )
     tr.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. lora.rank=16")
+    tr.add_argument("--gpu-memory", default=None, metavar="SIZE",
+                    help="card memory for the fit check, e.g. 16GB (default: memory.gpu_memory, else detected)")
+
+    pl = sub.add_parser("plan", help="predict peak GPU memory per memory preset (meta device, no weights loaded)")
+    pl.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
+    pl.add_argument("--gpu-memory", default=None, metavar="SIZE",
+                    help="card memory, e.g. 16GB (default: memory.gpu_memory, else the CUDA device's)")
+    pl.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
     c = sub.add_parser("cache", help="encode data.sources into data.cache_dir (latents + text embeddings)")
     c.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
@@ -104,12 +112,19 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from hv_tune.config import load_config
+    from hv_tune.memory.plan import config_for_training
     from hv_tune.training.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg, plan = config_for_training(args.config, args.overrides, args.gpu_memory)  # stops before weights load
+    print(plan)
     result = train(cfg, resume=args.resume)
     print(f"LoRA written to {result.lora_path}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from hv_tune.memory.plan import format_plan, plan_config
+
+    print(format_plan(plan_config(args.config, args.overrides, args.gpu_memory)[0]))
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -247,6 +262,7 @@ COMMANDS = {
     "tiny-model": cmd_tiny_model,
     "cache": cmd_cache,
     "train": cmd_train,
+    "plan": cmd_plan,
     "sample": cmd_sample,
     "merge": cmd_merge,
     "convert": cmd_convert,

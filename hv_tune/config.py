@@ -166,8 +166,12 @@ class SaveConfig:
 class MemoryConfig:
     """How the transformer fits the card (docs/memory.md); `preset` fills the keys left unset."""
 
-    preset: Literal["none", "16gb", "24gb", "48gb", "80gb"] = _f(
-        "none", "Card-size preset: sets model.base_dtype and memory.* keys that the config leaves out."
+    preset: Literal["none", "auto", "16gb", "24gb", "48gb", "80gb"] = _f(
+        "none", "Card-size preset: sets model.base_dtype and memory.* keys that the config leaves out; "
+        "auto = the fastest preset predicted to fit the card (finetune.py plan)."
+    )
+    gpu_memory: str | None = _f(
+        None, "Card memory for the fit check and preset auto, e.g. 24GB; null = detect (CUDA device 0)."
     )
     blocks_to_swap: int = _f(0, "Transformer blocks (the last N run) kept in pinned CPU memory, streamed to the GPU.")
     checkpointing: Literal["full", "offload"] = _f(

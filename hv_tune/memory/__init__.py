@@ -4,4 +4,6 @@
 - ``fp8``: frozen weights stored in float8 via diffusers' layerwise casting hooks.
 - ``swap``: ``BlockSwapper``, blocks whose weights live in pinned CPU memory.
 - ``runtime``: ``MemoryRuntime``, what the trainer holds: set-up, forward context, after-backward.
+- ``estimate``: one training step run on the meta device, counting live and saved bytes.
+- ``plan``: "will it fit?": predicted peak GPU memory per preset, ``memory.preset: auto``.
 """

@@ -42,6 +42,11 @@ class MemoryRuntime:
         """Check the device-dependent combinations; raises ``ConfigError`` before any model loads."""
         device = torch.device(device)
         mem = cfg.memory
+        if mem.preset == "auto":
+            raise ConfigError(
+                "config key 'memory.preset': auto must be resolved before training: run `finetune.py train`, or "
+                "load the config with hv_tune.memory.plan.config_for_training"
+            )
         if mem.blocks_to_swap and device.type != "cuda":
             raise ConfigError(
                 f"config key 'memory.blocks_to_swap' ({mem.blocks_to_swap}) needs a CUDA GPU; this run is on "

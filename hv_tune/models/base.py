@@ -185,3 +185,13 @@ class ModelSpec(Protocol):
         """``(out_features, in_features)`` of every linear layer of the transformer, built on
         the meta device from ``model_path``'s config (the full-size default when None)."""
         ...
+
+    # -- memory planning (hv_tune.memory.plan)
+
+    def plan_model(
+        self, model_path: str | None, frames: int, height: int, width: int, batch_size: int, dtype: torch.dtype
+    ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """The transformer on the meta device (from ``model_path``'s config; full size when None)
+        in ``dtype``, and its training inputs for a batch of ``frames x height x width`` pixels,
+        also on meta (no weights read, no memory used): what the memory plan runs."""
+        ...

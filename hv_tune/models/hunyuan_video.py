@@ -373,3 +373,25 @@ class HunyuanVideoSpec:
         with torch.device("meta"):
             model = HunyuanVideoTransformer3DModel.from_config(config)
         return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+    # ------------------------------------------------------------------ memory planning
+
+    def plan_model(
+        self, model_path: str | None, frames: int, height: int, width: int, batch_size: int, dtype: torch.dtype
+    ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """Meta transformer + inputs: latents [B, C, (F-1)/4+1, H/8, W/8], 256 text tokens (all valid)."""
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        config = {}
+        if model_path is not None:
+            config = HunyuanVideoTransformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        with torch.device("meta"):
+            model = HunyuanVideoTransformer3DModel.from_config(config).to(dtype)
+        c = model.config
+        latent = (batch_size, c.in_channels, (frames - 1) // self.vae_scale_factor_temporal + 1,
+                  height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
+        text = {"prompt_embeds": torch.empty(batch_size, LLM_MAX_TOKENS, c.text_embed_dim, dtype=dtype, device="meta"),
+                "prompt_attention_mask": torch.ones(batch_size, LLM_MAX_TOKENS, dtype=torch.int64, device="meta"),
+                "pooled_prompt_embeds": torch.empty(batch_size, c.pooled_projection_dim, dtype=dtype, device="meta")}
+        noisy = torch.empty(latent, dtype=torch.float32, device="meta")
+        return model, self.transformer_inputs(noisy, torch.full((batch_size,), 0.5, device="meta"), text, 1.0)
