@@ -156,13 +156,15 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """True for ENOSPC/EDQUOT, also as torch's zip writer reports it (a RuntimeError)."""
+    """True for ENOSPC/EDQUOT, also as torch's zip writer (RuntimeError ``unexpected pos``) and
+    safetensors (``SafetensorError ... os error 28``) report it."""
     import errno
 
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
     text = str(err)
-    return isinstance(err, RuntimeError) and ("unexpected pos" in text or "file write failed" in text)
+    signs = ("unexpected pos", "file write failed", "No space left on device", "os error 28", "os error 122")
+    return any(s in text for s in signs)
 
 
 def mb(n: int) -> str:

@@ -112,7 +112,7 @@ def save_checkpoint(
     if not final.exists():  # an existing one is complete (it was renamed into place)
         try:
             atomic_directory(final, fill)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # safetensors and torch report a full disk with their own types
             if not is_disk_full(e):
                 raise
             what = f"the checkpoint of step {state.step}"

@@ -200,7 +200,7 @@ def finish(
                 written = spec.save_lora(Path(tmp), adapter, lora_cfg)
                 os.replace(written, final)
             save_extra_formats(spec, out, adapter, lora_cfg.r, lora_cfg.lora_alpha, cfg.save.formats, cfg.model.path)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # safetensors and torch report a full disk with their own types
             if not is_disk_full(e):
                 raise
             raise disk_full_error(out, needed, "the final LoRA", latest_checkpoint(out / "checkpoints")) from e
