@@ -83,10 +83,13 @@ def _is_safe(key: str, cfg: Config) -> bool:
 
 
 def compare(old: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
-    """(key, old, new) for every trajectory key that differs; safe keys are left out."""
+    """(key, old, new) for every trajectory key that differs; safe keys are left out.
+
+    Keys only one side knows (added or removed by another hv-tune version) are not compared.
+    """
     a, b = _flat(old), _flat(to_dict(cfg))
-    keys = sorted(set(a) | set(b))
-    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k) and not _is_safe(k, cfg)]
+    keys = sorted(set(a) & set(b))
+    return [(k, a[k], b[k]) for k in keys if a[k] != b[k] and not _is_safe(k, cfg)]
 
 
 def check_resume(ckpt: Checkpoint, cfg: Config, run_config: Path, anyway: bool) -> list[str]:
