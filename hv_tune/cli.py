@@ -15,6 +15,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="finetune.py",
         description="hv-tune: train HunyuanVideo style LoRAs from your own videos.",
+        epilog="exit codes: 0 done; 2 an error you can fix (the message names the file or key); "
+               "130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint (resume with --resume)",
     )
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 

@@ -79,6 +79,14 @@ def test_train_rebuilds_a_stale_cache_and_says_why(spec, tiny_model, small_folde
     # unchanged: nothing rebuilt, nothing printed about the cache
     _, out = _train_cache(spec, cfg, capsys)
     assert "out of date" not in out
+    # the cache verb says the same; back at 32 px the earlier latents are still there (content-addressed)
+    assert main(["cache", "--config", str(REPO / "configs" / "demo_tiny.yaml"), f"model.path={tiny_model}",
+                 f"data.cache_dir={cache}", f"data.sources=[{{path: {small_folder}, repeats: 3}}]",
+                 "data.frame_buckets=[1,5]", "data.resolution=32", "data.trigger_word=sks",
+                 "data.caption_dropout=0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "rebuilt because:" in out and "data.resolution: 16 -> 32: latents are re-encoded" in out
+    assert "latents: 0 encoded, 3 reused" in out
 
 
 def test_changed_model_or_source_file_reencodes_what_it_feeds(spec, tiny_model, small_folder, small_cache, tmp_path,
