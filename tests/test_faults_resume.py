@@ -156,3 +156,23 @@ def test_keep_last_n_never_deletes_the_last_good_checkpoint(tmp_path):
     assert "step_00000002" not in kept  # the older good one goes, as keep=1 says
     state = json.loads((root / "step_00000004" / "trainer_state.json").read_text())
     assert state["step"] == 4
+
+
+@pytest.mark.slow
+def test_a_refused_run_stops_every_process_instead_of_hanging(tiny_model, demo_cache, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from .test_multiprocess import _free_port
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step_00000002").mkdir(parents=True)  # another run's checkpoint
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
+           str(REPO / "tests" / "scripts" / "ddp_train.py"), str(out), *train_overrides(tiny_model, demo_cache, out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert proc.stderr.count("holds another run") >= 2  # raised on both ranks, not only the main one

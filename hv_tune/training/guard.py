@@ -5,10 +5,12 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from hv_tune.errors import ConfigError
+from hv_tune.errors import ConfigError, HvTuneError
 from hv_tune.io import free_bytes
 from hv_tune.training.checkpoint import disk_full_error, list_checkpoints
 
@@ -89,3 +91,23 @@ class StopOnSignal:
         self.signum = signum
         print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
               "(press Ctrl-C again to quit at once)", flush=True)
+
+
+def on_main_process(process: Any, fn: Callable[[], None]) -> None:
+    """Run ``fn`` on the main process only; an ``HvTuneError`` there is raised on every process.
+
+    Without this, the other processes would wait forever at their next collective for a main
+    process that already stopped with a message.
+    """
+    box: list[HvTuneError | None] = [None]
+    if process.is_main_process:
+        try:
+            fn()
+        except HvTuneError as e:
+            box[0] = e
+    if process.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(box)
+    if box[0] is not None:
+        raise box[0]

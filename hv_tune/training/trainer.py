@@ -46,7 +46,7 @@ from hv_tune.training.checkpoint import (
     set_rng_state,
     state_bytes,
 )
-from hv_tune.training.guard import StopOnSignal, claim_output_dir, ensure_free_space
+from hv_tune.training.guard import StopOnSignal, claim_output_dir, ensure_free_space, on_main_process
 from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.step import step_generator, training_loss
@@ -85,11 +85,11 @@ def train(
     out = Path(cfg.output_dir)
     spec = get_spec(cfg.model.name)
     process = PartialState()
-    with process.main_process_first():  # the main process sets broken checkpoints aside first
-        ckpt = find_resume(resume, out / "checkpoints")
-        changes = check_resume(ckpt, cfg, out / "config.yaml", resume_anyway) if ckpt else []
-        if process.is_main_process:
-            claim_output_dir(out, resuming=bool(resume), overwrite=overwrite)
+    found: list[Any] = []  # the main process goes first: it sets broken checkpoints aside
+    on_main_process(process, lambda: found.extend(check_run(cfg, resume, overwrite, resume_anyway, claim=True)))
+    if not process.is_main_process:
+        found.extend(check_run(cfg, resume, overwrite, resume_anyway, claim=False))
+    ckpt, changes = found
     accelerator = make_accelerator(cfg, out)
     memory = MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
     dataset = ensure_cache(spec, cfg, accelerator)
@@ -113,6 +113,18 @@ def train(
     return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out, cfg), adapter, state.step)
 
 
+def check_run(
+    cfg: Config, resume: str | bool | None, overwrite: bool, anyway: bool, claim: bool
+) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint to resume from and the accepted config changes; claims ``output_dir`` if ``claim``."""
+    out = Path(cfg.output_dir)
+    ckpt = find_resume(resume, out / "checkpoints")
+    changes = check_resume(ckpt, cfg, out / "config.yaml", anyway) if ckpt else []
+    if claim:
+        claim_output_dir(out, resuming=bool(resume), overwrite=overwrite)
+    return ckpt, changes
+
+
 def run_config_text(cfg: Config, state: TrainerState) -> str:
     """The resolved config as YAML; a run resumed with changed trajectory keys says so on top."""
     head = ""
@@ -127,8 +139,7 @@ def run_config_text(cfg: Config, state: TrainerState) -> str:
 
 def ensure_cache(spec: ModelSpec, cfg: Config, accelerator: Any) -> CachedDataset:
     """The cached dataset; (re)builds the cache first (main process) when missing, stale or broken."""
-    if accelerator.is_main_process:
-        prepare_cache(spec, cfg, str(accelerator.device))
+    on_main_process(accelerator, lambda: prepare_cache(spec, cfg, str(accelerator.device)))
     accelerator.wait_for_everyone()
     return CachedDataset(cfg.data.cache_dir)
 
