@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
-from hv_tune.errors import HvTuneError
+from hv_tune.errors import HvTuneError, Interrupted
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
 
@@ -184,8 +186,6 @@ def _parse_lora(text: str) -> tuple[str, float]:
 
 
 def _expand(path: str | Path) -> str:
-    import os
-
     return os.path.expandvars(os.path.expanduser(str(path)))
 
 
@@ -337,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = COMMANDS[args.verb](args)
     except HvTuneError as e:
+        if isinstance(e, Interrupted):  # the checkpoint is saved and we are exiting: a 2nd Ctrl-C changes nothing
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)  # (kept through interpreter shutdown, unlike a handler)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
