@@ -174,11 +174,11 @@ def _parse_lora(text: str) -> tuple[str, float]:
         value = None
     if value is None:
         path, value = text, 1.0
-    from hv_tune.io import safetensors_problem
-
     path = _expand(path)
     if not Path(path).is_file():
         raise HvTuneError(f"--lora {text}: file {path} does not exist")
+    from hv_tune.io import safetensors_problem
+
     problem = safetensors_problem(path)
     if problem:
         raise HvTuneError(f"--lora {text}: {path} is not a usable LoRA file: {problem}")
