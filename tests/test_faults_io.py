@@ -96,6 +96,15 @@ def test_train_checks_free_space_before_a_checkpoint(tiny_model, demo_cache, sma
     assert not list((out / "checkpoints").glob(".tmp-*")) if (out / "checkpoints").exists() else True
 
 
+def test_train_checks_free_space_before_the_final_lora(tiny_model, demo_cache, small_fs, capsys):
+    out = small_fs / "run"
+    code = main(["train", "--config", DEMO, *train_overrides(tiny_model, demo_cache, out, **{"training.max_steps": 2})])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"not enough free space in {out} for the final LoRA" in err and "none yet" in err
+    assert not (out / "pytorch_lora_weights.safetensors").exists() and not list(out.glob(".tmp-*"))
+
+
 def test_disk_full_mid_checkpoint_keeps_the_last_good_one(small_fs):
     from hv_tune.config import TrainingConfig
     from hv_tune.data.sampler import DataState
