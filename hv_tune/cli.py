@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
-from hv_tune.errors import HvTuneError
+from hv_tune.errors import HvTuneError, Interrupted
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
 
@@ -15,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="finetune.py",
         description="hv-tune: train HunyuanVideo style LoRAs from your own videos.",
+        epilog="exit codes: 0 done; 2 an error you can fix (the message names the file or key); "
+               "130 / 143 training stopped by SIGINT / SIGTERM after saving a checkpoint (resume with --resume)",
     )
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -26,8 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
     tr.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PATH",
-        help="resume from the newest checkpoint in output_dir, or from checkpoint folder PATH",
+        help="resume from the newest readable checkpoint in output_dir, or from checkpoint folder PATH",
     )
+    tr.add_argument("--resume-anyway", action="store_true",
+                    help="resume although keys that change the training trajectory differ from the checkpoint's "
+                         "config (the new values take effect; the run is marked as not exact)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start a fresh run in an output_dir that holds another run, moving that run's files "
+                         "into output_dir/previous-runs/ first")
     tr.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides, e.g. lora.rank=16")
     tr.add_argument("--gpu-memory", default=None, metavar="SIZE",
                     help="card memory for the fit check, e.g. 16GB (default: memory.gpu_memory, else detected)")
@@ -40,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cache", help="encode data.sources into data.cache_dir (latents + text embeddings)")
     c.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
+    c.add_argument("--verify", action="store_true",
+                   help="read every file of the existing cache and report broken ones (encodes nothing)")
     c.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
     s = sub.add_parser("sample", help="generate a preview video with the model's diffusers pipeline")
@@ -117,7 +129,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg, plan = config_for_training(args.config, args.overrides, args.gpu_memory)  # stops before weights load
     print(plan)
-    result = train(cfg, resume=args.resume)
+    _say_hub(cfg.model.path)
+    if args.resume_anyway and not args.resume:
+        raise HvTuneError("--resume-anyway goes with --resume")
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, resume_anyway=args.resume_anyway)
     print(f"LoRA written to {result.lora_path}")
 
 
@@ -130,11 +145,40 @@ def cmd_plan(args: argparse.Namespace) -> None:
 def cmd_cache(args: argparse.Namespace) -> None:
     from hv_tune.config import load_config
     from hv_tune.data.encode import build_cache
+    from hv_tune.errors import DataError
     from hv_tune.models import get_spec
 
     cfg = load_config(args.config, args.overrides)
+    if args.verify:
+        return _verify_cache(cfg.data.cache_dir, args.config)
+    _say_hub(cfg.model.path)
     device = "cuda" if _cuda() else "cpu"
-    print(build_cache(get_spec(cfg.model.name), cfg, device).table())
+    summary = build_cache(get_spec(cfg.model.name), cfg, device)
+    print(summary.table())
+    if summary.items == 0:
+        reasons = "; ".join(f"{s.path}: {s.reason}" for s in summary.skipped[:10]) or "the sources list no media"
+        raise DataError(f"the cache {cfg.data.cache_dir} is empty: no usable item ({reasons}); "
+                        "fix or add data.sources and run `cache` again")
+
+
+def _verify_cache(cache_dir: str, config: Path) -> None:
+    from hv_tune.data.cache import broken_files, describe_broken, read_index
+    from hv_tune.errors import DataError
+
+    entries = read_index(cache_dir)
+    broken = broken_files(cache_dir, entries, full=True)
+    if broken:
+        listing = "\n  ".join(describe_broken(cache_dir, *b) for b in broken)
+        raise DataError(f"{len(broken)} broken file(s) in the cache {cache_dir}:\n  {listing}\n"
+                        f"re-encode them with `finetune.py cache --config {config}` (needs their sources)")
+    print(f"cache {cache_dir}: {len(entries)} items, every file reads back complete and finite")
+
+
+def _say_hub(model: str) -> None:
+    from hv_tune.paths import check_model_path
+
+    if check_model_path(model, "model.path") == "hub":
+        print(f"model {model!r} is not a local folder: loading it as a Hugging Face hub id")
 
 
 def _cuda() -> bool:
@@ -152,9 +196,31 @@ def _parse_lora(text: str) -> tuple[str, float]:
         value = None
     if value is None:
         path, value = text, 1.0
+    path = _expand(path)
     if not Path(path).is_file():
         raise HvTuneError(f"--lora {text}: file {path} does not exist")
+    from hv_tune.io import safetensors_problem
+
+    problem = safetensors_problem(path)
+    if problem:
+        raise HvTuneError(f"--lora {text}: {path} is not a usable LoRA file: {problem}")
     return path, value
+
+
+def _expand(path: str | Path) -> str:
+    return os.path.expandvars(os.path.expanduser(str(path)))
+
+
+def _out_path(path: Path, flag: str) -> Path:
+    """An output path whose folder can exist (no file in the way)."""
+    from hv_tune.paths import check_folder
+
+    out = Path(_expand(path))
+    try:
+        check_folder(str(out.parent), flag)
+    except HvTuneError as e:
+        raise HvTuneError(f"{flag} {path}: {str(e).split(': ', 1)[1]}") from e
+    return out
 
 
 class _LoraAction(argparse.Action):
@@ -185,8 +251,13 @@ def _device_dtype(name: str):
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from hv_tune.models import LoadOptions, get_spec
+    from hv_tune.paths import check_model_path
     from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
 
+    args.out = _out_path(args.out, "--out")
+    args.model = _expand(args.model)
+    if check_model_path(args.model, "--model") == "hub":
+        print(f"--model {args.model!r} is not a local folder: loading it as a Hugging Face hub id")
     png = args.out.suffix.lower() == ".png"
     frames = args.frames if args.frames is not None else 1 if png else 33
     if png and frames != 1:
@@ -221,6 +292,10 @@ def cmd_merge(args: argparse.Namespace) -> None:
     from hv_tune.models import get_spec
     from hv_tune.models.base import DTYPES
 
+    args.out = _out_path(args.out, "--out")
+    args.model = Path(_expand(args.model))
+    if not args.model.is_dir():
+        raise HvTuneError(f"--model {args.model}: no such model folder (merge needs a local diffusers-format folder)")
     loras = []
     for text, scale in args.loras:
         path, parsed = _parse_lora(text)
@@ -240,8 +315,14 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from hv_tune.export.convert import convert_lora
+    from hv_tune.io import safetensors_problem
     from hv_tune.models import get_spec
 
+    args.input, args.output = Path(_expand(args.input)), _out_path(args.output, "output")
+    problem = safetensors_problem(args.input)
+    if problem:
+        raise HvTuneError(f"input {args.input}: not a usable LoRA file: {problem}")
+    args.model = _expand(args.model) if args.model is not None else None
     spec = get_spec("hunyuan-video")
     if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
         raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
@@ -271,11 +352,22 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code (2 for errors the user can fix)."""
+    """Entry point; returns the process exit code.
+
+    0 success; 2 an error the user can fix (message on stderr, no traceback); 128 + N when
+    training stopped on signal N after saving a checkpoint (130 SIGINT, 143 SIGTERM); 130 for
+    a second Ctrl-C.
+    """
     args = _parser().parse_args(argv)
     try:
-        COMMANDS[args.verb](args)
+        code = COMMANDS[args.verb](args)
     except HvTuneError as e:
+        if isinstance(e, Interrupted):  # the checkpoint is saved and we are exiting: a 2nd Ctrl-C changes nothing
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)  # (kept through interpreter shutdown, unlike a handler)
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted (nothing is saved after the last checkpoint)", file=sys.stderr)
+        return 130
+    return code or 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import yaml
 
 from hv_tune.errors import ConfigError
 from hv_tune.memory.presets import expand_memory_preset
+from hv_tune.paths import check_folder, check_model_path, expand_path
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
@@ -208,6 +208,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError as e:
             raise ConfigError(f"config file not found: {path}") from e
+        except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, not text
+            why = getattr(e, "strerror", None) or e
+            raise ConfigError(f"config file {path} cannot be read as UTF-8 YAML: {why}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
         if not isinstance(raw, dict):
@@ -216,10 +219,23 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         _apply_override(raw, item)
     expand_memory_preset(raw)
     cfg = from_dict(Config, raw, prefix="")
+    expand_paths(cfg)
     if not cfg.data.cache_dir:
         cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
     validate(cfg)
     return cfg
+
+
+def expand_paths(cfg: Config) -> None:
+    """Resolve ``~`` and environment variables in every path key, once, at load time."""
+    cfg.output_dir = expand_path(cfg.output_dir, "output_dir")
+    cfg.model.path = expand_path(cfg.model.path, "model.path")
+    cfg.model.transformer_path = expand_path(cfg.model.transformer_path, "model.transformer_path")
+    cfg.model.vae_path = expand_path(cfg.model.vae_path, "model.vae_path")
+    cfg.data.cache_dir = expand_path(cfg.data.cache_dir, "data.cache_dir")
+    cfg.validation.eval_cache_dir = expand_path(cfg.validation.eval_cache_dir, "validation.eval_cache_dir")
+    for i, src in enumerate(cfg.data.sources):
+        src.path = expand_path(src.path, f"data.sources[{i}].path")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
@@ -329,11 +345,6 @@ def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
 # ----------------------------------------------------------------------------- validation
 
 
-def is_hub_id(path: str) -> bool:
-    """True for ``owner/name`` strings that are not an existing local path."""
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path)) and not Path(path).exists()
-
-
 def validate(cfg: Config) -> None:
     """All value and cross-field checks. Runs before any model is loaded.
 
@@ -377,13 +388,11 @@ def validate(cfg: Config) -> None:
     _validate_sources(d.sources)
     _validate_memory(cfg)
     for key, value in (("model.transformer_path", m.transformer_path), ("model.vae_path", m.vae_path)):
-        if value and not Path(value).expanduser().is_file():
+        if value and not Path(value).is_file():
             raise ConfigError(f"config key {key!r}: file {value!r} does not exist; give a .safetensors file or leave it unset")
-    if not is_hub_id(m.path) and not Path(m.path).expanduser().is_dir():
-        raise ConfigError(
-            f"config key 'model.path': folder {m.path!r} does not exist; "
-            "point it at a diffusers-format model folder (or run `finetune.py tiny-model DIR`)"
-        )
+    check_model_path(m.path, "config key 'model.path'", m.revision)
+    check_folder(cfg.output_dir, "output_dir")
+    check_folder(d.cache_dir, "data.cache_dir")
     if isinstance(lo.targets, str) and lo.targets not in LORA_PRESET_NAMES:
         raise ConfigError(
             f"config key 'lora.targets': unknown preset {lo.targets!r}; use one of "

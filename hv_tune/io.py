@@ -111,3 +111,61 @@ def atomic_directory(final: str | os.PathLike, fill: Callable[[Path], None]) -> 
         raise
     return final
 
+
+
+def safetensors_problem(path: str | os.PathLike, keys: tuple[str, ...] = ()) -> str | None:
+    """Why ``path`` is not a complete safetensors file holding ``keys``, or None if it is.
+
+    Reads the header only (8-byte length + JSON) and checks that the file is as long as its
+    tensors' data offsets say, so a truncated or emptied file is caught without loading it.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{size} bytes: too short for a safetensors header"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"header length {n} exceeds the file size {size}: truncated or not safetensors"
+            header = json.loads(fh.read(n))
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError:
+        return "is a folder, not a file"
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    except (UnicodeDecodeError, json.JSONDecodeError, struct.error):
+        return "not a safetensors file (unreadable header)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (header is not a mapping)"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + n + max(ends, default=0) > size:
+        return f"truncated: {size} bytes, the header needs {8 + n + max(ends)}"
+    missing = [k for k in keys if k not in header]
+    return f"lacks {missing}" if missing else None
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the filesystem that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also as torch's zip writer (RuntimeError ``unexpected pos``) and
+    safetensors (``SafetensorError ... os error 28``) report it."""
+    import errno
+
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    signs = ("unexpected pos", "file write failed", "No space left on device", "os error 28", "os error 122")
+    return any(s in text for s in signs)
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

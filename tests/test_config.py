@@ -77,12 +77,15 @@ def test_unknown_key_suggests_closest(model_dir):
         load_config(None, [f"model.path={model_dir}", "trainig.max_steps=4"])
 
 
-def test_model_path_missing_or_absent():
+def test_model_path_missing_or_absent(monkeypatch):
     with pytest.raises(ConfigError, match="'model.path' is required"):
         load_config(None, [])
     with pytest.raises(ConfigError, match="'model.path'.*does not exist"):
         load_config(None, ["model.path=./no/such/model"])
-    # a hub id is accepted here and resolved when loading
+    # a hub id is accepted here (online) and resolved when loading; offline it must be in the hub cache
+    with pytest.raises(ConfigError, match="not in the local hub cache while HF_HUB_OFFLINE"):
+        load_config(None, ["model.path=hunyuanvideo-community/HunyuanVideo"])
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     assert load_config(None, ["model.path=hunyuanvideo-community/HunyuanVideo"]).model.path
 
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from hv_tune.errors import DataError
-from hv_tune.io import atomic_save_safetensors, atomic_write_text
+from hv_tune.io import atomic_save_safetensors, atomic_write_text, safetensors_problem
 
 CACHE_VERSION = 1
 INDEX_FILE = "index.jsonl"
@@ -45,6 +45,7 @@ class CacheEntry:
     repeats: int = 1
     caption_dropout: float = 0.0
     empty_text: str | None = None  # embedding of "" with this item's template (caption dropout)
+    source: str = ""  # the media file it was encoded from (named when a cache file is broken)
 
     @property
     def bucket(self) -> tuple[int, int, int]:
@@ -57,14 +58,8 @@ def content_key(*parts: object) -> str:
 
 
 def is_valid(path: Path, keys: tuple[str, ...]) -> bool:
-    """True if ``path`` is a readable safetensors file holding ``keys`` (header check only)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return set(keys) <= set(f.keys())
-    except Exception:  # missing, truncated or not safetensors: re-encode
-        return False
+    """True if ``path`` is a complete safetensors file holding ``keys`` (header and size check)."""
+    return safetensors_problem(path, keys) is None
 
 
 def write_latent(cache_dir: Path, key: str, posterior: dict[str, torch.Tensor]) -> str:
@@ -79,10 +74,33 @@ def write_text(cache_dir: Path, key: str, text: dict[str, torch.Tensor]) -> str:
     return rel
 
 
-def write_index(cache_dir: Path, entries: Iterable[CacheEntry]) -> Path:
-    header = json.dumps({"cache_version": CACHE_VERSION})
-    lines = [header] + [json.dumps(asdict(e), ensure_ascii=False) for e in entries]
+def write_index(cache_dir: Path, entries: Iterable[CacheEntry], fingerprint: dict | None = None) -> Path:
+    """Write the index (header line, then one line per item); an empty list is a valid, empty cache."""
+    head = {"cache_version": CACHE_VERSION} | ({"fingerprint": fingerprint} if fingerprint else {})
+    lines = [json.dumps(head, ensure_ascii=False)] + [json.dumps(asdict(e), ensure_ascii=False) for e in entries]
     return atomic_write_text(Path(cache_dir) / INDEX_FILE, "\n".join(lines) + "\n")
+
+
+def read_header(cache_dir: str | Path) -> dict | None:
+    """The index's header line (cache version, fingerprint), or None without a readable index."""
+    try:
+        with open(Path(cache_dir) / INDEX_FILE, encoding="utf-8") as fh:
+            head = json.loads(fh.readline() or "null")
+    except (OSError, ValueError):
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def _skip_reasons(cache_dir: Path) -> str:
+    try:
+        skipped = json.loads((cache_dir / "summary.json").read_text(encoding="utf-8")).get("skipped", [])
+    except (OSError, ValueError):
+        skipped = []
+    if not skipped:
+        return "no source item was found"
+    listed = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:10])
+    more = f" (and {len(skipped) - 10} more in {cache_dir / 'summary.json'})" if len(skipped) > 10 else ""
+    return f"all {len(skipped)} source items were skipped: {listed}{more}"
 
 
 def read_index(cache_dir: str | Path) -> list[CacheEntry]:
@@ -106,8 +124,49 @@ def read_index(cache_dir: str | Path) -> list[CacheEntry]:
     except (json.JSONDecodeError, TypeError) as e:
         raise DataError(f"{path} is malformed ({e}); delete it and re-run `cache`") from e
     if not entries:
-        raise DataError(f"{path} lists no items; check the data sources and re-run `cache`")
+        raise DataError(f"the cache {cache_dir} has no items: {_skip_reasons(Path(cache_dir))}; "
+                        "fix or add data.sources and re-run `finetune.py cache`")
     return entries
+
+
+def item_files(e: CacheEntry) -> list[tuple[str, tuple[str, ...]]]:
+    """(relative path, expected keys) of every file an item reads."""
+    texts = e.texts + ([e.empty_text] if e.empty_text else [])
+    return [(e.latent, LATENT_KEYS)] + [(t, TEXT_KEYS) for t in texts]
+
+
+def broken_files(cache_dir: str | Path, entries: list[CacheEntry], full: bool = False) -> list[tuple[CacheEntry, str, str]]:
+    """(item, file, problem) for each unreadable cache file.
+
+    The quick check reads headers and sizes (catches missing, emptied, truncated files);
+    ``full`` also loads every tensor and checks it is finite.
+    """
+    root, seen, out = Path(cache_dir), set(), []
+    for e in entries:
+        for rel, keys in item_files(e):
+            if rel in seen:
+                continue
+            seen.add(rel)
+            problem = safetensors_problem(root / rel, keys)
+            if problem is None and full:
+                problem = _load_problem(root / rel)
+            if problem:
+                out.append((e, rel, problem))
+    return out
+
+
+def _load_problem(path: Path) -> str | None:
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # any damage the header check missed
+        return f"cannot be loaded ({e})"
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    return f"non-finite values in {bad}" if bad else None
+
+
+def describe_broken(cache_dir: str | Path, e: CacheEntry, rel: str, problem: str) -> str:
+    src = f"source {e.source}" if e.source else "source unknown (cache written without it)"
+    return f"item {e.id}: cache file {Path(cache_dir) / rel} is broken ({problem}); {src}"
 
 
 class CachedDataset(torch.utils.data.Dataset):
@@ -125,19 +184,22 @@ class CachedDataset(torch.utils.data.Dataset):
         item, caption = index
         e = self.entries[item]
         text = e.empty_text if caption < 0 else e.texts[caption]
-        out = {**self._load(e.latent, LATENT_KEYS), **self._load(text, TEXT_KEYS)}
+        out = {**self._load(e, e.latent, LATENT_KEYS), **self._load(e, text, TEXT_KEYS)}
         out["index"] = torch.tensor(item)
         return out
 
-    def _load(self, rel: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _load(self, e: CacheEntry, rel: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         path = self.root / rel
         try:
             tensors = load_file(str(path))
-        except (OSError, RuntimeError) as e:  # missing or truncated file
-            raise DataError(f"cannot read cache file {path}: {e}; re-run `cache` to rebuild it") from e
-        missing = [k for k in keys if k not in tensors]
-        if missing:
-            raise DataError(f"cache file {path} lacks {missing}; re-run `cache` to rebuild it")
+            missing = [k for k in keys if k not in tensors]
+            if missing:
+                raise ValueError(f"lacks {missing}")
+        except Exception as err:  # missing, truncated or damaged (safetensors raises its own error type)
+            raise DataError(
+                f"{describe_broken(self.root, e, rel, str(err))}; re-encode it with "
+                "`finetune.py cache --config YOUR_CONFIG` (with that source in data.sources)"
+            ) from err
         return {k: tensors[k] for k in keys}
 
 

@@ -24,14 +24,20 @@ from hv_tune.data.cache import (
     LATENT_KEYS,
     TEXT_KEYS,
     CacheEntry,
+    broken_files,
+    describe_broken,
     is_valid,
+    read_header,
+    read_index,
     write_index,
     write_latent,
     write_text,
 )
 from hv_tune.data.decode import MediaError, read_image, read_video, resize_cover, to_pixels
-from hv_tune.data.plan import PlannedItem, model_identity, plan_items, text_key
+from hv_tune.data.fingerprint import cache_fingerprint, fingerprint_changes, model_key
+from hv_tune.data.plan import PlannedItem, plan_items, text_key
 from hv_tune.data.sources import Skip, scan_sources
+from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text
 from hv_tune.memory.fp8 import apply_fp8_storage
 from hv_tune.models.base import LoadOptions, ModelSpec, resolve_dtype
@@ -50,6 +56,8 @@ class CacheSummary:
     skipped: list[Skip] = field(default_factory=list)
     notes: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
+    changes: list[str] = field(default_factory=list)  # what differs from the previous build, and its effect
+    repaired: list[str] = field(default_factory=list)  # broken cache files found (and re-encoded)
 
     def table(self) -> str:
         """The human-readable end-of-run report."""
@@ -57,6 +65,10 @@ class CacheSummary:
                  f"  latents: {self.latents_encoded} encoded, {self.latents_reused} reused; "
                  f"texts: {self.texts_encoded} encoded, {self.texts_reused} reused",
                  "  bucket (frames x height x width)   items"]
+        if self.changes:
+            lines[1:1] = ["  rebuilt because:"] + [f"    {c}" for c in self.changes]
+        if self.repaired:
+            lines[1:1] = ["  broken files re-encoded:"] + [f"    {r}" for r in self.repaired]
         lines += [f"  {b:<34} {n}" for b, n in sorted(self.buckets.items())]
         if self.skipped:
             lines.append(f"  skipped ({len(self.skipped)}):")
@@ -79,10 +91,12 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     root = Path(cfg.data.cache_dir)
     opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, device), cfg.model.revision,
                        text_encoder_fp8=cfg.model.text_encoder_dtype == "fp8")
-    model_id = f"{spec.name}:{model_identity(cfg.model.path)}:{cfg.model.revision}"
     scan = scan_sources(cfg.data)
+    fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan)
+    model_id = model_key(fingerprint["model"])
     planned = plan_items(scan, cfg.data, model_id)
     summary = CacheSummary(skipped=scan.skipped, notes=scan.notes)
+    summary.changes, summary.repaired = _previous_build(root, fingerprint)
     texts = text_jobs(planned, model_id)
     encode_texts(spec, opts, device, root, texts, summary)
     done = encode_latents(spec, opts, device, root, planned, cfg, summary)
@@ -90,10 +104,21 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     summary.items = len(entries)
     summary.buckets = dict(Counter("x".join(map(str, e.bucket)) for e in entries))
     summary.seconds = time.time() - t0
-    if entries:
-        write_index(root, entries)
+    write_index(root, entries, fingerprint)  # also when empty: a stale index must never stay in place
     atomic_write_text(root / SUMMARY_FILE, json.dumps(asdict(summary), indent=2, ensure_ascii=False))
     return summary
+
+
+def _previous_build(root: Path, fingerprint: dict) -> tuple[list[str], list[str]]:
+    """What changed since the cache's last build, and its broken files (they get re-encoded)."""
+    head = read_header(root)
+    if head is None:
+        return [], []
+    try:
+        broken = broken_files(root, read_index(root))
+    except DataError:  # an empty or old index: nothing to check
+        broken = []
+    return fingerprint_changes(head.get("fingerprint"), fingerprint), [describe_broken(root, *b) for b in broken]
 
 
 def text_jobs(planned: list[PlannedItem], model_id: str) -> dict[str, tuple[str, str]]:
@@ -182,4 +207,5 @@ def _entry(p: PlannedItem, model_id: str) -> CacheEntry:
         repeats=s.repeats,
         caption_dropout=s.caption_dropout,
         empty_text=f"text/{text_key(model_id, p.template, '')}.safetensors",
+        source=str(p.media.path),
     )

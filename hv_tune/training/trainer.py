@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
-from hv_tune.config import Config, save_config
-from hv_tune.data.cache import INDEX_FILE, CachedDataset, collate
-from hv_tune.data.encode import build_cache
+from hv_tune.config import Config, to_dict
+from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
-from hv_tune.errors import ConfigError, DataError, TrainingError
+from hv_tune.errors import DataError, Interrupted, TrainingError
 from hv_tune.export.save import save_trained_lora
+from hv_tune.io import atomic_write_text, is_disk_full
 from hv_tune.lora import (
     add_lora,
     load_lora_state_dict,
@@ -31,14 +33,20 @@ from hv_tune.lora import (
 from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.models import LoadOptions, ModelSpec, get_spec
 from hv_tune.models.base import resolve_dtype
+from hv_tune.training.cache_check import prepare_cache
 from hv_tune.training.checkpoint import (
+    Checkpoint,
     TrainerState,
+    checkpoint_dir,
+    disk_full_error,
     latest_checkpoint,
-    load_checkpoint,
     save_checkpoint,
     set_rng_state,
+    state_bytes,
 )
+from hv_tune.training.guard import StopOnSignal, claim_output_dir, ensure_free_space, on_main_process
 from hv_tune.training.optim import build_optimizer, build_scheduler
+from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.step import step_generator, training_loss
 from hv_tune.training.validation import Validator
 
@@ -54,16 +62,32 @@ class TrainResult:
     steps: int
 
 
-def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
+def train(
+    cfg: Config, resume: str | bool | None = None, overwrite: bool = False, resume_anyway: bool = False
+) -> TrainResult:
     """Train a LoRA as configured and save it as ``output_dir/pytorch_lora_weights.safetensors``.
 
     Args:
-        resume: ``True`` resumes from the newest checkpoint in ``output_dir`` (if any),
+        resume: ``True`` resumes from the newest readable checkpoint in ``output_dir`` (if any),
             a path resumes from that checkpoint folder, ``None``/``False`` starts fresh.
+        overwrite: a fresh run into a folder holding another run moves that run aside first.
+        resume_anyway: resume although trajectory keys changed (the run is marked not exact).
+
+    Raises:
+        ConfigError: another run in ``output_dir``; a resume whose config differs (listed).
+        DiskFullError: not enough space for a checkpoint or the final LoRA (nothing good is lost).
+        Interrupted: SIGINT/SIGTERM; a checkpoint of the last finished step was saved.
     """
+    from accelerate import PartialState
+
     out = Path(cfg.output_dir)
     spec = get_spec(cfg.model.name)
-    ckpt_path = find_resume(resume, out / "checkpoints")
+    process = PartialState()
+    found: list[Any] = []  # the main process goes first: it sets broken checkpoints aside
+    on_main_process(process, lambda: found.extend(check_run(cfg, resume, overwrite, resume_anyway, claim=True)))
+    if not process.is_main_process:
+        found.extend(check_run(cfg, resume, overwrite, resume_anyway, claim=False))
+    ckpt, changes = found
     accelerator = make_accelerator(cfg, out)
     memory = MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
     dataset = ensure_cache(spec, cfg, accelerator)
@@ -75,41 +99,47 @@ def train(cfg: Config, resume: str | bool | None = None) -> TrainResult:
     # the memory runtime placed the model (swapped blocks must stay in CPU memory)
     transformer, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[False, None])
     state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed)
-    if ckpt_path is not None:
-        state = restore(ckpt_path, cfg, accelerator, transformer, optimizer, scheduler)
+    if ckpt is not None:
+        state = restore(ckpt, cfg, accelerator, transformer, optimizer, scheduler, changes)
+    config_text = run_config_text(cfg, state)
     if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
+        atomic_write_text(out / "config.yaml", config_text)
     loop = TrainLoop(cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts, memory)
+    loop.config_text = config_text
     loop.run(state)
     adapter = lora_state_dict(accelerator.unwrap_model(transformer))
     return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out, cfg), adapter, state.step)
+
+
+def check_run(
+    cfg: Config, resume: str | bool | None, overwrite: bool, anyway: bool, claim: bool
+) -> tuple[Checkpoint | None, list[str]]:
+    """The checkpoint to resume from and the accepted config changes; claims ``output_dir`` if ``claim``."""
+    out = Path(cfg.output_dir)
+    ckpt = find_resume(resume, out / "checkpoints")
+    changes = check_resume(ckpt, cfg, out / "config.yaml", anyway) if ckpt else []
+    if claim:
+        claim_output_dir(out, resuming=bool(resume), overwrite=overwrite)
+    return ckpt, changes
+
+
+def run_config_text(cfg: Config, state: TrainerState) -> str:
+    """The resolved config as YAML; a run resumed with changed trajectory keys says so on top."""
+    head = ""
+    if not state.exact:
+        head = "# NOT EXACT: resumed with --resume-anyway over changed keys, so this run differs from an\n" \
+               "# uninterrupted one with this config:\n" + "".join(f"#   {c}\n" for c in state.changes)
+    return head + yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 # ----------------------------------------------------------------------------- set-up
 
 
 def ensure_cache(spec: ModelSpec, cfg: Config, accelerator: Any) -> CachedDataset:
-    """The cached dataset; builds the cache first (main process) when it is missing."""
-    index = Path(cfg.data.cache_dir) / INDEX_FILE
-    if not index.is_file() and cfg.data.sources:
-        if accelerator.is_main_process:
-            accelerator.print(f"no cache at {cfg.data.cache_dir}: running the cache step first")
-            accelerator.print(build_cache(spec, cfg, str(accelerator.device)).table())
-        accelerator.wait_for_everyone()
+    """The cached dataset; (re)builds the cache first (main process) when missing, stale or broken."""
+    on_main_process(accelerator, lambda: prepare_cache(spec, cfg, str(accelerator.device)))
+    accelerator.wait_for_everyone()
     return CachedDataset(cfg.data.cache_dir)
-
-
-def find_resume(resume: str | bool | None, ckpt_root: Path) -> Path | None:
-    if resume is None or resume is False:
-        return None
-    if resume is True:
-        found = latest_checkpoint(ckpt_root)
-        print(f"resuming from {found}" if found else f"no checkpoint in {ckpt_root}; starting from scratch")
-        return found
-    path = Path(resume)
-    if not path.is_dir():
-        raise ConfigError(f"--resume {resume}: no such checkpoint folder (they live in {ckpt_root})")
-    return path
 
 
 def make_accelerator(cfg: Config, out: Path) -> Any:
@@ -143,20 +173,27 @@ def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, memory: Mem
     return memory.prepare(spec, transformer), lora_cfg
 
 
-def restore(path: Path, cfg: Config, accelerator: Any, transformer: Any, optimizer: Any, scheduler: Any) -> TrainerState:
-    """Put adapter, optimizer, schedule, RNG and data position back from a checkpoint."""
-    ckpt = load_checkpoint(path)
-    if (ckpt.state.lora_rank, ckpt.state.lora_alpha) != (cfg.lora.rank, cfg.lora.alpha):
-        raise ConfigError(
-            f"--resume {path}: checkpoint has lora.rank={ckpt.state.lora_rank}, lora.alpha={ckpt.state.lora_alpha} "
-            f"but the config says {cfg.lora.rank}, {cfg.lora.alpha}; resume with the same LoRA shape"
-        )
+def restore(
+    ckpt: Checkpoint, cfg: Config, accelerator: Any, transformer: Any, optimizer: Any, scheduler: Any,
+    changes: list[str],
+) -> TrainerState:
+    """Put adapter, optimizer, schedule, RNG and data position back from a checkpoint.
+
+    ``changes`` (accepted with --resume-anyway) make the config's values take effect and
+    mark the run as not exact.
+    """
     load_lora_state_dict(accelerator.unwrap_model(transformer), ckpt.adapter)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
     set_rng_state(ckpt.rng)
-    accelerator.print(f"resumed from {path} at step {ckpt.state.step}")
-    return ckpt.state
+    state = ckpt.state
+    if changes:
+        apply_hyperparameters(optimizer, scheduler, cfg)
+        state.exact, state.changes = False, state.changes + changes
+        state.lora_alpha, state.seed = cfg.lora.alpha, cfg.training.seed
+        accelerator.print("resuming with changed keys (the run is no longer exact):\n  " + "\n  ".join(changes))
+    accelerator.print(f"resumed from {ckpt.path} at step {state.step}")
+    return state
 
 
 def finish(
@@ -165,8 +202,15 @@ def finish(
     """Save the final LoRA in diffusers format and ``save.formats`` (atomically); close the trackers."""
     final = out / LORA_FILE
     if accelerator.is_main_process:
-        for line in save_trained_lora(spec, out, adapter, lora_cfg, cfg.save.formats, cfg.model.path):
-            accelerator.print(line)
+        needed = state_bytes(adapter) // 3 * (1 + len(cfg.save.formats))
+        ensure_free_space(out, needed, "the final LoRA", latest_checkpoint(out / "checkpoints"))
+        try:
+            for line in save_trained_lora(spec, out, adapter, lora_cfg, cfg.save.formats, cfg.model.path):
+                accelerator.print(line)
+        except Exception as e:  # safetensors and torch report a full disk with their own types
+            if not is_disk_full(e):
+                raise
+            raise disk_full_error(out, needed, "the final LoRA", latest_checkpoint(out / "checkpoints")) from e
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final
@@ -189,19 +233,34 @@ class TrainLoop:
         self.ckpt_root = Path(cfg.output_dir) / "checkpoints"
         self._epoch_iter: Any = None
         self.validator = Validator(cfg, spec, accelerator, opts, self.vae_config)
+        self.config_text = ""  # the run's config, saved into each checkpoint (compared on resume)
 
     def run(self, state: TrainerState) -> None:
         t = self.cfg.training
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", unit="step", disable=not self.acc.is_main_process)
-        while state.step < t.max_steps:
-            loss = self.optimizer_step(state)
-            state.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            if t.checkpoint_every and state.step % t.checkpoint_every == 0:
-                self.save(state)
-            self.validator.maybe_run(state.step, self.model)
+        with StopOnSignal() as stop:
+            while state.step < t.max_steps:
+                loss = self.optimizer_step(state)
+                state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                if t.checkpoint_every and state.step % t.checkpoint_every == 0:
+                    self.save(state)
+                self.validator.maybe_run(state.step, self.model)
+                if state.step < t.max_steps and self.stop_requested(stop):
+                    bar.close()
+                    path = self.save(state)
+                    name = signal.Signals(stop.signum or signal.SIGINT).name
+                    raise Interrupted(f"stopped by {name} at step {state.step}: checkpoint saved to {path}; "
+                                      "continue with --resume", stop.signum or signal.SIGINT)
         bar.close()
+
+    def stop_requested(self, stop: StopOnSignal) -> bool:
+        """Whether any process got a stop signal (all processes agree, so all of them save)."""
+        flag = torch.tensor([1.0 if stop.signum else 0.0], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            flag = self.acc.reduce(flag, reduction="sum")
+        return flag.item() > 0
 
     def optimizer_step(self, state: TrainerState) -> float:
         t = self.cfg.training
@@ -280,10 +339,13 @@ class TrainLoop:
                 "Lower training.learning_rate, check those cache items, and resume with --resume."
             )
 
-    def save(self, state: TrainerState) -> None:
+    def save(self, state: TrainerState) -> Path:
+        """Write a checkpoint of ``state`` (main process), after checking there is room for it."""
         if self.acc.is_main_process:
             adapter = lora_state_dict(self.acc.unwrap_model(self.model))
-            save_checkpoint(
-                self.ckpt_root, state, adapter, self.optimizer, self.scheduler, self.cfg.training.checkpoints_to_keep
-            )
+            what = f"the checkpoint of step {state.step}"
+            ensure_free_space(self.ckpt_root, state_bytes(adapter), what, latest_checkpoint(self.ckpt_root))
+            save_checkpoint(self.ckpt_root, state, adapter, self.optimizer, self.scheduler,
+                            self.cfg.training.checkpoints_to_keep, self.config_text)
         self.acc.wait_for_everyone()
+        return checkpoint_dir(self.ckpt_root, state.step)

@@ -1,0 +1,123 @@
+"""What produced a cache: model encoders, data settings, source files. Stored in the index header.
+
+``cache_fingerprint`` describes the inputs of a cache; ``fingerprint_changes`` compares a
+stored one with the current config and says, per difference, what it invalidates. Cache
+files are content-addressed (``hv_tune.data.plan``), so a rebuild encodes exactly the files
+whose inputs changed; this module only decides *whether* to rebuild and explains *why*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from hv_tune.config import Config, DataConfig
+from hv_tune.data.plan import model_identity
+from hv_tune.data.sources import Scan
+
+# data settings and what a change of each one invalidates
+LATENT_SETTINGS = ("resolution", "frame_buckets", "allow_upscale", "fps", "frame_extraction", "frame_samples")
+TEXT_SETTINGS = ("trigger_word", "missing_caption")
+NOT_RECORDED = ("sources", "cache_dir", "num_workers", "vae_tiling", "vae_slicing")  # no effect on the items
+
+
+def _files(folder: Path) -> list[list[Any]]:
+    out = []
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        st = p.stat()
+        out.append([str(p.relative_to(folder)), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def encoders_identity(model_path: str, transformer_subfolder: str) -> str:
+    """Hash of every file of a local model folder except the transformer (name, size, mtime)."""
+    root = Path(model_path)
+    if not root.is_dir():
+        return "hub"  # a hub id: its identity is the id and revision
+    parts = [_files(d) for d in sorted(root.iterdir()) if d.is_dir() and d.name != transformer_subfolder]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str) -> dict[str, Any]:
+    m = cfg.model
+    return {"name": spec_name, "path": model_identity(m.path), "revision": m.revision,
+            "text_encoder_dtype": m.text_encoder_dtype, "encoders": encoders_identity(m.path, transformer_subfolder)}
+
+
+def model_key(model: dict[str, Any]) -> str:
+    """The model part of every content key: files re-encode when any of it changes."""
+    return f"{model['name']}:{model['path']}:{model['revision']}:{model['encoders']}:{model['text_encoder_dtype']}"
+
+
+def cache_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str, scan: Scan) -> dict[str, Any]:
+    """Everything the items of a cache depend on (JSON-serialisable)."""
+    data = {f.name: getattr(cfg.data, f.name) for f in fields(DataConfig) if f.name not in NOT_RECORDED}
+    files = {}
+    for item in scan.items:
+        st = item.path.stat() if item.path.exists() else None
+        captions = hashlib.sha256(json.dumps(item.captions).encode()).hexdigest()[:12]
+        files[str(item.path.resolve())] = [st.st_size if st else -1, st.st_mtime_ns if st else -1, captions]
+    return {"model": model_fingerprint(cfg, spec_name, transformer_subfolder), "data": data,
+            "sources": [asdict(s) for s in cfg.data.sources], "files": files}
+
+
+def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Human-readable differences, each with what it invalidates; empty when nothing changed."""
+    if not old:
+        return ["the cache records no fingerprint (an older hv-tune wrote it): checking every file"]
+    out: list[str] = []
+    om, nm = old.get("model", {}), new["model"]
+    for k in nm:
+        if om.get(k) != nm[k]:
+            what = "encoder files changed" if k == "encoders" else f"model.{k}: {om.get(k)!r} -> {nm[k]!r}"
+            out.append(f"{what}: everything is re-encoded (latents and text)")
+    od, nd = old.get("data", {}), new["data"]
+    for k in nd:
+        if od.get(k) != nd[k]:
+            effect = ("latents are re-encoded" if k in LATENT_SETTINGS else
+                      "text embeddings are re-encoded" if k in TEXT_SETTINGS else "the index is rewritten")
+            out.append(f"data.{k}: {od.get(k)!r} -> {nd[k]!r}: {effect}")
+    if old.get("sources") != new["sources"]:
+        out.append(f"data.sources changed ({old.get('sources')} -> {new['sources']}): items are re-planned")
+    out += _file_changes(old.get("files", {}), new["files"])
+    return out
+
+
+def _names(paths: list[str]) -> str:
+    shown = ", ".join(Path(p).name for p in paths[:5])
+    return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def _file_changes(old: dict[str, list], new: dict[str, list]) -> list[str]:
+    added = [p for p in new if p not in old]
+    removed = [p for p in old if p not in new]
+    changed = [p for p in new if p in old and old[p][:2] != new[p][:2]]
+    recaptioned = [p for p in new if p in old and old[p][:2] == new[p][:2] and old[p][2] != new[p][2]]
+    out = []
+    if added:
+        out.append(f"{len(added)} new source file(s) ({_names(added)}): encoded")
+    if removed:
+        out.append(f"{len(removed)} source file(s) gone ({_names(removed)}): dropped from the index")
+    if changed:
+        out.append(f"{len(changed)} source file(s) changed on disk (size or mtime: {_names(changed)}): "
+                   "their latents are re-encoded")
+    if recaptioned:
+        out.append(f"captions of {len(recaptioned)} file(s) changed ({_names(recaptioned)}): their text is re-encoded")
+    return out
+
+
+def stale_reasons(cfg: Config, spec_name: str, transformer_subfolder: str, old: dict[str, Any] | None) -> list[str]:
+    """Why the cache with stored fingerprint ``old`` no longer matches ``cfg`` (empty: it matches).
+
+    Without ``data.sources`` the cache cannot be rebuilt; only its model is compared then.
+    """
+    from hv_tune.data.sources import scan_sources
+
+    if not cfg.data.sources:
+        if old and old.get("model") != model_fingerprint(cfg, spec_name, transformer_subfolder):
+            return [f"the cache was encoded with model {old['model'].get('path')}, not {cfg.model.path}"]
+        return []
+    return fingerprint_changes(old, cache_fingerprint(cfg, spec_name, transformer_subfolder, scan_sources(cfg.data)))
