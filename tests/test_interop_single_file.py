@@ -93,3 +93,25 @@ def test_train_from_a_single_file_transformer(spec, tiny_model, demo_cache, merg
         "model.transformer_path": str(tmp_path / "broken.safetensors"), "training.max_steps": 1}))
     with pytest.raises(HvTuneError, match=r"(?s)broken.safetensors does not fit.*single_transformer_blocks.0.proj_out.weight"):
         train(cfg)
+
+
+def test_cache_encodes_with_the_single_file_vae(spec, tiny_model, demo_folder, tmp_path):
+    """`model.vae_path` reaches the cache stage, and another VAE file means other latents."""
+    from hv_tune.data.cache import read_index
+    from hv_tune.data.encode import build_cache
+    from tests.conftest import cache_config
+
+    state = load_file(str(tiny_model / "vae" / "diffusion_pytorch_model.safetensors"))
+    key = next(k for k in state if k == "encoder.conv_in.conv.bias")
+    state[key] = state[key] + 0.5  # a visibly different VAE
+    save_file({f"vae.{k}": v for k, v in state.items()}, str(tmp_path / "vae.safetensors"))
+
+    def latents(cache, *extra):
+        build_cache(spec, cache_config(tiny_model, demo_folder, cache, *extra), "cpu")
+        entries = read_index(cache)
+        return {e.id: load_file(str(cache / e.latent))["latent_mean"] for e in entries}
+
+    folder = latents(tmp_path / "c1")
+    single = latents(tmp_path / "c1", f"model.vae_path={tmp_path / 'vae.safetensors'}")  # same cache dir: rebuilt
+    assert folder.keys() == single.keys()
+    assert all(not torch.allclose(folder[k], single[k]) for k in folder)

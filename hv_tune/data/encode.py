@@ -89,8 +89,8 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     """Encode every item of ``cfg.data.sources`` into ``cfg.data.cache_dir``."""
     t0 = time.time()
     root = Path(cfg.data.cache_dir)
-    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, device), cfg.model.revision,
-                       text_encoder_fp8=cfg.model.text_encoder_dtype == "fp8")
+    opts = LoadOptions.from_config(cfg.model, resolve_dtype(cfg.model.base_dtype, device),
+                                   text_encoder_fp8=cfg.model.text_encoder_dtype == "fp8")
     scan = scan_sources(cfg.data)
     fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan)
     model_id = model_key(fingerprint["model"])

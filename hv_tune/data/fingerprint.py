@@ -44,12 +44,22 @@ def encoders_identity(model_path: str, transformer_subfolder: str) -> str:
 def model_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str) -> dict[str, Any]:
     m = cfg.model
     return {"name": spec_name, "path": model_identity(m.path), "revision": m.revision,
-            "text_encoder_dtype": m.text_encoder_dtype, "encoders": encoders_identity(m.path, transformer_subfolder)}
+            "text_encoder_dtype": m.text_encoder_dtype, "encoders": encoders_identity(m.path, transformer_subfolder),
+            "vae_file": _file_identity(m.vae_path)}
+
+
+def _file_identity(path: str | None) -> str | None:
+    """A single-file component's identity (resolved path, size, mtime), or None when unset."""
+    if not path:
+        return None
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def model_key(model: dict[str, Any]) -> str:
     """The model part of every content key: files re-encode when any of it changes."""
-    return f"{model['name']}:{model['path']}:{model['revision']}:{model['encoders']}:{model['text_encoder_dtype']}"
+    key = f"{model['name']}:{model['path']}:{model['revision']}:{model['encoders']}:{model['text_encoder_dtype']}"
+    return key + (f":vae={model['vae_file']}" if model.get("vae_file") else "")  # same keys as before without one
 
 
 def cache_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str, scan: Scan) -> dict[str, Any]:
