@@ -108,7 +108,7 @@ def _container_info(path: str) -> dict[str, Any]:
             if not container.streams.video:
                 raise MediaError("no video stream (audio only?)")
             s = container.streams.video[0]
-            codec = s.codec_context.name
+            codec = getattr(s.codec_context.codec, "canonical_name", None) or s.codec_context.name
             sw, sh = s.codec_context.width, s.codec_context.height
             rotation = 0
             try:

@@ -60,7 +60,7 @@ class VideoFrames:
 
     def at_times(self, seconds: Sequence[float]) -> list[int]:
         """Index of the frame on screen at each time (sample and hold)."""
-        idx = np.searchsorted(self.times, np.asarray(seconds, np.float64) + 1e-9, side="right") - 1
+        idx = np.searchsorted(self.times, np.asarray(seconds, np.float64) + 1e-4, side="right") - 1
         return idx.clip(0, len(self) - 1).tolist()
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
