@@ -36,7 +36,7 @@ class VideoProbe:
     rotation: int  # display-matrix rotation in degrees, counter-clockwise (ffmpeg convention): 0, 90, -90, 180
     codec: str
     backend: str  # "decord" (seeking decode, fastest) or "pyav" (formats decord cannot open)
-    times: np.ndarray = field(repr=False)  # [num_frames] presentation start times, first frame at 0
+    times: np.ndarray | None = field(repr=False)  # [num_frames] start times, first frame at 0; None = not read yet
     end_time: float = 0.0  # end of the last frame
     vfr: bool = False
     container_frames: int = 0
@@ -53,11 +53,18 @@ class VideoProbe:
 
     def rate_note(self) -> str | None:
         """``'variable frame rate (8-48 fps)'`` for a VFR file, else None."""
-        if not self.vfr:
+        if not self.vfr or self.times is None:
             return None
         steps = np.diff(self.times)
         steps = steps[steps > 0]
         return f"variable frame rate ({1 / steps.max():.3g}-{1 / steps.min():.3g} fps)"
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> VideoProbe:
+        """A probe rebuilt from ``to_record`` data; ``VideoFrames`` reads the timestamps when needed."""
+        return cls(rec["num_frames"], rec["fps"], rec["width"], rec["height"], rec.get("rotation", 0),
+                   rec.get("codec", ""), rec.get("backend", "decord"), None, rec.get("duration", 0.0),
+                   rec.get("vfr", False), rec.get("container_frames", 0), rec.get("container_duration"))
 
     def to_record(self) -> dict[str, Any]:
         """Plain data (no timestamps array) for manifests and state files."""
@@ -89,7 +96,7 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoProbe:
     try:
         times, end_time, backend = (*_decord_times(path, w, h, info["rotation"]), "decord")
     except _DecordCannot:
-        times, end_time, backend = (*_pyav_times(path), "pyav")
+        times, end_time, backend = (*pyav_times(path), "pyav")
     n = len(times)
     duration = end_time if n > 1 or end_time > 0 else 0.0
     steps = np.diff(times)
@@ -172,7 +179,7 @@ def _decodes(vr: Any, i: int) -> bool:
         return False
 
 
-def _pyav_times(path: str) -> tuple[np.ndarray, float]:
+def pyav_times(path: str) -> tuple[np.ndarray, float]:
     """Frame times from the demuxed packets (nothing decoded), for files decord cannot open."""
     import av
 

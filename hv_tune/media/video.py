@@ -17,7 +17,7 @@ import numpy as np
 
 from hv_tune.media.errors import MediaError
 from hv_tune.media.images import resize_to
-from hv_tune.media.probe import VideoProbe, probe_video
+from hv_tune.media.probe import VideoProbe, probe_video, pyav_times
 
 SEEK_GAP_S = 2.0  # PyAV: seek again rather than decode through more than this many seconds
 
@@ -53,7 +53,15 @@ class VideoFrames:
     @property
     def times(self) -> np.ndarray:
         """Presentation start time of every frame ``[num_frames]``, seconds from the first frame."""
+        if self.probe.times is None:  # a probe rebuilt from a record: read the index now
+            self.probe.times = self._read_times()
         return self.probe.times
+
+    def _read_times(self) -> np.ndarray:
+        if self.probe.backend != "decord":
+            return pyav_times(self.path)[0]
+        ts = self._reader().get_frame_timestamp(list(range(len(self))))[:, 0].astype(np.float64)  # [N] starts
+        return ts - ts[0]
 
     def __len__(self) -> int:
         return self.probe.num_frames
@@ -86,16 +94,25 @@ class VideoFrames:
 
         w, h = self.size
         try:
-            if self._decord is None:
-                native = (w, h) == (self.probe.width, self.probe.height)
-                kw = {} if native else {"width": w, "height": h}
-                self._decord = decord.VideoReader(self.path, num_threads=1, **kw)
-            frames = self._decord.get_batch(indices).asnumpy()
+            frames = self._reader().get_batch(indices).asnumpy()
         except (decord.DECORDError, RuntimeError, ValueError, IndexError) as e:
             raise MediaError(f"decode failed: {str(e).splitlines()[0][:200]}") from e
         if self.probe.rotation % 180 and frames.shape[1:3] == (w, h) and w != h:
             frames = np.rot90(frames, k=self.probe.rotation // 90, axes=(1, 2))  # a build that does not turn
         return np.ascontiguousarray(frames)
+
+    def _reader(self) -> Any:
+        """The decord reader (opened once), asked for the display-oriented output size."""
+        import decord
+
+        if self._decord is None:
+            w, h = self.size
+            kw = {} if (w, h) == (self.probe.width, self.probe.height) else {"width": w, "height": h}
+            try:
+                self._decord = decord.VideoReader(self.path, num_threads=1, **kw)
+            except (decord.DECORDError, RuntimeError, ValueError) as e:
+                raise MediaError(f"decode failed: {str(e).splitlines()[0][:200]}") from e
+        return self._decord
 
     def _get_pyav(self, indices: list[int]) -> np.ndarray:
         """Decode with PyAV: seek near each wanted frame, match frames to indices by timestamp."""
