@@ -91,7 +91,9 @@ def probe_video(path: str, max_pixels: int, max_duration_s: float, tolerance: fl
         probe = media_probe(path, max_pixels)
     except MediaError as e:
         msg = str(e)
-        raise RuntimeError(f"{msg}; raise probe.max_pixels to accept" if msg.startswith("too large") else msg) from e
+        if msg.startswith("too large"):  # "too large: WxH > N pixels" in curation's terms
+            msg = f"{msg.split(' > ')[0]} > probe.max_pixels {max_pixels}; raise it to accept"
+        raise RuntimeError(msg) from e
     if probe.duration > max_duration_s:
         raise RuntimeError(f"too long: {probe.duration:.0f} s > probe.max_duration_s {max_duration_s:.0f}")
     rec = probe.to_record()
