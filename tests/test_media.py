@@ -180,3 +180,24 @@ def test_cache_vfr_window_covers_one_second(vfr_clip, tmp_path):
     times = probe_video(vfr_clip).times
     span = times[items[0].indices[-1]] - times[items[0].indices[0]]
     assert span == pytest.approx(1.0, abs=0.03)  # by average fps (28) it would be 2.25 s
+
+
+def test_cache_summary_reports_tokens_dropped_from_a_long_caption(spec, tiny_model, tmp_path):
+    from hv_tune.data.encode import build_cache
+    from hv_tune.models import LoadOptions
+    from tests.conftest import cache_config
+
+    folder = tmp_path / "clips"
+    write_video(folder / "long.mp4", marked_frames(12, 32, 32, seed=10), fps=24)
+    words = " ".join(f"word{i}" for i in range(400))
+    (folder / "long.txt").write_text(words)
+    write_video(folder / "short.mp4", marked_frames(12, 32, 32, seed=11), fps=24)
+    (folder / "short.txt").write_text("a short caption")
+    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
+    n = len(enc.tokenizer(words, add_special_tokens=False).input_ids)
+    summary = build_cache(spec, cache_config(tiny_model, folder, tmp_path / "cache"), "cpu")
+    notes = [s.reason for s in summary.notes if s.path.startswith("caption")]
+    assert len(notes) == 1, notes  # the short caption fits
+    room = 256 - int(spec.encode_text(enc, [""], 2)["prompt_attention_mask"][0].sum())
+    assert notes[0].startswith(f"{n - room} of {n} tokens dropped by the text encoder (256-token limit)")
+    assert "tokens dropped by the second text encoder (77-token limit)" in notes[0]
