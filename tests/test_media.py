@@ -201,3 +201,12 @@ def test_cache_summary_reports_tokens_dropped_from_a_long_caption(spec, tiny_mod
     room = 256 - int(spec.encode_text(enc, [""], 2)["prompt_attention_mask"][0].sum())
     assert notes[0].startswith(f"{n - room} of {n} tokens dropped by the text encoder (256-token limit)")
     assert "tokens dropped by the second text encoder (77-token limit)" in notes[0]
+
+
+def test_demo_prints_a_readable_prompt():
+    from hv_tune.demo import readable_prompt
+
+    assert readable_prompt("a red circle  moves left") == "'a red circle moves left'"
+    junk = "sks, \u0000\u4f60\u597d\ufffd\u0007" + "\u0b85" * 20
+    shown = readable_prompt(junk)
+    assert shown.isascii() and shown.isprintable() and "'sks'" in shown and "random text" in shown
