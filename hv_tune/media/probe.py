@@ -41,6 +41,7 @@ class VideoProbe:
     vfr: bool = False
     container_frames: int = 0
     container_duration: float | None = None
+    start_time: float = 0.0  # presentation time of the first frame in the container (PyAV seeking)
 
     @property
     def duration(self) -> float:
@@ -64,7 +65,8 @@ class VideoProbe:
         """A probe rebuilt from ``to_record`` data; ``VideoFrames`` reads the timestamps when needed."""
         return cls(rec["num_frames"], rec["fps"], rec["width"], rec["height"], rec.get("rotation", 0),
                    rec.get("codec", ""), rec.get("backend", "decord"), None, rec.get("duration", 0.0),
-                   rec.get("vfr", False), rec.get("container_frames", 0), rec.get("container_duration"))
+                   rec.get("vfr", False), rec.get("container_frames", 0), rec.get("container_duration"),
+                   rec.get("start_time", 0.0))
 
     def to_record(self) -> dict[str, Any]:
         """Plain data (no timestamps array) for manifests and state files."""
@@ -73,7 +75,8 @@ class VideoProbe:
             "num_frames": self.num_frames, "fps": round(self.fps, 6), "width": self.width, "height": self.height,
             "duration": round(self.duration, 6), "rotation": self.rotation, "codec": self.codec,
             "backend": self.backend, "vfr": self.vfr, "container_frames": self.container_frames,
-            "container_duration": self.container_duration, "notes": [note] if note else [],
+            "container_duration": self.container_duration, "start_time": self.start_time,
+            "notes": [note] if note else [],
         }
 
 
@@ -94,16 +97,18 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoProbe:
     if max_pixels is not None and w * h > max_pixels:
         raise MediaError(f"too large: {w}x{h} > {max_pixels} pixels")
     try:
-        times, end_time, backend = (*_decord_times(path, w, h, info["rotation"]), "decord")
+        times, end_time = _decord_times(path, w, h)
+        backend, start_time = "decord", 0.0
     except _DecordCannot:
-        times, end_time, backend = (*pyav_times(path), "pyav")
+        times, end_time, start_time = pyav_times(path)
+        backend = "pyav"
     n = len(times)
     duration = end_time if n > 1 or end_time > 0 else 0.0
     steps = np.diff(times)
     vfr = bool(len(steps) > 1) and float(steps.max() - steps.min()) > VFR_SPREAD * float(steps.mean())
     fps = n / duration if duration > 0 else info["rate"]
     return VideoProbe(n, fps, w, h, info["rotation"], info["codec"], backend, times, end_time, vfr,
-                      info["frames"], info["duration"])
+                      info["frames"], info["duration"], start_time)
 
 
 def _container_info(path: str) -> dict[str, Any]:
@@ -140,7 +145,7 @@ class _DecordCannot(Exception):
     """decord cannot open this file (another decoder may)."""
 
 
-def _decord_times(path: str, width: int, height: int, rotation: int) -> tuple[np.ndarray, float]:
+def _decord_times(path: str, width: int, height: int) -> tuple[np.ndarray, float]:
     """Start times of the frames decord can decode, and the end of the last one."""
     import decord
 
@@ -179,8 +184,13 @@ def _decodes(vr: Any, i: int) -> bool:
         return False
 
 
-def pyav_times(path: str) -> tuple[np.ndarray, float]:
-    """Frame times from the demuxed packets (nothing decoded), for files decord cannot open."""
+def pyav_times(path: str) -> tuple[np.ndarray, float, float]:
+    """Frame times from the demuxed packets (nothing decoded), for files decord cannot open.
+
+    Returns:
+        start times ``[N]`` counted from the first frame, the end of the last frame, and the
+        first frame's presentation time in the container (seconds).
+    """
     import av
 
     with av.open(path) as container:
@@ -197,4 +207,4 @@ def pyav_times(path: str) -> tuple[np.ndarray, float]:
     p = np.asarray(pts, np.float64)[order]
     times = (p - p[0]) * tb
     last = durs[order[-1]] * tb or (float(np.median(np.diff(times))) if len(times) > 1 else 0.0)
-    return times, float(times[-1] + last)
+    return times, float(times[-1] + last), float(p[0] * tb)

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from hv_tune.media.errors import MediaError
-from hv_tune.media.images import resize_to
 from hv_tune.media.probe import VideoProbe, probe_video, pyav_times
 
 SEEK_GAP_S = 2.0  # PyAV: seek again rather than decode through more than this many seconds
@@ -59,7 +58,7 @@ class VideoFrames:
 
     def _read_times(self) -> np.ndarray:
         if self.probe.backend != "decord":
-            return pyav_times(self.path)[0]
+            return pyav_times(self.path)[0]  # (the probe's start_time stays valid)
         ts = self._reader().get_frame_timestamp(list(range(len(self))))[:, 0].astype(np.float64)  # [N] starts
         return ts - ts[0]
 
@@ -136,15 +135,13 @@ class VideoFrames:
 
     def _decode_from(self, container: Any, s: Any, first: int, wanted: set[int], got: dict[int, np.ndarray]) -> bool:
         """Seek before frame ``first`` and decode forward; False when nothing new was found."""
-        t0 = None
         found = False
-        start = float(s.start_time * s.time_base) if s.start_time is not None else 0.0
+        start = self.probe.start_time  # the first frame's presentation time: times count from it
         container.seek(int((self.times[first] + start) / s.time_base), stream=s, backward=True)
         for frame in container.decode(s):
             if frame.pts is None:
                 continue
             t = float(frame.pts * frame.time_base) - start
-            t0 = t if t0 is None else t0
             i = int(np.argmin(np.abs(self.times - t)))
             if i in wanted and i not in got:
                 got[i] = self._convert(frame)
@@ -162,12 +159,3 @@ class VideoFrames:
         arr = frame.to_ndarray(format="rgb24", width=sw, height=sh)
         return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
-
-def read_video_frames(path: str | Path, indices: Sequence[int], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Convenience: probe ``path`` and return frames ``indices`` at ``size``."""
-    return VideoFrames(path, size=size).get(indices)
-
-
-def resize_frames(frames: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``[N, H, W, 3]`` -> ``[N, height, width, 3]`` (bicubic)."""
-    return np.stack([resize_to(f, width, height) for f in frames]) if len(frames) else frames
