@@ -62,13 +62,15 @@ def test_mixed_sizes_and_skipped_files(tmp_path, tiny_config):
     Image.fromarray(marked_frames(1, 90, 150, seed=4)[0]).save(d / "still.png")
     (d / "portrait.txt").write_text("a caption")  # a caption: used, not skipped
     (d / "notes.xyz").write_text("not media")
-    cfg = tiny_config(*KEEP_ALL, "clip.batch_size=5")
+    cfg = tiny_config(*KEEP_ALL, "clip.batch_size=5", "caption.enabled=true", "caption.batch_size=4")
     result = run(cfg, d, tmp_path / "out")
     recs = {k: v[0] for k, v in _by_name(result.records).items()}
     assert {k: (r["status"], r["width"], r["height"]) for k, r in recs.items()} == {
         "portrait.mp4": ("accepted", 176, 320), "landscape.mp4": ("accepted", 320, 176),
         "av1.mp4": ("accepted", 128, 96), "still.png": ("accepted", 150, 90)}
     assert all("aesthetic" in r["scores"] for r in recs.values())
+    assert recs["portrait.mp4"]["caption_source"] == "user"  # portrait.txt
+    assert all(r["caption_source"] == "model" and r["caption"] for k, r in recs.items() if k != "portrait.mp4")
     assert any("decoded with PyAV" in n for n in recs["av1.mp4"]["probe_notes"])
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [f["rel"] for f in summary["skipped_files"]] == ["notes.xyz"]
