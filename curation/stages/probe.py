@@ -1,4 +1,4 @@
-"""Find input files and probe them: container metadata checked against what decord decodes.
+"""Find input files and probe them through hv_tune.media (display size, timestamps, decodable frames).
 
 The probe of one file runs in a separate process with a time limit and an address-space
 limit, because decord can allocate without bound on huge frames and hang on containers that
