@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from curation.config import load_config
-from curation.media import open_video, positions_to_indices, read_frames
+from curation.media import open_video, positions_to_indices
 from curation.pipeline import run
 from curation.samples import moving_shape, write_video
 from curation.stages.clip_scores import ClipScores
@@ -50,8 +50,8 @@ def bare_clip_seconds(stage: ClipScores, records: list[dict], positions: list[fl
     """Time ``encode_image`` alone on the frames the pipeline scored, in the pipeline's batch sizes."""
     frames = []
     for r in records:
-        reader = open_video(r["source"], r["width"], r["height"], short_side)
-        frames.append(read_frames(reader, positions_to_indices(r["start_frame"], r["end_frame"], positions)))
+        reader = open_video(r, short_side)
+        frames.append(reader.get(positions_to_indices(r["start_frame"], r["end_frame"], positions)))
     per_batch = [np.concatenate(frames[i : i + clips_per_batch]) for i in range(0, len(frames), clips_per_batch)]
     tensors = []
     for batch in per_batch:

@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     result = run(cfg, args.input_dir, args.out)
-    print(format_summary(summary(result.records)))
+    print(format_summary(summary(result.records, result.skipped)))
     print(f"manifest: {args.out / 'manifest.jsonl'}\nreport:   {args.out / 'report.html'}")
     print(json.dumps({"clips_scored": result.clips_scored, "captions_generated": result.captions_generated,
                       **{k: round(v, 2) for k, v in result.timings.items()}}))
@@ -68,7 +68,7 @@ def cmd_filter(args: argparse.Namespace) -> None:
     cfg = load_config(stored, args.overrides)
     result = refilter(cfg, args.out_dir)
     atomic_write_text(stored, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    print(format_summary(summary(result.records)))
+    print(format_summary(summary(result.records, result.skipped)))
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:

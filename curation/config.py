@@ -16,7 +16,9 @@ from typing import Any, Literal
 import yaml
 
 from curation.errors import ConfigError
-from curation.typedconf import apply_override, doc_field, from_dict
+from hv_tune import config as typed
+from hv_tune.config import doc_field
+from hv_tune.errors import ConfigError as TypedConfigError
 
 _f = doc_field
 
@@ -183,9 +185,12 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Cu
         ConfigError: naming the bad key and what to do.
     """
     raw = load_raw(path)
-    for item in overrides:
-        apply_override(raw, item)
-    cfg = from_dict(CurationConfig, raw)
+    try:  # hv_tune's typed loader (the one loader of the project); its errors become curation's
+        for item in overrides:
+            typed.apply_override(raw, item)
+        cfg = typed.from_dict(CurationConfig, raw)
+    except TypedConfigError as e:
+        raise ConfigError(str(e)) from e
     validate(cfg)
     return cfg
 

@@ -120,7 +120,11 @@ def write_manifest(out_dir: Path, records: Iterable[dict[str, Any]]) -> tuple[Pa
     rows = _uniform_scores([manifest_row(r) for r in records])
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     jsonl = atomic_write_text(out_dir / "manifest.jsonl", text)
-    table = Dataset.from_list(rows) if rows else Dataset.from_dict({k: [] for k in MANIFEST_FIELDS})
+    # parquet cannot store a struct without fields: when no clip has any score (nothing was
+    # scored), the columns hold nulls there; manifest.jsonl keeps its {}
+    empty = [k for k in ("scores", "metrics") if not any(r[k] for r in rows)]
+    prows = [{**r, **{k: None for k in empty}} for r in rows]
+    table = Dataset.from_list(prows) if rows else Dataset.from_dict({k: [] for k in MANIFEST_FIELDS})
     parquet = atomic_write(out_dir / "manifest.parquet", lambda p: table.to_parquet(str(p)))
     return jsonl, parquet
 

@@ -1,8 +1,8 @@
-"""Decoding by seeking: decord for videos, PIL for images, always at a bounded size.
+"""Curation's frame picking on top of ``hv_tune.media`` (the one media layer of the project).
 
-decord resizes while decoding, so a 4K source costs the same memory per returned frame as a
-small one. Its resize needs a width that is a multiple of 32 (other widths can fail with a
-buffer-size check), so widths are rounded to 32.
+``hv_tune.media`` decides what a file contains: display size (rotation, EXIF), timestamps,
+upright frames (decord by seeking, PyAV for formats decord cannot open), image pixels and
+caption text. This module only chooses *which* frames a stage wants and at what size.
 """
 
 from __future__ import annotations
@@ -12,57 +12,36 @@ from typing import Any
 
 import numpy as np
 
-
-def scaled_size(width: int, height: int, short_side: int, multiple: int = 32) -> tuple[int, int]:
-    """Output (width, height): short side near ``short_side`` (never upscaled), width a multiple of 32."""
-    scale = min(1.0, short_side / max(1, min(width, height)))
-    w = max(multiple, int(round(width * scale / multiple)) * multiple)
-    h = max(2, int(round(height * (w / width) / 2)) * 2)
-    return w, h
+from hv_tune.media import VideoFrames, VideoProbe, read_image, resize_to, scaled_size
 
 
-def open_video(path: str, width: int, height: int, short_side: int | None) -> Any:
-    """A decord ``VideoReader`` that decodes frames at a bounded size (RGB, uint8).
+def open_video(rec: dict[str, Any], short_side: int | None) -> VideoFrames:
+    """Frames of a clip or file record's video, upright, short side near ``short_side`` (None = full size).
 
-    ``short_side=None`` decodes at the source size (used only to cut clips, chunk by chunk).
+    ``rec`` carries the probe facts (``width``/``height`` display size, ``rotation``, ``backend``,
+    ``num_frames``), either as a clip record or as a file record's ``probe``.
     """
-    import decord
-
-    if short_side is None:
-        return decord.VideoReader(path, num_threads=1)
-    w, h = scaled_size(width, height, short_side)
-    return decord.VideoReader(path, num_threads=1, width=w, height=h)
+    meta = rec.get("probe") or rec
+    probe = VideoProbe.from_record({**meta, "num_frames": meta.get("source_frames", meta["num_frames"])})
+    size = None if short_side is None else scaled_size(probe.width, probe.height, short_side)
+    return VideoFrames(rec["source"], probe, size)
 
 
-def read_frames(reader: Any, indices: Sequence[int]) -> np.ndarray:
-    """Frames at ``indices`` by seeking: ``[N, H, W, 3]`` uint8."""
-    return reader.get_batch(list(indices)).asnumpy()
-
-
-def frame_times(reader: Any, indices: Sequence[int]) -> np.ndarray:
-    """Presentation start time in seconds of each frame (from the index, nothing decoded)."""
-    return reader.get_frame_timestamp(list(indices))[:, 0].astype(np.float64)
-
-
-def read_image(path: str, short_side: int) -> np.ndarray:
-    """An image as ``[1, H, W, 3]`` uint8 RGB, resized to ``short_side`` (never upscaled)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = scaled_size(im.width, im.height, short_side, multiple=2)
-        if (w, h) != im.size:
-            im = im.resize((w, h), Image.BICUBIC)
-        return np.asarray(im)[None]
+def image_frames(path: str, short_side: int | None) -> np.ndarray:
+    """An image as ``[1, H, W, 3]`` uint8, upright, short side ``short_side`` (never upscaled)."""
+    img = read_image(path)
+    if short_side is not None:
+        h, w = img.shape[:2]
+        w2, h2 = scaled_size(w, h, short_side, multiple=2)
+        img = resize_to(img, w2, h2)
+    return img[None]
 
 
 def read_clip_frames(rec: dict[str, Any], indices: Sequence[int], short_side: int) -> np.ndarray:
     """Frames of a clip record's source (video or image) at ``indices``: ``[N, H, W, 3]``."""
     if rec["kind"] == "image":
-        img = read_image(rec["source"], short_side)
-        return np.repeat(img, len(indices), axis=0)
-    reader = open_video(rec["source"], rec["width"], rec["height"], short_side)
-    return read_frames(reader, indices)
+        return np.repeat(image_frames(rec["source"], short_side), len(indices), axis=0)
+    return open_video(rec, short_side).get(indices)
 
 
 def positions_to_indices(start: int, end: int, positions: Sequence[float]) -> list[int]:

@@ -8,6 +8,7 @@ crash, a SIGKILL, or with new thresholds) reuses everything whose fingerprint ma
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from curation.stages.probe import Probe, discover
 from curation.stages.scenes import SceneSplit
 from hv_tune.io import atomic_write_text
 
+# Bumped when hv_tune.media changes what a file contains (2: display rotation, EXIF, timestamps):
+# results stored by an older version are recomputed.
+MEDIA_VERSION = 2
 SCORE_FIELDS = ("status", "reasons", "scores", "metrics", "embedding", "scored")
 
 
@@ -43,6 +47,7 @@ class RunResult:
     captions_generated: int = 0
     caption_calls: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # walked files not used, with the reason
 
 
 @dataclass
@@ -61,7 +66,7 @@ class State:
 
 def fingerprints(cfg: CurationConfig) -> dict[str, str]:
     """Settings that decide each stored result; changing one recomputes only that result."""
-    split = fingerprint(cfg.probe, cfg.scenes)
+    split = fingerprint(MEDIA_VERSION, cfg.probe, cfg.scenes)
     return {
         "split": split,
         "score": fingerprint(split, cfg.frames, cfg.motion, dataclasses.replace(cfg.clip, batch_size=0, device="")),
@@ -88,7 +93,9 @@ def run(cfg: CurationConfig, input_dir: Path, out_dir: Path, stages: dict[str, A
     state, fps = State.open(out_dir), fingerprints(cfg)
     stages = stages or {}
     result = RunResult([], out_dir)
-    files = split_files(cfg, discover(input_dir, cfg.input), state, fps["split"])
+    skipped: list[dict[str, str]] = []
+    files = split_files(cfg, discover(input_dir, cfg.input, skipped), state, fps["split"])
+    atomic_write_text(out_dir / "state" / "skipped.json", json.dumps(skipped, ensure_ascii=False, indent=1) + "\n")
     result.timings["split_s"] = time.perf_counter() - t0
     clips = [c for f in files for c in f["clips"]]
     clips = score_clips(cfg, clips, state, fps["score"], stages, result)
@@ -103,7 +110,9 @@ def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_d
     t1 = time.perf_counter()
     records = caption_clips(cfg, records, state, out_dir, stages, result)
     result.timings["caption_s"] = time.perf_counter() - t1
-    result.records = export_all(cfg, records, out_dir)
+    skipped_path = out_dir / "state" / "skipped.json"
+    skipped = json.loads(skipped_path.read_text(encoding="utf-8")) if skipped_path.is_file() else []
+    result.records, result.skipped = export_all(cfg, records, out_dir, skipped), skipped
     result.timings["total_s"] = time.perf_counter() - t0
     return result
 
@@ -159,7 +168,9 @@ def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: Sta
             stored = state.captions.get(rec["id"], fp)
             user = None if cfg.caption.overwrite else user_caption(rec, clips_dir, stored)
             if user is not None:
-                rec.update(caption=user, caption_source="user")
+                rec.update(caption=user[0], caption_source="user")
+                if user[1]:
+                    rec["probe_notes"] = [*rec.get("probe_notes", []), user[1]]
             elif stored is not None:
                 rec.update(caption=stored["caption"], caption_source="model")
             elif cfg.caption.enabled:

@@ -117,7 +117,17 @@ def card(rec: dict[str, Any], thumb: str | None) -> str:
     return "".join(parts)
 
 
-def render(records: list[dict[str, Any]], thumbs: dict[str, str | None], title: str) -> str:
+def skipped_section(skipped: list[dict[str, str]]) -> str:
+    """The walked files that were not used, each with its reason (empty when none)."""
+    if not skipped:
+        return ""
+    e = html.escape
+    items = "".join(f"<li><code>{e(f['rel'])}</code>: {e(f['reason'])}</li>" for f in skipped)
+    return f'<section id="skipped"><h2>Skipped files ({len(skipped)})</h2><ul>{items}</ul></section>'
+
+
+def render(records: list[dict[str, Any]], thumbs: dict[str, str | None], title: str,
+           skipped: list[dict[str, str]] = ()) -> str:
     """The whole page as a string."""
     e = html.escape
     keys = sorted({k for r in records for k in (r.get("scores") or {})})
@@ -135,16 +145,19 @@ def render(records: list[dict[str, Any]], thumbs: dict[str, str | None], title: 
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         f"<style>{STYLE}</style></head><body><header><h1>{e(title)}</h1>"
-        f"<div>{s['clips']} clips: {s['accepted']} accepted, {s['rejected']} rejected, {s['error']} errors</div>"
+        f"<div>{s['clips']} clips: {s['accepted']} accepted, {s['rejected']} rejected, {s['error']} errors, "
+        f"{len(skipped)} files skipped</div>"
         f'{controls}</header><div class="cols">'
         f'<section class="col" id="accepted"><h2>Accepted (<span class="count"></span>)</h2><div class="cards">{left}</div></section>'
         f'<section class="col" id="rejected"><h2>Rejected and errors (<span class="count"></span>)</h2>'
-        f'<div class="cards">{right}</div></section></div><script>{SCRIPT}</script></body></html>\n'
+        f'<div class="cards">{right}</div></section></div>{skipped_section(list(skipped))}'
+        f'<script>{SCRIPT}</script></body></html>\n'
     )
 
 
-def write_report(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path) -> Path:
-    """Write ``OUT_DIR/report.html`` atomically."""
+def write_report(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
+                 skipped: list[dict[str, str]] = ()) -> Path:
+    """Write ``OUT_DIR/report.html`` atomically (``skipped``: walked files not used, with reasons)."""
     cache = out_dir / "state" / "thumbs"
     thumbs = {r["id"]: thumbnail_strip(r, cfg.frames.positions, cfg.export.thumb_height, cache) for r in records}
-    return atomic_write_text(out_dir / "report.html", render(records, thumbs, f"Curation report: {out_dir.name}"))
+    return atomic_write_text(out_dir / "report.html", render(records, thumbs, f"Curation report: {out_dir.name}", skipped))

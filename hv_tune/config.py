@@ -6,6 +6,7 @@ Every field is defined once here with its type, default and a one-line doc (the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -23,10 +24,13 @@ from hv_tune.paths import check_folder, check_model_path, expand_path
 
 
 def _f(default: Any, doc: str, **kw: Any) -> Any:
-    """A dataclass field with a docstring (``default_factory`` for lists and dicts)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc}, **kw)
+    """A dataclass field with a docstring (``default_factory`` for lists, dicts and dataclasses)."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"doc": doc}, **kw)
     return field(default=default, metadata={"doc": doc}, **kw)
+
+
+doc_field = _f  # the public name: other typed configs (curation) define their fields with it
 
 
 @dataclass
@@ -216,7 +220,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
     for item in overrides:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     expand_memory_preset(raw)
     cfg = from_dict(Config, raw, prefix="")
     expand_paths(cfg)
@@ -238,7 +242,8 @@ def expand_paths(cfg: Config) -> None:
         src.path = expand_path(src.path, f"data.sources[{i}].path")
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to the nested dict ``raw``."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.path=value (e.g. lora.rank=32)")
     key, value = item.split("=", 1)
@@ -251,8 +256,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
 
 
-def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from a dict, checking keys and types (recursively)."""
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, checking keys and types (recursively).
+
+    Generic: any nested dataclass config (hv_tune's ``Config``, curation's ``CurationConfig``).
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"config key {prefix.rstrip('.') or '<root>'!r} must be a mapping")
     hints = typing.get_type_hints(cls)
@@ -302,6 +310,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        val_tp = typing.get_args(tp)[1]
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string

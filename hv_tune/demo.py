@@ -39,6 +39,23 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     prompt = read_index(cfg.data.cache_dir)[0].captions[0]
     req = SampleRequest(prompt, 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale)
     sample = write_video(generate(pipe, req), out / "sample.mp4")
-    print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}  ({req.prompt!r})")
+    print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}")
+    print(f"prompt: {readable_prompt(req.prompt)}")
     print(f"demo finished in {time.time() - t0:.0f} s")
     return {"model": model_dir, "lora": lora, "sample": sample}
+
+
+def readable_prompt(prompt: str, limit: int = 72) -> str:
+    """The sample prompt for the terminal: quoted when it is text, else what it is.
+
+    Curated demo clips are captioned by a tiny *random* vision-language model, whose captions
+    are arbitrary tokens from its vocabulary (often control or non-Latin characters); printing
+    them would put junk on the last line.
+    """
+    text = " ".join(prompt.split())
+    plain = sum(c.isascii() and c.isprintable() for c in text)
+    if text and plain >= 0.9 * len(text):
+        return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+    head = text.split(",")[0] if "," in text else ""
+    trigger = f" after the trigger word {head!r}" if head.isascii() and head.isprintable() and head else ""
+    return f"the first training caption: {len(text)} characters of random text{trigger} (tiny random captioner)"

@@ -16,8 +16,7 @@ import torch
 from curation.config import CaptionConfig
 from curation.media import evenly_spaced, read_clip_frames
 from curation.stages.clip_scores import resolve_device
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from hv_tune.media import read_caption_file
 
 
 def build_prompt(cfg: CaptionConfig, rec: dict[str, Any]) -> str:
@@ -34,21 +33,28 @@ def with_trigger(caption: str, trigger: str) -> str:
     return f"{trigger}, {caption}"
 
 
-def user_caption(rec: dict[str, Any], clips_dir: Path, stored: dict[str, Any] | None) -> str | None:
-    """A caption the user wrote: ``clips/ID.txt`` edited after export, or ``<source>.txt``.
+def user_caption(rec: dict[str, Any], clips_dir: Path, stored: dict[str, Any] | None) -> tuple[str, str | None] | None:
+    """A caption the user wrote, ``(text, note)``: ``clips/ID.txt`` edited after export, or ``<source>.txt``.
 
-    A ``clips/ID.txt`` equal to the stored model caption is ours, not the user's.
+    A ``clips/ID.txt`` equal to the stored model caption is ours, not the user's. Files are read
+    by ``hv_tune.media.read_caption_file`` (the cache's reader too): UTF-8 with or without BOM,
+    UTF-16 by BOM, else cp1252 with a note.
     """
     exported = clips_dir / f"{rec['id']}.txt"
     if exported.is_file():
-        text = exported.read_text(encoding="utf-8").strip()
+        text, note = read_caption_file(exported)
+        text = text.strip()
         if text and (stored is None or text != stored.get("caption")):
-            return text
+            return text, _note(exported, note)
     sidecar = Path(rec["source"]).with_suffix(".txt")
     if sidecar.is_file():
-        text = sidecar.read_text(encoding="utf-8").strip()
-        return text or None
+        text, note = read_caption_file(sidecar)
+        return (text.strip(), _note(sidecar, note)) if text.strip() else None
     return None
+
+
+def _note(path: Path, note: str | None) -> str | None:
+    return f"{path.name}: {note}" if note else None
 
 
 class CaptionFrames:
@@ -98,7 +104,9 @@ class Captioner:
             return
         c = self.cfg
         self.device = resolve_device(c.device)
-        dtype = DTYPES.get(c.dtype, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        from hv_tune.models.base import resolve_dtype  # the project's one dtype table (auto = bf16 on GPU)
+
+        dtype = resolve_dtype(c.dtype, self.device)
         kw = {"revision": c.revision, "trust_remote_code": False}
         self.processor = AutoProcessor.from_pretrained(c.model, **kw)
         self.processor.tokenizer.padding_side = "left"  # generation appends on the right

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,12 @@ class ClipScores:
         return torch.stack(rows)
 
     @torch.no_grad()
-    def embed(self, frames: np.ndarray) -> torch.Tensor:
-        """Unnormalised image embeddings of uint8 frames ``[N, H, W, 3]`` -> ``[N, D]`` float32."""
+    def embed(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """Unnormalised image embeddings of uint8 frames (each ``[H, W, 3]``, any sizes) -> ``[N, D]`` float32.
+
+        Each frame goes through open_clip's own preprocess on its own (resize, centre crop,
+        normalise), so frames of any size and orientation share a batch.
+        """
         from PIL import Image
 
         self.setup()
@@ -153,7 +158,7 @@ class ClipScores:
         if not todo:
             return records
         counts = [len(r["_frames"]) for r in todo]
-        emb = self.embed(np.concatenate([r["_frames"] for r in todo]))
+        emb = self.embed([f for r in todo for f in r["_frames"]])  # a list: clips differ in size
         scored = {}
         for rec, e in zip(todo, torch.split(emb, counts)):
             scored[rec["id"]] = self.scores_of(rec, e)

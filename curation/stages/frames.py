@@ -1,7 +1,7 @@
 """Frame sampling by seeking: a few frames per clip for CLIP, and a ~2 fps run for motion.
 
-Nothing decodes a whole file here: decord seeks to each requested index. Sources are opened
-once per batch, at ``frames.short_side``.
+Nothing decodes a whole file here: ``hv_tune.media`` seeks to each requested index and returns
+upright frames. Sources are opened once per batch, at ``frames.short_side``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from curation.config import FramesConfig, MotionConfig
-from curation.media import frame_times, open_video, positions_to_indices, read_frames, read_image
+from curation.media import image_frames, open_video, positions_to_indices
 
 
 def motion_indices(start: int, end: int, times: np.ndarray, fps: float, max_pairs: int) -> list[int]:
@@ -52,18 +52,18 @@ class SampleFrames:
             return rec
         try:
             if rec["kind"] == "image":
-                img = read_image(rec["source"], self.frames.short_side)
+                img = image_frames(rec["source"], self.frames.short_side)
                 frames = np.repeat(img, len(self.frames.positions), axis=0)
                 return {**rec, "_frames": frames, "_motion": None, "_motion_times": None}
             if rec["source"] not in readers:
-                readers[rec["source"]] = open_video(rec["source"], rec["width"], rec["height"], self.frames.short_side)
+                readers[rec["source"]] = open_video(rec, self.frames.short_side)
             reader = readers[rec["source"]]
             s, e = rec["start_frame"], rec["end_frame"]
-            frames = read_frames(reader, positions_to_indices(s, e, self.frames.positions))
-            m_idx = motion_indices(s, e, frame_times(reader, range(s, e)), self.motion.fps, self.motion.max_pairs)
-            motion = read_frames(reader, m_idx)
+            frames = reader.get(positions_to_indices(s, e, self.frames.positions))
+            m_idx = motion_indices(s, e, reader.times[s:e], self.motion.fps, self.motion.max_pairs)
+            motion = reader.get(m_idx)
         except Exception as e:  # decoder errors: the clip is an error record, the run goes on
             msg = " ".join(str(e).split())[:300]
             return {**rec, "status": "error", "reasons": [f"unreadable: {msg}"]}
         gray = (motion.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
-        return {**rec, "_frames": frames, "_motion": gray, "_motion_times": frame_times(reader, m_idx)}
+        return {**rec, "_frames": frames, "_motion": gray, "_motion_times": reader.times[m_idx]}

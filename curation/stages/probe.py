@@ -1,4 +1,4 @@
-"""Find input files and probe them: container metadata checked against what decord decodes.
+"""Find input files and probe them through hv_tune.media (display size, timestamps, decodable frames).
 
 The probe of one file runs in a separate process with a time limit and an address-space
 limit, because decord can allocate without bound on huge frames and hang on containers that
@@ -17,16 +17,18 @@ from curation.config import InputConfig, ProbeConfig
 # ----------------------------------------------------------------------------- discovery
 
 
-def discover(input_dir: Path, cfg: InputConfig) -> list[dict[str, Any]]:
+def discover(input_dir: Path, cfg: InputConfig, skipped: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """Walk ``input_dir`` recursively (following symlinks, once per real folder).
 
     Returns one file record per video or image, sorted by relative path. Files that cannot be
-    resolved (a symlink loop, a dangling link) become records with an ``error``.
+    resolved (a symlink loop, a dangling link) become records with an ``error``. Every other
+    file the walk sees is used (a media file, or the ``.txt`` caption of one) or appended to
+    ``skipped`` as ``{"rel", "reason"}``.
     """
     input_dir = Path(input_dir)
     exts = {e.lower(): "video" for e in cfg.video_extensions} | {e.lower(): "image" for e in cfg.image_extensions}
     seen_dirs: set[str] = set()
-    records = []
+    records, others = [], []
     for root, dirs, files in os.walk(input_dir, followlinks=True):
         real = os.path.realpath(root)
         if real in seen_dirs:  # a folder reached twice through links: a loop or a duplicate
@@ -35,12 +37,29 @@ def discover(input_dir: Path, cfg: InputConfig) -> list[dict[str, Any]]:
         seen_dirs.add(real)
         dirs.sort()
         for name in sorted(files):
+            path = Path(root) / name
+            rel = path.relative_to(input_dir).as_posix()
             kind = exts.get(Path(name).suffix.lower())
             if kind is None or name.startswith("."):
+                others.append((rel, skip_reason(name, kind)))
                 continue
-            path = Path(root) / name
-            records.append(_file_record(path, path.relative_to(input_dir).as_posix(), kind))
+            records.append(_file_record(path, rel, kind))
+    if skipped is not None:
+        stems = {Path(r["rel"]).with_suffix("").as_posix() for r in records}
+        skipped += [{"rel": rel, "reason": reason} for rel, reason in sorted(others)
+                    if not (rel.lower().endswith(".txt") and Path(rel).with_suffix("").as_posix() in stems)]
     return sorted(records, key=lambda r: r["rel"])
+
+
+def skip_reason(name: str, kind: str | None) -> str:
+    """Why the walk does not use a file (it is not a caption of a media file either)."""
+    if name.startswith("."):
+        return "hidden file"
+    ext = Path(name).suffix.lower() or "(none)"
+    if ext == ".txt":
+        return "caption without a media file of the same name"
+    return (f"unsupported extension {ext} (if it is a video or image, add it to input.video_extensions "
+            "or input.image_extensions)")
 
 
 def _file_record(path: Path, rel: str, kind: str) -> dict[str, Any]:
@@ -57,83 +76,47 @@ def _file_record(path: Path, rel: str, kind: str) -> dict[str, Any]:
 
 
 def probe_video(path: str, max_pixels: int, max_duration_s: float, tolerance: float = 0.0) -> dict[str, Any]:
-    """Container metadata (PyAV) checked against decord's reality. Runs in the probe process.
+    """``hv_tune.media.probe_video`` plus curation's limits. Runs in the probe process.
 
     Returns:
-        ``{"num_frames", "fps", "width", "height", "duration", "container_frames", "vfr",
-        "notes"}``; ``num_frames`` counts frames decord can decode (the last one is decoded).
+        The probe as plain data (display size, fps, duration, rotation, codec, vfr, notes).
 
     Raises:
         RuntimeError: with a readable message when the file cannot be used.
     """
-    import av
-    import decord
+    from hv_tune.media import MediaError
+    from hv_tune.media import probe_video as media_probe
 
-    if os.path.getsize(path) == 0:
-        raise RuntimeError("empty file (0 bytes)")
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise RuntimeError("no video stream")
-        s = container.streams.video[0]
-        width, height = s.codec_context.width, s.codec_context.height
-        container_frames = int(s.frames or 0)
-        container_dur = float(s.duration * s.time_base) if s.duration else None
-    if width * height > max_pixels:
-        raise RuntimeError(f"too large: {width}x{height} > probe.max_pixels {max_pixels}; raise it to accept")
-    # Decode a small proxy: the bytes decord needs per frame stay bounded whatever the source size.
-    vr = decord.VideoReader(path, num_threads=1, width=64, height=max(2, round(64 * height / width / 2) * 2))
-    n = len(vr)
-    if n < 1:
-        raise RuntimeError("no decodable frames")
-    n = _last_decodable(vr, n)
-    ts = vr.get_frame_timestamp(list(range(n)))  # [n, 2] start/end seconds, from the index
-    duration = float(ts[-1][1] - ts[0][0]) if n > 1 else float(ts[0][1] - ts[0][0])
-    if duration > max_duration_s:
-        raise RuntimeError(f"too long: {duration:.0f} s > probe.max_duration_s {max_duration_s:.0f}")
-    steps = [float(ts[i + 1][0] - ts[i][0]) for i in range(n - 1)]
-    vfr = bool(steps) and (max(steps) - min(steps)) > 0.25 * (sum(steps) / len(steps))
-    fps = n / duration if duration > 0 else float(vr.get_avg_fps())
-    notes = []
-    if container_frames and abs(container_frames - n) > tolerance * n:
-        notes.append(f"container says {container_frames} frames, {n} decodable")
-    return {
-        "num_frames": n, "fps": round(fps, 6), "width": width, "height": height, "duration": round(duration, 6),
-        "container_frames": container_frames, "container_duration": container_dur, "vfr": vfr, "notes": notes,
-    }
-
-
-def _last_decodable(vr: Any, n: int) -> int:
-    """Frame count that really decodes: the index may promise frames the data lacks."""
-    lo, hi = 0, n - 1  # invariant: frame lo decodes (checked first), frames > hi are unknown
-    if _decodes(vr, hi):
-        return n
-    if not _decodes(vr, 0):
-        raise RuntimeError("the first frame does not decode")
-    while lo < hi - 1:  # binary search by seeking, at most log2(n) decodes
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _decodes(vr, mid) else (lo, mid)
-    return lo + 1
-
-
-def _decodes(vr: Any, i: int) -> bool:
     try:
-        vr.get_batch([i]).asnumpy()
-        return True
-    except Exception:  # decord raises its own error types for bad data
-        return False
+        probe = media_probe(path, max_pixels)
+    except MediaError as e:
+        msg = str(e)
+        if msg.startswith("too large"):  # "too large: WxH > N pixels" in curation's terms
+            msg = f"{msg.split(' > ')[0]} > probe.max_pixels {max_pixels}; raise it to accept"
+        raise RuntimeError(msg) from e
+    if probe.duration > max_duration_s:
+        raise RuntimeError(f"too long: {probe.duration:.0f} s > probe.max_duration_s {max_duration_s:.0f}")
+    rec = probe.to_record()
+    n, container_frames = probe.num_frames, probe.container_frames
+    if container_frames and abs(container_frames - n) > tolerance * n:
+        rec["notes"].append(f"container says {container_frames} frames, {n} decodable")
+    if probe.rotation:
+        rec["notes"].append(f"display rotation {probe.rotation} (frames used upright, {probe.width}x{probe.height})")
+    if probe.backend != "decord":
+        rec["notes"].append(f"codec {probe.codec} decoded with PyAV (decord cannot open it)")
+    return rec
 
 
 def probe_image(path: str, max_pixels: int) -> dict[str, Any]:
-    """Size of an image, checked by decoding it fully."""
-    from PIL import Image
+    """Display size of an image (EXIF orientation applied), checked by decoding it fully."""
+    from hv_tune.media import image_size, read_image
 
     if os.path.getsize(path) == 0:
         raise RuntimeError("empty file (0 bytes)")
-    with Image.open(path) as im:
-        width, height = im.size
-        if width * height > max_pixels:
-            raise RuntimeError(f"too large: {width}x{height} > probe.max_pixels {max_pixels}; raise it to accept")
-        im.load()
+    width, height = image_size(path)
+    if width * height > max_pixels:
+        raise RuntimeError(f"too large: {width}x{height} > probe.max_pixels {max_pixels}; raise it to accept")
+    read_image(path)
     return {"num_frames": 1, "fps": 0.0, "width": width, "height": height, "duration": 0.0,
             "container_frames": 1, "vfr": False, "notes": []}
 

@@ -1,4 +1,4 @@
-"""Scene split with PySceneDetect's AdaptiveDetector on frames decoded by decord.
+"""Scene split with PySceneDetect's AdaptiveDetector on upright frames from ``hv_tune.media``.
 
 ContentDetector alone over-splits on camera motion; AdaptiveDetector compares each frame's
 content change with its neighbours'. Frames next to a cut often blend both shots (encoders
@@ -14,7 +14,7 @@ import numpy as np
 
 from curation.config import ScenesConfig
 from curation.manifest import clip_id
-from curation.media import open_video, read_frames
+from curation.media import open_video
 
 CHUNK = 64  # frames decoded per get_batch call while detecting: bounds memory
 
@@ -29,7 +29,7 @@ def detect_cuts(reader: Any, num_frames: int, cfg: ScenesConfig) -> list[int]:
     )
     cuts: list[int] = []
     for start in range(0, num_frames, CHUNK):
-        frames = read_frames(reader, range(start, min(num_frames, start + CHUNK)))
+        frames = reader.get(range(start, min(num_frames, start + CHUNK)))
         for i, frame in enumerate(frames):
             # PySceneDetect expects BGR frames (OpenCV order): [H, W, RGB] -> [H, W, BGR]
             cuts += det.process_frame(start + i, np.ascontiguousarray(frame[:, :, ::-1]))
@@ -95,10 +95,9 @@ class SceneSplit:
                 times, end_time, cuts = np.zeros(1), 0.0, []
                 spans: list[tuple[int, int, str | None]] = [(0, 1, None)]
             else:
-                reader = open_video(rec["source"], p["width"], p["height"], _short_for(p, self.cfg.detect_width))
+                reader = open_video(rec, _short_for(p, self.cfg.detect_width))
                 n = p["num_frames"]
-                ts = reader.get_frame_timestamp(list(range(n)))  # [N, 2] start/end seconds
-                times, end_time = ts[:, 0].astype(np.float64), float(ts[-1, 1])
+                times, end_time = reader.times, float(p["duration"])  # presentation timestamps (VFR-safe)
                 cuts = detect_cuts(reader, n, self.cfg)
                 spans = split_spans(times, end_time, cuts, self.cfg)
         except Exception as e:  # a decoder failure mid-file: the file is one error record
@@ -123,7 +122,8 @@ def clip_record(
         "id": clip_id(rec["rel"], start, end), "source": rec["source"], "rel": rec["rel"], "kind": rec["kind"],
         "start_frame": start, "end_frame": end, "num_frames": end - start,
         "start_time": round(float(times[start]), 6), "end_time": round(_t(times, end_time, end), 6),
-        "fps": p["fps"], "width": p["width"], "height": p["height"],
+        "fps": p["fps"], "width": p["width"], "height": p["height"],  # display size (rotation applied)
+        "rotation": p.get("rotation", 0), "backend": p.get("backend", "decord"), "source_frames": p["num_frames"],
         "status": "rejected" if reason else "pending", "reasons": [reason] if reason else [],
         "scores": {}, "metrics": {}, "caption": None, "caption_source": None, "clip_path": None,
         "probe_notes": list(p.get("notes", [])),

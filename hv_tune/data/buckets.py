@@ -3,14 +3,18 @@
 Resolution buckets keep a target pixel area with sides that are multiples of 16; a
 clip goes to the bucket of nearest aspect ratio, is resized to cover it and centre
 cropped. Frame selection first resamples the clip to the model frame rate (24 fps for
-HunyuanVideo), then picks windows of a 4k+1 frame bucket.
+HunyuanVideo) by presentation timestamps, then picks windows of a 4k+1 frame bucket.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+import numpy as np
 
 MULTIPLE = 16
+TIME_EPS = 1e-4  # seconds: container timestamps are float32 (decord); far below any frame step
 
 
 def resolution_buckets(resolution: int, min_side: int = 256, max_ratio: float = 2.5) -> list[tuple[int, int]]:
@@ -72,6 +76,28 @@ def resampled_indices(num_frames: int, src_fps: float, dst_fps: float) -> list[i
     step = src_fps / dst_fps
     count = math.ceil(num_frames / step - 1e-9)
     return [min(num_frames - 1, int(math.floor(j * step + 1e-9))) for j in range(count)]
+
+
+def resampled_by_time(times: Sequence[float], end_time: float, dst_fps: float) -> list[int]:
+    """Source frame on screen at each tick of a ``dst_fps`` clock, by presentation timestamps.
+
+    Output frame j shows at ``times[0] + j / dst_fps``; the source frame on screen then is the
+    last one that started at or before it (sample and hold). Ticks run until ``end_time``, the
+    end of the last source frame. Unlike ``resampled_indices`` this keeps the real speed of a
+    variable-frame-rate source: 25 output frames at 24 fps always cover ~1.04 s of it.
+
+    Args:
+        times: start time in seconds of every source frame, ascending ``[N]``.
+        end_time: end of the last frame in seconds.
+        dst_fps: the model frame rate.
+    """
+    t = np.asarray(times, np.float64)
+    if len(t) == 0:
+        return []
+    count = max(1, math.ceil((end_time - t[0]) * dst_fps - 1e-6))
+    ticks = t[0] + np.arange(count) / dst_fps
+    idx = np.searchsorted(t, ticks + TIME_EPS, side="right") - 1
+    return idx.clip(0, len(t) - 1).tolist()
 
 
 def frame_bucket_for(length: int, frame_buckets: list[int]) -> int | None:

@@ -1,65 +1,47 @@
-"""Reading pixels: videos with decord (by seeking, resized in the decoder), images with PIL.
+"""Pixels for the cache: videos and images through ``hv_tune.media``, resized to a bucket.
 
+``hv_tune.media`` decides what a file contains (display size after rotation or EXIF
+orientation, frame timestamps, decoded frames), the same way for curation and the cache.
 Every failure raises ``MediaError`` with a short reason; the cache stage turns it into
 a skipped item and goes on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from hv_tune.data.buckets import cover_size
+from hv_tune.media import MediaError, VideoFrames, VideoProbe, image_to_rgb, read_image
+from hv_tune.media import probe_video as _probe
+
+__all__ = ["MediaError", "VideoInfo", "center_crop", "decoder_size", "image_to_rgb", "probe_video",
+           "read_image", "read_video", "resize_cover", "to_pixels"]
 
 MAX_DECODE_PIXELS = 4096 * 4096  # a frame bigger than this is refused rather than decoded
 
-
-class MediaError(Exception):
-    """A media file cannot be used; the message says why."""
-
-
-@dataclass
-class VideoInfo:
-    num_frames: int
-    fps: float
-    height: int
-    width: int
+VideoInfo = VideoProbe  # frame count, average fps, display size, timestamps (hv_tune.media)
 
 
 def probe_video(path: Path) -> VideoInfo:
-    """Frame count, fps and size, from the container index (no full decode)."""
-    import decord
-
+    """Frame count, timestamps and display size, from the container index (no full decode)."""
     if not path.is_file():
         raise MediaError("file vanished")
     if path.stat().st_size == 0:
         raise MediaError("zero-byte file")
     try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), width=16, height=16)
-        num, fps = len(vr), float(vr.get_avg_fps())
-        h, w = _native_size(path)
-    except (decord.DECORDError, RuntimeError, ValueError) as e:
-        raise MediaError(f"unreadable video: {str(e).splitlines()[0][:200]}") from e
-    if num < 1 or not fps > 0:
-        raise MediaError(f"video reports {num} frames at {fps} fps")
-    if h * w > MAX_DECODE_PIXELS:
-        raise MediaError(f"frame size {w}x{h} exceeds the {MAX_DECODE_PIXELS}-pixel decode bound")
-    return VideoInfo(num, fps, h, w)
-
-
-def _native_size(path: Path) -> tuple[int, int]:
-    import av
-
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        return s.codec_context.height, s.codec_context.width
+        info = _probe(path)
+    except MediaError as e:
+        raise MediaError(f"unreadable video: {e}") from e
+    if info.height * info.width > MAX_DECODE_PIXELS:
+        raise MediaError(f"frame size {info.width}x{info.height} exceeds the {MAX_DECODE_PIXELS}-pixel decode bound")
+    return info
 
 
 def read_video(path: Path, indices: list[int], info: VideoInfo, bucket: tuple[int, int]) -> np.ndarray:
-    """Frames ``indices`` (decoded by seeking), resized to cover ``bucket`` and centre-cropped.
+    """Frames ``indices`` (decoded by seeking, upright), resized to cover ``bucket`` and centre-cropped.
 
     Large sources are downscaled inside the decoder (bounded memory); decord's resize needs a
     width that is a multiple of 32, so the exact size is reached with a final PIL resize.
@@ -67,19 +49,10 @@ def read_video(path: Path, indices: list[int], info: VideoInfo, bucket: tuple[in
     Returns:
         uint8 array [F, bucket_h, bucket_w, 3].
     """
-    import decord
-
     if not path.is_file():
         raise MediaError("file vanished")
     size = decoder_size(info, bucket)
-    kw = {"width": size[1], "height": size[0]} if size else {}
-    try:
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), **kw)
-        frames = vr.get_batch(indices).asnumpy()
-    except (decord.DECORDError, RuntimeError, ValueError, IndexError) as e:
-        raise MediaError(f"decode failed: {str(e).splitlines()[0][:200]}") from e
-    if frames.shape[0] != len(indices):
-        raise MediaError(f"decoder returned {frames.shape[0]} of {len(indices)} frames (truncated file?)")
+    frames = VideoFrames(path, info, size=(size[1], size[0]) if size else None).get(indices)
     return np.concatenate([resize_cover(f, bucket) for f in frames])
 
 
@@ -97,34 +70,6 @@ def decoder_size(info: VideoInfo, bucket: tuple[int, int]) -> tuple[int, int] | 
     w = -(-(info.width if small else cw) // 32) * 32
     h = max(ch, round(w * info.height / info.width / 2) * 2)
     return h, w
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image as uint8 RGB [H, W, 3], whatever its mode (CMYK, alpha, 16-bit, palette)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return image_to_rgb(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise MediaError(f"unreadable image: {e}") from e
-
-
-def image_to_rgb(im) -> np.ndarray:
-    """uint8 RGB pixels; alpha is composited on white, 16-bit is scaled, not clipped."""
-    from PIL import Image
-
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        gray = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-    return np.asarray(im.convert("RGB"))
 
 
 def resize_cover(frame: np.ndarray, bucket: tuple[int, int]) -> np.ndarray:

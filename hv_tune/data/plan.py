@@ -10,7 +10,7 @@ from hv_tune.data.buckets import (
     choose_bucket,
     frame_bucket_for,
     frame_windows,
-    resampled_indices,
+    resampled_by_time,
     resolution_buckets,
 )
 from hv_tune.data.cache import content_key
@@ -76,7 +76,8 @@ def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str) ->
     end = min(end, info.num_frames)
     if end - start < 1:
         raise MediaError(f"empty frame span [{start}, {end}) of a {info.num_frames}-frame video")
-    resampled = [start + i for i in resampled_indices(end - start, info.fps, data.fps)]
+    span_end = float(info.times[end]) if end < info.num_frames else info.end_time  # by timestamps: VFR-safe
+    resampled = [start + i for i in resampled_by_time(info.times[start:end], span_end, data.fps)]
     bucket = frame_bucket_for(len(resampled), data.frame_buckets)
     if bucket is None:
         shortest = min([b for b in data.frame_buckets if b > 1], default=None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hv_tune.config import DataConfig, SourceConfig
+from hv_tune.media import decode_caption_bytes, read_caption_file
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -91,24 +92,8 @@ def _looks_like_manifest(p: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- captions
-
-
-def decode_caption_bytes(raw: bytes) -> tuple[str, str | None]:
-    """Text of a caption file, and a note when it was not plain UTF-8.
-
-    UTF-8 (with or without BOM) and UTF-16 with BOM are read as such; anything else is
-    decoded as cp1252 (then latin-1), which never fails, and noted in the summary.
-    """
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return raw.decode("utf-16"), "caption decoded as UTF-16"
-    try:
-        return raw.decode("utf-8-sig"), None
-    except UnicodeDecodeError:
-        pass
-    try:
-        return raw.decode("cp1252"), "caption not UTF-8; decoded as cp1252"
-    except UnicodeDecodeError:
-        return raw.decode("latin-1"), "caption not UTF-8; decoded as latin-1"
+# Caption files are decoded by hv_tune.media (UTF-8 / UTF-16 by BOM / cp1252 with a note),
+# the reader curation uses too.
 
 
 def split_captions(text: str) -> list[str]:
@@ -146,7 +131,7 @@ def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
         side = path.with_suffix(".txt")
         captions: list[str] = []
         if side.is_file():
-            text, note = decode_caption_bytes(side.read_bytes())
+            text, note = read_caption_file(side)
             captions = split_captions(text)
             if note:
                 scan.notes.append(Skip(str(side), note))

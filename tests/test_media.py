@@ -1,0 +1,212 @@
+"""The media layer (hv_tune.media) and the cache on phone-style inputs: rotation, EXIF, VFR, codecs.
+
+Inputs are built here (tests/media_files.py); upright checks use pixels (a red band that must
+end up at the top), not only sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hv_tune.config import DataConfig, SourceConfig
+from hv_tune.data.buckets import resampled_by_time
+from hv_tune.data.encode import load_pixels
+from hv_tune.data.plan import plan_items
+from hv_tune.data.sources import scan_sources
+from hv_tune.media import (
+    MediaError,
+    VideoFrames,
+    decode_caption_bytes,
+    image_size,
+    probe_video,
+    read_image,
+    write_h264,
+)
+from tests.media_files import (
+    decode_pyav,
+    marked_frames,
+    top_is_red,
+    vfr_times,
+    write_audio_only,
+    write_exif_jpeg,
+    write_video,
+)
+
+ROTATIONS = [-90, 90, 180, 270]
+
+
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory) -> dict[int, Path]:
+    """A 176x320 (portrait) displayed clip stored as phones store it, per rotation; 0 = not rotated."""
+    d = tmp_path_factory.mktemp("rotated")
+    display = marked_frames(12, 320, 176, seed=1)
+    return {r: write_video(d / f"rot{r}.mp4", display, rotation=r) for r in [0, *ROTATIONS]}
+
+
+@pytest.mark.parametrize("rotation", ROTATIONS)
+def test_decord_turns_the_picture_then_resizes(rotated, rotation):
+    """What decord 0.6.0 does with a display matrix (the media layer relies on it): it returns
+    the turned picture, and a requested width/height applies to the turned picture."""
+    import decord
+
+    full = decord.VideoReader(str(rotated[rotation]))[0].asnumpy()
+    assert full.shape == (320, 176, 3) and top_is_red(full)
+    small = decord.VideoReader(str(rotated[rotation]), width=96, height=174)[0].asnumpy()
+    assert small.shape == (174, 96, 3) and top_is_red(small)
+    stored, _, frame_rotation = decode_pyav(rotated[rotation])  # PyAV: the stored picture + its rotation
+    assert stored.shape[1:3] == ((176, 320) if rotation % 180 else (320, 176))
+    assert frame_rotation % 360 == rotation % 360 and not top_is_red(stored[0])
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("rotation", [0, *ROTATIONS])
+def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
+    probe = probe_video(rotated[rotation])
+    assert (probe.width, probe.height) == (176, 320) and probe.num_frames == 12
+    assert probe.stored_size == ((320, 176) if rotation % 180 else (176, 320))
+    probe = dataclasses.replace(probe, backend=backend)
+    for size in (None, (64, 116)):
+        frames = VideoFrames(rotated[rotation], probe, size).get([0, 11, 5])
+        assert frames.shape == (3, *((320, 176) if size is None else (116, 64)), 3)
+        assert all(top_is_red(f) for f in frames)
+
+
+def test_codec_decord_cannot_open_is_decoded_with_pyav(tmp_path):
+    path = write_video(tmp_path / "av1.mp4", marked_frames(8, 96, 128, seed=2), codec="libsvtav1")
+    probe = probe_video(path)
+    assert probe.backend == "pyav" and probe.codec == "av1" and probe.num_frames == 8
+    frames = VideoFrames(path, probe).get([7, 0])
+    assert frames.shape == (2, 96, 128, 3) and all(top_is_red(f) for f in frames)
+    assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 1  # two different frames
+
+
+def test_no_video_stream_and_empty_file_are_named(tmp_path):
+    with pytest.raises(MediaError, match="no video stream"):
+        probe_video(write_audio_only(tmp_path / "voice.mp4"))
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(MediaError, match="empty file"):
+        probe_video(tmp_path / "empty.mp4")
+
+
+@pytest.fixture(scope="module")
+def vfr_clip(tmp_path_factory) -> Path:
+    """2 s at 8 fps, then 2 s at 48 fps (112 frames)."""
+    pts = vfr_times()
+    return write_video(tmp_path_factory.mktemp("vfr") / "vfr.mp4", marked_frames(len(pts), 64, 96, seed=3),
+                       fps=48, pts_s=pts)
+
+
+def test_vfr_probe_uses_presentation_timestamps(vfr_clip):
+    probe = probe_video(vfr_clip)
+    assert probe.num_frames == 112 and probe.vfr and probe.duration == pytest.approx(4.0, abs=0.03)
+    assert probe.times[16] == pytest.approx(2.0, abs=1e-3) and probe.times[15] == pytest.approx(1.875, abs=1e-3)
+    assert probe.to_record()["notes"] == ["variable frame rate (8-48 fps)"]
+
+
+def test_resampling_by_time_keeps_real_speed():
+    times = np.asarray(vfr_times())
+    idx = resampled_by_time(times, 4.0, 24.0)
+    assert len(idx) == 96  # 4 s at 24 fps
+    assert idx[:6] == [0, 0, 0, 1, 1, 1] and idx[48:51] == [16, 18, 20]  # hold at 8 fps, skip at 48 fps
+    assert times[idx[24]] == pytest.approx(1.0)  # a 25-frame item covers 1.0 s of source
+    assert resampled_by_time(np.arange(30) / 30, 1.0, 24.0) == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15,
+                                                               16, 17, 18, 20, 21, 22, 23, 25, 26, 27, 28]
+
+
+def test_writer_keeps_source_timestamps(vfr_clip, tmp_path):
+    reader = VideoFrames(vfr_clip)
+    out = write_h264(tmp_path / "cut.mp4", [reader.get(range(10, 20)), reader.get(range(20, 30))],
+                     reader.times[10:30])
+    frames, times, _ = decode_pyav(out)
+    assert len(frames) == 20 and np.allclose(times, reader.times[10:30] - reader.times[10], atol=2e-3)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_applied(tmp_path, orientation):
+    path = write_exif_jpeg(tmp_path / f"o{orientation}.jpg", marked_frames(1, 160, 96, seed=4)[0], orientation)
+    img = read_image(path)
+    assert img.shape == (160, 96, 3) and top_is_red(img) and image_size(path) == (96, 160)
+
+
+@pytest.mark.parametrize(("raw", "text", "note"), [
+    ("café".encode("cp1252"), "café", "caption not UTF-8; decoded as cp1252"),
+    (b"\xef\xbb\xbf" + "café".encode(), "café", None),
+    ("café".encode("utf-16"), "café", "caption decoded as UTF-16"),
+    ("café".encode(), "café", None),
+])
+def test_caption_encodings(raw, text, note):
+    assert decode_caption_bytes(raw) == (text, note)
+
+
+# ----------------------------------------------------------------------------- the cache stage
+
+
+def _plan(folder: Path, buckets: list[int]):
+    data = DataConfig(sources=[SourceConfig(path=str(folder))], resolution=128, frame_buckets=buckets,
+                      missing_caption="empty")
+    scan = scan_sources(data)
+    return plan_items(scan, data, "test-model"), scan
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_cache_bucket_and_pixels_are_display_picture(rotated, rotation, tmp_path):
+    (tmp_path / "clip.mp4").symlink_to(rotated[rotation])
+    (items, scan) = _plan(tmp_path, [1, 9])
+    assert not scan.skipped and len(items) == 1
+    item = items[0]
+    assert item.height > item.width  # a portrait bucket
+    pixels = load_pixels(item)  # [3, F, H, W] in [-1, 1]
+    frames = ((pixels.permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)  # -> [F, H, W, 3]
+    assert frames.shape[1:3] == (item.height, item.width) and all(top_is_red(f) for f in frames)
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_cache_uses_exif_upright_image(tmp_path, orientation):
+    write_exif_jpeg(tmp_path / "photo.jpg", marked_frames(1, 160, 96, seed=5)[0], orientation)
+    (items, _) = _plan(tmp_path, [1])
+    item = items[0]
+    assert item.height > item.width
+    frames = ((load_pixels(item).permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    assert top_is_red(frames[0])
+
+
+def test_cache_vfr_window_covers_one_second(vfr_clip, tmp_path):
+    (tmp_path / "vfr.mp4").symlink_to(vfr_clip)
+    (items, _) = _plan(tmp_path, [1, 25])
+    times = probe_video(vfr_clip).times
+    span = times[items[0].indices[-1]] - times[items[0].indices[0]]
+    assert span == pytest.approx(1.0, abs=0.03)  # by average fps (28) it would be 2.25 s
+
+
+def test_cache_summary_reports_tokens_dropped_from_a_long_caption(spec, tiny_model, tmp_path):
+    from hv_tune.data.encode import build_cache
+    from hv_tune.models import LoadOptions
+    from tests.conftest import cache_config
+
+    folder = tmp_path / "clips"
+    write_video(folder / "long.mp4", marked_frames(12, 32, 32, seed=10), fps=24)
+    words = " ".join(f"word{i}" for i in range(400))
+    (folder / "long.txt").write_text(words)
+    write_video(folder / "short.mp4", marked_frames(12, 32, 32, seed=11), fps=24)
+    (folder / "short.txt").write_text("a short caption")
+    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
+    n = len(enc.tokenizer(words, add_special_tokens=False).input_ids)
+    summary = build_cache(spec, cache_config(tiny_model, folder, tmp_path / "cache"), "cpu")
+    notes = [s.reason for s in summary.notes if s.path.startswith("caption")]
+    assert len(notes) == 1, notes  # the short caption fits
+    room = 256 - int(spec.encode_text(enc, [""], 2)["prompt_attention_mask"][0].sum())
+    assert notes[0].startswith(f"{n - room} of {n} tokens dropped by the text encoder (256-token limit)")
+    assert "tokens dropped by the second text encoder (77-token limit)" in notes[0]
+
+
+def test_demo_prints_a_readable_prompt():
+    from hv_tune.demo import readable_prompt
+
+    assert readable_prompt("a red circle  moves left") == "'a red circle moves left'"
+    junk = "sks, \u0000\u4f60\u597d\ufffd\u0007" + "\u0b85" * 20
+    shown = readable_prompt(junk)
+    assert shown.isascii() and shown.isprintable() and "'sks'" in shown and "random text" in shown
