@@ -194,13 +194,12 @@ def test_cache_summary_reports_tokens_dropped_from_a_long_caption(spec, tiny_mod
     write_video(folder / "short.mp4", marked_frames(12, 32, 32, seed=11), fps=24)
     (folder / "short.txt").write_text("a short caption")
     enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
-    n = len(enc.tokenizer(words, add_special_tokens=False).input_ids)
+    n = len(enc.tokenizer(words, add_special_tokens=False).input_ids)  # the caption alone, real Llama 3 tokens
     summary = build_cache(spec, cache_config(tiny_model, folder, tmp_path / "cache"), "cpu")
     notes = [s.reason for s in summary.notes if s.path.startswith("caption")]
     assert len(notes) == 1, notes  # the short caption fits
-    room = 256 - int(spec.encode_text(enc, [""], 2)["prompt_attention_mask"][0].sum())
-    assert notes[0].startswith(f"{n - room} of {n} tokens dropped by the text encoder (256-token limit)")
-    assert "tokens dropped by the second text encoder (77-token limit)" in notes[0]
+    assert n > 256
+    assert notes[0] == f"{n - 256} caption tokens dropped: longer than the text encoder's limit"  # 256 kept
 
 
 def test_demo_prints_a_readable_prompt():

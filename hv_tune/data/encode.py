@@ -40,7 +40,7 @@ from hv_tune.data.sources import Skip, scan_sources
 from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text
 from hv_tune.memory.fp8 import apply_fp8_storage
-from hv_tune.models.base import LoadOptions, ModelSpec, resolve_dtype
+from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, resolve_dtype
 
 SUMMARY_FILE = "summary.json"
 
@@ -142,40 +142,22 @@ def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]
         apply_fp8_storage(enc.text_encoder.requires_grad_(False), keep, opts.dtype)
     enc.text_encoder.to(device)
     enc.text_encoder_2.to(device)
-    empty_used: dict[int, int] = {}  # frames -> tokens the template alone leaves in the mask
     for key, (caption, template) in tqdm(missing.items(), desc="encode text", unit="caption"):
         frames = 1 if template == "image" else 2  # any count > 1 selects the video template
         out = spec.encode_text(enc, [caption], frames)
         write_text(root, key, {k: v[0].cpu() for k, v in out.items()})
         summary.texts_encoded += 1
-        note = truncation_note(spec, enc, caption, frames, out["prompt_attention_mask"][0], empty_used)
+        note = truncation_note(spec, enc, caption, frames)
         if note:
             summary.notes.append(Skip(f"caption {caption[:40]!r}", note))
     del enc
     _free()
 
 
-def truncation_note(spec, enc, caption: str, frames: int, mask: torch.Tensor, empty_used: dict[int, int]) -> str | None:
-    """How many caption tokens the text encoders drop (counted with the spec's own tokenizers), or None.
-
-    The LLM keeps ``len(mask)`` tokens after the template's crop; a full mask means the caption
-    may have been cut. The room a caption has is that length minus what the template alone uses
-    (the mask of the empty prompt, computed once per template).
-    """
-    notes = []
-    if int(mask.sum()) == mask.numel():
-        if frames not in empty_used:
-            empty_used[frames] = int(spec.encode_text(enc, [""], frames)["prompt_attention_mask"][0].sum())
-        room = mask.numel() - empty_used[frames]
-        n = len(enc.tokenizer(caption, add_special_tokens=False).input_ids)
-        if n > room:
-            notes.append(f"{n - room} of {n} tokens dropped by the text encoder ({mask.numel()}-token limit)")
-    # the second encoder's positions bound what it reads (CLIP-L: 77), whatever the tokenizer says
-    limit2 = getattr(getattr(enc.text_encoder_2, "config", None), "max_position_embeddings", 0)
-    n2 = len(enc.tokenizer_2(caption).input_ids)
-    if 0 < limit2 < n2:
-        notes.append(f"{n2 - limit2} of {n2} tokens dropped by the second text encoder ({limit2}-token limit)")
-    return "; ".join(notes) or None
+def truncation_note(spec: ModelSpec, enc: TextEncoders, caption: str, frames: int) -> str | None:
+    """A summary note when the text encoder cuts ``caption`` short (counted by the spec's tokenizer), else None."""
+    dropped = spec.dropped_text_tokens(enc, [caption], frames)[0]
+    return f"{dropped} caption tokens dropped: longer than the text encoder's limit" if dropped else None
 
 
 def encode_latents(spec, opts, device, root: Path, planned, cfg: Config, summary) -> list[PlannedItem]:

@@ -102,6 +102,10 @@ class ModelSpec(Protocol):
         """Prompt embeddings exactly as the reference pipeline computes them."""
         ...
 
+    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
+        """Caption tokens ``encode_text`` cuts off per prompt (0 when it fits), counted by the real tokenizer."""
+        ...
+
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """VAE posterior (``latent_mean``, ``latent_logvar``) of pixels in [-1, 1]."""
         ...
