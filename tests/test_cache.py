@@ -132,6 +132,8 @@ def _bad_folder(root: Path, good: Path) -> Path:
     for name, text in [("cmyk", "caf\xe9 in cmyk"), ("alpha", "with alpha")]:
         (root / f"{name}.txt").write_bytes(text.encode("cp1252"))
     (root / "deep.txt").write_bytes("sixteen bit ☃".encode("utf-16"))
+    (root / "readme.md").write_text("not media")
+    (root / "orphan.txt").write_text("a caption whose clip was deleted")
     return root
 
 
@@ -145,6 +147,8 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(spec, tiny_model, tmp_path,
     assert "unreadable" in reasons["notes.mp4"]
     assert "truncated.mp4" in reasons  # either unreadable or too few frames
     assert ("clip001.mp4" in reasons) == (policy == "error")
+    assert "unsupported extension '.md'" in reasons["readme.md"]  # every walked file is used or reported
+    assert "no video or image" in reasons["orphan.txt"] and "cmyk.txt" not in reasons
     assert summary.items == kept, summary.table()
     entries = {e.id.split("-")[0]: e for e in read_index(tmp_path / "cache")}
     assert entries["cmyk"].captions == ["café in cmyk"] and entries["deep"].captions == ["sixteen bit ☃"]

@@ -127,7 +127,14 @@ def _caption_value(value: object) -> list[str]:
 
 
 def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and media_kind(p)):
+    """Media files of ``root`` (recursively) with their sidecar captions; every other file is a Skip."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    media = [p for p in files if media_kind(p)]
+    sidecars = {p.with_suffix(".txt") for p in media}
+    for path in files:
+        if not media_kind(path) and path not in sidecars:
+            scan.skipped.append(Skip(str(path), _not_media_reason(path)))
+    for path in media:
         side = path.with_suffix(".txt")
         captions: list[str] = []
         if side.is_file():
@@ -138,6 +145,13 @@ def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
         captions = finish_captions(path, captions, s, scan)
         if captions is not None:
             scan.items.append(MediaItem(path, media_kind(path), captions, s))
+
+
+def _not_media_reason(path: Path) -> str:
+    if path.suffix.lower() == ".txt":
+        return "caption file with no video or image of the same name beside it"
+    return (f"unsupported extension {path.suffix or '(none)'!r}: videos {' '.join(sorted(VIDEO_EXTS))}, "
+            f"images {' '.join(sorted(IMAGE_EXTS))}")
 
 
 def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
