@@ -1,6 +1,6 @@
 """Flow-matching diffusion math for HunyuanVideo training, as pure functions.
 
-Conventions (DESIGN.md §3, matching diffusers and Tencent):
+Conventions (docs/hunyuan_video.md, matching diffusers and Tencent):
 ``x_t = (1 - sigma) * x0 + sigma * noise``, target ``v = noise - x0``, the transformer
 gets ``timestep = sigma * 1000`` and ``guidance = guidance_scale * 1000``; sampling steps
 ``x += v * (sigma_next - sigma)`` with sigma going 1 -> 0.

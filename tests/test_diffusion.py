@@ -1,4 +1,4 @@
-"""The flow-matching math against hand-computed values (DESIGN.md §3)."""
+"""The flow-matching math against hand-computed values (docs/hunyuan_video.md)."""
 
 from __future__ import annotations
 

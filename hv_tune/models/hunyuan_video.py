@@ -1,6 +1,6 @@
 """HunyuanVideo (diffusers layout) as a ``ModelSpec``.
 
-Text encoding mirrors ``HunyuanVideoPipeline.encode_prompt`` (DESIGN.md §3): the prompt
+Text encoding mirrors ``HunyuanVideoPipeline.encode_prompt`` (docs/hunyuan_video.md): the prompt
 goes into an LLM template, the template's first ``crop_start`` tokens are cropped after
 encoding, embeddings are ``hidden_states[-3]`` (skip 2 layers, no final norm), 256 text
 tokens after the crop; CLIP-L gives ``pooler_output`` at 77 tokens. diffusers imports are

@@ -36,7 +36,7 @@ def training_loss(
     generator: torch.Generator,
     model_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Flow-matching loss of one batch (DESIGN.md §3), a float32 scalar."""
+    """Flow-matching loss of one batch (docs/hunyuan_video.md), a float32 scalar."""
     device = batch["latent_mean"].device
     x0 = spec.sample_latents(vae_config, batch["latent_mean"], batch["latent_logvar"], generator)
     b = x0.shape[0]
