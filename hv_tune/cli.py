@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="write a tiny random HunyuanVideo model folder (diffusers format)")
     t.add_argument("out_dir", type=Path, help="folder to create")
     t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    t.add_argument("--model-name", default="hunyuan-video",
+                   help="model family (a model.name): hunyuan-video or hunyuan-video-1.5")
 
     tr = sub.add_parser("train", help="train a LoRA from a cache, as configured")
     tr.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
@@ -119,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from hv_tune.models import get_spec
 
-    out = get_spec("hunyuan-video").build_tiny(args.out_dir, seed=args.seed)
+    out = get_spec(args.model_name).build_tiny(args.out_dir, seed=args.seed)
     print(f"tiny model written to {out}")
 
 
