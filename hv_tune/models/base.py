@@ -87,6 +87,8 @@ class ModelSpec(Protocol):
     lora_presets: Mapping[str, tuple[str, ...]]
     vae_scale_factor_temporal: int
     vae_scale_factor_spatial: int
+    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
+    text_fields: tuple[str, ...]
 
     def load_transformer(self, opts: LoadOptions) -> nn.Module: ...
 
