@@ -69,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=512, help="multiple of 16")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
-    s.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale")
+    s.add_argument("--guidance", type=float, default=6.0,
+                   help="guidance scale: embedded guidance (hunyuan-video), classifier-free guidance (1.5)")
+    s.add_argument("--model-name", default=None,
+                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=int, default=24, help="frame rate of the mp4")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -252,7 +255,7 @@ def _device_dtype(name: str):
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hv_tune.models import LoadOptions, get_spec
+    from hv_tune.models import LoadOptions, spec_for
     from hv_tune.paths import check_model_path
     from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
 
@@ -266,7 +269,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
     if (frames - 1) % 4 or args.height % 16 or args.width % 16:
         raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
-    spec = get_spec("hunyuan-video")
+    spec = spec_for(args.model_name, args.model)
     loras = [_parse_lora(s) for s in args.lora]
     device, dtype = _device_dtype(args.dtype)
     opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)

@@ -79,3 +79,43 @@ def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, demo_folde
         got = theirs(**inputs)[0]
     assert (want - base).abs().max() > 1e-3  # the LoRA changes the output
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def _random_lora(model: Path, out: Path, rank: int = 4, alpha: float = 2.0) -> Path:
+    """A LoRA with random A and B (alpha != rank) saved by the spec, as training saves it."""
+    from hv_tune.config import LoraConfig
+    from hv_tune.lora import lora_state_dict
+
+    transformer = SPEC.load_transformer(LoadOptions(str(model)))
+    cfg = peft_config(LoraConfig(rank=rank, alpha=alpha), resolve_targets(SPEC, transformer, "all-linear"))
+    add_lora(transformer, cfg)
+    state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.3
+             for i, (k, v) in enumerate(sorted(lora_state_dict(transformer).items()))}
+    return SPEC.save_lora(out, state, cfg)
+
+
+def test_sample_cli_uses_the_lora_cfg_scale_and_shift(hv15_tiny, tmp_path):
+    """`finetune.py sample` finds the family from model_index.json, loads the LoRA into
+    HunyuanVideo15Pipeline, and honours --guidance (CFG) and --shift: equal to diffusers by hand."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+    from PIL import Image
+
+    from hv_tune.cli import main
+
+    lora = _random_lora(hv15_tiny, tmp_path / "lora")
+    args = ["sample", "--model", str(hv15_tiny), "--lora", str(lora), "--prompt", 'a "TOY" robot', "--frames", "1",
+            "--height", "32", "--width", "32", "--steps", "3", "--guidance", "3.5", "--shift", "4", "--seed", "2"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    got = np.asarray(Image.open(tmp_path / "a.png"))
+
+    pipe = HunyuanVideo15Pipeline.from_pretrained(str(hv15_tiny))
+    pipe.transformer.load_lora_adapter(str(lora))
+    pipe.guider = pipe.guider.new(guidance_scale=3.5)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=4.0)
+    ref = pipe('a "TOY" robot', height=32, width=32, num_frames=1, num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(2)).frames[0][0]
+    want = (np.clip(ref, 0, 1) * 255).round().astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert main([*args[:-2], "--guidance", "1.0", "--seed", "2", "--out", str(tmp_path / "b.png")]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), got)  # the CFG scale is used

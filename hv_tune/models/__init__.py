@@ -23,4 +23,20 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
-__all__ = ["MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "get_spec"]
+def spec_for(name: str | None, folder: str | None) -> ModelSpec:
+    """The spec named ``name``; without a name, the one whose pipeline ``folder``'s
+    ``model_index.json`` names (``_class_name``); ``hunyuan-video`` when neither says."""
+    if name:
+        return get_spec(name)
+    import json
+    from pathlib import Path
+
+    try:
+        class_name = json.loads((Path(folder or "") / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        class_name = None
+    found = [s for s in MODEL_SPECS.values() if getattr(s, "pipeline_class", None) == class_name]
+    return found[0] if found else get_spec("hunyuan-video")
+
+
+__all__ = ["MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "get_spec", "spec_for"]

@@ -110,6 +110,7 @@ class HunyuanVideoSpec:
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 8
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
+    pipeline_class = "HunyuanVideoPipeline"
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
     transformer_subfolder = "transformer"
 

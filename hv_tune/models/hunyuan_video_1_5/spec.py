@@ -21,6 +21,7 @@ from torch import nn
 from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
 from hv_tune.models.base import LoadOptions, Part, TextEncoders
+from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
 
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
@@ -79,6 +80,8 @@ class HunyuanVideo15Spec:
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 16
     text_fields = hv15_text.TEXT_FIELDS
+    #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
+    pipeline_class = "HunyuanVideo15Pipeline"
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
     transformer_subfolder = "transformer"
 
@@ -246,22 +249,22 @@ class HunyuanVideo15Spec:
             out |= {f"negative_{k}": v for k, v in zip(keys, uncond)}
         return out
 
-    # ------------------------------------------------------------------ key names (not mapped yet)
+    # ------------------------------------------------------------------ key names (LoRA layouts)
 
     def original_module(self, module: str) -> str | None:
-        return None
+        return hv15_keys.original_module(module)
 
     def original_parts(self, original: str) -> tuple[Part, ...] | None:
-        return None
+        return hv15_keys.original_parts(original)
 
     def original_from_flat(self, flat: str) -> str | None:
-        return None
+        return hv15_keys.original_from_flat(flat)
 
     def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
-        return None
+        return hv15_keys.original_from_comfy(name, form)
 
     def comfy_name(self, original: str, form: str = "internal") -> str:
-        return original
+        return hv15_keys.comfy_name(original, form)
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """Linear layer shapes from the config alone (meta device; full size when ``model_path`` is None)."""
