@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-shard-size", default="5GB", help="largest transformer shard (diffusers format)")
     m.add_argument("--copy", action="store_true", help="copy the other components instead of hard-linking them")
     m.add_argument("--skip-unknown", action="store_true", help="leave out (and list) LoRA keys naming no layer")
+    m.add_argument("--model-name", default=None,
+                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
 
     c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
     c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
@@ -109,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                         "comfyui-internal: ComfyUI's own module names")
     c.add_argument("--model", default=None,
                    help="model folder the LoRA is for (layer sizes); default: the full-size architecture")
+    c.add_argument("--model-name", default=None,
+                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
     c.add_argument("--rank-check", action="store_true",
                    help="re-read the output, check each layer's update equals the input's, print ranks")
     c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
@@ -294,7 +298,7 @@ def _parse_size(text: str) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> None:
     from hv_tune.export.merge import merge_loras
-    from hv_tune.models import get_spec
+    from hv_tune.models import spec_for
     from hv_tune.models.base import DTYPES
 
     args.out = _out_path(args.out, "--out")
@@ -308,7 +312,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     if args.format == "original" and args.out.suffix != ".safetensors":
         raise HvTuneError(f"--out {args.out}: --format original writes one file; name it *.safetensors")
     result = merge_loras(
-        get_spec("hunyuan-video"), args.model, loras, args.out, args.format,
+        spec_for(args.model_name, str(args.model)), args.model, loras, args.out, args.format,
         DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
         args.transformer,
     )
@@ -321,14 +325,14 @@ def cmd_merge(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from hv_tune.export.convert import convert_lora
     from hv_tune.io import safetensors_problem
-    from hv_tune.models import get_spec
+    from hv_tune.models import spec_for
 
     args.input, args.output = Path(_expand(args.input)), _out_path(args.output, "output")
     problem = safetensors_problem(args.input)
     if problem:
         raise HvTuneError(f"input {args.input}: not a usable LoRA file: {problem}")
     args.model = _expand(args.model) if args.model is not None else None
-    spec = get_spec("hunyuan-video")
+    spec = spec_for(args.model_name, args.model)
     if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
         raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
     shapes = spec.linear_shapes(args.model)
