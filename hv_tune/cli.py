@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
     d.add_argument("--source", type=Path, default=None,
                    help="train on this source (e.g. a curation manifest.jsonl) instead of generated clips")
+    d.add_argument("--model-name", default=None, help="model family of the tiny model (e.g. hunyuan-video-1.5)")
     d.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides of configs/demo_tiny.yaml")
     return p
 
@@ -345,7 +346,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from hv_tune.demo import run_demo
 
-    run_demo(args.out, DEMO_CONFIG, args.overrides, source=args.source)
+    names = [f"model.name={args.model_name}"] if args.model_name else []
+    run_demo(args.out, DEMO_CONFIG, [*names, *args.overrides], source=args.source)
 
 
 COMMANDS = {
