@@ -119,3 +119,18 @@ def test_sample_cli_uses_the_lora_cfg_scale_and_shift(hv15_tiny, tmp_path):
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert main([*args[:-2], "--guidance", "1.0", "--seed", "2", "--out", str(tmp_path / "b.png")]) == 0
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), got)  # the CFG scale is used
+
+
+def test_step_distilled_meanflow_checkpoint_is_refused(hv15_tiny, tmp_path):
+    """use_meanflow checkpoints are refused with the reason; cfg-distilled ones (plain config) load."""
+    import json
+    import shutil
+
+    from hv_tune.errors import ConfigError
+
+    folder = tmp_path / "distilled"
+    shutil.copytree(hv15_tiny, folder)
+    config = folder / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "use_meanflow": True}))
+    with pytest.raises(ConfigError, match="step-distilled.*use_meanflow"):
+        SPEC.load_transformer(LoadOptions(str(folder)))
