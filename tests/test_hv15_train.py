@@ -24,6 +24,19 @@ def hv15_tiny(tmp_path_factory) -> Path:
     return SPEC.build_tiny(tmp_path_factory.mktemp("hv15t") / "model")
 
 
+@pytest.fixture(scope="module")
+def hv15_cache(hv15_tiny, demo_folder, tmp_path_factory) -> Path:
+    """The demo clips encoded through the 1.5 spec (caption dropout 0.5: empty-prompt steps train too)."""
+    from hv_tune.data.encode import build_cache
+
+    out = tmp_path_factory.mktemp("hv15cache")
+    cfg = load_config(None, [f"model.path={hv15_tiny}", "model.name=hunyuan-video-1.5", f"data.cache_dir={out}",
+                             f"data.sources=[{{path: {demo_folder}}}]", "data.frame_buckets=[5]",
+                             "data.resolution=32", "data.caption_dropout=0.5"])
+    assert build_cache(SPEC, cfg, "cpu").items == 6
+    return out
+
+
 def _inputs(model: Path, prompt: str = 'a sign that says "HI"'):
     enc = SPEC.load_text_encoders(LoadOptions(str(model)))
     text = SPEC.encode_text(enc, [prompt], 5)
@@ -53,14 +66,13 @@ def test_lora_presets_name_the_15_blocks(hv15_tiny):
     assert not any("refiner" in n or "norm" in n for n in full)
 
 
-def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, demo_folder, tmp_path):
+def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, hv15_cache, tmp_path):
     """Cache + train through the spec (alpha != rank, caption dropout on), then diffusers' model-level
     loader with no extra argument reproduces the trained transformer."""
     from diffusers import HunyuanVideo15Transformer3DModel
 
-    cfg = load_config(None, train_overrides(hv15_tiny, tmp_path / "cache", tmp_path / "run", **{
-        "model.name": "hunyuan-video-1.5", "data.sources": f"[{{path: {demo_folder}}}]",
-        "data.caption_dropout": 0.5, "lora.rank": 4, "lora.alpha": 7, "lora.targets": "all-linear",
+    cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "run", **{
+        "model.name": "hunyuan-video-1.5", "lora.rank": 4, "lora.alpha": 7, "lora.targets": "all-linear",
         "training.learning_rate": 5e-3, "training.max_steps": 4, "save.formats": "[diffusers]"}))
     result = train(cfg)
     saved = load_file(str(result.lora_path))
@@ -134,3 +146,23 @@ def test_step_distilled_meanflow_checkpoint_is_refused(hv15_tiny, tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "use_meanflow": True}))
     with pytest.raises(ConfigError, match="step-distilled.*use_meanflow"):
         SPEC.load_transformer(LoadOptions(str(folder)))
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(hv15_tiny, hv15_cache, tmp_path, capsys):
+    """4 steps straight == 2 steps, checkpoint, resume for 2 more (same LoRA file bytes)."""
+    from hv_tune.training.checkpoint import list_checkpoints, load_checkpoint
+
+    cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "run", **{
+        "model.name": "hunyuan-video-1.5", "training.max_steps": 4, "training.checkpoint_every": 2,
+        "training.checkpoints_to_keep": 5, "lora.dropout": 0.1, "save.formats": "[diffusers]"}))
+    final = train(cfg).lora_path
+    want = final.read_bytes()
+    for ckpt in list_checkpoints(tmp_path / "run" / "checkpoints"):
+        if load_checkpoint(ckpt).state.step > 2:
+            import shutil
+
+            shutil.rmtree(ckpt)
+    final.unlink()
+    assert [load_checkpoint(c).state.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
+    assert train(cfg, resume=True).lora_path.read_bytes() == want
+    assert "resumed from" in capsys.readouterr().out
