@@ -166,3 +166,14 @@ def test_resume_from_a_checkpoint_is_bit_identical(hv15_tiny, hv15_cache, tmp_pa
     assert [load_checkpoint(c).state.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
     assert train(cfg, resume=True).lora_path.read_bytes() == want
     assert "resumed from" in capsys.readouterr().out
+
+
+def test_validation_previews_and_eval_loss(hv15_tiny, hv15_cache, tmp_path):
+    """Previews through HunyuanVideo15Pipeline with CFG (cond + empty-prompt embeddings) and the eval loss."""
+    cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "val", **{
+        "model.name": "hunyuan-video-1.5", "training.max_steps": 2, "save.formats": "[diffusers]",
+        "validation.every": 2, "validation.prompts": "['a \"RED\" ball']", "validation.frames": 1,
+        "validation.height": 32, "validation.width": 32, "validation.steps": 2, "validation.guidance": 4.0,
+        "validation.eval_items": 2, "validation.eval_quantiles": "[0.5]"}))
+    train(cfg)
+    assert (tmp_path / "val" / "samples" / "step_00000002" / "00.png").is_file()

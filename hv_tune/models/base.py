@@ -151,6 +151,11 @@ class ModelSpec(Protocol):
         """A pipeline around already-loaded parts and no text encoders (pass prompt embeddings)."""
         ...
 
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+        """Prompt embeddings from ``enc`` as keyword arguments of the pipeline's call (previews
+        run a pipeline without text encoders), unconditional side included where it needs one."""
+        ...
+
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
         """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
         ...

@@ -339,6 +339,10 @@ class HunyuanVideoSpec:
             scheduler=scheduler,
         )
 
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+        """``encode_text``'s fields are already ``HunyuanVideoPipeline.__call__``'s argument names."""
+        return self.encode_text(enc, [prompt], num_frames)
+
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The pipeline's own prompt encoding, as keyword arguments of its ``__call__``."""
         embeds, pooled, mask = pipe.encode_prompt(prompt=prompt, device=device)

@@ -86,10 +86,11 @@ class Validator:
             with safe_open(str(cache), "pt") as f:
                 if (f.metadata() or {}).get("key") == key:
                     flat = load_file(str(cache))
-                    return [{k: flat[f"{i}.{k}"] for k in self.spec.text_fields} for i in range(len(self.v.prompts))]
+                    parts = [k.split(".", 1) for k in flat]
+                    return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.v.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
         enc = self.spec.load_text_encoders(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
-        embeds = [self.spec.encode_text(enc, [p], self.v.frames) for p in self.v.prompts]
+        embeds = [self.spec.preview_embeds(enc, p, self.v.frames) for p in self.v.prompts]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
         atomic_save_safetensors(cache, flat, {"key": key})

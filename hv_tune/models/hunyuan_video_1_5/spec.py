@@ -239,6 +239,15 @@ class HunyuanVideo15Spec:
             guider=ClassifierFreeGuidance.from_pretrained(opts.path, subfolder="guider", **kw),
         )
 
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+        """The prompt's and the empty prompt's (the unconditional side) embeddings under
+        ``HunyuanVideo15Pipeline.__call__``'s names."""
+        names = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
+        cond = self.encode_text(enc, [prompt], num_frames)
+        uncond = self.encode_text(enc, [""], num_frames)
+        out = {n: cond[k] for n, k in zip(names, self.text_fields)}
+        return out | {f"negative_{n}": uncond[k] for n, k in zip(names, self.text_fields)}
+
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The pipeline's own encoding of ``prompt`` and of the unconditional (empty) prompt."""
         keys = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
