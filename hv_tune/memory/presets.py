@@ -48,6 +48,9 @@ def expand_memory_preset(raw: dict[str, Any]) -> list[str]:
     known = {p for table in PRESETS.values() for p in table}
     if preset in known and str(name) not in PRESETS:
         raise ConfigError(f"config key 'memory.preset': no presets for model {name!r}; set the memory keys yourself")
+    if preset in known and preset not in PRESETS[str(name)]:
+        raise ConfigError(f"config key 'memory.preset': no {preset} preset for model {name!r}; "
+                          f"use one of {', '.join(PRESETS[str(name)])}, auto or none")
     filled = []
     for key, value in preset_values(str(name), preset).items():
         section, leaf = key.split(".")
