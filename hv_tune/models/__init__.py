@@ -35,7 +35,7 @@ def spec_for(name: str | None, folder: str | None) -> ModelSpec:
         class_name = json.loads((Path(folder or "") / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
         class_name = None
-    found = [s for s in MODEL_SPECS.values() if getattr(s, "pipeline_class", None) == class_name]
+    found = [s for s in MODEL_SPECS.values() if s.pipeline_class == class_name]
     return found[0] if found else get_spec("hunyuan-video")
 
 

@@ -89,6 +89,8 @@ class ModelSpec(Protocol):
     vae_scale_factor_spatial: int
     #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
     text_fields: tuple[str, ...]
+    #: ``_class_name`` in a model folder's ``model_index.json`` (how verbs find the family)
+    pipeline_class: str
 
     def load_transformer(self, opts: LoadOptions) -> nn.Module: ...
 
