@@ -373,6 +373,63 @@ def estimate(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+HV15_BUCKETS = "33x480x848,61x480x848,121x480x848"  # 480p (16:9, sides multiples of 16)
+
+
+def hv15_forward_flops(spec, frames: int, height: int, width: int) -> tuple[int, float]:
+    """(sequence tokens, forward FLOPs) of the full HunyuanVideo 1.5 transformer, counted analytically.
+
+    Its forward is data-dependent (it checks whether the image condition is all zeros), so it cannot
+    run on the meta device: block linears (video-stream ones over the video tokens, text-stream
+    ones over the 1000 + 256 + 729 text/glyph/image tokens) plus attention (4 * S^2 * width per block).
+    """
+    video = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+    text = 1000 + 256 + 729
+    shapes = spec.linear_shapes(None)
+    flops, width_ = 0.0, 0
+    for name, (out_f, in_f) in shapes.items():
+        if not name.startswith("transformer_blocks.") or ".norm1" in name:
+            continue
+        txt = any(k in name for k in (".add_", "to_add_out", "ff_context"))
+        flops += 2 * (text if txt else video) * out_f * in_f
+        width_ = max(width_, in_f if "to_q" in name else 0)
+    blocks = len({n.split(".")[1] for n in shapes if n.startswith("transformer_blocks.")})
+    flops += blocks * 4 * (video + text) ** 2 * width_
+    return video + text, flops
+
+
+def estimate_family(args: argparse.Namespace) -> list[dict]:
+    """``--estimate`` for a family other than v1: weight bytes per preset (meta model with LoRA and
+    fp8 storage) and analytic FLOPs per bucket."""
+    spec, rows = get_spec(args.model_name), []
+    for preset in args.presets.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(None, [f"model.path={tmp}", f"model.name={spec.name}", f"memory.preset={preset}",
+                                     "lora.rank=32", "lora.alpha=32"])
+        runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
+        model, _ = spec.plan_model(None, 1, 16, 16, 1, torch.bfloat16)
+        add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
+        runtime.apply_fp8(spec, model)
+        blocks = spec.transformer_blocks(model)
+        off = {id(p) for i in swap_indices(len(blocks), cfg.memory.blocks_to_swap)
+               for p in blocks[i].parameters() if not p.requires_grad}
+        size = {id(p): p.numel() * p.element_size() for p in model.parameters()}
+        lora = sum(p.numel() for p in lora_parameters(model))
+        row = {"model": spec.name, "preset": preset, "base_dtype": cfg.model.base_dtype,
+               "blocks_to_swap": cfg.memory.blocks_to_swap, "checkpointing": cfg.memory.checkpointing,
+               "gpu_weights_gb": round(sum(v for k, v in size.items() if k not in off) / 1024**3, 2),
+               "cpu_weights_gb": round(sum(size[k] for k in off) / 1024**3, 2),
+               "lora_params_m": round(lora / 1e6, 1), "lora_adam_gb": round(lora * 16 / 1024**3, 2)}
+        for bucket in args.buckets.split(","):
+            tokens, flops = hv15_forward_flops(spec, *parse_bucket(bucket))
+            hidden = blocks[0].attn.to_q.in_features
+            row[bucket] = {"tokens": tokens, "checkpoints_gb": round(len(blocks) * tokens * hidden * 2 / 1024**3, 2),
+                           "forward_tflop": round(flops / 1e12, 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["small", "full"], required=True)
@@ -381,11 +438,20 @@ def main() -> int:
     p.add_argument("--buckets", default=",".join(FULL_BUCKETS), help="full: FRAMESxHEIGHTxWIDTH, comma-separated")
     p.add_argument("--peak-tflops", type=float, default=None, help="full: the GPU's dense bf16 peak, for MFU")
     p.add_argument("--estimate", action="store_true", help="full: bytes and FLOPs from the meta model, no GPU")
+    p.add_argument("--model-name", default="hunyuan-video",
+                   help="--estimate for this family (hunyuan-video-1.5: its presets, 480p buckets)")
     p.add_argument("--one", nargs=2, metavar=("PRESET", "BUCKET"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.size == "small":
         args.steps = args.steps or 24
         print(json.dumps(run_small(args)), flush=True)
+        return 0
+    if args.estimate and args.model_name != "hunyuan-video":
+        if args.presets == ",".join(PRESETS["hunyuan-video"]):
+            args.presets = ",".join(PRESETS[args.model_name])
+        if args.buckets == ",".join(FULL_BUCKETS):
+            args.buckets = HV15_BUCKETS
+        estimate_family(args)
         return 0
     if args.estimate:
         estimate(args)

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="write a tiny random HunyuanVideo model folder (diffusers format)")
     t.add_argument("out_dir", type=Path, help="folder to create")
     t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    t.add_argument("--model-name", default="hunyuan-video",
+                   help="model family (a model.name): hunyuan-video or hunyuan-video-1.5")
 
     tr = sub.add_parser("train", help="train a LoRA from a cache, as configured")
     tr.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
@@ -67,7 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=512, help="multiple of 16")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
-    s.add_argument("--guidance", type=float, default=6.0, help="embedded guidance scale")
+    s.add_argument("--guidance", type=float, default=6.0,
+                   help="guidance scale: embedded guidance (hunyuan-video), classifier-free guidance (1.5)")
+    s.add_argument("--model-name", default=None,
+                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=int, default=24, help="frame rate of the mp4")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -95,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-shard-size", default="5GB", help="largest transformer shard (diffusers format)")
     m.add_argument("--copy", action="store_true", help="copy the other components instead of hard-linking them")
     m.add_argument("--skip-unknown", action="store_true", help="leave out (and list) LoRA keys naming no layer")
+    m.add_argument("--model-name", default=None,
+                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
 
     c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
     c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
@@ -104,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                         "comfyui-internal: ComfyUI's own module names")
     c.add_argument("--model", default=None,
                    help="model folder the LoRA is for (layer sizes); default: the full-size architecture")
+    c.add_argument("--model-name", default=None,
+                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
     c.add_argument("--rank-check", action="store_true",
                    help="re-read the output, check each layer's update equals the input's, print ranks")
     c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
@@ -112,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
     d.add_argument("--source", type=Path, default=None,
                    help="train on this source (e.g. a curation manifest.jsonl) instead of generated clips")
+    d.add_argument("--model-name", default=None, help="model family of the tiny model (e.g. hunyuan-video-1.5)")
     d.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides of configs/demo_tiny.yaml")
     return p
 
@@ -119,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from hv_tune.models import get_spec
 
-    out = get_spec("hunyuan-video").build_tiny(args.out_dir, seed=args.seed)
+    out = get_spec(args.model_name).build_tiny(args.out_dir, seed=args.seed)
     print(f"tiny model written to {out}")
 
 
@@ -250,7 +260,7 @@ def _device_dtype(name: str):
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from hv_tune.models import LoadOptions, get_spec
+    from hv_tune.models import LoadOptions, spec_for
     from hv_tune.paths import check_model_path
     from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
 
@@ -264,7 +274,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
     if (frames - 1) % 4 or args.height % 16 or args.width % 16:
         raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
-    spec = get_spec("hunyuan-video")
+    spec = spec_for(args.model_name, args.model)
     loras = [_parse_lora(s) for s in args.lora]
     device, dtype = _device_dtype(args.dtype)
     opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
@@ -289,7 +299,7 @@ def _parse_size(text: str) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> None:
     from hv_tune.export.merge import merge_loras
-    from hv_tune.models import get_spec
+    from hv_tune.models import spec_for
     from hv_tune.models.base import DTYPES
 
     args.out = _out_path(args.out, "--out")
@@ -303,7 +313,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     if args.format == "original" and args.out.suffix != ".safetensors":
         raise HvTuneError(f"--out {args.out}: --format original writes one file; name it *.safetensors")
     result = merge_loras(
-        get_spec("hunyuan-video"), args.model, loras, args.out, args.format,
+        spec_for(args.model_name, str(args.model)), args.model, loras, args.out, args.format,
         DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
         args.transformer,
     )
@@ -316,14 +326,14 @@ def cmd_merge(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from hv_tune.export.convert import convert_lora
     from hv_tune.io import safetensors_problem
-    from hv_tune.models import get_spec
+    from hv_tune.models import spec_for
 
     args.input, args.output = Path(_expand(args.input)), _out_path(args.output, "output")
     problem = safetensors_problem(args.input)
     if problem:
         raise HvTuneError(f"input {args.input}: not a usable LoRA file: {problem}")
     args.model = _expand(args.model) if args.model is not None else None
-    spec = get_spec("hunyuan-video")
+    spec = spec_for(args.model_name, args.model)
     if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
         raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
     shapes = spec.linear_shapes(args.model)
@@ -336,7 +346,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from hv_tune.demo import run_demo
 
-    run_demo(args.out, DEMO_CONFIG, args.overrides, source=args.source)
+    names = [f"model.name={args.model_name}"] if args.model_name else []
+    run_demo(args.out, DEMO_CONFIG, [*names, *args.overrides], source=args.source)
 
 
 COMMANDS = {

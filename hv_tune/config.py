@@ -170,7 +170,7 @@ class SaveConfig:
 class MemoryConfig:
     """How the transformer fits the card (docs/memory.md); `preset` fills the keys left unset."""
 
-    preset: Literal["none", "auto", "16gb", "24gb", "48gb", "80gb"] = _f(
+    preset: Literal["none", "auto", "12gb", "16gb", "24gb", "48gb", "80gb"] = _f(
         "none", "Card-size preset: sets model.base_dtype and memory.* keys that the config leaves out; "
         "auto = the fastest preset predicted to fit the card (finetune.py plan)."
     )

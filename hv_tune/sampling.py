@@ -65,11 +65,12 @@ def load_pipeline(
             file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
             apply_deltas(pipe.transformer, diffs, scale)
             if file is not None:
-                pipe.load_lora_weights(file, adapter_name=f"lora{i}")
+                load_adapter(pipe, file, f"lora{i}")
                 names.append(f"lora{i}")
                 scales.append(scale)
     if names:
-        pipe.set_adapters(names, scales)
+        # pipelines without a LoRA loader (HunyuanVideo 1.5): the transformer's own PEFT API
+        (pipe if hasattr(pipe, "set_adapters") else pipe.transformer).set_adapters(names, scales)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload == "model":
@@ -82,6 +83,15 @@ def load_pipeline(
     else:
         pipe.to(device)
     return pipe
+
+
+def load_adapter(pipe: Any, file: str, name: str) -> None:
+    """A diffusers-format LoRA into ``pipe``: its LoRA loader, or for pipelines without one
+    (HunyuanVideo 1.5) ``transformer.load_lora_adapter`` (our files for those carry alpha folded)."""
+    if hasattr(pipe, "load_lora_weights"):
+        pipe.load_lora_weights(file, adapter_name=name)
+    else:
+        pipe.transformer.load_lora_adapter(file, adapter_name=name)
 
 
 def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
@@ -152,11 +162,21 @@ def generate(pipe: Any, req: SampleRequest, embeds: Mapping[str, torch.Tensor] |
         width=req.width,
         num_frames=req.frames,
         num_inference_steps=req.steps,
-        guidance_scale=req.guidance,
+        **guidance_kwargs(pipe, req.guidance),
         generator=torch.Generator("cpu").manual_seed(req.seed),
         output_type="np",
     )
     return (np.clip(out.frames[0], 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def guidance_kwargs(pipe: Any, scale: float) -> dict[str, float]:
+    """``guidance_scale`` for pipelines that take it (v1's embedded guidance); pipelines with a
+    guider (HunyuanVideo 1.5's classifier-free guidance) get a guider with that scale instead."""
+    guider = getattr(pipe, "guider", None)
+    if guider is None:
+        return {"guidance_scale": scale}
+    pipe.guider = guider.new(guidance_scale=scale)
+    return {}
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:

@@ -4,8 +4,8 @@ Layout (``docs/formats.md`` has the full description)::
 
     CACHE_DIR/index.jsonl            one JSON line per item (written atomically, last)
     CACHE_DIR/latents/<key>.safetensors   latent_mean, latent_logvar  [C, F', H', W'] fp32
-    CACHE_DIR/text/<key>.safetensors      prompt_embeds [L, D], prompt_attention_mask [L],
-                                          pooled_prompt_embeds [D2]
+    CACHE_DIR/text/<key>.safetensors      prompt_embeds [L, D], prompt_attention_mask [L], and the
+                                          spec's other ``text_fields`` (v1: pooled_prompt_embeds [D2])
 
 Training reads only this folder. An item's bucket is its pixel size (frames, height, width);
 batches never mix buckets.
@@ -28,7 +28,8 @@ from hv_tune.io import atomic_save_safetensors, atomic_write_text, safetensors_p
 CACHE_VERSION = 1
 INDEX_FILE = "index.jsonl"
 LATENT_KEYS = ("latent_mean", "latent_logvar")
-TEXT_KEYS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
+#: keys every family's text file holds; a file holds whatever else its spec's ``encode_text`` returns
+TEXT_KEYS = ("prompt_embeds", "prompt_attention_mask")
 
 
 @dataclass
@@ -70,7 +71,7 @@ def write_latent(cache_dir: Path, key: str, posterior: dict[str, torch.Tensor]) 
 
 def write_text(cache_dir: Path, key: str, text: dict[str, torch.Tensor]) -> str:
     rel = f"text/{key}.safetensors"
-    atomic_save_safetensors(cache_dir / rel, {k: text[k] for k in TEXT_KEYS})
+    atomic_save_safetensors(cache_dir / rel, dict(text))
     return rel
 
 
@@ -184,11 +185,12 @@ class CachedDataset(torch.utils.data.Dataset):
         item, caption = index
         e = self.entries[item]
         text = e.empty_text if caption < 0 else e.texts[caption]
-        out = {**self._load(e, e.latent, LATENT_KEYS), **self._load(e, text, TEXT_KEYS)}
+        out = {**self._load(e, e.latent, LATENT_KEYS), **self._load(e, text, TEXT_KEYS, every=True)}
         out["index"] = torch.tensor(item)
         return out
 
-    def _load(self, e: CacheEntry, rel: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    def _load(self, e: CacheEntry, rel: str, keys: tuple[str, ...], every: bool = False) -> dict[str, torch.Tensor]:
+        """``keys`` of one file (``every``: all its tensors, which must include ``keys``)."""
         path = self.root / rel
         try:
             tensors = load_file(str(path))
@@ -200,7 +202,7 @@ class CachedDataset(torch.utils.data.Dataset):
                 f"{describe_broken(self.root, e, rel, str(err))}; re-encode it with "
                 "`finetune.py cache --config YOUR_CONFIG` (with that source in data.sources)"
             ) from err
-        return {k: tensors[k] for k in keys}
+        return dict(tensors) if every else {k: tensors[k] for k in keys}
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from hv_tune.config import Config
 from hv_tune.data.cache import (
     LATENT_KEYS,
-    TEXT_KEYS,
     CacheEntry,
     broken_files,
     describe_broken,
@@ -132,7 +131,7 @@ def text_jobs(planned: list[PlannedItem], model_id: str) -> dict[str, tuple[str,
 
 
 def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]], summary: CacheSummary) -> None:
-    missing = {k: v for k, v in jobs.items() if not is_valid(root / f"text/{k}.safetensors", TEXT_KEYS)}
+    missing = {k: v for k, v in jobs.items() if not is_valid(root / f"text/{k}.safetensors", tuple(spec.text_fields))}
     summary.texts_reused = len(jobs) - len(missing)
     if not missing:
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hv_tune.errors import ConfigError
+from hv_tune.models.hunyuan_video_1_5.presets import PRESETS as HV15_PRESETS
 
 # model name -> preset -> {"section.key": value}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -22,6 +23,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "48gb": {"model.base_dtype": "bf16", "memory.blocks_to_swap": 0, "memory.checkpointing": "full"},
         "80gb": {"model.base_dtype": "bf16", "memory.blocks_to_swap": 0, "memory.checkpointing": "full"},
     },
+    "hunyuan-video-1.5": HV15_PRESETS,
 }
 DEFAULT_MODEL = "hunyuan-video"
 
@@ -46,6 +48,9 @@ def expand_memory_preset(raw: dict[str, Any]) -> list[str]:
     known = {p for table in PRESETS.values() for p in table}
     if preset in known and str(name) not in PRESETS:
         raise ConfigError(f"config key 'memory.preset': no presets for model {name!r}; set the memory keys yourself")
+    if preset in known and preset not in PRESETS[str(name)]:
+        raise ConfigError(f"config key 'memory.preset': no {preset} preset for model {name!r}; "
+                          f"use one of {', '.join(PRESETS[str(name)])}, auto or none")
     filled = []
     for key, value in preset_values(str(name), preset).items():
         section, leaf = key.split(".")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from hv_tune.errors import ConfigError
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
+from hv_tune.models.hunyuan_video_1_5 import HunyuanVideo15Spec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     HunyuanVideoSpec.name: HunyuanVideoSpec(),
+    HunyuanVideo15Spec.name: HunyuanVideo15Spec(),
 }
 
 
@@ -21,4 +23,20 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
-__all__ = ["MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "get_spec"]
+def spec_for(name: str | None, folder: str | None) -> ModelSpec:
+    """The spec named ``name``; without a name, the one whose pipeline ``folder``'s
+    ``model_index.json`` names (``_class_name``); ``hunyuan-video`` when neither says."""
+    if name:
+        return get_spec(name)
+    import json
+    from pathlib import Path
+
+    try:
+        class_name = json.loads((Path(folder or "") / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        class_name = None
+    found = [s for s in MODEL_SPECS.values() if s.pipeline_class == class_name]
+    return found[0] if found else get_spec("hunyuan-video")
+
+
+__all__ = ["MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "get_spec", "spec_for"]

@@ -87,6 +87,10 @@ class ModelSpec(Protocol):
     lora_presets: Mapping[str, tuple[str, ...]]
     vae_scale_factor_temporal: int
     vae_scale_factor_spatial: int
+    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
+    text_fields: tuple[str, ...]
+    #: ``_class_name`` in a model folder's ``model_index.json`` (how verbs find the family)
+    pipeline_class: str
 
     def load_transformer(self, opts: LoadOptions) -> nn.Module: ...
 
@@ -151,6 +155,11 @@ class ModelSpec(Protocol):
 
     def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
         """A pipeline around already-loaded parts and no text encoders (pass prompt embeddings)."""
+        ...
+
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+        """Prompt embeddings from ``enc`` as keyword arguments of the pipeline's call (previews
+        run a pipeline without text encoders), unconditional side included where it needs one."""
         ...
 
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:

@@ -109,6 +109,8 @@ class HunyuanVideoSpec:
     }
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 8
+    text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
+    pipeline_class = "HunyuanVideoPipeline"
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
     transformer_subfolder = "transformer"
 
@@ -336,6 +338,10 @@ class HunyuanVideoSpec:
             tokenizer_2=None,
             scheduler=scheduler,
         )
+
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+        """``encode_text``'s fields are already ``HunyuanVideoPipeline.__call__``'s argument names."""
+        return self.encode_text(enc, [prompt], num_frames)
 
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The pipeline's own prompt encoding, as keyword arguments of its ``__call__``."""

@@ -13,7 +13,10 @@ from hv_tune.config import ObjectiveConfig
 from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, loss_weights, sample_sigmas
 from hv_tune.models.base import ModelSpec
 
-TEXT_FIELDS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
+
+def text_inputs(spec: ModelSpec, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The spec's text fields of a batch, floating ones in the model dtype (masks keep theirs)."""
+    return {k: batch[k].to(dtype) if batch[k].is_floating_point() else batch[k] for k in spec.text_fields}
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -45,7 +48,7 @@ def training_loss(
     )
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device)
     noisy = add_noise(x0, noise, sigma.to(device))
-    text = {k: batch[k].to(model_dtype) if k != "prompt_attention_mask" else batch[k] for k in TEXT_FIELDS}
+    text = text_inputs(spec, batch, model_dtype)
     pred = transformer(**spec.transformer_inputs(noisy, sigma.to(device), text, guidance_scale))[0]
     weights = loss_weights(sigma, objective.loss_weighting, objective.mode_scale).to(device)
     return flow_matching_loss(pred, flow_target(x0, noise), weights)

@@ -31,7 +31,7 @@ from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, sigma_
 from hv_tune.io import atomic_save_safetensors
 from hv_tune.models.base import LoadOptions, ModelSpec
 from hv_tune.sampling import SampleRequest, generate, write_video
-from hv_tune.training.step import TEXT_FIELDS
+from hv_tune.training.step import text_inputs
 
 SAMPLES_DIR = "samples"
 PROMPT_CACHE = "prompt_embeds.safetensors"
@@ -86,10 +86,11 @@ class Validator:
             with safe_open(str(cache), "pt") as f:
                 if (f.metadata() or {}).get("key") == key:
                     flat = load_file(str(cache))
-                    return [{k: flat[f"{i}.{k}"] for k in TEXT_FIELDS} for i in range(len(self.v.prompts))]
+                    parts = [k.split(".", 1) for k in flat]
+                    return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.v.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
         enc = self.spec.load_text_encoders(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
-        embeds = [self.spec.encode_text(enc, [p], self.v.frames) for p in self.v.prompts]
+        embeds = [self.spec.preview_embeds(enc, p, self.v.frames) for p in self.v.prompts]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
         atomic_save_safetensors(cache, flat, {"key": key})
@@ -130,7 +131,7 @@ class Validator:
             gen = eval_generator(self.v.eval_seed, i)
             x0 = self.spec.sample_latents(self.vae_config, batch["latent_mean"], batch["latent_logvar"], gen)
             noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
-            text = {k: batch[k].to(dtype) if k != "prompt_attention_mask" else batch[k] for k in TEXT_FIELDS}
+            text = text_inputs(self.spec, batch, dtype)
             for j, sigma in enumerate(self.sigmas.tolist()):
                 s = torch.tensor([sigma], device=device)
                 inputs = self.spec.transformer_inputs(add_noise(x0, noise, s), s, text, self.cfg.training.guidance_scale)

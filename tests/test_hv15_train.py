@@ -1,0 +1,179 @@
+"""HunyuanVideo 1.5 training: inputs as the pipeline builds them, cache + trainer through the spec,
+and the saved LoRA through diffusers' own ``transformer.load_lora_adapter(path)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hv_tune.config import load_config
+from hv_tune.lora import add_lora, load_lora_state_dict, peft_config, resolve_targets
+from hv_tune.models import LoadOptions, get_spec
+from hv_tune.training.trainer import train
+
+from .conftest import train_overrides
+
+SPEC = get_spec("hunyuan-video-1.5")
+
+
+@pytest.fixture(scope="module")
+def hv15_tiny(tmp_path_factory) -> Path:
+    return SPEC.build_tiny(tmp_path_factory.mktemp("hv15t") / "model")
+
+
+@pytest.fixture(scope="module")
+def hv15_cache(hv15_tiny, demo_folder, tmp_path_factory) -> Path:
+    """The demo clips encoded through the 1.5 spec (caption dropout 0.5: empty-prompt steps train too)."""
+    from hv_tune.data.encode import build_cache
+
+    out = tmp_path_factory.mktemp("hv15cache")
+    cfg = load_config(None, [f"model.path={hv15_tiny}", "model.name=hunyuan-video-1.5", f"data.cache_dir={out}",
+                             f"data.sources=[{{path: {demo_folder}}}]", "data.frame_buckets=[5]",
+                             "data.resolution=32", "data.caption_dropout=0.5"])
+    assert build_cache(SPEC, cfg, "cpu").items == 6
+    return out
+
+
+def _inputs(model: Path, prompt: str = 'a sign that says "HI"'):
+    enc = SPEC.load_text_encoders(LoadOptions(str(model)))
+    text = SPEC.encode_text(enc, [prompt], 5)
+    noisy = torch.randn(1, 32, 2, 2, 2, generator=torch.Generator().manual_seed(5))
+    return SPEC.transformer_inputs(noisy, torch.tensor([0.6]), text, guidance_scale=1.0)
+
+
+def test_transformer_inputs_are_the_pipelines():
+    """65 channels (noisy, then 32 + 1 zeros), timestep = sigma * 1000, zero image embeds, no guidance."""
+    noisy = torch.randn(2, 32, 3, 4, 4)
+    text = {"prompt_embeds": torch.randn(2, 7, 16), "prompt_attention_mask": torch.ones(2, 7, dtype=torch.int64),
+            "prompt_embeds_2": torch.randn(2, 5, 8), "prompt_attention_mask_2": torch.zeros(2, 5, dtype=torch.int64)}
+    inp = SPEC.transformer_inputs(noisy, torch.tensor([0.25, 0.9]), text, guidance_scale=1.0)
+    assert inp["hidden_states"].shape == (2, 65, 3, 4, 4)
+    assert torch.equal(inp["hidden_states"][:, :32], noisy) and not inp["hidden_states"][:, 32:].any()
+    assert inp["timestep"].tolist() == [250.0, 900.0]
+    assert inp["image_embeds"].shape == (2, 729, 1152) and not inp["image_embeds"].any()
+    assert "guidance" not in inp and inp["encoder_attention_mask"].dtype == torch.float32
+
+
+def test_lora_presets_name_the_15_blocks(hv15_tiny):
+    model = SPEC.load_transformer(LoadOptions(str(hv15_tiny)))
+    attn = resolve_targets(SPEC, model, "attn")
+    full = resolve_targets(SPEC, model, "all-linear")
+    assert len(attn) == 2 * 8 and set(attn) < set(full) and len(full) == 2 * 12
+    assert "transformer_blocks.1.attn.to_add_out" in attn and "transformer_blocks.0.ff_context.net.2" in full
+    assert not any("refiner" in n or "norm" in n for n in full)
+
+
+def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, hv15_cache, tmp_path):
+    """Cache + train through the spec (alpha != rank, caption dropout on), then diffusers' model-level
+    loader with no extra argument reproduces the trained transformer."""
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "run", **{
+        "model.name": "hunyuan-video-1.5", "lora.rank": 4, "lora.alpha": 7, "lora.targets": "all-linear",
+        "training.learning_rate": 5e-3, "training.max_steps": 4, "save.formats": "[diffusers]"}))
+    result = train(cfg)
+    saved = load_file(str(result.lora_path))
+    assert all(k.startswith("transformer.transformer_blocks.") for k in saved)
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in saved.items())  # it trained
+
+    inputs = _inputs(hv15_tiny)
+    with torch.no_grad():
+        ours = SPEC.load_transformer(LoadOptions(str(hv15_tiny)))
+        add_lora(ours, peft_config(cfg.lora, resolve_targets(SPEC, ours, cfg.lora.targets)))
+        load_lora_state_dict(ours, result.adapter)
+        want = ours.eval()(**inputs)[0]
+        theirs = HunyuanVideo15Transformer3DModel.from_pretrained(str(hv15_tiny), subfolder="transformer")
+        base = theirs(**inputs)[0]
+        theirs.load_lora_adapter(str(result.lora_path))
+        got = theirs(**inputs)[0]
+    assert (want - base).abs().max() > 1e-3  # the LoRA changes the output
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def _random_lora(model: Path, out: Path, rank: int = 4, alpha: float = 2.0) -> Path:
+    """A LoRA with random A and B (alpha != rank) saved by the spec, as training saves it."""
+    from hv_tune.config import LoraConfig
+    from hv_tune.lora import lora_state_dict
+
+    transformer = SPEC.load_transformer(LoadOptions(str(model)))
+    cfg = peft_config(LoraConfig(rank=rank, alpha=alpha), resolve_targets(SPEC, transformer, "all-linear"))
+    add_lora(transformer, cfg)
+    state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.3
+             for i, (k, v) in enumerate(sorted(lora_state_dict(transformer).items()))}
+    return SPEC.save_lora(out, state, cfg)
+
+
+def test_sample_cli_uses_the_lora_cfg_scale_and_shift(hv15_tiny, tmp_path):
+    """`finetune.py sample` finds the family from model_index.json, loads the LoRA into
+    HunyuanVideo15Pipeline, and honours --guidance (CFG) and --shift: equal to diffusers by hand."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+    from PIL import Image
+
+    from hv_tune.cli import main
+
+    lora = _random_lora(hv15_tiny, tmp_path / "lora")
+    args = ["sample", "--model", str(hv15_tiny), "--lora", str(lora), "--prompt", 'a "TOY" robot', "--frames", "1",
+            "--height", "32", "--width", "32", "--steps", "3", "--guidance", "3.5", "--shift", "4", "--seed", "2"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    got = np.asarray(Image.open(tmp_path / "a.png"))
+
+    pipe = HunyuanVideo15Pipeline.from_pretrained(str(hv15_tiny))
+    pipe.transformer.load_lora_adapter(str(lora))
+    pipe.guider = pipe.guider.new(guidance_scale=3.5)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=4.0)
+    ref = pipe('a "TOY" robot', height=32, width=32, num_frames=1, num_inference_steps=3, output_type="np",
+               generator=torch.Generator().manual_seed(2)).frames[0][0]
+    want = (np.clip(ref, 0, 1) * 255).round().astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert main([*args[:-2], "--guidance", "1.0", "--seed", "2", "--out", str(tmp_path / "b.png")]) == 0
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), got)  # the CFG scale is used
+
+
+def test_step_distilled_meanflow_checkpoint_is_refused(hv15_tiny, tmp_path):
+    """use_meanflow checkpoints are refused with the reason; cfg-distilled ones (plain config) load."""
+    import json
+    import shutil
+
+    from hv_tune.errors import ConfigError
+
+    folder = tmp_path / "distilled"
+    shutil.copytree(hv15_tiny, folder)
+    config = folder / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "use_meanflow": True}))
+    with pytest.raises(ConfigError, match="step-distilled.*use_meanflow"):
+        SPEC.load_transformer(LoadOptions(str(folder)))
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(hv15_tiny, hv15_cache, tmp_path, capsys):
+    """4 steps straight == 2 steps, checkpoint, resume for 2 more (same LoRA file bytes)."""
+    from hv_tune.training.checkpoint import list_checkpoints, load_checkpoint
+
+    cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "run", **{
+        "model.name": "hunyuan-video-1.5", "training.max_steps": 4, "training.checkpoint_every": 2,
+        "training.checkpoints_to_keep": 5, "lora.dropout": 0.1, "save.formats": "[diffusers]"}))
+    final = train(cfg).lora_path
+    want = final.read_bytes()
+    for ckpt in list_checkpoints(tmp_path / "run" / "checkpoints"):
+        if load_checkpoint(ckpt).state.step > 2:
+            import shutil
+
+            shutil.rmtree(ckpt)
+    final.unlink()
+    assert [load_checkpoint(c).state.step for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == [2]
+    assert train(cfg, resume=True).lora_path.read_bytes() == want
+    assert "resumed from" in capsys.readouterr().out
+
+
+def test_validation_previews_and_eval_loss(hv15_tiny, hv15_cache, tmp_path):
+    """Previews through HunyuanVideo15Pipeline with CFG (cond + empty-prompt embeddings) and the eval loss."""
+    cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "val", **{
+        "model.name": "hunyuan-video-1.5", "training.max_steps": 2, "save.formats": "[diffusers]",
+        "validation.every": 2, "validation.prompts": "['a \"RED\" ball']", "validation.frames": 1,
+        "validation.height": 32, "validation.width": 32, "validation.steps": 2, "validation.guidance": 4.0,
+        "validation.eval_items": 2, "validation.eval_quantiles": "[0.5]"}))
+    train(cfg)
+    assert (tmp_path / "val" / "samples" / "step_00000002" / "00.png").is_file()
