@@ -70,3 +70,15 @@ def test_empty_prompt_is_the_pipelines_unconditional_side(pipe, hv15_model):
     for key, want in zip(SPEC.text_fields, uncond):
         torch.testing.assert_close(ours[key].to(want.dtype), want, rtol=0, atol=0)
     assert not torch.equal(plain["prompt_embeds"], ours["prompt_embeds"])
+
+
+def test_dropped_text_tokens_are_the_real_qwen_counts(hv15_model):
+    """A caption over the 1000-token limit loses exactly its tokens past 1000; one at the limit loses none."""
+    enc = SPEC.load_text_encoders(LoadOptions(str(hv15_model)))
+    words = " ".join(f"w{i}" for i in range(1200))
+    n = len(enc.tokenizer(words, add_special_tokens=False).input_ids)  # real Qwen2.5 tokens of the caption
+    fits = enc.tokenizer.decode(enc.tokenizer(words, add_special_tokens=False).input_ids[:1000])
+    assert n > 1000
+    assert SPEC.dropped_text_tokens(enc, [words, fits, "a cat"], 33) == [n - 1000, 0, 0]
+    kept = SPEC.encode_text(enc, [fits], 33)["prompt_attention_mask"][0]
+    assert int(kept.sum()) == 1000  # at the limit the mask is full, and nothing of the caption is cut

@@ -132,6 +132,13 @@ class HunyuanVideo15Spec:
         One template for videos and images (the pipeline has one)."""
         return hv15_text.encode_prompts(enc, prompts)
 
+    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
+        """Caption tokens the Qwen2.5-VL encoder cuts off per prompt (1000 kept after the crop).
+
+        byT5 reads only quoted text (256 bytes); what it cuts is not counted here.
+        """
+        return hv15_text.dropped_llm_tokens(enc.tokenizer, prompts)
+
     @torch.no_grad()
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""

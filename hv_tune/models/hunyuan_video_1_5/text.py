@@ -85,6 +85,21 @@ def encode_glyphs(tokenizer: Any, text_encoder: Any, prompts: list[str]) -> tupl
     return torch.cat(embeds), torch.cat(masks)
 
 
+def dropped_llm_tokens(tokenizer: Any, prompts: list[str]) -> list[int]:
+    """Caption tokens ``encode_llm`` cuts off per prompt (0 when it fits).
+
+    ``encode_llm`` truncates the whole chat at ``crop_start + 1000`` tokens from the end, so the
+    chat's closing tokens (end of the user turn, assistant header) go first, then the caption's:
+    a caption of ``n`` tokens loses ``max(0, n - 1000)``.
+    """
+    marker = "\x00"  # splits the rendered chat into the part before and after the caption
+    rendered = tokenizer.apply_chat_template(chat([marker]), add_generation_prompt=True, tokenize=False)
+    rendered = rendered[0] if isinstance(rendered, list) else rendered
+    n_suffix = len(tokenizer(rendered.split(marker, 1)[1], add_special_tokens=False).input_ids)
+    full = tokenizer.apply_chat_template(chat(prompts), add_generation_prompt=True, tokenize=True, return_dict=True)
+    return [max(0, len(ids) - CROP_START - n_suffix - LLM_MAX_TOKENS) for ids in full["input_ids"]]
+
+
 def encode_prompts(enc: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Both encoders' outputs under ``TEXT_FIELDS`` (``enc`` is a ``TextEncoders``)."""
     llm, mask = encode_llm(enc.tokenizer, enc.text_encoder, prompts)
