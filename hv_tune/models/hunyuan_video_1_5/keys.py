@@ -5,7 +5,9 @@ separately; ComfyUI loads 1.5 into its HunyuanVideo model, whose attention is a 
 and whose LoRA key map accepts the same names as for v1 (``img_attn_qkv``, ``img_mlp.fc1``,
 ``img_mod.linear`` under ``diffusion_model.``). The LoRA layouts therefore use v1's fused names:
 a LoRA on separate q/k/v is fused (A concatenated, B block-diagonal) by the export code from
-the ``Part`` records below. 1.5 has no single-stream blocks; its other modules (byT5 and image
+the ``Part`` records below. The kohya layout flattens these same fused rows, which musubi-tuner's
+1.5 network does not apply for q/k/v (its attention is separate): docs/hunyuan_video_1_5.md, LoRA.
+1.5 has no single-stream blocks; its other modules (byT5 and image
 projections, ``cond_type_embed``) are not LoRA targets and have no row here.
 Pure string logic, no diffusers import.
 """
