@@ -65,6 +65,8 @@ def test_fp8_casts_only_block_projections_and_stays_close(hv15_tiny):
 def test_block_swap_over_the_spec_blocks_is_exact(hv15_tiny):
     inputs = _inputs(hv15_tiny)
     model = _model(hv15_tiny, torch.float32)
+    for p in model.parameters():  # the swapper's copies are freshly allocated; loaded weights may sit at
+        p.data = p.data.clone()  # unaligned file offsets, where CPU matmul kernels round differently
     out_ref, g_ref = _step(model, inputs)
     blocks = SPEC.transformer_blocks(model)
     assert len(blocks) == 2  # the tiny model's dual-stream blocks (54 in the released one)

@@ -24,7 +24,10 @@ BYT5_DIM = 8
 TRANSFORMER_CONFIG = dict(
     in_channels=65,
     out_channels=32,
-    num_attention_heads=2,
+    # inner width 64 > 32 outputs per token: the output head is a LayerNorm without affine (every
+    # token on a sphere of dimension inner - 2) then proj_out; at inner 32 that sphere's image is a
+    # 30-dim surface in the 32-dim velocity space and the model cannot fit even one latent
+    num_attention_heads=4,
     attention_head_dim=16,
     num_layers=2,
     num_refiner_layers=1,
