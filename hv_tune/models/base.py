@@ -79,6 +79,21 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return DTYPES[name]
 
 
+@torch.no_grad()
+def vae_posterior(vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it), float32."""
+    dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    return {"latent_mean": dist.mean.float(), "latent_logvar": dist.logvar.float()}
+
+
+def scaled_posterior_sample(
+    vae_config: Mapping[str, Any], mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """``(mean + exp(logvar / 2) * eps) * scaling_factor``, eps drawn on the CPU (same draws on any device)."""
+    eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device)
+    return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
+
+
 class ModelSpec(Protocol):
     """What hv-tune needs to know about one base model family."""
 

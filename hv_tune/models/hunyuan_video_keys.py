@@ -82,7 +82,7 @@ _TOP_TABLE: list[tuple[str, tuple[Part, ...]]] = [
 # differ from Tencent's: read in ComfyUI's ``comfy/ldm/hunyuan_video/model.py`` and
 # ``comfy/ldm/flux/layers.py`` (MLPEmbedder ``in_layer``/``out_layer``, Modulation ``lin``,
 # SelfAttention ``qkv``/``proj``, MLPs as ``Sequential`` indices 0/2).
-_COMFY_INTERNAL: dict[str, str] = {
+COMFY_INTERNAL: dict[str, str] = {
     "double_blocks.{i}.img_attn_qkv": "double_blocks.{i}.img_attn.qkv",
     "double_blocks.{i}.img_attn_proj": "double_blocks.{i}.img_attn.proj",
     "double_blocks.{i}.txt_attn_qkv": "double_blocks.{i}.txt_attn.qkv",
@@ -159,7 +159,7 @@ def _compiled_comfy() -> list[tuple[re.Pattern[str], re.Pattern[str], re.Pattern
     """(ComfyUI-internal, its flat kohya form, ComfyUI LoRA name) patterns per original template."""
     out = []
     for orig, _ in _rows():
-        internal = _COMFY_INTERNAL.get(orig, orig)
+        internal = COMFY_INTERNAL.get(orig, orig)
         out.append((_pattern(internal), _pattern(internal, "_"), _pattern(comfy_lora_name(internal)), orig))
     return out
 
@@ -170,7 +170,7 @@ def comfy_internal(original: str) -> str:
     for pat, _, orig, _, _ in _compiled():
         m = pat.fullmatch(original)
         if m:
-            return _fill(_COMFY_INTERNAL.get(orig, orig), m)
+            return _fill(COMFY_INTERNAL.get(orig, orig), m)
     return original
 
 

@@ -18,7 +18,7 @@ import functools
 import re
 
 from hv_tune.models.base import Part
-from hv_tune.models.hunyuan_video_keys import comfy_lora_name
+from hv_tune.models.hunyuan_video_keys import COMFY_INTERNAL, comfy_lora_name
 
 # (original template, diffusers part templates in row order); "{i}" is a block index.
 _ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -37,19 +37,8 @@ _ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("double_blocks.{i}.txt_mod.linear", ("transformer_blocks.{i}.norm1_context.linear",)),
     ("final_layer.linear", ("proj_out",)),
 )
-# ComfyUI's internal module names where they differ from the LoRA layout's (its Flux-style layers)
-_COMFY_INTERNAL = {
-    "double_blocks.{i}.img_attn_qkv": "double_blocks.{i}.img_attn.qkv",
-    "double_blocks.{i}.img_attn_proj": "double_blocks.{i}.img_attn.proj",
-    "double_blocks.{i}.txt_attn_qkv": "double_blocks.{i}.txt_attn.qkv",
-    "double_blocks.{i}.txt_attn_proj": "double_blocks.{i}.txt_attn.proj",
-    "double_blocks.{i}.img_mlp.fc1": "double_blocks.{i}.img_mlp.0",
-    "double_blocks.{i}.img_mlp.fc2": "double_blocks.{i}.img_mlp.2",
-    "double_blocks.{i}.txt_mlp.fc1": "double_blocks.{i}.txt_mlp.0",
-    "double_blocks.{i}.txt_mlp.fc2": "double_blocks.{i}.txt_mlp.2",
-    "double_blocks.{i}.img_mod.linear": "double_blocks.{i}.img_mod.lin",
-    "double_blocks.{i}.txt_mod.linear": "double_blocks.{i}.txt_mod.lin",
-}
+# ComfyUI runs 1.5 on its HunyuanVideo model: the double-block internal names are v1's
+_COMFY_INTERNAL = {k: v for k, v in COMFY_INTERNAL.items() if k.startswith("double_blocks.")}
 
 
 def _pattern(template: str, sep: str = ".") -> re.Pattern[str]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
-from hv_tune.models.base import LoadOptions, Part, TextEncoders
+from hv_tune.models.base import LoadOptions, Part, TextEncoders, scaled_posterior_sample, vae_posterior
 from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
 
@@ -139,18 +139,15 @@ class HunyuanVideo15Spec:
         """
         return hv15_text.dropped_llm_tokens(enc.tokenizer, prompts)
 
-    @torch.no_grad()
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
-        dist = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist
-        return {"latent_mean": dist.mean.float(), "latent_logvar": dist.logvar.float()}
+        return vae_posterior(vae, pixels)
 
     def sample_latents(
         self, vae_config: Mapping[str, Any], mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         """``(mean + exp(logvar / 2) * eps) * scaling_factor``, eps drawn on the CPU."""
-        eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device)
-        return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
+        return scaled_posterior_sample(vae_config, mean, logvar, generator)
 
     def transformer_inputs(
         self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
