@@ -342,6 +342,23 @@ def run_full(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def weights_row(spec, cfg, runtime: MemoryRuntime, model: torch.nn.Module) -> tuple[list, dict]:
+    """Apply fp8 storage to a meta model with LoRA; its blocks and the weight bytes on GPU / in CPU
+    RAM (swapped blocks' frozen weights), LoRA size and AdamW state (16 B per parameter)."""
+    runtime.apply_fp8(spec, model)
+    blocks = spec.transformer_blocks(model)
+    off = {id(p) for i in swap_indices(len(blocks), cfg.memory.blocks_to_swap)
+           for p in blocks[i].parameters() if not p.requires_grad}
+    size = {id(p): p.numel() * p.element_size() for p in model.parameters()}
+    lora = sum(p.numel() for p in lora_parameters(model))
+    return blocks, {
+        "base_dtype": cfg.model.base_dtype, "blocks_to_swap": cfg.memory.blocks_to_swap,
+        "checkpointing": cfg.memory.checkpointing,
+        "gpu_weights_gb": round(sum(v for k, v in size.items() if k not in off) / 1024**3, 2),
+        "cpu_weights_gb": round(sum(size[k] for k in off) / 1024**3, 2),
+        "lora_params_m": round(lora / 1e6, 1), "lora_adam_gb": round(lora * 16 / 1024**3, 2)}
+
+
 def estimate(args: argparse.Namespace) -> list[dict]:
     """Weight bytes per preset and FLOPs per bucket from the meta-device model (no GPU)."""
     spec, rows = get_spec("hunyuan-video"), []
@@ -349,17 +366,8 @@ def estimate(args: argparse.Namespace) -> list[dict]:
         cfg = bench_config(preset)
         runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
         model = meta_lora_transformer(spec, cfg)
-        runtime.apply_fp8(spec, model)
-        blocks = spec.transformer_blocks(model)
-        off = {id(p) for i in swap_indices(len(blocks), cfg.memory.blocks_to_swap)
-               for p in blocks[i].parameters() if not p.requires_grad}
-        size = {id(p): p.numel() * p.element_size() for p in model.parameters()}
-        lora = sum(p.numel() for p in lora_parameters(model))
-        row = {"preset": preset, "base_dtype": cfg.model.base_dtype, "blocks_to_swap": cfg.memory.blocks_to_swap,
-               "checkpointing": cfg.memory.checkpointing,
-               "gpu_weights_gb": round(sum(v for k, v in size.items() if k not in off) / 1024**3, 2),
-               "cpu_weights_gb": round(sum(size[k] for k in off) / 1024**3, 2),
-               "lora_params_m": round(lora / 1e6, 1), "lora_adam_gb": round(lora * 16 / 1024**3, 2)}
+        blocks, weights = weights_row(spec, cfg, runtime, model)
+        row = {"preset": preset, **weights}
         for bucket in args.buckets.split(","):
             f, h, w = parse_bucket(bucket)
             tokens = ((f - 1) // 4 + 1) * (h // 16) * (w // 16) + TEXT_TOKENS
@@ -409,17 +417,8 @@ def estimate_family(args: argparse.Namespace) -> list[dict]:
         runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
         model, _ = spec.plan_model(None, 1, 16, 16, 1, torch.bfloat16)
         add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
-        runtime.apply_fp8(spec, model)
-        blocks = spec.transformer_blocks(model)
-        off = {id(p) for i in swap_indices(len(blocks), cfg.memory.blocks_to_swap)
-               for p in blocks[i].parameters() if not p.requires_grad}
-        size = {id(p): p.numel() * p.element_size() for p in model.parameters()}
-        lora = sum(p.numel() for p in lora_parameters(model))
-        row = {"model": spec.name, "preset": preset, "base_dtype": cfg.model.base_dtype,
-               "blocks_to_swap": cfg.memory.blocks_to_swap, "checkpointing": cfg.memory.checkpointing,
-               "gpu_weights_gb": round(sum(v for k, v in size.items() if k not in off) / 1024**3, 2),
-               "cpu_weights_gb": round(sum(size[k] for k in off) / 1024**3, 2),
-               "lora_params_m": round(lora / 1e6, 1), "lora_adam_gb": round(lora * 16 / 1024**3, 2)}
+        blocks, weights = weights_row(spec, cfg, runtime, model)
+        row = {"model": spec.name, "preset": preset, **weights}
         for bucket in args.buckets.split(","):
             tokens, flops = hv15_forward_flops(spec, *parse_bucket(bucket))
             hidden = blocks[0].attn.to_q.in_features
