@@ -130,7 +130,7 @@ def comfy_lora_name(internal: str) -> str:
     return name[:-1]
 
 
-def _pattern(template: str, sep: str = ".") -> re.Pattern[str]:
+def name_pattern(template: str, sep: str = ".") -> re.Pattern[str]:
     """Regex for a name template with ``{i}`` block indices (``sep`` replaces the dots)."""
     escaped = re.escape(template.replace(".", sep)).replace(r"\{i\}", r"(?P<i>\d+)")
     return re.compile(escaped)
@@ -149,7 +149,7 @@ def _rows() -> list[tuple[str, tuple[Part, ...]]]:
 @functools.cache
 def _compiled() -> list[tuple[re.Pattern[str], re.Pattern[str], str, tuple[Part, ...], list[re.Pattern[str]]]]:
     return [
-        (_pattern(orig), _pattern(orig, "_"), orig, parts, [_pattern(p.module) for p in parts])
+        (name_pattern(orig), name_pattern(orig, "_"), orig, parts, [name_pattern(p.module) for p in parts])
         for orig, parts in _rows()
     ]
 
@@ -160,7 +160,7 @@ def _compiled_comfy() -> list[tuple[re.Pattern[str], re.Pattern[str], re.Pattern
     out = []
     for orig, _ in _rows():
         internal = COMFY_INTERNAL.get(orig, orig)
-        out.append((_pattern(internal), _pattern(internal, "_"), _pattern(comfy_lora_name(internal)), orig))
+        out.append((name_pattern(internal), name_pattern(internal, "_"), name_pattern(comfy_lora_name(internal)), orig))
     return out
 
 
@@ -170,7 +170,7 @@ def comfy_internal(original: str) -> str:
     for pat, _, orig, _, _ in _compiled():
         m = pat.fullmatch(original)
         if m:
-            return _fill(COMFY_INTERNAL.get(orig, orig), m)
+            return fill_name(COMFY_INTERNAL.get(orig, orig), m)
     return original
 
 
@@ -187,11 +187,12 @@ def original_from_comfy(name: str, form: str = "internal") -> str | None:
     for row in _compiled_comfy():
         m = row[index].fullmatch(name)
         if m:
-            return _fill(row[3], m)
+            return fill_name(row[3], m)
     return None
 
 
-def _fill(template: str, match: re.Match[str]) -> str:
+def fill_name(template: str, match: re.Match[str]) -> str:
+    """``template`` with ``{i}`` replaced by the block index ``match`` (of a ``name_pattern``) found."""
     return template.replace("{i}", match.group("i")) if "{i}" in template else template
 
 
@@ -202,7 +203,7 @@ def original_module(module: str) -> str | None:
         for pat in part_patterns:
             m = pat.fullmatch(module)
             if m:
-                return _fill(orig, m)
+                return fill_name(orig, m)
     return None
 
 
@@ -212,7 +213,7 @@ def original_parts(original: str) -> tuple[Part, ...] | None:
     for pat, _, _, parts, _ in _compiled():
         m = pat.fullmatch(original)
         if m:
-            return tuple(Part(_fill(p.module, m), p.chunk, p.chunks) for p in parts)
+            return tuple(Part(fill_name(p.module, m), p.chunk, p.chunks) for p in parts)
     return None
 
 
@@ -222,5 +223,5 @@ def original_from_flat(flat: str) -> str | None:
     for _, flat_pat, orig, _, _ in _compiled():
         m = flat_pat.fullmatch(flat)
         if m:
-            return _fill(orig, m)
+            return fill_name(orig, m)
     return None

@@ -18,7 +18,7 @@ import functools
 import re
 
 from hv_tune.models.base import Part
-from hv_tune.models.hunyuan_video_keys import COMFY_INTERNAL, comfy_lora_name
+from hv_tune.models.hunyuan_video_keys import COMFY_INTERNAL, comfy_lora_name, fill_name, name_pattern
 
 # (original template, diffusers part templates in row order); "{i}" is a block index.
 _ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -41,23 +41,14 @@ _ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 _COMFY_INTERNAL = {k: v for k, v in COMFY_INTERNAL.items() if k.startswith("double_blocks.")}
 
 
-def _pattern(template: str, sep: str = ".") -> re.Pattern[str]:
-    escaped = re.escape(template.replace(".", sep)).replace(r"\{i\}", r"(?P<i>\d+)")
-    return re.compile(escaped)
-
-
-def _fill(template: str, match: re.Match[str]) -> str:
-    return template.replace("{i}", match.group("i")) if "{i}" in template else template
-
-
 @functools.cache
 def _compiled() -> list[tuple[str, re.Pattern[str], re.Pattern[str], list[re.Pattern[str]], dict[str, re.Pattern]]]:
     out = []
     for orig, parts in _ROWS:
         internal = _COMFY_INTERNAL.get(orig, orig)
-        comfy = {"internal": _pattern(internal), "flat": _pattern(internal, "_"),
-                 "lora": _pattern(comfy_lora_name(internal))}
-        out.append((orig, _pattern(orig), _pattern(orig, "_"), [_pattern(p) for p in parts], comfy))
+        comfy = {"internal": name_pattern(internal), "flat": name_pattern(internal, "_"),
+                 "lora": name_pattern(comfy_lora_name(internal))}
+        out.append((orig, name_pattern(orig), name_pattern(orig, "_"), [name_pattern(p) for p in parts], comfy))
     return out
 
 
@@ -67,7 +58,7 @@ def original_module(module: str) -> str | None:
         for pat in part_patterns:
             m = pat.fullmatch(module)
             if m:
-                return _fill(orig, m)
+                return fill_name(orig, m)
     return None
 
 
@@ -76,7 +67,7 @@ def original_parts(original: str) -> tuple[Part, ...] | None:
     for (_, pat, _, _, _), (_, parts) in zip(_compiled(), _ROWS):
         m = pat.fullmatch(original)
         if m:
-            return tuple(Part(_fill(p, m)) for p in parts)
+            return tuple(Part(fill_name(p, m)) for p in parts)
     return None
 
 
@@ -85,7 +76,7 @@ def original_from_flat(flat: str) -> str | None:
     for orig, _, flat_pat, _, _ in _compiled():
         m = flat_pat.fullmatch(flat)
         if m:
-            return _fill(orig, m)
+            return fill_name(orig, m)
     return None
 
 
@@ -94,7 +85,7 @@ def original_from_comfy(name: str, form: str = "internal") -> str | None:
     for orig, _, _, _, comfy in _compiled():
         m = comfy[form].fullmatch(name)
         if m:
-            return _fill(orig, m)
+            return fill_name(orig, m)
     return None
 
 
@@ -103,6 +94,6 @@ def comfy_name(original: str, form: str = "internal") -> str:
     for orig, pat, _, _, _ in _compiled():
         m = pat.fullmatch(original)
         if m:
-            internal = _fill(_COMFY_INTERNAL.get(orig, orig), m)
+            internal = fill_name(_COMFY_INTERNAL.get(orig, orig), m)
             return comfy_lora_name(internal) if form == "lora" else internal
     return original
