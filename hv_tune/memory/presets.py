@@ -24,6 +24,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "80gb": {"model.base_dtype": "bf16", "memory.blocks_to_swap": 0, "memory.checkpointing": "full"},
     },
     "hunyuan-video-1.5": HV15_PRESETS,
+    "hunyuan-video-1.5-i2v": HV15_PRESETS,  # same transformer size
 }
 DEFAULT_MODEL = "hunyuan-video"
 

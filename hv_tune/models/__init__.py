@@ -5,11 +5,12 @@ from __future__ import annotations
 from hv_tune.errors import ConfigError
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
-from hv_tune.models.hunyuan_video_1_5 import HunyuanVideo15Spec
+from hv_tune.models.hunyuan_video_1_5 import HunyuanVideo15I2VSpec, HunyuanVideo15Spec
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     HunyuanVideoSpec.name: HunyuanVideoSpec(),
     HunyuanVideo15Spec.name: HunyuanVideo15Spec(),
+    HunyuanVideo15I2VSpec.name: HunyuanVideo15I2VSpec(),
 }
 
 

@@ -94,8 +94,22 @@ def scaled_posterior_sample(
     return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
 
 
+def condition_fields(spec: Any) -> tuple[str, ...]:
+    """Keys of a spec's per-item conditioning built from the item's first frame (image-to-video specs
+    declare ``condition_fields``, ``load_condition_encoders`` and ``encode_condition``); () without one.
+
+    The cache stores them per item, a batch feeds them to ``transformer_inputs`` with the text fields,
+    and sampling needs an image for such a spec.
+    """
+    return tuple(getattr(spec, "condition_fields", ()))
+
+
 class ModelSpec(Protocol):
-    """What hv-tune needs to know about one base model family."""
+    """What hv-tune needs to know about one base model family.
+
+    Optional (image-to-video specs, read through ``condition_fields(spec)``): ``condition_fields``,
+    ``load_condition_encoders(opts, vae)`` and ``encode_condition(encoders, frame, latent_shape)``.
+    """
 
     name: str
     #: preset name -> regular expressions matched (fullmatch) against module names

@@ -56,6 +56,12 @@ VAE_CONFIG = dict(
 #: the 480p text-to-video checkpoints' scheduler shift and guider scale
 SCHEDULER_SHIFT = 5.0
 GUIDANCE_SCALE = 6.0
+#: image-to-video: what the released I2V configs change (``task_type``; ``target_size`` 640 at 480p, here a
+#: toy size: the I2V pipeline picks the output size from it and the image's aspect ratio) and a SigLIP width
+I2V_TRANSFORMER_CONFIG = dict(TRANSFORMER_CONFIG, task_type="i2v", target_size=32, image_embed_dim=32)
+#: SigLIP at toy size: 32x32 input, 8x8 patches -> 16 tokens of width 32 (released: 384, 14 -> 729 x 1152)
+SIGLIP_CONFIG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     image_size=32, patch_size=8)
 
 
 def _text_encoders(tokenizer):
@@ -89,8 +95,22 @@ def _text_encoders(tokenizer):
     return qwen, byt5
 
 
-def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random diffusers-format HunyuanVideo 1.5 text-to-video folder to ``out_dir``.
+def _image_parts() -> dict:
+    """A toy SigLIP vision model and its image processor (mean = std = 0.5, bicubic, as the released one)."""
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    size = SIGLIP_CONFIG["image_size"]
+    return {"image_encoder": SiglipVisionModel(SiglipVisionConfig(**SIGLIP_CONFIG)),
+            "feature_extractor": SiglipImageProcessor(size={"height": size, "width": size})}
+
+
+def build_tiny_hunyuan_video_1_5_i2v(out_dir: Path, seed: int = 0) -> Path:
+    """Write a tiny random HunyuanVideo 1.5 image-to-video folder (``HunyuanVideo15ImageToVideoPipeline``)."""
+    return build_tiny_hunyuan_video_1_5(out_dir, seed, i2v=True)
+
+
+def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0, i2v: bool = False) -> Path:
+    """Write a tiny random diffusers-format HunyuanVideo 1.5 text-to-video (or ``i2v``) folder to ``out_dir``.
 
     Raises:
         HvTuneError: the Qwen vocabulary package (a dev dependency) is not installed.
@@ -102,6 +122,7 @@ def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0) -> Path:
         AutoencoderKLHunyuanVideo15,
         ClassifierFreeGuidance,
         FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15ImageToVideoPipeline,
         HunyuanVideo15Pipeline,
         HunyuanVideo15Transformer3DModel,
     )
@@ -114,15 +135,17 @@ def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0) -> Path:
         tokenizer = Qwen2Tokenizer.from_pretrained(folder)
         torch.manual_seed(seed)
         qwen, byt5 = _text_encoders(tokenizer)
-        pipe = HunyuanVideo15Pipeline(
+        pipeline, extra = (HunyuanVideo15ImageToVideoPipeline, _image_parts()) if i2v else (HunyuanVideo15Pipeline, {})
+        pipe = pipeline(
             text_encoder=qwen,
             tokenizer=tokenizer,
-            transformer=HunyuanVideo15Transformer3DModel(**TRANSFORMER_CONFIG),
+            transformer=HunyuanVideo15Transformer3DModel(**(I2V_TRANSFORMER_CONFIG if i2v else TRANSFORMER_CONFIG)),
             vae=AutoencoderKLHunyuanVideo15(**VAE_CONFIG),
             scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT),
             text_encoder_2=byt5,
             tokenizer_2=ByT5Tokenizer(),
             guider=ClassifierFreeGuidance(guidance_scale=GUIDANCE_SCALE),
+            **extra,
         )
         pipe.save_pretrained(str(out_dir))
         shutil.rmtree(out_dir / "tokenizer")  # the checkpoint's files, not transformers' re-serialisation
