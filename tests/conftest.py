@@ -85,3 +85,20 @@ def train_overrides(model: Path, cache: Path, out: Path, **extra) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def hv15_i2v_tiny(tmp_path_factory) -> Path:
+    """A tiny random HunyuanVideo 1.5 image-to-video folder (`tiny-model --model-name hunyuan-video-1.5-i2v`)."""
+    return get_spec("hunyuan-video-1.5-i2v").build_tiny(tmp_path_factory.mktemp("hv15i2v") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def hv15_i2v_cache(tmp_path_factory, hv15_i2v_tiny, demo_folder) -> Path:
+    """The 6 demo clips (5 frames, 32x32) cached through the I2V spec, first-frame conditions included."""
+    out = tmp_path_factory.mktemp("hv15i2vcache")
+    cfg = cache_config(hv15_i2v_tiny, demo_folder, out, "model.name=hunyuan-video-1.5-i2v", "data.frame_buckets=[5]",
+                       "data.caption_dropout=0.5")
+    summary = build_cache(get_spec("hunyuan-video-1.5-i2v"), cfg, "cpu")
+    assert summary.items == 6 and summary.conditions_encoded == 6, summary.table()
+    return out

@@ -6,6 +6,8 @@ Layout (``docs/formats.md`` has the full description)::
     CACHE_DIR/latents/<key>.safetensors   latent_mean, latent_logvar  [C, F', H', W'] fp32
     CACHE_DIR/text/<key>.safetensors      prompt_embeds [L, D], prompt_attention_mask [L], and the
                                           spec's other ``text_fields`` (v1: pooled_prompt_embeds [D2])
+    CACHE_DIR/cond/<key>.safetensors      image-to-video specs: the ``condition_fields`` built from the
+                                          item's first frame (1.5 I2V: cond_latents, cond_mask, image_embeds)
 
 Training reads only this folder. An item's bucket is its pixel size (frames, height, width);
 batches never mix buckets.
@@ -47,6 +49,7 @@ class CacheEntry:
     caption_dropout: float = 0.0
     empty_text: str | None = None  # embedding of "" with this item's template (caption dropout)
     source: str = ""  # the media file it was encoded from (named when a cache file is broken)
+    condition: str | None = None  # image-to-video: the first-frame conditioning file (spec.condition_fields)
 
     @property
     def bucket(self) -> tuple[int, int, int]:
@@ -72,6 +75,12 @@ def write_latent(cache_dir: Path, key: str, posterior: dict[str, torch.Tensor]) 
 def write_text(cache_dir: Path, key: str, text: dict[str, torch.Tensor]) -> str:
     rel = f"text/{key}.safetensors"
     atomic_save_safetensors(cache_dir / rel, dict(text))
+    return rel
+
+
+def write_condition(cache_dir: Path, key: str, tensors: dict[str, torch.Tensor]) -> str:
+    rel = f"cond/{key}.safetensors"
+    atomic_save_safetensors(cache_dir / rel, dict(tensors))
     return rel
 
 
@@ -133,7 +142,8 @@ def read_index(cache_dir: str | Path) -> list[CacheEntry]:
 def item_files(e: CacheEntry) -> list[tuple[str, tuple[str, ...]]]:
     """(relative path, expected keys) of every file an item reads."""
     texts = e.texts + ([e.empty_text] if e.empty_text else [])
-    return [(e.latent, LATENT_KEYS)] + [(t, TEXT_KEYS) for t in texts]
+    cond = [(e.condition, ())] if e.condition else []
+    return [(e.latent, LATENT_KEYS)] + [(t, TEXT_KEYS) for t in texts] + cond
 
 
 def broken_files(cache_dir: str | Path, entries: list[CacheEntry], full: bool = False) -> list[tuple[CacheEntry, str, str]]:
@@ -186,6 +196,8 @@ class CachedDataset(torch.utils.data.Dataset):
         e = self.entries[item]
         text = e.empty_text if caption < 0 else e.texts[caption]
         out = {**self._load(e, e.latent, LATENT_KEYS), **self._load(e, text, TEXT_KEYS, every=True)}
+        if e.condition:  # the first-frame condition stays under caption dropout (the pipeline keeps it)
+            out.update(self._load(e, e.condition, (), every=True))
         out["index"] = torch.tensor(item)
         return out
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -24,10 +25,12 @@ from hv_tune.data.cache import (
     LATENT_KEYS,
     CacheEntry,
     broken_files,
+    content_key,
     describe_broken,
     is_valid,
     read_header,
     read_index,
+    write_condition,
     write_index,
     write_latent,
     write_text,
@@ -39,7 +42,7 @@ from hv_tune.data.sources import Skip, scan_sources
 from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text
 from hv_tune.memory.fp8 import apply_fp8_storage
-from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, resolve_dtype
+from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, condition_fields, resolve_dtype
 
 SUMMARY_FILE = "summary.json"
 
@@ -52,6 +55,8 @@ class CacheSummary:
     latents_reused: int = 0
     texts_encoded: int = 0
     texts_reused: int = 0
+    conditions_encoded: int = 0  # image-to-video: first-frame conditions
+    conditions_reused: int = 0
     skipped: list[Skip] = field(default_factory=list)
     notes: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
@@ -62,7 +67,9 @@ class CacheSummary:
         """The human-readable end-of-run report."""
         lines = [f"cache: {self.items} items in {len(self.buckets)} buckets ({self.seconds:.1f} s)",
                  f"  latents: {self.latents_encoded} encoded, {self.latents_reused} reused; "
-                 f"texts: {self.texts_encoded} encoded, {self.texts_reused} reused",
+                 f"texts: {self.texts_encoded} encoded, {self.texts_reused} reused"
+                 + (f"; first-frame conditions: {self.conditions_encoded} encoded, {self.conditions_reused} reused"
+                    if self.conditions_encoded or self.conditions_reused else ""),
                  "  bucket (frames x height x width)   items"]
         if self.changes:
             lines[1:1] = ["  rebuilt because:"] + [f"    {c}" for c in self.changes]
@@ -91,7 +98,8 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     opts = LoadOptions.from_config(cfg.model, resolve_dtype(cfg.model.base_dtype, device),
                                    text_encoder_fp8=cfg.model.text_encoder_dtype == "fp8")
     scan = scan_sources(cfg.data)
-    fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan)
+    fields = condition_fields(spec)
+    fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan, fields)
     model_id = model_key(fingerprint["model"])
     planned = plan_items(scan, cfg.data, model_id)
     summary = CacheSummary(skipped=scan.skipped, notes=scan.notes)
@@ -99,7 +107,8 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     texts = text_jobs(planned, model_id)
     encode_texts(spec, opts, device, root, texts, summary)
     done = encode_latents(spec, opts, device, root, planned, cfg, summary)
-    entries = [_entry(p, model_id) for p in done]
+    done = encode_conditions(spec, opts, device, root, done, summary)
+    entries = [_entry(p, model_id, fields) for p in done]
     summary.items = len(entries)
     summary.buckets = dict(Counter("x".join(map(str, e.bucket)) for e in entries))
     summary.seconds = time.time() - t0
@@ -190,6 +199,49 @@ def encode_latents(spec, opts, device, root: Path, planned, cfg: Config, summary
     return [p for p in planned if p.id not in failed]
 
 
+def condition_key(item: PlannedItem, fields: tuple[str, ...]) -> str:
+    """Content key of an item's first-frame condition: its latent's inputs and the spec's fields."""
+    return content_key("condition", item.latent_key, *fields)
+
+
+def encode_conditions(spec, opts, device, root: Path, planned: list[PlannedItem], summary) -> list[PlannedItem]:
+    """Image-to-video specs: encode the missing first-frame conditions (``spec.encode_condition``, the
+    reference pipeline's own code) of ``planned``; returns the usable items (all of them without conditions)."""
+    fields = condition_fields(spec)
+    if not fields:
+        return planned
+    todo = [p for p in planned if not is_valid(root / f"cond/{condition_key(p, fields)}.safetensors", fields)]
+    summary.conditions_reused = len(planned) - len(todo)
+    failed: set[str] = set()
+    if todo:
+        vae = spec.load_vae(opts).to(device)
+        encoders = spec.load_condition_encoders(opts, vae)
+        t, s, c = spec.vae_scale_factor_temporal, spec.vae_scale_factor_spatial, vae.config.latent_channels
+        for item in tqdm(todo, desc="encode first frames", unit="item"):
+            try:
+                frame = first_frame(item)
+            except MediaError as e:
+                summary.skipped.append(Skip(str(item.media.path), str(e)))
+                failed.add(item.id)
+                continue
+            shape = (c, (item.frames - 1) // t + 1, item.height // s, item.width // s)  # the item's latent
+            write_condition(root, condition_key(item, fields), spec.encode_condition(encoders, frame, shape))
+            summary.conditions_encoded += 1
+        del encoders, vae
+        _free()
+    return [p for p in planned if p.id not in failed]
+
+
+def first_frame(item: PlannedItem) -> np.ndarray:
+    """The item's first frame, uint8 [H, W, 3] at its bucket size (decoded as ``load_pixels`` decodes it)."""
+    try:
+        if item.template == "image":
+            return resize_cover(read_image(item.media.path), (item.height, item.width))[0]
+        return read_video(item.media.path, item.indices[:1], item.info, (item.height, item.width))[0]
+    except FileNotFoundError as e:
+        raise MediaError("file vanished") from e
+
+
 def load_pixels(item: PlannedItem) -> torch.Tensor:
     """Decode the item's frames into [3, F, H, W] in [-1, 1] at its bucket size."""
     try:
@@ -202,7 +254,7 @@ def load_pixels(item: PlannedItem) -> torch.Tensor:
     return to_pixels(frames)
 
 
-def _entry(p: PlannedItem, model_id: str) -> CacheEntry:
+def _entry(p: PlannedItem, model_id: str, fields: tuple[str, ...] = ()) -> CacheEntry:
     s = p.media.settings
     return CacheEntry(
         id=p.id,
@@ -216,4 +268,5 @@ def _entry(p: PlannedItem, model_id: str) -> CacheEntry:
         caption_dropout=s.caption_dropout,
         empty_text=f"text/{text_key(model_id, p.template, '')}.safetensors",
         source=str(p.media.path),
+        condition=f"cond/{condition_key(p, fields)}.safetensors" if fields else None,
     )

@@ -41,11 +41,16 @@ def encoders_identity(model_path: str, transformer_subfolder: str) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def model_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str) -> dict[str, Any]:
+def model_fingerprint(
+    cfg: Config, spec_name: str, transformer_subfolder: str, conditions: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The model part of a fingerprint; ``conditions``: the spec's per-item condition fields (recorded
+    when there are some, so a spec that changes them gets its condition files rebuilt)."""
     m = cfg.model
-    return {"name": spec_name, "path": model_identity(m.path), "revision": m.revision,
-            "text_encoder_dtype": m.text_encoder_dtype, "encoders": encoders_identity(m.path, transformer_subfolder),
-            "vae_file": _file_identity(m.vae_path)}
+    out = {"name": spec_name, "path": model_identity(m.path), "revision": m.revision,
+           "text_encoder_dtype": m.text_encoder_dtype, "encoders": encoders_identity(m.path, transformer_subfolder),
+           "vae_file": _file_identity(m.vae_path)}
+    return out | ({"conditions": list(conditions)} if conditions else {})
 
 
 def _file_identity(path: str | None) -> str | None:
@@ -62,7 +67,9 @@ def model_key(model: dict[str, Any]) -> str:
     return key + (f":vae={model['vae_file']}" if model.get("vae_file") else "")  # same keys as before without one
 
 
-def cache_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str, scan: Scan) -> dict[str, Any]:
+def cache_fingerprint(
+    cfg: Config, spec_name: str, transformer_subfolder: str, scan: Scan, conditions: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Everything the items of a cache depend on (JSON-serialisable)."""
     data = {f.name: getattr(cfg.data, f.name) for f in fields(DataConfig) if f.name not in NOT_RECORDED}
     files = {}
@@ -70,7 +77,7 @@ def cache_fingerprint(cfg: Config, spec_name: str, transformer_subfolder: str, s
         st = item.path.stat() if item.path.exists() else None
         captions = hashlib.sha256(json.dumps(item.captions).encode()).hexdigest()[:12]
         files[str(item.path.resolve())] = [st.st_size if st else -1, st.st_mtime_ns if st else -1, captions]
-    return {"model": model_fingerprint(cfg, spec_name, transformer_subfolder), "data": data,
+    return {"model": model_fingerprint(cfg, spec_name, transformer_subfolder, conditions), "data": data,
             "sources": [asdict(s) for s in cfg.data.sources], "files": files}
 
 
@@ -82,6 +89,9 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list
     om, nm = old.get("model", {}), new["model"]
     for k in nm:
         if om.get(k) != nm[k]:
+            if k == "conditions":
+                out.append(f"condition fields {om.get(k)} -> {nm[k]}: the first-frame conditions are re-encoded")
+                continue
             what = "encoder files changed" if k == "encoders" else f"model.{k}: {om.get(k)!r} -> {nm[k]!r}"
             out.append(f"{what}: everything is re-encoded (latents and text)")
     od, nd = old.get("data", {}), new["data"]
@@ -119,7 +129,9 @@ def _file_changes(old: dict[str, list], new: dict[str, list]) -> list[str]:
     return out
 
 
-def stale_reasons(cfg: Config, spec_name: str, transformer_subfolder: str, old: dict[str, Any] | None) -> list[str]:
+def stale_reasons(
+    cfg: Config, spec_name: str, transformer_subfolder: str, old: dict[str, Any] | None, conditions: tuple[str, ...] = ()
+) -> list[str]:
     """Why the cache with stored fingerprint ``old`` no longer matches ``cfg`` (empty: it matches).
 
     Without ``data.sources`` the cache cannot be rebuilt; only its model is compared then.
@@ -127,7 +139,8 @@ def stale_reasons(cfg: Config, spec_name: str, transformer_subfolder: str, old: 
     from hv_tune.data.sources import scan_sources
 
     if not cfg.data.sources:
-        if old and old.get("model") != model_fingerprint(cfg, spec_name, transformer_subfolder):
+        if old and old.get("model") != model_fingerprint(cfg, spec_name, transformer_subfolder, conditions):
             return [f"the cache was encoded with model {old['model'].get('path')}, not {cfg.model.path}"]
         return []
-    return fingerprint_changes(old, cache_fingerprint(cfg, spec_name, transformer_subfolder, scan_sources(cfg.data)))
+    scan = scan_sources(cfg.data)
+    return fingerprint_changes(old, cache_fingerprint(cfg, spec_name, transformer_subfolder, scan, conditions))

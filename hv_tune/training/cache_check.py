@@ -10,6 +10,7 @@ from hv_tune.data.encode import build_cache
 from hv_tune.data.fingerprint import stale_reasons
 from hv_tune.errors import DataError
 from hv_tune.models import ModelSpec
+from hv_tune.models.base import condition_fields
 
 FIX = "`finetune.py cache --config YOUR_CONFIG`"
 
@@ -28,7 +29,7 @@ def prepare_cache(spec: ModelSpec, cfg: Config, device: str) -> None:
             print(f"no cache at {root}: running the cache step first")
             print(build_cache(spec, cfg, device).table())
         return  # without sources, reading the index names the problem
-    reasons = stale_reasons(cfg, spec.name, spec.transformer_subfolder, head.get("fingerprint"))
+    reasons = stale_reasons(cfg, spec.name, spec.transformer_subfolder, head.get("fingerprint"), condition_fields(spec))
     if not cfg.data.sources:
         for r in reasons:
             print(f"warning: cache {root}: {r} (no data.sources to rebuild it from)")

@@ -11,12 +11,14 @@ from torch import nn
 
 from hv_tune.config import ObjectiveConfig
 from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, loss_weights, sample_sigmas
-from hv_tune.models.base import ModelSpec
+from hv_tune.models.base import ModelSpec, condition_fields
 
 
 def text_inputs(spec: ModelSpec, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The spec's text fields of a batch, floating ones in the model dtype (masks keep theirs)."""
-    return {k: batch[k].to(dtype) if batch[k].is_floating_point() else batch[k] for k in spec.text_fields}
+    """The spec's text (and per-item condition) fields of a batch, floating ones in the model dtype
+    (masks keep theirs): what ``spec.transformer_inputs`` reads besides the noisy latents."""
+    keys = (*spec.text_fields, *condition_fields(spec))
+    return {k: batch[k].to(dtype) if batch[k].is_floating_point() else batch[k] for k in keys}
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
