@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("out_dir", type=Path, help="folder to create")
     t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     t.add_argument("--model-name", default="hunyuan-video",
-                   help="model family (a model.name): hunyuan-video or hunyuan-video-1.5")
+                   help="model family (a model.name): hunyuan-video, hunyuan-video-1.5 or hunyuan-video-1.5-i2v")
 
     tr = sub.add_parser("train", help="train a LoRA from a cache, as configured")
     tr.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
@@ -65,14 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--vae", default=None, metavar="FILE", help="VAE from one .safetensors (config from --model)")
     s.add_argument("--prompt", required=True)
     s.add_argument("--frames", type=int, default=None, help="4k+1 frames (default 33; 1 for a .png --out)")
-    s.add_argument("--height", type=int, default=320, help="multiple of 16")
-    s.add_argument("--width", type=int, default=512, help="multiple of 16")
+    s.add_argument("--image", default=None, metavar="FILE",
+                   help="first frame for an image-to-video model (hunyuan-video-1.5-i2v); the pipeline picks the "
+                        "output size from the image's aspect ratio and the model's target_size")
+    s.add_argument("--height", type=int, default=None, help="multiple of 16 (default 320; not with --image)")
+    s.add_argument("--width", type=int, default=None, help="multiple of 16 (default 512; not with --image)")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
     s.add_argument("--guidance", type=float, default=6.0,
                    help="guidance scale: embedded guidance (hunyuan-video), classifier-free guidance (1.5)")
     s.add_argument("--model-name", default=None,
-                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
+                   help="model family (hunyuan-video, hunyuan-video-1.5, hunyuan-video-1.5-i2v); "
+                        "default: from --model's model_index.json")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fps", type=int, default=24, help="frame rate of the mp4")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -272,20 +276,45 @@ def cmd_sample(args: argparse.Namespace) -> None:
     frames = args.frames if args.frames is not None else 1 if png else 33
     if png and frames != 1:
         raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
-    if (frames - 1) % 4 or args.height % 16 or args.width % 16:
+    height, width = args.height or 320, args.width or 512
+    if (frames - 1) % 4 or height % 16 or width % 16:
         raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
     spec = spec_for(args.model_name, args.model)
+    image = _first_frame(spec, args)
     loras = [_parse_lora(s) for s in args.lora]
     device, dtype = _device_dtype(args.dtype)
     opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
     pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload, opts)
-    req = SampleRequest(args.prompt, frames, args.height, args.width, args.steps, args.shift, args.guidance,
-                        args.seed, args.fps)
+    req = SampleRequest(args.prompt, frames, height, width, args.steps, args.shift, args.guidance,
+                        args.seed, args.fps, image)
     embeds = None
     if args.offload == "text-encoders":
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
         pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
     print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, args.fps)}")
+
+
+def _first_frame(spec, args: argparse.Namespace):
+    """The ``--image`` of an image-to-video model as a PIL image (None for text-to-video models).
+
+    Raises:
+        HvTuneError: --image missing for an image-to-video model, given for a text-to-video one,
+            given with --height/--width, or not a readable image (named).
+    """
+    from hv_tune.models.base import condition_fields
+    from hv_tune.sampling import read_first_frame
+
+    if not condition_fields(spec):
+        if args.image:
+            raise HvTuneError(f"--image: {spec.name} is a text-to-video model; use an image-to-video model "
+                              "(hunyuan-video-1.5-i2v) or leave --image out")
+        return None
+    if not args.image:
+        raise HvTuneError(f"{spec.name} is an image-to-video model: give the first frame with --image FILE")
+    if args.height or args.width:
+        raise HvTuneError("--height/--width do not apply with --image: the image-to-video pipeline takes the size "
+                          "from the image's aspect ratio and the model's target_size; resize the image instead")
+    return read_first_frame(_expand(args.image), "--image")
 
 
 def _parse_size(text: str) -> int:

@@ -140,6 +140,10 @@ class TrainingConfig:
 class ValidationConfig:
     every: int = _f(0, "Render previews and measure the eval loss every N steps (0 = off).")
     prompts: list[str] = _f([], "Preview prompts: videos in OUTPUT_DIR/samples/step_N/ and on TensorBoard.")
+    images: list[str] = _f(
+        [], "Image-to-video models: the first frame of each preview, one image per prompt (the output size "
+        "then comes from the image and the model's target_size; height/width are not used)."
+    )
     frames: int = _f(33, "Frames of each preview (4k+1; 1 = an image).")
     height: int = _f(320, "Preview height in pixels (multiple of 16).")
     width: int = _f(512, "Preview width in pixels (multiple of 16).")
@@ -238,6 +242,7 @@ def expand_paths(cfg: Config) -> None:
     cfg.model.vae_path = expand_path(cfg.model.vae_path, "model.vae_path")
     cfg.data.cache_dir = expand_path(cfg.data.cache_dir, "data.cache_dir")
     cfg.validation.eval_cache_dir = expand_path(cfg.validation.eval_cache_dir, "validation.eval_cache_dir")
+    cfg.validation.images = [expand_path(p, f"validation.images[{i}]") for i, p in enumerate(cfg.validation.images)]
     for i, src in enumerate(cfg.data.sources):
         src.path = expand_path(src.path, f"data.sources[{i}].path")
 
@@ -449,12 +454,17 @@ def _validate_validation_and_save(cfg: Config) -> None:
          "is set but there is nothing to validate: give validation.prompts or validation.eval_items > 0"),
         (not v.eval_cache_dir or v.every == 0 or Path(v.eval_cache_dir).is_dir(), "validation.eval_cache_dir",
          f"folder {v.eval_cache_dir!r} does not exist (make it with the cache verb on held-out clips)"),
+        (not v.images or len(v.images) == len(v.prompts), "validation.images",
+         f"must give one image per prompt ({len(v.images)} images, {len(v.prompts)} prompts)"),
         ("diffusers" in formats, "save.formats", f"must include diffusers, the native format (got {formats})"),
         (len(set(formats)) == len(formats), "save.formats", f"lists a format twice ({formats})"),
     ]
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
+    for i, image in enumerate(v.images if v.every else []):
+        if not Path(image).is_file():
+            raise ConfigError(f"config key 'validation.images[{i}]': image {image!r} does not exist")
 
 
 def _validate_memory(cfg: Config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,6 +13,7 @@ from hv_tune.data.cache import read_index
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
 from hv_tune.models import get_spec
+from hv_tune.models.base import condition_fields
 from hv_tune.sampling import SampleRequest, generate, load_pipeline, write_video
 from hv_tune.training.trainer import train
 
@@ -36,13 +38,26 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     print(build_cache(spec, cfg, device).table())
     lora = train(cfg, resume=True).lora_path
     pipe = load_pipeline(spec, str(model_dir), [(str(lora), 1.0)], device, torch.float32)
-    prompt = read_index(cfg.data.cache_dir)[0].captions[0]
-    req = SampleRequest(prompt, 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale)
+    first = read_index(cfg.data.cache_dir)[0]
+    req = SampleRequest(first.captions[0], 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale,
+                        image=demo_image(first) if condition_fields(spec) else None)
     sample = write_video(generate(pipe, req), out / "sample.mp4")
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}")
     print(f"prompt: {readable_prompt(req.prompt)}")
     print(f"demo finished in {time.time() - t0:.0f} s")
     return {"model": model_dir, "lora": lora, "sample": sample}
+
+
+def demo_image(entry) -> Any:
+    """Image-to-video: the first frame of a cached item's source (PIL image at the item's size)."""
+    from PIL import Image
+
+    from hv_tune.data.decode import probe_video, read_image, read_video, resize_cover
+
+    path, size = Path(entry.source), (entry.height, entry.width)
+    if entry.frames == 1:
+        return Image.fromarray(resize_cover(read_image(path), size)[0])
+    return Image.fromarray(read_video(path, [0], probe_video(path), size)[0])
 
 
 def readable_prompt(prompt: str, limit: int = 72) -> str:

@@ -33,6 +33,26 @@ class SampleRequest:
     guidance: float = 6.0
     seed: int = 0
     fps: int = 24
+    #: image-to-video: the first frame (PIL image); the pipeline then picks the output size from it
+    image: Any = None
+
+
+def read_first_frame(path: str | Path, what: str) -> Any:
+    """The image at ``path`` as an upright RGB PIL image (read through ``hv_tune.media``, as the cache does).
+
+    Raises:
+        HvTuneError: naming ``what`` (the option or key) and the file when it is missing or unreadable.
+    """
+    from PIL import Image
+
+    from hv_tune.media import MediaError, read_image
+
+    if not Path(path).is_file():
+        raise HvTuneError(f"{what}: image {path} does not exist")
+    try:
+        return Image.fromarray(read_image(path))
+    except MediaError as e:
+        raise HvTuneError(f"{what}: {path} cannot be used as the first frame: {e}") from e
 
 
 def load_pipeline(
@@ -156,10 +176,11 @@ def generate(pipe: Any, req: SampleRequest, embeds: Mapping[str, torch.Tensor] |
     """
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=req.shift)
     prompt: dict[str, Any] = dict(embeds) if embeds is not None else {"prompt": req.prompt}
+    # an image-to-video pipeline (HunyuanVideo 1.5 I2V) takes the size from the image and its target_size
+    size = {"height": req.height, "width": req.width} if req.image is None else {"image": req.image}
     out = pipe(
         **prompt,
-        height=req.height,
-        width=req.width,
+        **size,
         num_frames=req.frames,
         num_inference_steps=req.steps,
         **guidance_kwargs(pipe, req.guidance),

@@ -48,7 +48,7 @@ from hv_tune.training.guard import StopOnSignal, claim_output_dir, ensure_free_s
 from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.step import step_generator, training_loss
-from hv_tune.training.validation import Validator
+from hv_tune.training.validation import Validator, preview_images
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -82,6 +82,7 @@ def train(
 
     out = Path(cfg.output_dir)
     spec = get_spec(cfg.model.name)
+    preview_images(spec, cfg)  # a missing or unreadable preview image stops the run before anything loads
     process = PartialState()
     found: list[Any] = []  # the main process goes first: it sets broken checkpoints aside
     on_main_process(process, lambda: found.extend(check_run(cfg, resume, overwrite, resume_anyway, claim=True)))

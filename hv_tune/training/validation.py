@@ -29,8 +29,8 @@ from hv_tune.config import Config
 from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, sigma_quantiles
 from hv_tune.io import atomic_save_safetensors
-from hv_tune.models.base import LoadOptions, ModelSpec
-from hv_tune.sampling import SampleRequest, generate, write_video
+from hv_tune.models.base import LoadOptions, ModelSpec, condition_fields
+from hv_tune.sampling import SampleRequest, generate, read_first_frame, write_video
 from hv_tune.training.step import text_inputs
 
 SAMPLES_DIR = "samples"
@@ -50,6 +50,30 @@ def frame_strip(frames: np.ndarray, count: int = STRIP_FRAMES) -> np.ndarray:
     return np.concatenate(list(frames[idx]), axis=1)
 
 
+def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
+    """The first frames of the previews (image-to-video specs), read now so that a bad one stops the
+    run before any model is loaded; [] for text-to-video specs or when previews are off.
+
+    Raises:
+        ConfigError: images missing for an image-to-video spec, or given for a text-to-video one.
+        HvTuneError: an image that does not exist or cannot be read (named).
+    """
+    from hv_tune.errors import ConfigError
+
+    v = cfg.validation
+    if not v.every or not v.prompts:
+        return []
+    if not condition_fields(spec):
+        if v.images:
+            raise ConfigError(f"config key 'validation.images': {spec.name} is a text-to-video model; "
+                              "remove the images or use an image-to-video model")
+        return []
+    if len(v.images) != len(v.prompts):
+        raise ConfigError(f"config key 'validation.images': {spec.name} previews start from an image: give one "
+                          f"image per prompt ({len(v.images)} images, {len(v.prompts)} prompts)")
+    return [read_first_frame(p, f"validation.images[{i}]") for i, p in enumerate(v.images)]
+
+
 class Validator:
     """Runs previews and the eval loss on the main process; a no-op when ``validation.every`` is 0."""
 
@@ -65,7 +89,9 @@ class Validator:
             cfg.objective.logit_std, cfg.objective.shift,
         )
         self.eval_set: CachedDataset | None = None
+        self.images: list[Any] = []
         if self.enabled and accelerator.is_main_process:
+            self.images = preview_images(spec, cfg)
             self.embeds = self._prompt_embeds()
             if self.v.eval_items > 0 and len(self.v.eval_quantiles) > 0:
                 self.eval_set = CachedDataset(self.v.eval_cache_dir or cfg.data.cache_dir)
@@ -157,7 +183,8 @@ class Validator:
             pipe.set_progress_bar_config(disable=True)
             v, written = self.v, []
             for i, (prompt, emb) in enumerate(zip(v.prompts, self.embeds)):
-                req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed)
+                image = self.images[i] if self.images else None
+                req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed, 24, image)
                 frames = generate(pipe, req, {k: t.to(device) for k, t in emb.items()})
                 ext = "png" if v.frames == 1 else "mp4"
                 written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", req.fps))
