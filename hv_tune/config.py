@@ -462,9 +462,6 @@ def _validate_validation_and_save(cfg: Config) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
-    for i, image in enumerate(v.images if v.every else []):
-        if not Path(image).is_file():
-            raise ConfigError(f"config key 'validation.images[{i}]': image {image!r} does not exist")
 
 
 def _validate_memory(cfg: Config) -> None:

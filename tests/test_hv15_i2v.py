@@ -15,7 +15,7 @@ from PIL import Image
 from hv_tune.cli import main
 from hv_tune.config import load_config
 from hv_tune.data.cache import CachedDataset, collate, read_index
-from hv_tune.errors import ConfigError
+from hv_tune.errors import ConfigError, HvTuneError
 from hv_tune.lora import add_lora, load_lora_state_dict, peft_config, resolve_targets
 from hv_tune.models import LoadOptions, get_spec
 from hv_tune.training.trainer import train
@@ -214,10 +214,13 @@ def test_validation_previews_start_from_the_configured_images(hv15_i2v_tiny, hv1
         "training.max_steps": 2, "save.formats": "[diffusers]", "validation.every": 2,
         "validation.prompts": "['a red ball']", "validation.frames": 5, "validation.steps": 2,
         "validation.eval_items": 0})
-    with pytest.raises(ConfigError, match=r"validation.images\[0\]': image .*gone.png' does not exist"):
-        load_config(None, [*base, f"validation.images=[{tmp_path / 'gone.png'}]"])
+    with pytest.raises(HvTuneError, match=r"validation.images\[0\]: image .*gone.png does not exist"):
+        train(load_config(None, [*base, f"validation.images=[{tmp_path / 'gone.png'}]"]))
+    with pytest.raises(ConfigError, match="one image per prompt"):
+        load_config(None, [*base, f"validation.images=[{image}, {image}]"])
     with pytest.raises(ConfigError, match="one image per prompt"):
         train(load_config(None, base))
+    assert not (tmp_path / "val" / "checkpoints").exists()  # refused before anything ran
     train(load_config(None, [*base, f"validation.images=[{image}]"]))
     assert (tmp_path / "val" / "samples" / "step_00000002" / "00.mp4").is_file()
 
