@@ -184,7 +184,8 @@ class Validator:
             v, written = self.v, []
             for i, (prompt, emb) in enumerate(zip(v.prompts, self.embeds)):
                 image = self.images[i] if self.images else None
-                req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed, 24, image)
+                req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed,
+                                    image=image)
                 frames = generate(pipe, req, {k: t.to(device) for k, t in emb.items()})
                 ext = "png" if v.frames == 1 else "mp4"
                 written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", req.fps))
