@@ -6,6 +6,8 @@ a 32-channel VAE with 16x spatial and 4x temporal compression, a Qwen2.5-VL text
 the real Qwen2 tokenizer (``hv_tune.models.tokenizers``) and a byT5 encoder with the real
 byte-level ``ByT5Tokenizer`` (it needs no vocabulary file), a ``ClassifierFreeGuidance``
 guider and a flow-match scheduler. ``HunyuanVideo15Pipeline.from_pretrained`` loads and runs it.
+The image-to-video variant adds a toy SigLIP (``image_encoder/``, ``feature_extractor/``) for
+``HunyuanVideo15ImageToVideoPipeline``.
 """
 
 from __future__ import annotations
