@@ -10,19 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from hv_tune.errors import ConfigError
+from hv_tune.models.hunyuan_video.presets import PRESETS as HV_PRESETS
 from hv_tune.models.hunyuan_video_1_5.presets import PRESETS as HV15_PRESETS
 
 # model name -> preset -> {"section.key": value}
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "hunyuan-video": {
-        # fp8 blocks ~16 GB: swap 36 of the 40 single blocks (~6 GB) and offload the checkpoints.
-        "16gb": {"model.base_dtype": "fp8", "memory.blocks_to_swap": 36, "memory.checkpointing": "offload"},
-        # fp8 weights ~16.6 GB resident; offloading the block checkpoints (3.5 GB at 512x512x33) keeps headroom.
-        "24gb": {"model.base_dtype": "fp8", "memory.blocks_to_swap": 0, "memory.checkpointing": "offload"},
-        # bf16 weights ~25.6 GB; block checkpoints stay on the GPU (fastest).
-        "48gb": {"model.base_dtype": "bf16", "memory.blocks_to_swap": 0, "memory.checkpointing": "full"},
-        "80gb": {"model.base_dtype": "bf16", "memory.blocks_to_swap": 0, "memory.checkpointing": "full"},
-    },
+    "hunyuan-video": HV_PRESETS,
     "hunyuan-video-1.5": HV15_PRESETS,
 }
 DEFAULT_MODEL = "hunyuan-video"

@@ -18,7 +18,7 @@ import functools
 import re
 
 from hv_tune.models.base import Part
-from hv_tune.models.hunyuan_video_keys import COMFY_INTERNAL, comfy_lora_name, fill_name, name_pattern
+from hv_tune.models.hunyuan_video.keys import COMFY_INTERNAL, comfy_lora_name, fill_name, name_pattern
 
 # (original template, diffusers part templates in row order); "{i}" is a block index.
 _ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
