@@ -11,7 +11,7 @@ from hv_tune.config import load_config
 from hv_tune.data.cache import read_index
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
-from hv_tune.models import get_spec
+from hv_tune.models import DEFAULT_MODEL, get_spec
 from hv_tune.sampling import SampleRequest, generate, load_pipeline, write_video
 from hv_tune.training.trainer import train
 
@@ -22,7 +22,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     """Clips (generated, or ``source``: e.g. a curation manifest) -> cache -> train -> sample."""
     t0 = time.time()
     out = Path(out)
-    spec = get_spec(next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), "hunyuan-video"))
+    spec = get_spec(next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), DEFAULT_MODEL))
     model_dir = out / "model"
     if not (model_dir / "model_index.json").is_file():
         spec.build_tiny(model_dir)
@@ -38,7 +38,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     pipe = load_pipeline(spec, str(model_dir), [(str(lora), 1.0)], device, torch.float32)
     prompt = read_index(cfg.data.cache_dir)[0].captions[0]
     req = SampleRequest(prompt, 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale)
-    sample = write_video(generate(pipe, req), out / "sample.mp4")
+    sample = write_video(generate(pipe, req), out / "sample.mp4", spec.video.fps)
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}")
     print(f"prompt: {readable_prompt(req.prompt)}")
     print(f"demo finished in {time.time() - t0:.0f} s")

@@ -32,7 +32,7 @@ from hv_tune.lora import (
 )
 from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.models import LoadOptions, ModelSpec, get_spec
-from hv_tune.models.base import resolve_dtype
+from hv_tune.models.base import LORA_FILE, resolve_dtype
 from hv_tune.training.cache_check import prepare_cache
 from hv_tune.training.checkpoint import (
     Checkpoint,
@@ -49,8 +49,6 @@ from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.step import step_generator, training_loss
 from hv_tune.training.validation import Validator
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass

@@ -160,7 +160,7 @@ class Validator:
                 req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed)
                 frames = generate(pipe, req, {k: t.to(device) for k, t in emb.items()})
                 ext = "png" if v.frames == 1 else "mp4"
-                written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", req.fps))
+                written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", self.spec.video.fps))
                 self._log_image(i, prompt, frames, step)
         finally:
             self.vae.to("cpu")

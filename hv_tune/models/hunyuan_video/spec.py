@@ -17,7 +17,15 @@ from torch import nn
 
 from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
-from hv_tune.models.base import LoadOptions, Part, TextEncoders, scaled_posterior_sample, vae_posterior
+from hv_tune.models.base import (
+    LORA_FILE,
+    LoadOptions,
+    Part,
+    TextEncoders,
+    VideoRules,
+    scaled_posterior_sample,
+    vae_posterior,
+)
 from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video import presets
 from hv_tune.models.hunyuan_video import text as hv_text
@@ -71,6 +79,11 @@ class HunyuanVideoSpec:
     lora_presets: Mapping[str, tuple[str, ...]] = presets.LORA_PRESETS
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 8
+    #: sides: 8x VAE x patch 2; frames 4k+1; trained at 24 fps (docs/hunyuan_video.md)
+    video = VideoRules(pixel_multiple=vae_scale_factor_spatial * 2, frame_step=vae_scale_factor_temporal, fps=24.0)
+    memory_presets: Mapping[str, Mapping[str, Any]] = presets.PRESETS
+    own_module_markers = hv_keys.OWN_MODULE_MARKERS
+    lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
     pipeline_class = "HunyuanVideoPipeline"
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
@@ -213,7 +226,7 @@ class HunyuanVideoSpec:
             transformer_lora_layers=state_dict,
             transformer_lora_adapter_metadata=metadata,
         )
-        path = Path(out_dir) / "pytorch_lora_weights.safetensors"
+        path = Path(out_dir) / LORA_FILE
         sort_safetensors_metadata(path)  # same training -> same bytes (exact resume is checked byte for byte)
         return path
 
