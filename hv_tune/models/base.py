@@ -1,8 +1,9 @@
 """The contract between a base model and the rest of hv-tune.
 
-The trainer, cache, sampling, merge and convert code only talk to a ``ModelSpec``; they
-never import a model family's diffusers classes or hard-code its key names. Adding Wan or LTX-Video means one new file
-implementing this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
+The trainer, cache, sampling, merge and convert code only talk to a ``ModelSpec``; they never
+import a model family's diffusers classes or hard-code its key names, sizes, frame rules or
+presets. Adding Wan or LTX-Video means one new folder under ``hv_tune/models/`` implementing
+this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
 """
 
 from __future__ import annotations
@@ -145,8 +146,6 @@ class ModelSpec(Protocol):
     lora_presets: Mapping[str, tuple[str, ...]]
     #: card-size memory preset (``16gb``, ``24gb``, ...) -> ``{"section.key": value}`` it fills in
     memory_presets: Mapping[str, Mapping[str, Any]]
-    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
-    text_fields: tuple[str, ...]
 
     # -- loading
 
@@ -161,6 +160,9 @@ class ModelSpec(Protocol):
         ...
 
     # -- encoding (the cache) and training inputs
+
+    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
+    text_fields: tuple[str, ...]
 
     def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
         """Prompt embeddings exactly as the reference pipeline computes them."""
