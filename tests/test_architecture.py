@@ -20,7 +20,7 @@ from hv_tune.data.plan import plan_items
 from hv_tune.data.sources import scan_sources
 from hv_tune.errors import ConfigError
 from hv_tune.models import MODEL_SPECS, get_spec
-from hv_tune.models.base import VideoRules
+from hv_tune.models.base import ModelSpec, VideoRules
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
 from tests.media_files import marked_frames, write_video
 
@@ -123,6 +123,16 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [])
     assert not cycles, "\n".join(cycles)
+
+
+def test_every_registered_spec_has_every_protocol_member():
+    """The registry holds only complete specs (a family folder added without a fact fails here, not mid-run)."""
+    members = {n for n in ModelSpec.__annotations__} | {
+        n for n, v in vars(ModelSpec).items() if callable(v) and not n.startswith("_")}
+    missing = {name: sorted(m for m in members if not hasattr(spec, m)) for name, spec in MODEL_SPECS.items()}
+    assert not any(missing.values()), missing
+    for spec in MODEL_SPECS.values():
+        assert isinstance(spec.video, VideoRules) and spec.video.frames_ok(1) and spec.video.side_ok(512)
 
 
 # ----------------------------------------------------------------------------- spec facts drive the data rules
