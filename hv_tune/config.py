@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from hv_tune.errors import ConfigError
-from hv_tune.models import DEFAULT_MODEL, ModelSpec, get_spec, memory_preset
+from hv_tune.models import DEFAULT_MODEL, ModelSpec, get_spec, memory_preset, spec_for
 from hv_tune.paths import check_folder, check_model_path, expand_path
 
 
@@ -35,7 +35,7 @@ doc_field = _f  # the public name: other typed configs (curation) define their f
 
 @dataclass
 class ModelConfig:
-    name: str = _f(DEFAULT_MODEL, "Model spec to use (a key of hv_tune.models.MODEL_SPECS).")
+    name: str = _f(DEFAULT_MODEL, "Model spec (a key of hv_tune.models.MODEL_SPECS); unset = from path's model_index.json.")
     path: str = _f("", "Local diffusers-format model folder, or a hub id (needs network).")
     revision: str | None = _f(None, "Hub revision when `path` is a hub id.")
     transformer_path: str | None = _f(
@@ -83,9 +83,8 @@ class DataConfig:
     resolution: int = _f(512, "Target side length in pixels (area = resolution^2); multiple of 16 (the model's).")
     allow_upscale: bool = _f(False, "Upscale sources smaller than their bucket (else they get a smaller bucket).")
     fps: float | None = _f(None, "Frame rate clips are resampled to before frames are picked; null = the model's (24).")
-    frame_extraction: Literal["head", "uniform", "chunks"] = _f(
-        "head", "Windows per clip: head (first), uniform (frame_samples spread out), chunks (consecutive)."
-    )
+    frame_extraction: Literal["head", "uniform", "chunks"] = _f("head", "Windows per clip: head (first), "
+                                                                "uniform (frame_samples spread out), chunks (consecutive).")
     frame_samples: int = _f(1, "Windows per clip for frame_extraction=uniform.")
     trigger_word: str = _f("", "Prepended to every caption as `trigger, caption` (empty = none).")
     caption_dropout: float = _f(0.0, "Probability of training an item on the empty prompt.")
@@ -219,6 +218,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
     for item in overrides:
         apply_override(raw, item)
+    model = raw.get("model")
+    if isinstance(model, dict) and not model.get("name") and isinstance(model.get("path"), str):
+        model["name"] = spec_for(None, expand_path(model["path"], "model.path")).name  # model_index.json
     expand_memory_preset(raw)
     cfg = from_dict(Config, raw, prefix="")
     expand_paths(cfg)

@@ -8,6 +8,7 @@ the file and line of the offence.
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -200,3 +201,18 @@ def test_registered_spec_decides_planned_buckets(tmp_path, coarse):
     assert item.indices == list(range(0, 34, 2))  # every second frame of 24 fps = 12 fps
     (v1,) = plan_items(scan_sources(cfg.data), cfg.data, "m", get_spec("hunyuan-video").video)
     assert np.diff(v1.indices).tolist() == [2] * 16  # data.fps was resolved to 12 at load: it wins
+
+
+def test_config_without_model_name_takes_the_family_of_the_folder(tmp_path):
+    """No model.name: the family whose pipeline the folder's model_index.json names (presets included)."""
+    for spec in MODEL_SPECS.values():
+        folder = tmp_path / spec.name
+        folder.mkdir()
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": spec.pipeline_class}))
+        card = next(iter(spec.memory_presets))
+        cfg = load_config(None, [f"model.path={folder}", f"output_dir={tmp_path / 'out'}", f"memory.preset={card}"])
+        assert cfg.model.name == spec.name
+        assert cfg.memory.blocks_to_swap == spec.memory_presets[card].get("memory.blocks_to_swap", 0)
+    named = load_config(None, [f"model.path={tmp_path / 'hunyuan-video-1.5'}", "model.name=hunyuan-video",
+                               f"output_dir={tmp_path / 'out'}"])
+    assert named.model.name == "hunyuan-video"  # an explicit name wins
