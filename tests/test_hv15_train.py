@@ -61,9 +61,10 @@ def test_lora_presets_name_the_15_blocks(hv15_tiny):
     model = SPEC.load_transformer(LoadOptions(str(hv15_tiny)))
     attn = resolve_targets(SPEC, model, "attn")
     full = resolve_targets(SPEC, model, "all-linear")
-    assert len(attn) == 2 * 8 and set(attn) < set(full) and len(full) == 2 * 12
+    assert len(attn) == 2 * 8 and set(attn) < set(full) and len(full) == 2 * 14  # musubi's 14 per block
     assert "transformer_blocks.1.attn.to_add_out" in attn and "transformer_blocks.0.ff_context.net.2" in full
-    assert not any("refiner" in n or "norm" in n for n in full)
+    assert {"transformer_blocks.0.norm1.linear", "transformer_blocks.1.norm1_context.linear"} < set(full)
+    assert not any("refiner" in n or "norm_out" in n for n in full)
 
 
 def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, hv15_cache, tmp_path):
@@ -93,13 +94,14 @@ def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, hv15_cache
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-def _random_lora(model: Path, out: Path, rank: int = 4, alpha: float = 2.0) -> Path:
+def _random_lora(model: Path, out: Path, rank: int = 4, alpha: float = 2.0,
+                 targets: str | list[str] = "all-linear") -> Path:
     """A LoRA with random A and B (alpha != rank) saved by the spec, as training saves it."""
     from hv_tune.config import LoraConfig
     from hv_tune.lora import lora_state_dict
 
     transformer = SPEC.load_transformer(LoadOptions(str(model)))
-    cfg = peft_config(LoraConfig(rank=rank, alpha=alpha), resolve_targets(SPEC, transformer, "all-linear"))
+    cfg = peft_config(LoraConfig(rank=rank, alpha=alpha), resolve_targets(SPEC, transformer, targets))
     add_lora(transformer, cfg)
     state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.3
              for i, (k, v) in enumerate(sorted(lora_state_dict(transformer).items()))}
