@@ -61,7 +61,7 @@ def test_layout_round_trip_keeps_the_lora(hv15_tiny, lora, tmp_path, layout):
 def test_output_layers_round_trip(hv15_tiny, tmp_path, layout):
     """``norm_out.linear`` (Tencent's ``final_layer.adaLN_modulation.1``: shift/scale halves swapped) and
     ``proj_out`` (``final_layer.linear``) are written and read back in both layouts."""
-    lora = _random_lora(hv15_tiny, tmp_path / "d", targets=["norm_out.linear", "proj_out", "*.0.attn.to_k"])
+    lora = _random_lora(hv15_tiny, tmp_path / "d", targets=["norm_out.linear", "proj_out", "transformer_blocks.0.attn.to_k"])
     out = tmp_path / f"lora_{layout}.safetensors"
     assert main(["convert", str(lora), str(out), "--to", layout, "--model", str(hv15_tiny)]) == 0
     sep = "." if layout == "comfyui" else "_"

@@ -101,7 +101,8 @@ def _random_lora(model: Path, out: Path, rank: int = 4, alpha: float = 2.0,
     from hv_tune.lora import lora_state_dict
 
     transformer = SPEC.load_transformer(LoadOptions(str(model)))
-    cfg = peft_config(LoraConfig(rank=rank, alpha=alpha), resolve_targets(SPEC, transformer, targets))
+    cfg = peft_config(LoraConfig(rank=rank, alpha=alpha), resolve_targets(SPEC, transformer, targets),
+                      [n for n, _ in transformer.named_modules()])
     add_lora(transformer, cfg)
     state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.3
              for i, (k, v) in enumerate(sorted(lora_state_dict(transformer).items()))}
