@@ -27,7 +27,7 @@ from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
 # adaLN modulation of the blocks: musubi-tuner's 1.5 network trains it (every linear of its
-# ``MMDoubleStreamBlock``), and the tiny model cannot memorise a clip without it
+# ``MMDoubleStreamBlock``); the output head (norm_out, proj_out) is in no preset, as in musubi
 _MOD = r"transformer_blocks\.\d+\.(norm1|norm1_context)\.linear"
 #: SigLIP tokens and width of the image condition (zeros for text-to-video), as the pipeline sets them
 VISION_TOKENS = 729
