@@ -118,13 +118,17 @@ def _musubi_modules(num_blocks: int) -> dict[str, str]:
     return out
 
 
-def test_kohya_file_is_musubis_network(hv15_tiny, lora, tmp_path):
+def test_kohya_file_is_musubis_network(hv15_tiny, lora, tmp_path, capsys):
     """The kohya file of an ``all-linear`` LoRA has exactly the keys musubi-tuner's 1.5 network creates for
-    the model (separate q/k/v, modulation), and merging it musubi's way gives load_lora_adapter's output."""
+    the model (separate q/k/v, modulation), and merging it musubi's way gives load_lora_adapter's output.
+    The ComfyUI warning names the separate q/k/v (ComfyUI's 1.5 model has a fused qkv), not the proj."""
     from diffusers import HunyuanVideo15Transformer3DModel
 
     out = tmp_path / "lora_kohya.safetensors"
     assert main(["convert", str(lora), str(out), "--to", "kohya", "--model", str(hv15_tiny)]) == 0
+    warning = capsys.readouterr()
+    warning = warning.out + warning.err
+    assert "lora_unet_double_blocks_0_img_attn_k" in warning and "_img_attn_proj" not in warning, warning
     sd = load_file(str(out))
     modules = _musubi_modules(TRANSFORMER_CONFIG["num_layers"])
     assert set(sd) == {f"{n}.{k}" for n in modules for k in ("lora_down.weight", "lora_up.weight", "alpha")}
