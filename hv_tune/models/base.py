@@ -250,8 +250,13 @@ class ModelSpec(Protocol):
         """The diffusers modules an original module is made of, in row order; None if unknown."""
         ...
 
+    def kohya_module(self, module: str) -> str | None:
+        """Dotted name of the module holding diffusers ``module`` in the kohya layout (musubi-tuner's
+        network names, flattened on writing); where musubi fuses like the original, ``original_module``."""
+        ...
+
     def original_from_flat(self, flat: str) -> str | None:
-        """Original module name from its kohya form (dots replaced by underscores)."""
+        """Original (or kohya) module name from its kohya form (dots replaced by underscores)."""
         ...
 
     def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
