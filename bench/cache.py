@@ -44,7 +44,7 @@ def make_model(root: Path, vae: str) -> Path:
 def bare_time(spec, model: Path, cfg) -> float:
     """Model loading + text forwards + VAE encode of pre-decoded pixels, nothing else."""
     scan = scan_sources(cfg.data)
-    planned = plan_items(scan, cfg.data, model_identity(str(model)))
+    planned = plan_items(scan, cfg.data, model_identity(str(model)), spec.video)
     pixels = [load_pixels(p) for p in planned]  # decode outside the timed region
     captions = sorted({(c, p.template) for p in planned for c in p.media.captions})  # unique, as cached
     t0 = time.perf_counter()

@@ -44,7 +44,6 @@ from hv_tune.config import load_config
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
-from hv_tune.memory.presets import PRESETS
 from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.memory.swap import swap_indices
 from hv_tune.models import LoadOptions, get_spec
@@ -433,7 +432,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["small", "full"], required=True)
     p.add_argument("--steps", type=int, default=None, help="timed steps (small: ours/bare pairs, 24; full: 5)")
-    p.add_argument("--presets", default=",".join(PRESETS["hunyuan-video"]), help="full: comma-separated presets")
+    p.add_argument("--presets", default=",".join(get_spec("hunyuan-video").memory_presets), help="full: comma-separated presets")
     p.add_argument("--buckets", default=",".join(FULL_BUCKETS), help="full: FRAMESxHEIGHTxWIDTH, comma-separated")
     p.add_argument("--peak-tflops", type=float, default=None, help="full: the GPU's dense bf16 peak, for MFU")
     p.add_argument("--estimate", action="store_true", help="full: bytes and FLOPs from the meta model, no GPU")
@@ -446,8 +445,8 @@ def main() -> int:
         print(json.dumps(run_small(args)), flush=True)
         return 0
     if args.estimate and args.model_name != "hunyuan-video":
-        if args.presets == ",".join(PRESETS["hunyuan-video"]):
-            args.presets = ",".join(PRESETS[args.model_name])
+        if args.presets == ",".join(get_spec("hunyuan-video").memory_presets):
+            args.presets = ",".join(get_spec(args.model_name).memory_presets)
         if args.buckets == ",".join(FULL_BUCKETS):
             args.buckets = HV15_BUCKETS
         estimate_family(args)

@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from curation.config import load_config
-    from curation.export import format_summary, summary
     from curation.pipeline import run
+    from curation.summary import format_summary, summary
 
     cfg = load_config(args.config, args.overrides)
     result = run(cfg, args.input_dir, args.out)
@@ -54,8 +54,8 @@ def cmd_filter(args: argparse.Namespace) -> None:
 
     from curation.config import FILTER_SECTIONS, load_config, to_dict
     from curation.errors import ConfigError
-    from curation.export import format_summary, summary
     from curation.pipeline import refilter
+    from curation.summary import format_summary, summary
     from hv_tune.io import atomic_write_text
 
     for item in args.overrides:

@@ -9,14 +9,14 @@ duration. Images are exported upright (EXIF applied) as PNG. Every file is writt
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from curation.config import CurationConfig
-from curation.filters import reason_kind
 from curation.manifest import write_manifest
 from curation.media import open_video
+from curation.report import write_report
+from curation.summary import summary
 from hv_tune.io import atomic_write, atomic_write_text
 from hv_tune.media import read_caption_file, read_image, write_h264
 
@@ -84,37 +84,12 @@ def _remove_stale(clips_dir: Path, keep: set[str], captions: dict[str, str | Non
                 path.unlink()
 
 
-def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = ()) -> dict[str, Any]:
-    """Counts: accepted, rejected by reason kind, errors; and the walked files that were not used."""
-    status = Counter(r["status"] for r in records)
-    by_reason = Counter(reason_kind(reason) for r in records if r["status"] == "rejected" for reason in r["reasons"])
-    errors = Counter(reason_kind(reason) for r in records if r["status"] == "error" for reason in r["reasons"])
-    return {"clips": len(records), "accepted": status.get("accepted", 0), "rejected": status.get("rejected", 0),
-            "error": status.get("error", 0), "rejected_by_reason": dict(sorted(by_reason.items())),
-            "errors_by_reason": dict(sorted(errors.items())), "skipped_files": list(skipped)}
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """The end-of-run table."""
-    lines = [f"{'clips':<32}{s['clips']:>8}", f"{'accepted':<32}{s['accepted']:>8}", f"{'rejected':<32}{s['rejected']:>8}"]
-    lines += [f"  {k:<30}{v:>8}" for k, v in s["rejected_by_reason"].items()]
-    lines += [f"{'errors':<32}{s['error']:>8}"]
-    lines += [f"  {k:<30}{v:>8}" for k, v in s["errors_by_reason"].items()]
-    skipped = s.get("skipped_files", [])
-    lines += [f"{'skipped files':<32}{len(skipped):>8}"]
-    lines += [f"  {f['rel']}: {f['reason']}" for f in skipped]
-    rule = "-" * 40
-    return "\n".join([rule, *lines, rule])
-
-
 def export_all(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
                skipped: list[dict[str, str]] = ()) -> list[dict[str, Any]]:
     """Clips, manifest, report and summary for the final records (sorted by source, span).
 
     ``skipped``: walked files that are not used, ``{"rel", "reason"}`` (summary and report).
     """
-    from curation.report import write_report
-
     records = sorted(records, key=lambda r: (r["source"], r["start_frame"], r["end_frame"], r["id"]))
     records = export_clips(cfg, records, out_dir)
     write_manifest(out_dir, records)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from curation.config import CurationConfig
-from curation.export import summary
 from curation.media import positions_to_indices, read_clip_frames
+from curation.summary import summary
 from hv_tune.io import atomic_write, atomic_write_text
 
 STYLE = """

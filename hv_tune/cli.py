@@ -13,7 +13,19 @@ from hv_tune.errors import HvTuneError, Interrupted
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
 
 
+def _family_help(default: str | None) -> str:
+    """``--model-name``'s help: the registry's names, and where the family comes from when it is not given."""
+    from hv_tune.models import MODEL_SPECS
+
+    names = ", ".join(MODEL_SPECS)
+    if default:
+        return f"model family (a model.name): one of {names}; default {default}"
+    return f"model family (a model.name): one of {names}; default: from the model folder's model_index.json"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from hv_tune.models import DEFAULT_MODEL
+
     p = argparse.ArgumentParser(
         prog="finetune.py",
         description="hv-tune: train HunyuanVideo style LoRAs from your own videos.",
@@ -25,8 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="write a tiny random HunyuanVideo model folder (diffusers format)")
     t.add_argument("out_dir", type=Path, help="folder to create")
     t.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    t.add_argument("--model-name", default="hunyuan-video",
-                   help="model family (a model.name): hunyuan-video, hunyuan-video-1.5 or hunyuan-video-1.5-i2v")
+    t.add_argument("--model-name", default=DEFAULT_MODEL, help=_family_help(DEFAULT_MODEL))
 
     tr = sub.add_parser("train", help="train a LoRA from a cache, as configured")
     tr.add_argument("--config", required=True, type=Path, help="YAML config (see configs/)")
@@ -64,21 +75,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="transformer from one original-layout .safetensors (configs from --model)")
     s.add_argument("--vae", default=None, metavar="FILE", help="VAE from one .safetensors (config from --model)")
     s.add_argument("--prompt", required=True)
-    s.add_argument("--frames", type=int, default=None, help="4k+1 frames (default 33; 1 for a .png --out)")
+    s.add_argument("--frames", type=int, default=None,
+                   help="frame count the model takes, 4k+1 for HunyuanVideo (default 33; 1 for a .png --out)")
     s.add_argument("--image", default=None, metavar="FILE",
-                   help="first frame for an image-to-video model (hunyuan-video-1.5-i2v); the pipeline picks the "
-                        "output size from the image's aspect ratio and the model's target_size")
-    s.add_argument("--height", type=int, default=None, help="multiple of 16 (default 320; not with --image)")
-    s.add_argument("--width", type=int, default=None, help="multiple of 16 (default 512; not with --image)")
+                   help="first frame for an image-to-video model (its model_index.json names an image-to-video "
+                        "pipeline); that pipeline picks the output size from the image")
+    s.add_argument("--height", type=int, default=None,
+                   help="multiple of the model's pixel multiple (16); default 320; not with --image")
+    s.add_argument("--width", type=int, default=None,
+                   help="multiple of the model's pixel multiple (16); default 512; not with --image")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
     s.add_argument("--guidance", type=float, default=6.0,
-                   help="guidance scale: embedded guidance (hunyuan-video), classifier-free guidance (1.5)")
-    s.add_argument("--model-name", default=None,
-                   help="model family (hunyuan-video, hunyuan-video-1.5, hunyuan-video-1.5-i2v); "
-                        "default: from --model's model_index.json")
+                   help="guidance scale: embedded guidance (HunyuanVideo), classifier-free guidance (1.5)")
+    s.add_argument("--model-name", default=None, help=_family_help(None))
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--fps", type=int, default=24, help="frame rate of the mp4")
+    s.add_argument("--fps", type=int, default=None, help="frame rate of the mp4 (default: the model's, 24)")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto = bf16 on GPU, fp32 on CPU")
     s.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (less memory)")
@@ -104,8 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-shard-size", default="5GB", help="largest transformer shard (diffusers format)")
     m.add_argument("--copy", action="store_true", help="copy the other components instead of hard-linking them")
     m.add_argument("--skip-unknown", action="store_true", help="leave out (and list) LoRA keys naming no layer")
-    m.add_argument("--model-name", default=None,
-                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
+    m.add_argument("--model-name", default=None, help=_family_help(None))
 
     c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
     c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
@@ -115,8 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                         "comfyui-internal: ComfyUI's own module names")
     c.add_argument("--model", default=None,
                    help="model folder the LoRA is for (layer sizes); default: the full-size architecture")
-    c.add_argument("--model-name", default=None,
-                   help="model family (hunyuan-video, hunyuan-video-1.5); default: from --model's model_index.json")
+    c.add_argument("--model-name", default=None, help=_family_help(None))
     c.add_argument("--rank-check", action="store_true",
                    help="re-read the output, check each layer's update equals the input's, print ranks")
     c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
@@ -125,15 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
     d.add_argument("--source", type=Path, default=None,
                    help="train on this source (e.g. a curation manifest.jsonl) instead of generated clips")
-    d.add_argument("--model-name", default=None, help="model family of the tiny model (e.g. hunyuan-video-1.5)")
+    d.add_argument("--model-name", default=None, help=_family_help(DEFAULT_MODEL) + " (of the tiny model)")
     d.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides of configs/demo_tiny.yaml")
     return p
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
-    from hv_tune.models import get_spec
+    from hv_tune.models import spec_for
 
-    out = get_spec(args.model_name).build_tiny(args.out_dir, seed=args.seed)
+    out = spec_for(args.model_name, None).build_tiny(args.out_dir, seed=args.seed)
     print(f"tiny model written to {out}")
 
 
@@ -160,14 +170,14 @@ def cmd_cache(args: argparse.Namespace) -> None:
     from hv_tune.config import load_config
     from hv_tune.data.encode import build_cache
     from hv_tune.errors import DataError
-    from hv_tune.models import get_spec
+    from hv_tune.models import spec_for
 
     cfg = load_config(args.config, args.overrides)
     if args.verify:
         return _verify_cache(cfg.data.cache_dir, args.config)
     _say_hub(cfg.model.path)
     device = "cuda" if _cuda() else "cpu"
-    summary = build_cache(get_spec(cfg.model.name), cfg, device)
+    summary = build_cache(spec_for(cfg.model.name, cfg.model.path), cfg, device)
     print(summary.table())
     if summary.items == 0:
         reasons = "; ".join(f"{s.path}: {s.reason}" for s in summary.skipped[:10]) or "the sources list no media"
@@ -277,21 +287,24 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if png and frames != 1:
         raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
     height, width = args.height or 320, args.width or 512
-    if (frames - 1) % 4 or height % 16 or width % 16:
-        raise HvTuneError("--frames must be 4k+1 and --height/--width multiples of 16")
     spec = spec_for(args.model_name, args.model)
+    rules = spec.video
+    if not (rules.frames_ok(frames) and rules.side_ok(height) and rules.side_ok(width)):
+        raise HvTuneError(f"--frames must be {rules.frame_rule} and --height/--width multiples of "
+                          f"{rules.pixel_multiple} for {spec.name}")
+    fps = args.fps or rules.fps
     image = _first_frame(spec, args)
     loras = [_parse_lora(s) for s in args.lora]
     device, dtype = _device_dtype(args.dtype)
     opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
     pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload, opts)
     req = SampleRequest(args.prompt, frames, height, width, args.steps, args.shift, args.guidance,
-                        args.seed, args.fps, image)
+                        args.seed, fps, image)
     embeds = None
     if args.offload == "text-encoders":
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
         pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
-    print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, args.fps)}")
+    print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, fps)}")
 
 
 def _first_frame(spec, args: argparse.Namespace):
@@ -307,13 +320,13 @@ def _first_frame(spec, args: argparse.Namespace):
     if not condition_fields(spec):
         if args.image:
             raise HvTuneError(f"--image: {spec.name} is a text-to-video model; use an image-to-video model "
-                              "(hunyuan-video-1.5-i2v) or leave --image out")
+                              "or leave --image out")
         return None
     if not args.image:
         raise HvTuneError(f"{spec.name} is an image-to-video model: give the first frame with --image FILE")
     if args.height or args.width:
         raise HvTuneError("--height/--width do not apply with --image: the image-to-video pipeline takes the size "
-                          "from the image's aspect ratio and the model's target_size; resize the image instead")
+                          "from the image (HunyuanVideo 1.5: its aspect ratio and the model's target_size)")
     return read_first_frame(_expand(args.image), "--image")
 
 

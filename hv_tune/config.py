@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from hv_tune.errors import ConfigError
-from hv_tune.memory.presets import expand_memory_preset
+from hv_tune.models import DEFAULT_MODEL, ModelSpec, get_spec, memory_preset, spec_for
 from hv_tune.paths import check_folder, check_model_path, expand_path
 
 
@@ -35,7 +35,7 @@ doc_field = _f  # the public name: other typed configs (curation) define their f
 
 @dataclass
 class ModelConfig:
-    name: str = _f("hunyuan-video", "Model spec to use (a key of hv_tune.models.MODEL_SPECS).")
+    name: str = _f(DEFAULT_MODEL, "Model spec (a key of hv_tune.models.MODEL_SPECS); unset = from path's model_index.json.")
     path: str = _f("", "Local diffusers-format model folder, or a hub id (needs network).")
     revision: str | None = _f(None, "Hub revision when `path` is a hub id.")
     transformer_path: str | None = _f(
@@ -80,12 +80,11 @@ class DataConfig:
     cache_dir: str = _f("", "Folder of cached latents and text embeddings (empty = OUTPUT_DIR/cache).")
     sources: list[SourceConfig] = _f([], "Dataset inputs (see SourceConfig); needed to (re)build the cache.")
     frame_buckets: list[int] = _f([1, 33], "Frame counts of the buckets; each must be 4k+1 (1 = images).")
-    resolution: int = _f(512, "Target side length in pixels (area = resolution^2); multiple of 16.")
+    resolution: int = _f(512, "Target side length in pixels (area = resolution^2); multiple of 16 (the model's).")
     allow_upscale: bool = _f(False, "Upscale sources smaller than their bucket (else they get a smaller bucket).")
-    fps: float = _f(24.0, "Model frame rate; clips are resampled to it before frames are picked.")
-    frame_extraction: Literal["head", "uniform", "chunks"] = _f(
-        "head", "Windows per clip: head (first), uniform (frame_samples spread out), chunks (consecutive)."
-    )
+    fps: float | None = _f(None, "Frame rate clips are resampled to before frames are picked; null = the model's (24).")
+    frame_extraction: Literal["head", "uniform", "chunks"] = _f("head", "Windows per clip: head (first), "
+                                                                "uniform (frame_samples spread out), chunks (consecutive).")
     frame_samples: int = _f(1, "Windows per clip for frame_extraction=uniform.")
     trigger_word: str = _f("", "Prepended to every caption as `trigger, caption` (empty = none).")
     caption_dropout: float = _f(0.0, "Probability of training an item on the empty prompt.")
@@ -99,9 +98,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    timestep_sampling: Literal["uniform", "logit_normal"] = _f(
-        "logit_normal", "How training sigmas are drawn."
-    )
+    timestep_sampling: Literal["uniform", "logit_normal"] = _f("logit_normal", "How training sigmas are drawn.")
     logit_mean: float = _f(0.0, "Mean of the normal before the sigmoid (logit_normal).")
     logit_std: float = _f(1.0, "Std of the normal before the sigmoid (logit_normal).")
     shift: float = _f(1.0, "Sigma shift s: sigma' = s*sigma / (1 + (s-1)*sigma). 1.0 = none.")
@@ -225,13 +222,35 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
             raise ConfigError(f"config file {path} must contain a mapping at the top level")
     for item in overrides:
         apply_override(raw, item)
+    model = raw.get("model")
+    if isinstance(model, dict) and not model.get("name") and isinstance(model.get("path"), str):
+        model["name"] = spec_for(None, expand_path(model["path"], "model.path")).name  # model_index.json
     expand_memory_preset(raw)
     cfg = from_dict(Config, raw, prefix="")
     expand_paths(cfg)
     if not cfg.data.cache_dir:
         cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
+    if cfg.data.fps is None:
+        cfg.data.fps = get_spec(cfg.model.name).video.fps
     validate(cfg)
     return cfg
+
+
+def expand_memory_preset(raw: dict[str, Any]) -> list[str]:
+    """Fill the keys of ``raw['memory']['preset']`` (the model spec's settings) that ``raw`` leaves
+    out, in place. Unknown preset names are left for the type check. Returns the keys filled in."""
+    memory, model = raw.get("memory"), raw.get("model")
+    if not isinstance(memory, dict) or not isinstance(memory.get("preset"), str):
+        return []
+    name = model.get("name", DEFAULT_MODEL) if isinstance(model, dict) else DEFAULT_MODEL
+    filled = []
+    for key, value in memory_preset(str(name), memory["preset"]).items():
+        section, leaf = key.split(".")
+        node = raw.setdefault(section, {})
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+            filled.append(key)
+    return filled
 
 
 def expand_paths(cfg: Config) -> None:
@@ -370,6 +389,7 @@ def validate(cfg: Config) -> None:
         ConfigError: naming the first bad key and what to do.
     """
     m, lo, d, o, t = cfg.model, cfg.lora, cfg.data, cfg.objective, cfg.training
+    spec = get_spec(m.name)
     checks: list[tuple[bool, str, str]] = [
         (bool(m.path), "model.path", "is required: a diffusers-format model folder or a hub id"),
         (lo.rank >= 1, "lora.rank", f"must be >= 1 (got {lo.rank})"),
@@ -377,9 +397,9 @@ def validate(cfg: Config) -> None:
         (0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1) (got {lo.dropout})"),
         (not isinstance(lo.targets, list) or len(lo.targets) > 0, "lora.targets", "must not be an empty list"),
         (bool(d.frame_buckets), "data.frame_buckets", "must list at least one frame count"),
-        (d.resolution > 0 and d.resolution % 16 == 0, "data.resolution", f"must be a positive multiple of 16 (got {d.resolution})"),
+        (spec.video.side_ok(d.resolution), "data.resolution", f"must be a positive multiple of {spec.video.pixel_multiple} (got {d.resolution})"),
         (d.num_workers >= 0, "data.num_workers", f"must be >= 0 (got {d.num_workers})"),
-        (d.fps > 0, "data.fps", f"must be > 0 (got {d.fps})"),
+        (d.fps is None or d.fps > 0, "data.fps", f"must be > 0 (got {d.fps})"),
         (d.frame_samples >= 1, "data.frame_samples", f"must be >= 1 (got {d.frame_samples})"),
         (0.0 <= d.caption_dropout < 1.0, "data.caption_dropout", f"must be in [0, 1) (got {d.caption_dropout})"),
         (o.logit_std > 0, "objective.logit_std", f"must be > 0 (got {o.logit_std})"),
@@ -399,10 +419,10 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
     for i, n in enumerate(d.frame_buckets):
-        if n < 1 or (n - 1) % 4 != 0:
-            raise ConfigError(
-                f"config key 'data.frame_buckets[{i}]' must be a 4k+1 frame count (1, 5, ..., 33, 65); got {n}"
-            )
+        if not spec.video.frames_ok(n):
+            k = spec.video.frame_step
+            raise ConfigError(f"config key 'data.frame_buckets[{i}]' must be a {spec.video.frame_rule} frame count "
+                              f"(1, {k + 1}, ..., {8 * k + 1}, {16 * k + 1}); got {n}")
     _validate_sources(d.sources)
     _validate_memory(cfg)
     for key, value in (("model.transformer_path", m.transformer_path), ("model.vae_path", m.vae_path)):
@@ -411,17 +431,12 @@ def validate(cfg: Config) -> None:
     check_model_path(m.path, "config key 'model.path'", m.revision)
     check_folder(cfg.output_dir, "output_dir")
     check_folder(d.cache_dir, "data.cache_dir")
-    if isinstance(lo.targets, str) and lo.targets not in LORA_PRESET_NAMES:
-        raise ConfigError(
-            f"config key 'lora.targets': unknown preset {lo.targets!r}; use one of "
-            f"{', '.join(LORA_PRESET_NAMES)} or a list of module-name globs"
-        )
+    if isinstance(lo.targets, str) and lo.targets not in spec.lora_presets:
+        raise ConfigError(f"config key 'lora.targets': unknown preset {lo.targets!r}; use one of "
+                          f"{', '.join(spec.lora_presets)} or a list of module-name globs")
     if t.optimizer == "adamw8bit":
         _check_bitsandbytes()
-    _validate_validation_and_save(cfg)
-
-
-LORA_PRESET_NAMES = ("attn", "all-linear")
+    _validate_validation_and_save(cfg, spec)
 
 
 def _validate_sources(sources: list[SourceConfig]) -> None:
@@ -439,13 +454,14 @@ def _validate_sources(sources: list[SourceConfig]) -> None:
             raise ConfigError(f"config key '{key}.frame_samples' must be >= 1")
 
 
-def _validate_validation_and_save(cfg: Config) -> None:
-    v, formats = cfg.validation, cfg.save.formats
+def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:
+    v, formats, rules = cfg.validation, cfg.save.formats, spec.video
+    px = f"must be a positive multiple of {rules.pixel_multiple}"
     checks: list[tuple[bool, str, str]] = [
         (v.every >= 0, "validation.every", f"must be >= 0 (got {v.every})"),
-        (v.frames >= 1 and (v.frames - 1) % 4 == 0, "validation.frames", f"must be 4k+1 (got {v.frames})"),
-        (v.height > 0 and v.height % 16 == 0, "validation.height", f"must be a positive multiple of 16 (got {v.height})"),
-        (v.width > 0 and v.width % 16 == 0, "validation.width", f"must be a positive multiple of 16 (got {v.width})"),
+        (rules.frames_ok(v.frames), "validation.frames", f"must be {rules.frame_rule} (got {v.frames})"),
+        (rules.side_ok(v.height), "validation.height", f"{px} (got {v.height})"),
+        (rules.side_ok(v.width), "validation.width", f"{px} (got {v.width})"),
         (v.steps >= 1, "validation.steps", f"must be >= 1 (got {v.steps})"),
         (v.shift > 0, "validation.shift", f"must be > 0 (got {v.shift})"),
         (v.eval_items >= 0, "validation.eval_items", f"must be >= 0 (got {v.eval_items})"),
@@ -487,7 +503,5 @@ def _check_bitsandbytes() -> None:
     import importlib.util
 
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError(
-            "config key 'training.optimizer': adamw8bit needs bitsandbytes and a CUDA GPU; "
-            "install it with `pip install -e .[gpu]` or set training.optimizer=adamw"
-        )
+        raise ConfigError("config key 'training.optimizer': adamw8bit needs bitsandbytes and a CUDA GPU; "
+                          "install it with `pip install -e .[gpu]` or set training.optimizer=adamw")

@@ -12,7 +12,7 @@ from hv_tune.config import load_config
 from hv_tune.data.cache import read_index
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
-from hv_tune.models import get_spec
+from hv_tune.models import DEFAULT_MODEL, get_spec
 from hv_tune.models.base import condition_fields
 from hv_tune.sampling import SampleRequest, generate, load_pipeline, write_video
 from hv_tune.training.trainer import train
@@ -24,7 +24,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     """Clips (generated, or ``source``: e.g. a curation manifest) -> cache -> train -> sample."""
     t0 = time.time()
     out = Path(out)
-    spec = get_spec(next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), "hunyuan-video"))
+    spec = get_spec(next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), DEFAULT_MODEL))
     model_dir = out / "model"
     if not (model_dir / "model_index.json").is_file():
         spec.build_tiny(model_dir)
@@ -41,7 +41,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     first = read_index(cfg.data.cache_dir)[0]
     req = SampleRequest(first.captions[0], 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale,
                         image=demo_image(first) if condition_fields(spec) else None)
-    sample = write_video(generate(pipe, req), out / "sample.mp4")
+    sample = write_video(generate(pipe, req), out / "sample.mp4", spec.video.fps)
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}")
     print(f"prompt: {readable_prompt(req.prompt)}")
     print(f"demo finished in {time.time() - t0:.0f} s")

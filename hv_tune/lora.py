@@ -35,7 +35,12 @@ def resolve_targets(spec: ModelSpec, model: nn.Module, targets: str | list[str])
     Raises:
         ConfigError: for an unknown preset, or a glob that matches no linear layer.
     """
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return resolve_target_names(spec, [n for n, m in model.named_modules() if isinstance(m, nn.Linear)], targets)
+
+
+def resolve_target_names(spec: ModelSpec, linear: list[str], targets: str | list[str]) -> list[str]:
+    """``resolve_targets`` over the names of the model's linear layers (``spec.linear_shapes`` works
+    without weights), in model order. Raises ``ConfigError`` as ``resolve_targets`` does."""
     if isinstance(targets, str):
         if targets not in spec.lora_presets:
             raise ConfigError(f"config key 'lora.targets': unknown preset {targets!r} for {spec.name}")
@@ -52,15 +57,29 @@ def resolve_targets(spec: ModelSpec, model: nn.Module, targets: str | list[str])
     return sorted(chosen, key=linear.index)
 
 
-def peft_config(cfg: LoraConfig, target_modules: list[str]) -> Any:
-    """The ``peft.LoraConfig`` saved as adapter metadata next to the weights."""
+def suffix_lookalikes(target_modules: list[str], module_names: list[str]) -> list[str]:
+    """Modules PEFT would also adapt: PEFT matches a listed name as a suffix (``norm_out.linear``
+    also hits ``...refiner_blocks.0.norm_out.linear``), so these must be excluded by name."""
+    chosen = set(target_modules)
+    return [n for n in module_names if n not in chosen and any(n.endswith("." + t) for t in target_modules)]
+
+
+def peft_config(cfg: LoraConfig, target_modules: list[str], module_names: list[str] | None = None) -> Any:
+    """The ``peft.LoraConfig`` saved as adapter metadata next to the weights.
+
+    Args:
+        module_names: the model's module names; look-alikes of a target (``suffix_lookalikes``)
+            go into ``exclude_modules`` so that exactly ``target_modules`` are adapted.
+    """
     from peft import LoraConfig as PeftLoraConfig
 
+    exclude = suffix_lookalikes(target_modules, module_names or [])
     return PeftLoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=target_modules,
+        exclude_modules=exclude or None,
         init_lora_weights=True,
     )
 

@@ -32,7 +32,8 @@ class SampleRequest:
     shift: float = 7.0
     guidance: float = 6.0
     seed: int = 0
-    fps: int = 24
+    #: frame rate of the mp4; None = the model's (``spec.video.fps``)
+    fps: float | None = None
     #: image-to-video: the first frame (PIL image); the pipeline then picks the output size from it
     image: Any = None
 
@@ -200,15 +201,17 @@ def guidance_kwargs(pipe: Any, scale: float) -> dict[str, float]:
     return {}
 
 
-def write_video(frames: np.ndarray, path: str | Path, fps: int = 24) -> Path:
-    """H.264 mp4 (yuv420p) for several frames, PNG for one; written atomically."""
+def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
+    """H.264 mp4 (yuv420p) at ``fps`` frames per second for several frames, PNG for one; written atomically."""
+    from fractions import Fraction
+
     import av
 
     path = Path(path)
 
     def write_mp4(tmp: Path) -> None:
         with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.height, stream.width = frames.shape[1], frames.shape[2]
             stream.pix_fmt = "yuv420p"
             for f in frames:

@@ -54,16 +54,21 @@ def demo_cache(tmp_path_factory, spec, tiny_model, demo_folder) -> Path:
     return out
 
 
-def write_fixed_latent_cache(spec, model: Path, out: Path, latents: list[torch.Tensor], prompts: list[str]) -> Path:
-    """A cache whose posteriors are (almost) deterministic: mean = latent, logvar = -30."""
+def write_fixed_latent_cache(spec, model: Path, out: Path, latents: list[torch.Tensor], prompts: list[str],
+                             text_fn=None) -> Path:
+    """A cache whose posteriors are (almost) deterministic: mean = latent [C, F, H, W], logvar = -30;
+    pixel frames and sizes from the spec's VAE factors (v1 4x/8x, 1.5 4x/16x). ``text_fn`` maps the
+    encoded text fields before they are written (e.g. to drop padding)."""
     enc = spec.load_text_encoders(LoadOptions(str(model)))
     entries = []
+    t, s = spec.vae_scale_factor_temporal, spec.vae_scale_factor_spatial
     for i, (lat, prompt) in enumerate(zip(latents, prompts)):
-        frames = (lat.shape[1] - 1) * 4 + 1
+        frames = (lat.shape[1] - 1) * t + 1
         text = spec.encode_text(enc, [prompt], frames)
+        text = text_fn(text) if text_fn else text
         t_rel = write_text(out, f"t{i}", {k: v[0] for k, v in text.items()})
         l_rel = write_latent(out, f"l{i}", {"latent_mean": lat, "latent_logvar": torch.full_like(lat, -30.0)})
-        entries.append(CacheEntry(f"item{i}", l_rel, [t_rel], frames, lat.shape[2] * 8, lat.shape[3] * 8, [prompt]))
+        entries.append(CacheEntry(f"item{i}", l_rel, [t_rel], frames, lat.shape[2] * s, lat.shape[3] * s, [prompt]))
     write_index(out, entries)
     return out
 

@@ -20,6 +20,7 @@ from hv_tune.data.cache import read_index
 from hv_tune.data.encode import build_cache, encode_latents, load_pixels
 from hv_tune.data.plan import model_identity, plan_items
 from hv_tune.data.sources import scan_sources
+from hv_tune.models import get_spec
 
 from .conftest import REPO, cache_config
 
@@ -42,7 +43,7 @@ def write_index_video(path: Path, n: int, fps: int, step: int = 6, size=(32, 48)
 def _plan(tiny_model, folder, cache, *extra):
     cfg = cache_config(tiny_model, folder, cache, *extra)
     scan = scan_sources(cfg.data)
-    return cfg, scan, plan_items(scan, cfg.data, model_identity(str(tiny_model)))
+    return cfg, scan, plan_items(scan, cfg.data, model_identity(str(tiny_model)), get_spec(cfg.model.name).video)
 
 
 RESAMPLED_30_TO_24 = [int(j * 1.25 + 1e-9) for j in range(32)]  # floor(j * 30 / 24)
@@ -87,7 +88,7 @@ def test_manifest_jsonl_and_csv_sources(tiny_model, tmp_path, demo_folder):
     scan = scan_sources(cfg.data)
     assert [m.captions for m in scan.items] == [["sks, kept"], ["from musubi"], ["an image"], ["from csv"]]
     assert scan.items[0].span == (2, 8) and scan.items[0].settings.repeats == 3
-    planned = plan_items(scan, cfg.data, "m")
+    planned = plan_items(scan, cfg.data, "m", get_spec(cfg.model.name).video)
     assert planned[0].indices == [2, 3, 4, 5, 6]  # within the manifest span
     assert [p.template for p in planned] == ["video", "video", "image", "video"]
 
@@ -158,7 +159,7 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(spec, tiny_model, tmp_path,
     for name in ("cmyk", "alpha", "deep"):
         pixels = load_pixels(next(p for p in plan_items(scan_sources(cache_config(
             tiny_model, folder, tmp_path / "c2", f"data.missing_caption={policy}").data), cache_config(
-            tiny_model, folder, tmp_path / "c2").data, "m") if p.media.path.stem == name))
+            tiny_model, folder, tmp_path / "c2").data, "m", get_spec("hunyuan-video").video) if p.media.path.stem == name))
         assert pixels.shape == (3, 1, 32, 32) and pixels.min() >= -1 and pixels.max() <= 1
     text = summary.table()
     assert "zero.mp4" in text and "skipped" in text

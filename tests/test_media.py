@@ -26,6 +26,7 @@ from hv_tune.media import (
     read_image,
     write_h264,
 )
+from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
     decode_pyav,
     marked_frames,
@@ -149,7 +150,7 @@ def _plan(folder: Path, buckets: list[int]):
     data = DataConfig(sources=[SourceConfig(path=str(folder))], resolution=128, frame_buckets=buckets,
                       missing_caption="empty")
     scan = scan_sources(data)
-    return plan_items(scan, data, "test-model"), scan
+    return plan_items(scan, data, "test-model", get_spec(DEFAULT_MODEL).video), scan
 
 
 @pytest.mark.parametrize("rotation", [-90, 90, 180])

@@ -330,7 +330,7 @@ def test_gpu_benchmark_builder_runs_on_cpu(spec, tiny_model):
     """bench/train_step.py --size full builds from meta, block by block; run its builder on CPU."""
     import importlib.util
 
-    from hv_tune.models.tiny_hunyuan import TRANSFORMER_CONFIG
+    from hv_tune.models.hunyuan_video.tiny import TRANSFORMER_CONFIG
 
     path = Path(__file__).resolve().parent.parent / "bench" / "train_step.py"
     mod_spec = importlib.util.spec_from_file_location("bench_train_step", path)

@@ -11,7 +11,7 @@ from diffusers import HunyuanVideoPipeline
 from transformers import AutoTokenizer
 
 from hv_tune.models import LoadOptions
-from hv_tune.models.hunyuan_video import IMAGE_TEMPLATE, VIDEO_TEMPLATE
+from hv_tune.models.hunyuan_video.text import IMAGE_TEMPLATE, VIDEO_TEMPLATE
 
 from .conftest import REPO
 

@@ -15,7 +15,7 @@ import torch
 
 from hv_tune.errors import HvTuneError
 from hv_tune.models import LoadOptions
-from hv_tune.models.hunyuan_video import IMAGE_TEMPLATE, LLM_MAX_TOKENS, VIDEO_TEMPLATE
+from hv_tune.models.hunyuan_video.text import IMAGE_TEMPLATE, LLM_MAX_TOKENS, VIDEO_TEMPLATE
 from hv_tune.models.tokenizers import vocabulary_file, write_qwen25_tokenizer
 
 CAPTIONS = [

@@ -1,9 +1,10 @@
 """Bucketing and frame selection as pure functions.
 
-Resolution buckets keep a target pixel area with sides that are multiples of 16; a
-clip goes to the bucket of nearest aspect ratio, is resized to cover it and centre
-cropped. Frame selection first resamples the clip to the model frame rate (24 fps for
-HunyuanVideo) by presentation timestamps, then picks windows of a 4k+1 frame bucket.
+Resolution buckets keep a target pixel area with sides that are multiples of the model's
+pixel multiple (``VideoRules.pixel_multiple``: 16 for HunyuanVideo); a clip goes to the bucket
+of nearest aspect ratio, is resized to cover it and centre cropped. Frame selection first
+resamples the clip to the model frame rate by presentation timestamps, then picks windows of a
+frame bucket. The model's numbers are arguments: nothing here knows a model.
 """
 
 from __future__ import annotations
@@ -13,48 +14,45 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MULTIPLE = 16
 TIME_EPS = 1e-4  # seconds: container timestamps are float32 (decord); far below any frame step
 
 
-def resolution_buckets(resolution: int, min_side: int = 256, max_ratio: float = 2.5) -> list[tuple[int, int]]:
-    """(height, width) pairs, multiples of 16, with area close to ``resolution**2``.
+def resolution_buckets(
+    resolution: int, multiple: int, min_side: int = 256, max_ratio: float = 2.5
+) -> list[tuple[int, int]]:
+    """(height, width) pairs, multiples of ``multiple`` pixels, with area close to ``resolution**2``.
 
-    Sides step by 16 from ``min_side`` (scaled down for small resolutions); the aspect ratio
-    stays within ``[1/max_ratio, max_ratio]``.
+    Sides step by ``multiple`` from ``min_side`` (scaled down for small resolutions); the aspect
+    ratio stays within ``[1/max_ratio, max_ratio]``.
     """
     area = resolution * resolution
-    lo = max(MULTIPLE, min(min_side, resolution // 2) // MULTIPLE * MULTIPLE)
+    lo = max(multiple, min(min_side, resolution // 2) // multiple * multiple)
     out = set()
     h = lo
     while h * lo <= area and h / lo <= max_ratio:
-        w = int(area / h) // MULTIPLE * MULTIPLE
+        w = int(area / h) // multiple * multiple
         if w >= lo and 1 / max_ratio <= h / w <= max_ratio:
             out.add((h, w))
             out.add((w, h))
-        h += MULTIPLE
+        h += multiple
     return sorted(out)
 
 
 def choose_bucket(
-    height: int, width: int, buckets: list[tuple[int, int]], allow_upscale: bool = False
+    height: int, width: int, buckets: list[tuple[int, int]], multiple: int, allow_upscale: bool = False
 ) -> tuple[int, int]:
     """The bucket of nearest aspect ratio (in log space) for a ``height x width`` source.
 
     Without upscaling, a source too small to cover that bucket keeps its own aspect and
-    size (scaled down to the bucket's area if larger), floored to multiples of 16: only
-    a few edge pixels are cropped and no pixel is invented.
+    size (scaled down to the bucket's area if larger), floored to multiples of ``multiple``:
+    only a few edge pixels are cropped and no pixel is invented.
     """
     ratio = math.log(height / width)
     bh, bw = min(buckets, key=lambda b: (round(abs(math.log(b[0] / b[1]) - ratio), 9), -b[0] * b[1]))
     if allow_upscale or (bh <= height and bw <= width):
         return bh, bw
     s = min(1.0, math.sqrt(bh * bw / (height * width)))
-    return max(MULTIPLE, _floor16(height * s)), max(MULTIPLE, _floor16(width * s))
-
-
-def _floor16(x: float) -> int:
-    return int(x) // MULTIPLE * MULTIPLE
+    return max(multiple, int(height * s) // multiple * multiple), max(multiple, int(width * s) // multiple * multiple)
 
 
 def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, int]:

@@ -101,7 +101,7 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     fields = condition_fields(spec)
     fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan, fields)
     model_id = model_key(fingerprint["model"])
-    planned = plan_items(scan, cfg.data, model_id)
+    planned = plan_items(scan, cfg.data, model_id, spec.video)
     summary = CacheSummary(skipped=scan.skipped, notes=scan.notes)
     summary.changes, summary.repaired = _previous_build(root, fingerprint)
     texts = text_jobs(planned, model_id)

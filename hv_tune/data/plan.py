@@ -16,6 +16,7 @@ from hv_tune.data.buckets import (
 from hv_tune.data.cache import content_key
 from hv_tune.data.decode import MediaError, VideoInfo, probe_video, read_image
 from hv_tune.data.sources import MediaItem, Scan, Skip
+from hv_tune.models.base import VideoRules
 
 
 @dataclass
@@ -48,13 +49,17 @@ def text_key(model_id: str, template: str, caption: str) -> str:
     return content_key("text", model_id, template, caption)
 
 
-def plan_items(scan: Scan, data: DataConfig, model_id: str) -> list[PlannedItem]:
-    """Probe each media item and expand it into its windows; problems go to ``scan.skipped``."""
-    res_buckets = resolution_buckets(data.resolution)
+def plan_items(scan: Scan, data: DataConfig, model_id: str, video: VideoRules) -> list[PlannedItem]:
+    """Probe each media item and expand it into its windows; problems go to ``scan.skipped``.
+
+    ``video`` (the model spec's) gives the pixel multiple of the buckets and the frame rate
+    clips are resampled to when ``data.fps`` is unset.
+    """
+    res_buckets = resolution_buckets(data.resolution, video.pixel_multiple)
     planned: list[PlannedItem] = []
     for media in scan.items:
         try:
-            planned += _plan_one(media, data, res_buckets, model_id)
+            planned += _plan_one(media, data, res_buckets, model_id, video)
         except MediaError as e:
             scan.skipped.append(Skip(str(media.path), str(e)))
         except OSError as e:
@@ -62,14 +67,14 @@ def plan_items(scan: Scan, data: DataConfig, model_id: str) -> list[PlannedItem]
     return planned
 
 
-def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str) -> list[PlannedItem]:
+def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str, video: VideoRules) -> list[PlannedItem]:
     if media.kind == "image":
         if 1 not in data.frame_buckets:
             raise MediaError("image, but data.frame_buckets has no 1-frame bucket")
         if not media.path.is_file() or media.path.stat().st_size == 0:
             raise MediaError("file vanished" if not media.path.exists() else "zero-byte file")
         h, w = read_image(media.path).shape[:2]
-        bh, bw = choose_bucket(h, w, res_buckets, data.allow_upscale)
+        bh, bw = choose_bucket(h, w, res_buckets, video.pixel_multiple, data.allow_upscale)
         return [_item(media, 0, 1, bh, bw, [], None, model_id, "image")]
     info = probe_video(media.path)
     start, end = media.span if media.span else (0, info.num_frames)
@@ -77,14 +82,15 @@ def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str) ->
     if end - start < 1:
         raise MediaError(f"empty frame span [{start}, {end}) of a {info.num_frames}-frame video")
     span_end = float(info.times[end]) if end < info.num_frames else info.end_time  # by timestamps: VFR-safe
-    resampled = [start + i for i in resampled_by_time(info.times[start:end], span_end, data.fps)]
+    fps = data.fps or video.fps
+    resampled = [start + i for i in resampled_by_time(info.times[start:end], span_end, fps)]
     bucket = frame_bucket_for(len(resampled), data.frame_buckets)
     if bucket is None:
         shortest = min([b for b in data.frame_buckets if b > 1], default=None)
         raise MediaError(
-            f"too short: {len(resampled)} frames at {data.fps:g} fps, shortest video bucket is {shortest}"
+            f"too short: {len(resampled)} frames at {fps:g} fps, shortest video bucket is {shortest}"
         )
-    bh, bw = choose_bucket(info.height, info.width, res_buckets, data.allow_upscale)
+    bh, bw = choose_bucket(info.height, info.width, res_buckets, video.pixel_multiple, data.allow_upscale)
     s = media.settings
     starts = frame_windows(len(resampled), bucket, s.frame_extraction, s.frame_samples)
     return [

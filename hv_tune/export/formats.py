@@ -17,8 +17,9 @@ model spec). The layouts:
 
 Module names are resolved through the model spec, so a key that looks right but names no
 layer of the model ends up in the "unknown" list. Files for other model families are
-recognised by key patterns that never occur in a HunyuanVideo LoRA, and Flux (whose module
-names ComfyUI shares with HunyuanVideo) by its block counts.
+recognised by key patterns that never occur in a LoRA of our families, and families whose
+module names match the spec's (``spec.lookalike_blocks``, e.g. Flux's in ComfyUI) by their
+block counts unless the file reaches a module only the spec's family has (``spec.own_module_markers``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hv_tune.errors import HvTuneError
-from hv_tune.models.base import ModelSpec
+from hv_tune.models.base import LORA_FILE, ModelSpec
 
 
 class Layout(str, Enum):
@@ -63,14 +64,14 @@ class Format:
     #: module names: ``diffusers``, ``original`` (as ComfyUI's LoRA key map reads them),
     #: ``flat`` (original, dots as underscores) or ``internal`` (ComfyUI's module names)
     names: str
-    #: file written next to ``pytorch_lora_weights.safetensors`` by ``save.formats``
+    #: file name in the output folder (``save.formats``); the diffusers one is ``LORA_FILE``
     file_name: str
     example: str
 
 
 FORMATS: dict[Layout, Format] = {
     Layout.DIFFUSERS: Format(Layout.DIFFUSERS, "diffusers", "lora_A.weight", "lora_B.weight", False, False,
-                             "diffusers", "pytorch_lora_weights.safetensors",
+                             "diffusers", LORA_FILE,
                              "transformer.transformer_blocks.0.attn.to_q.lora_A.weight"),
     Layout.COMFYUI: Format(Layout.COMFYUI, "comfyui", "lora_A.weight", "lora_B.weight", False, True,
                            "original", "lora_comfyui.safetensors",
@@ -115,10 +116,10 @@ _KEY = re.compile(
 )
 _PEFT_PREFIX = "base_model.model."
 
-# Key patterns (re.search) that identify another model family. None of them can match a
-# HunyuanVideo key in any layout (tests/test_export_lora.py checks that). Flux's module
-# names are ComfyUI's HunyuanVideo names: only Flux-only modules are listed here, the rest
-# is told apart by block counts (``FAMILY_BLOCKS``).
+# Key patterns (re.search) that identify another model family. None of them can match a key
+# of a registered family in any layout (tests/test_export_lora.py checks that). Families whose
+# module names match a spec's (Flux's are ComfyUI's HunyuanVideo names) list only their own
+# modules here; the rest is told apart by block counts (``spec.lookalike_blocks``).
 OTHER_FAMILIES: dict[str, tuple[str, ...]] = {
     "Flux": (
         r"(^|[._])(img_in|txt_in)\.(lora_|alpha|diff)",  # Flux's img_in/txt_in are linear layers
@@ -134,8 +135,6 @@ OTHER_FAMILIES: dict[str, tuple[str, ...]] = {
     "LTX-Video or CogVideoX": (r"transformer_blocks[._]\d+[._]attn[12][._]",),
 }
 _FAMILY_RES = {name: [re.compile(p) for p in pats] for name, pats in OTHER_FAMILIES.items()}
-#: (double, single) block counts of families whose block names match HunyuanVideo's
-FAMILY_BLOCKS = {"Flux": (19, 38)}
 _DOUBLE_RE = re.compile(r"^(?:double_blocks|transformer_blocks)\.(\d+)\.")
 _SINGLE_RE = re.compile(r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\.")
 _UNSUPPORTED = {"lora_magnitude_vector": "DoRA", "dora_scale": "DoRA", ".hada_": "LoHa", ".lokr_": "LoKr"}
@@ -218,29 +217,24 @@ def looks_like_family(keys: list[str]) -> tuple[str, str] | None:
     return None
 
 
-def family_by_blocks(parsed: dict[str, ParsedKey], hunyuan_only: list[str]) -> tuple[str, str] | None:
-    """(family, explanation) when the blocks a file reaches are exactly another family's.
+def family_by_blocks(spec: ModelSpec, parsed: dict[str, ParsedKey]) -> tuple[str, str] | None:
+    """(family, explanation) when the blocks a file reaches are exactly a look-alike family's.
 
     A file whose highest double block is that family's last (and whose single blocks, if
-    any, end at its last too) and that has no HunyuanVideo-only module is that family's.
+    any, end at its last too) and that reaches no module only ``spec``'s family has is that family's.
     """
+    own = [k for k, p in parsed.items() if any(x in p.module for x in spec.own_module_markers)]
     doubles = {int(m[1]) for p in parsed.values() if (m := _DOUBLE_RE.match(p.module))}
     singles = {int(m[1]) for p in parsed.values() if (m := _SINGLE_RE.match(p.module))}
-    if hunyuan_only or not (doubles or singles):
+    if own or not (doubles or singles):
         return None
-    for family, (n_double, n_single) in FAMILY_BLOCKS.items():
+    for family, (n_double, n_single) in spec.lookalike_blocks.items():
         double_fits = not doubles or max(doubles) == n_double - 1
         single_fits = not singles or max(singles) == n_single - 1
         if double_fits and single_fits:
             return family, (f"its blocks end at double block {max(doubles, default='-')} and single block "
                             f"{max(singles, default='-')}: {family} has {n_double} + {n_single}")
     return None
-
-
-def _hunyuan_only(parsed: dict[str, ParsedKey]) -> list[str]:
-    """Keys of modules only HunyuanVideo has (the token refiner and text/time embedders)."""
-    markers = ("individual_token_refiner", "txt_in.", "context_embedder.", "time_in.mlp", "guidance_in.mlp")
-    return [k for k, p in parsed.items() if any(x in p.module for x in markers)]
 
 
 def classify_keys(spec: ModelSpec, keys: list[str], source: str) -> KeyReport:
@@ -271,7 +265,7 @@ def classify_keys(spec: ModelSpec, keys: list[str], source: str) -> KeyReport:
         shown = ", ".join(repr(k) for k in keys[:5])
         expected = ", ".join(f"{f.layout} ({f.example!r})" for f in FORMATS.values())
         raise HvTuneError(f"{source}: no {spec.name} LoRA keys found (first keys: {shown}); expected {expected} keys")
-    by_blocks = family_by_blocks(report.parsed, _hunyuan_only(report.parsed))
+    by_blocks = family_by_blocks(spec, report.parsed)
     if by_blocks is not None:
         raise HvTuneError(
             f"{source}: this LoRA looks like a {by_blocks[0]} LoRA, not {spec.name} ({by_blocks[1]}); "

@@ -223,14 +223,15 @@ def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraF
 
 
 def _fuse_original(
-    spec: ModelSpec, modules: Mapping[str, LoraModule], shapes: Shapes
+    spec: ModelSpec, modules: Mapping[str, LoraModule], shapes: Shapes, kohya: bool = False
 ) -> dict[str, tuple[LoraModule, list[int] | None]]:
-    """Group diffusers modules into original modules and fuse each group."""
+    """Group diffusers modules into original (``kohya``: kohya-layout) modules and fuse each group."""
+    name_of = spec.kohya_module if kohya else spec.original_module
     originals: dict[str, None] = {}
     for module in modules:
-        original = spec.original_module(module)
+        original = name_of(module)
         if original is None:
-            raise HvTuneError(f"layer {module!r} has no name in the original layout")
+            raise HvTuneError(f"layer {module!r} has no name in the {'kohya' if kohya else 'original'} layout")
         originals.setdefault(original, None)
     fused = {}
     for original in originals:
@@ -321,7 +322,7 @@ def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pat
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, list[int]] = {}
     written: list[LoraModule] = []
-    for original, (m, part_ranks) in sorted(_fuse_original(spec, modules, shapes).items()):
+    for original, (m, part_ranks) in sorted(_fuse_original(spec, modules, shapes, fmt.layout == Layout.KOHYA).items()):
         if part_ranks is not None:
             ranks[original] = part_ranks
         name = prefix + _module_name(spec, original, fmt.names)
@@ -377,9 +378,10 @@ def comfyui_skipped_kohya_layers(spec: ModelSpec, modules: Mapping[str, LoraModu
     """kohya names of the layers ComfyUI does not load from a kohya file.
 
     ComfyUI maps ``lora_unet_`` + its *internal* module name with dots as underscores
-    (``img_mlp_0``, ``img_mod_lin``, ``modulation_lin``, ``time_in_in_layer``); where Tencent's
-    name differs (``img_mlp_fc1``, ...), it warns "lora key not loaded" and skips the layer.
+    (``img_mlp_0``, ``img_mod_lin``, ``modulation_lin``, ``time_in_in_layer``); where the kohya
+    name differs (``img_mlp_fc1``, 1.5's separate ``img_attn_q``), it warns "lora key not loaded"
+    and skips the layer.
     """
-    originals = {spec.original_module(m) for m in modules} - {None}
-    flat = [o.replace(".", "_") for o in sorted(originals) if spec.comfy_name(o).replace(".", "_") != o.replace(".", "_")]
-    return [spec.lora_prefixes["kohya"] + f for f in flat]
+    names = {spec.kohya_module(m) for m in modules} - {None}
+    flat = [n.replace(".", "_") for n in sorted(names)]
+    return [spec.lora_prefixes["kohya"] + f for f in flat if spec.original_from_comfy(f, "flat") is None]

@@ -10,10 +10,36 @@ from typing import Any
 
 import torch
 
+from hv_tune.errors import ConfigError
 from hv_tune.export.convert import adapter_modules, kohya_comfyui_notes
 from hv_tune.export.formats import FORMATS, Layout, to_layout
 from hv_tune.export.lora_io import write_lora
 from hv_tune.models.base import ModelSpec
+
+
+def unnamed_in_layout(spec: ModelSpec, modules: Sequence[str], layout: Layout) -> list[str]:
+    """Diffusers modules that ``layout`` has no name for (the diffusers layout names every one)."""
+    if layout == Layout.DIFFUSERS:
+        return []
+    name_of = spec.kohya_module if layout == Layout.KOHYA else spec.original_module
+    return [m for m in modules if name_of(m) is None]
+
+
+def check_save_formats(spec: ModelSpec, targets: Sequence[str], formats: Sequence[str]) -> None:
+    """Refuse, before training, LoRA targets that a layout of ``save.formats`` cannot name.
+
+    Raises:
+        ConfigError: naming the layout, the layers (first 8) and the two ways out.
+    """
+    for layout in dict.fromkeys(to_layout(f) for f in formats):
+        missing = unnamed_in_layout(spec, targets, layout)
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
+            raise ConfigError(
+                f"config keys 'lora.targets' / 'save.formats': the {layout} layout of {spec.name} has no name for "
+                f"{len(missing)} targeted layer(s): {shown}. Narrow lora.targets (a preset, or globs such as "
+                f"'transformer_blocks.*') or drop {layout} from save.formats (the diffusers file holds every layer; "
+                f"`finetune.py convert` can write {layout} later for the layers it names).")
 
 
 def save_trained_lora(

@@ -107,14 +107,14 @@ def largest_bucket(cfg: Config, spec: ModelSpec) -> tuple[tuple[int, int, int], 
         buckets = [e.bucket for e in read_index(cfg.data.cache_dir)]
         if buckets:
             return max(buckets, key=lambda b: _tokens(spec, b)), f"cache {index}"
-    sizes = resolution_buckets(cfg.data.resolution)
+    sizes = resolution_buckets(cfg.data.resolution, spec.video.pixel_multiple)
     buckets = [(f, h, w) for f in cfg.data.frame_buckets for h, w in sizes]
     return max(buckets, key=lambda b: _tokens(spec, b)), "data.frame_buckets x data.resolution"
 
 
 def _tokens(spec: ModelSpec, bucket: tuple[int, int, int]) -> int:
     f, h, w = bucket
-    return ((f - 1) // spec.vae_scale_factor_temporal + 1) * h * w
+    return ((f - 1) // spec.video.frame_step + 1) * h * w
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -233,7 +233,7 @@ def build_plan(
 
     Args:
         presets: preset name -> the same config loaded with ``memory.preset=<name>``,
-            fastest last (the order of ``hv_tune.memory.presets.PRESETS``).
+            fastest last (the order of the spec's ``memory_presets``).
         card: the GPU's memory in bytes, or None when unknown.
     """
     bucket, source = largest_bucket(given, spec)
@@ -320,11 +320,10 @@ def plan_config(
     else the memory of CUDA device 0, else unknown.
     """
     from hv_tune.config import load_config
-    from hv_tune.memory.presets import PRESETS
     from hv_tune.models import get_spec
 
     given = load_config(path, list(overrides))
-    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in PRESETS.get(given.model.name, {})}
+    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in get_spec(given.model.name).memory_presets}
     if gpu_memory:
         card = parse_memory(gpu_memory, "--gpu-memory")
     elif given.memory.gpu_memory:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hv_tune.errors import ConfigError
-from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders
+from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, VideoRules
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
 from hv_tune.models.hunyuan_video_1_5 import HunyuanVideo15I2VSpec, HunyuanVideo15Spec
 
@@ -12,6 +14,8 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     HunyuanVideo15Spec.name: HunyuanVideo15Spec(),
     HunyuanVideo15I2VSpec.name: HunyuanVideo15I2VSpec(),
 }
+#: the family a config, a verb or a model folder gets when nothing names one
+DEFAULT_MODEL = HunyuanVideoSpec.name
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -24,9 +28,29 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
+def memory_preset(name: str, preset: str) -> dict[str, Any]:
+    """The settings (``{"section.key": value}``) of card-size ``preset`` for model ``name``.
+
+    ``{}`` for a name no family has as a preset (``none``, ``auto``; the config's type check
+    reports names nobody knows).
+
+    Raises:
+        ConfigError: ``preset`` is a preset of another family but not of ``name``'s.
+    """
+    table = MODEL_SPECS[name].memory_presets if name in MODEL_SPECS else {}
+    if preset in table:
+        return dict(table[preset])
+    if any(preset in spec.memory_presets for spec in MODEL_SPECS.values()):
+        if not table:
+            raise ConfigError(f"config key 'memory.preset': no presets for model {name!r}; set the memory keys yourself")
+        raise ConfigError(f"config key 'memory.preset': no {preset} preset for model {name!r}; "
+                          f"use one of {', '.join(table)}, auto or none")
+    return {}
+
+
 def spec_for(name: str | None, folder: str | None) -> ModelSpec:
     """The spec named ``name``; without a name, the one whose pipeline ``folder``'s
-    ``model_index.json`` names (``_class_name``); ``hunyuan-video`` when neither says."""
+    ``model_index.json`` names (``_class_name``); ``DEFAULT_MODEL``'s when neither says."""
     if name:
         return get_spec(name)
     import json
@@ -37,7 +61,7 @@ def spec_for(name: str | None, folder: str | None) -> ModelSpec:
     except (OSError, ValueError, AttributeError):
         class_name = None
     found = [s for s in MODEL_SPECS.values() if s.pipeline_class == class_name]
-    return found[0] if found else get_spec("hunyuan-video")
+    return found[0] if found else get_spec(DEFAULT_MODEL)
 
 
-__all__ = ["MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "get_spec", "spec_for"]
+__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "VideoRules", "get_spec", "memory_preset", "spec_for"]

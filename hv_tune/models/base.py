@@ -1,8 +1,9 @@
 """The contract between a base model and the rest of hv-tune.
 
-The trainer, cache, sampling, merge and convert code only talk to a ``ModelSpec``; they
-never import a model family's diffusers classes or hard-code its key names. Adding Wan or LTX-Video means one new file
-implementing this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
+The trainer, cache, sampling, merge and convert code only talk to a ``ModelSpec``; they never
+import a model family's diffusers classes or hard-code its key names, sizes, frame rules or
+presets. Adding Wan or LTX-Video means one new folder under ``hv_tune/models/`` implementing
+this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,38 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+#: file name of a LoRA in diffusers' format (what diffusers' loaders look for in a folder)
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass(frozen=True)
+class VideoRules:
+    """Which clips a model takes: side lengths, frame counts and the frame rate it was trained at.
+
+    Attributes:
+        pixel_multiple: height and width are multiples of this (VAE spatial factor x patch size).
+        frame_step: frame counts are ``frame_step * k + 1`` (the VAE's temporal factor: the causal
+            VAE encodes the first frame alone, then ``frame_step`` frames per latent frame).
+        fps: native frame rate; clips are resampled to it before frames are picked.
+    """
+
+    pixel_multiple: int
+    frame_step: int
+    fps: float
+
+    def frames_ok(self, frames: int) -> bool:
+        """``frames`` is a count the VAE takes (``frame_step * k + 1``, k >= 0)."""
+        return frames >= 1 and (frames - 1) % self.frame_step == 0
+
+    def side_ok(self, pixels: int) -> bool:
+        """``pixels`` is a positive multiple of ``pixel_multiple``."""
+        return pixels > 0 and pixels % self.pixel_multiple == 0
+
+    @property
+    def frame_rule(self) -> str:
+        """The frame rule as users read it, e.g. ``4k+1``."""
+        return f"{self.frame_step}k+1"
 
 
 @dataclass
@@ -105,21 +138,30 @@ def condition_fields(spec: Any) -> tuple[str, ...]:
 
 
 class ModelSpec(Protocol):
-    """What hv-tune needs to know about one base model family.
+    """What hv-tune needs to know about one base model family, by concern.
 
     Optional (image-to-video specs, read through ``condition_fields(spec)``): ``condition_fields``,
     ``load_condition_encoders(opts, vae)`` and ``encode_condition(encoders, frame, latent_shape)``.
     """
 
+    # -- identity: how configs and model folders name the family
+
     name: str
-    #: preset name -> regular expressions matched (fullmatch) against module names
-    lora_presets: Mapping[str, tuple[str, ...]]
-    vae_scale_factor_temporal: int
-    vae_scale_factor_spatial: int
-    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
-    text_fields: tuple[str, ...]
     #: ``_class_name`` in a model folder's ``model_index.json`` (how verbs find the family)
     pipeline_class: str
+    #: name of the transformer's folder in a diffusers model folder
+    transformer_subfolder: str
+
+    # -- data rules and presets (plain data: config checks and bucketing read them)
+
+    #: side lengths, frame counts and native frame rate of the clips the model takes
+    video: VideoRules
+    #: LoRA preset name -> regular expressions matched (fullmatch) against module names
+    lora_presets: Mapping[str, tuple[str, ...]]
+    #: card-size memory preset (``16gb``, ``24gb``, ...) -> ``{"section.key": value}`` it fills in
+    memory_presets: Mapping[str, Mapping[str, Any]]
+
+    # -- loading
 
     def load_transformer(self, opts: LoadOptions) -> nn.Module: ...
 
@@ -130,6 +172,11 @@ class ModelSpec(Protocol):
     def load_vae_config(self, opts: LoadOptions) -> Mapping[str, Any]:
         """The VAE's config (its ``scaling_factor`` maps posteriors to training latents)."""
         ...
+
+    # -- encoding (the cache) and training inputs
+
+    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
+    text_fields: tuple[str, ...]
 
     def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
         """Prompt embeddings exactly as the reference pipeline computes them."""
@@ -155,6 +202,8 @@ class ModelSpec(Protocol):
         """Keyword arguments of the transformer's forward for one training batch."""
         ...
 
+    # -- memory (fp8 storage, block swap, compile)
+
     def transformer_blocks(self, transformer: nn.Module) -> list[nn.Module]:
         """The repeated blocks in execution order (what block swap and compile act on)."""
         ...
@@ -167,6 +216,8 @@ class ModelSpec(Protocol):
             module: the loaded component (diffusers models carry their own skip patterns).
         """
         ...
+
+    # -- files the family writes
 
     def save_lora(self, out_dir: Path, state_dict: dict[str, torch.Tensor], lora_config: Any) -> Path:
         """Write the adapter in diffusers format (with its PEFT config as metadata)."""
@@ -199,8 +250,11 @@ class ModelSpec(Protocol):
 
     #: LoRA key prefix per file format: ``diffusers``, ``comfyui`` (original names), ``kohya``
     lora_prefixes: Mapping[str, str]
-    #: name of the transformer's folder in a diffusers model folder
-    transformer_subfolder: str
+    #: module-name fragments only this family has: a LoRA that reaches one is this family's
+    #: (a file matching ``lookalike_blocks`` without any is another family's)
+    own_module_markers: tuple[str, ...]
+    #: family -> (double, single) block counts of families whose module names match this one's
+    lookalike_blocks: Mapping[str, tuple[int, int]]
 
     def original_module(self, module: str) -> str | None:
         """Name in the original checkpoint of the (possibly fused) module holding diffusers ``module``."""
@@ -210,8 +264,13 @@ class ModelSpec(Protocol):
         """The diffusers modules an original module is made of, in row order; None if unknown."""
         ...
 
+    def kohya_module(self, module: str) -> str | None:
+        """Dotted name of the module holding diffusers ``module`` in the kohya layout (musubi-tuner's
+        network names, flattened on writing); where musubi fuses like the original, ``original_module``."""
+        ...
+
     def original_from_flat(self, flat: str) -> str | None:
-        """Original module name from its kohya form (dots replaced by underscores)."""
+        """Original (or kohya) module name from its kohya form (dots replaced by underscores)."""
         ...
 
     def original_from_comfy(self, name: str, form: str = "internal") -> str | None:

@@ -11,12 +11,13 @@ from types import FrameType
 from typing import Any
 
 from hv_tune.errors import ConfigError, HvTuneError
+from hv_tune.export.formats import FORMATS
 from hv_tune.io import free_bytes
+from hv_tune.models.base import LORA_FILE
 from hv_tune.training.checkpoint import disk_full_error, list_checkpoints
 
 # what a run writes into output_dir (the cache may live there too: it is not part of a run)
-RUN_FILES = ("checkpoints", "logs", "samples", "config.yaml", "pytorch_lora_weights.safetensors",
-             "lora_comfyui.safetensors", "lora_kohya.safetensors")
+RUN_FILES = ("checkpoints", "logs", "samples", "config.yaml", *(f.file_name for f in FORMATS.values()))
 PREVIOUS_DIR = "previous-runs"
 
 
@@ -32,7 +33,7 @@ def claim_output_dir(out: Path, resuming: bool, overwrite: bool) -> None:
     if resuming:
         return
     ckpts = list_checkpoints(out / "checkpoints")
-    final = out / "pytorch_lora_weights.safetensors"
+    final = out / LORA_FILE
     held = ([f"checkpoints up to {ckpts[-1].name}"] if ckpts else []) + (["a finished LoRA"] if final.exists() else [])
     leftovers = [n for n in RUN_FILES if (out / n).exists()]
     if held and not overwrite:

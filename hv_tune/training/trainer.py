@@ -20,7 +20,8 @@ from hv_tune.config import Config, to_dict
 from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import DataError, Interrupted, TrainingError
-from hv_tune.export.save import save_trained_lora
+from hv_tune.export.formats import Layout, to_layout
+from hv_tune.export.save import check_save_formats, save_trained_lora
 from hv_tune.io import atomic_write_text, is_disk_full
 from hv_tune.lora import (
     add_lora,
@@ -28,11 +29,12 @@ from hv_tune.lora import (
     lora_parameters,
     lora_state_dict,
     peft_config,
+    resolve_target_names,
     resolve_targets,
 )
 from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.models import LoadOptions, ModelSpec, get_spec
-from hv_tune.models.base import resolve_dtype
+from hv_tune.models.base import LORA_FILE, resolve_dtype
 from hv_tune.training.cache_check import prepare_cache
 from hv_tune.training.checkpoint import (
     Checkpoint,
@@ -49,8 +51,6 @@ from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.step import step_generator, training_loss
 from hv_tune.training.validation import Validator, preview_images
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 @dataclass
@@ -82,6 +82,7 @@ def train(
 
     out = Path(cfg.output_dir)
     spec = get_spec(cfg.model.name)
+    check_export_layouts(spec, cfg)
     preview_images(spec, cfg)  # a missing or unreadable preview image stops the run before anything loads
     process = PartialState()
     found: list[Any] = []  # the main process goes first: it sets broken checkpoints aside
@@ -110,6 +111,15 @@ def train(
     loop.run(state)
     adapter = lora_state_dict(accelerator.unwrap_model(transformer))
     return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out, cfg), adapter, state.step)
+
+
+def check_export_layouts(spec: ModelSpec, cfg: Config) -> None:
+    """Every targeted layer has a name in each layout of ``save.formats`` (checked on the meta model,
+    before any weight is loaded or step trained). Raises ``ConfigError`` naming the layers."""
+    if all(to_layout(f) == Layout.DIFFUSERS for f in cfg.save.formats):
+        return
+    names = list(spec.linear_shapes(cfg.model.path))
+    check_save_formats(spec, resolve_target_names(spec, names, cfg.lora.targets), cfg.save.formats)
 
 
 def check_run(
@@ -165,7 +175,7 @@ def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, memory: Mem
 
     transformer = spec.load_transformer(opts)
     targets = resolve_targets(spec, transformer, cfg.lora.targets)
-    lora_cfg = peft_config(cfg.lora, targets)
+    lora_cfg = peft_config(cfg.lora, targets, [n for n, _ in transformer.named_modules()])
     set_seed(cfg.training.seed)
     add_lora(transformer, lora_cfg)
     if cfg.training.gradient_checkpointing:

@@ -188,7 +188,7 @@ class Validator:
                                     image=image)
                 frames = generate(pipe, req, {k: t.to(device) for k, t in emb.items()})
                 ext = "png" if v.frames == 1 else "mp4"
-                written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", req.fps))
+                written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", self.spec.video.fps))
                 self._log_image(i, prompt, frames, step)
         finally:
             self.vae.to("cpu")

@@ -20,16 +20,28 @@ from torch import nn
 
 from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
-from hv_tune.models.base import LoadOptions, Part, TextEncoders, scaled_posterior_sample, vae_posterior
+from hv_tune.models.base import (
+    LORA_FILE,
+    LoadOptions,
+    Part,
+    TextEncoders,
+    VideoRules,
+    scaled_posterior_sample,
+    vae_posterior,
+)
+from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
+from hv_tune.models.hunyuan_video_1_5 import presets as hv15_presets
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
 
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
+# adaLN modulation of the blocks: musubi-tuner's 1.5 network trains it (every linear of its
+# ``MMDoubleStreamBlock``); the output head (norm_out, proj_out) is in no preset, as in musubi
+_MOD = r"transformer_blocks\.\d+\.(norm1|norm1_context)\.linear"
 #: SigLIP tokens and width of the image condition (zeros for text-to-video), as the pipeline sets them
 VISION_TOKENS = 729
 IMAGE_EMBED_DIM = 1152
-LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
 def _pattern_value(module: str, patterns: Mapping[str, Any], default: Any) -> Any:
@@ -76,9 +88,15 @@ class HunyuanVideo15Spec:
     """HunyuanVideo 1.5 T2V: dual-stream transformer, 32-channel 16x VAE, Qwen2.5-VL + byT5."""
 
     name = "hunyuan-video-1.5"
-    lora_presets: Mapping[str, tuple[str, ...]] = {"attn": (_ATTN,), "all-linear": (_ATTN, _MLP)}
+    lora_presets: Mapping[str, tuple[str, ...]] = {"attn": (_ATTN,), "all-linear": (_ATTN, _MLP, _MOD)}
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 16
+    #: sides: 16x VAE x patch 1; frames 4k+1; 24 fps (docs/hunyuan_video_1_5.md)
+    video = VideoRules(pixel_multiple=vae_scale_factor_spatial, frame_step=vae_scale_factor_temporal, fps=24.0)
+    memory_presets: Mapping[str, Mapping[str, Any]] = hv15_presets.PRESETS
+    #: ComfyUI loads 1.5 as a HunyuanVideo: the same family markers and look-alikes apply
+    own_module_markers = hv_keys.OWN_MODULE_MARKERS
+    lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
     text_fields = hv15_text.TEXT_FIELDS
     #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
     pipeline_class = "HunyuanVideo15Pipeline"
@@ -269,6 +287,9 @@ class HunyuanVideo15Spec:
 
     def original_parts(self, original: str) -> tuple[Part, ...] | None:
         return hv15_keys.original_parts(original)
+
+    def kohya_module(self, module: str) -> str | None:
+        return hv15_keys.kohya_module(module)
 
     def original_from_flat(self, flat: str) -> str | None:
         return hv15_keys.original_from_flat(flat)

@@ -1,10 +1,9 @@
 """HunyuanVideo (diffusers layout) as a ``ModelSpec``.
 
-Text encoding mirrors ``HunyuanVideoPipeline.encode_prompt`` (docs/hunyuan_video.md): the prompt
-goes into an LLM template, the template's first ``crop_start`` tokens are cropped after
-encoding, embeddings are ``hidden_states[-3]`` (skip 2 layers, no final norm), 256 text
-tokens after the crop; CLIP-L gives ``pooler_output`` at 77 tokens. diffusers imports are
-local so that importing the registry stays cheap (config checks run before any of this).
+Text encoding (``hunyuan_video.text``) mirrors ``HunyuanVideoPipeline.encode_prompt``
+(docs/hunyuan_video.md); module names of the original checkpoint are in ``hunyuan_video.keys``,
+LoRA and memory presets in ``hunyuan_video.presets``. diffusers imports are local so that
+importing the registry stays cheap (config checks run before any of this).
 """
 
 from __future__ import annotations
@@ -18,39 +17,18 @@ from torch import nn
 
 from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
-from hv_tune.models import hunyuan_video_keys
-from hv_tune.models.base import LoadOptions, Part, TextEncoders, scaled_posterior_sample, vae_posterior
-
-VIDEO_TEMPLATE = {
-    "template": (
-        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-        "1. The main content and theme of the video."
-        "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
-        "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-        "4. background environment, light, style and atmosphere."
-        "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-    ),
-    "crop_start": 95,
-}
-# Tencent's image template (used for 1-frame items), crop 36.
-IMAGE_TEMPLATE = {
-    "template": (
-        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
-        "texture, quantity, text, spatial relationships of the objects and background:<|eot_id|>"
-        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-    ),
-    "crop_start": 36,
-}
-LLM_MAX_TOKENS = 256
-LLM_SKIP_LAYERS = 2
-CLIP_MAX_TOKENS = 77
-
-_DOUBLE_ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
-_SINGLE_ATTN = r"single_transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v)"
-_DOUBLE_MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
-_SINGLE_MLP = r"single_transformer_blocks\.\d+\.(proj_mlp|proj_out)"
-
+from hv_tune.models.base import (
+    LORA_FILE,
+    LoadOptions,
+    Part,
+    TextEncoders,
+    VideoRules,
+    scaled_posterior_sample,
+    vae_posterior,
+)
+from hv_tune.models.hunyuan_video import keys as hv_keys
+from hv_tune.models.hunyuan_video import presets
+from hv_tune.models.hunyuan_video import text as hv_text
 
 #: key prefixes single-file checkpoints carry (ComfyUI's saved models, Tencent's VAE in a checkpoint)
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "first_stage_model.", "vae.")
@@ -94,21 +72,18 @@ def load_single_file(cls: Any, opts: LoadOptions, subfolder: str, path: str, ren
     return model.to(opts.dtype).eval()
 
 
-def template_for(num_frames: int) -> dict[str, Any]:
-    """Video template for clips, image template for 1-frame items."""
-    return IMAGE_TEMPLATE if num_frames == 1 else VIDEO_TEMPLATE
-
-
 class HunyuanVideoSpec:
     """HunyuanVideo T2V: transformer, 3D causal VAE, Llama + CLIP-L text encoders."""
 
     name = "hunyuan-video"
-    lora_presets: Mapping[str, tuple[str, ...]] = {
-        "attn": (_DOUBLE_ATTN, _SINGLE_ATTN),
-        "all-linear": (_DOUBLE_ATTN, _SINGLE_ATTN, _DOUBLE_MLP, _SINGLE_MLP),
-    }
+    lora_presets: Mapping[str, tuple[str, ...]] = presets.LORA_PRESETS
     vae_scale_factor_temporal = 4
     vae_scale_factor_spatial = 8
+    #: sides: 8x VAE x patch 2; frames 4k+1; trained at 24 fps (docs/hunyuan_video.md)
+    video = VideoRules(pixel_multiple=vae_scale_factor_spatial * 2, frame_step=vae_scale_factor_temporal, fps=24.0)
+    memory_presets: Mapping[str, Mapping[str, Any]] = presets.PRESETS
+    own_module_markers = hv_keys.OWN_MODULE_MARKERS
+    lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
     pipeline_class = "HunyuanVideoPipeline"
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
@@ -145,7 +120,7 @@ class HunyuanVideoSpec:
         chunks: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for key, tensor in state.items():
             module, _, suffix = key.rpartition(".")
-            parts = hunyuan_video_keys.original_parts(module)
+            parts = hv_keys.original_parts(module)
             if parts is None:
                 out[key] = tensor  # reported by load_state_dict as unexpected
                 continue
@@ -182,52 +157,13 @@ class HunyuanVideoSpec:
 
     # ------------------------------------------------------------------ encoding
 
-    @torch.no_grad()
     def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
-        """LLM hidden states + mask (video or image template) and CLIP pooled output.
-
-        Returns:
-            ``prompt_embeds`` [B, 256, D_llm], ``prompt_attention_mask`` [B, 256] (int64),
-            ``pooled_prompt_embeds`` [B, D_clip].
-        """
-        tpl = template_for(num_frames)
-        crop = tpl["crop_start"]
-        device = enc.text_encoder.device
-        llm_in = enc.tokenizer(
-            [tpl["template"].format(p) for p in prompts],
-            max_length=LLM_MAX_TOKENS + crop,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt",
-            return_attention_mask=True,
-        )
-        hidden = enc.text_encoder(
-            input_ids=llm_in.input_ids.to(device),
-            attention_mask=llm_in.attention_mask.to(device),
-            output_hidden_states=True,
-        ).hidden_states[-(LLM_SKIP_LAYERS + 1)]
-        clip_ids = enc.tokenizer_2(
-            prompts, padding="max_length", max_length=CLIP_MAX_TOKENS, truncation=True, return_tensors="pt"
-        ).input_ids
-        pooled = enc.text_encoder_2(clip_ids.to(enc.text_encoder_2.device), output_hidden_states=False).pooler_output
-        return {
-            "prompt_embeds": hidden[:, crop:],  # [B, crop + 256, D] -> [B, 256, D]
-            "prompt_attention_mask": llm_in.attention_mask[:, crop:],
-            "pooled_prompt_embeds": pooled,
-        }
+        """LLM hidden states + mask (video or image template) and CLIP pooled output (``text.encode_prompts``)."""
+        return hv_text.encode_prompts(enc, prompts, num_frames)
 
     def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
-        """How many caption tokens ``encode_text`` cuts off, per prompt (0 when it all fits).
-
-        Counted with the real tokenizer inside the template, as ``encode_text`` tokenizes:
-        the caption keeps ``LLM_MAX_TOKENS`` (256) tokens after the template's crop. CLIP's
-        77-token cut is not counted: it only feeds the pooled vector, as in the reference pipeline.
-        """
-        tpl = template_for(num_frames)
-        suffix = tpl["template"].split("{}")[1]
-        n_suffix = len(enc.tokenizer(suffix, add_special_tokens=False).input_ids)
-        ids = enc.tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
-        return [max(0, len(x) - tpl["crop_start"] - n_suffix - LLM_MAX_TOKENS) for x in ids]
+        """Caption tokens ``encode_text`` cuts off per prompt (``text.dropped_tokens``)."""
+        return hv_text.dropped_tokens(enc, prompts, num_frames)
 
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
@@ -290,12 +226,12 @@ class HunyuanVideoSpec:
             transformer_lora_layers=state_dict,
             transformer_lora_adapter_metadata=metadata,
         )
-        path = Path(out_dir) / "pytorch_lora_weights.safetensors"
+        path = Path(out_dir) / LORA_FILE
         sort_safetensors_metadata(path)  # same training -> same bytes (exact resume is checked byte for byte)
         return path
 
     def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
-        from hv_tune.models.tiny_hunyuan import build_tiny_hunyuan_video
+        from hv_tune.models.hunyuan_video.tiny import build_tiny_hunyuan_video
 
         return build_tiny_hunyuan_video(Path(out_dir), seed=seed)
 
@@ -348,20 +284,23 @@ class HunyuanVideoSpec:
     # ------------------------------------------------------------------ key names
 
     def original_module(self, module: str) -> str | None:
-        return hunyuan_video_keys.original_module(module)
+        return hv_keys.original_module(module)
 
     def original_parts(self, original: str) -> tuple[Part, ...] | None:
-        return hunyuan_video_keys.original_parts(original)
+        return hv_keys.original_parts(original)
+
+    def kohya_module(self, module: str) -> str | None:
+        return hunyuan_video_keys.original_module(module)  # musubi's v1 network has Tencent's fused layers
 
     def original_from_flat(self, flat: str) -> str | None:
-        return hunyuan_video_keys.original_from_flat(flat)
+        return hv_keys.original_from_flat(flat)
 
     def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
-        return hunyuan_video_keys.original_from_comfy(name, form)
+        return hv_keys.original_from_comfy(name, form)
 
     def comfy_name(self, original: str, form: str = "internal") -> str:
-        internal = hunyuan_video_keys.comfy_internal(original)
-        return hunyuan_video_keys.comfy_lora_name(internal) if form == "lora" else internal
+        internal = hv_keys.comfy_internal(original)
+        return hv_keys.comfy_lora_name(internal) if form == "lora" else internal
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """Linear layer shapes from the config alone (meta device: no weights, no memory).
@@ -393,8 +332,8 @@ class HunyuanVideoSpec:
         c = model.config
         latent = (batch_size, c.in_channels, (frames - 1) // self.vae_scale_factor_temporal + 1,
                   height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial)
-        text = {"prompt_embeds": torch.empty(batch_size, LLM_MAX_TOKENS, c.text_embed_dim, dtype=dtype, device="meta"),
-                "prompt_attention_mask": torch.ones(batch_size, LLM_MAX_TOKENS, dtype=torch.int64, device="meta"),
+        text = {"prompt_embeds": torch.empty(batch_size, hv_text.LLM_MAX_TOKENS, c.text_embed_dim, dtype=dtype, device="meta"),
+                "prompt_attention_mask": torch.ones(batch_size, hv_text.LLM_MAX_TOKENS, dtype=torch.int64, device="meta"),
                 "pooled_prompt_embeds": torch.empty(batch_size, c.pooled_projection_dim, dtype=dtype, device="meta")}
         noisy = torch.empty(latent, dtype=torch.float32, device="meta")
         return model, self.transformer_inputs(noisy, torch.full((batch_size,), 0.5, device="meta"), text, 1.0)

@@ -225,3 +225,11 @@ def original_from_flat(flat: str) -> str | None:
         if m:
             return fill_name(orig, m)
     return None
+
+
+#: fragments of module names (diffusers or original) only HunyuanVideo has: the token refiner and the
+#: text/time/guidance embedders. A LoRA reaching one of them is HunyuanVideo's, whatever its block counts.
+OWN_MODULE_MARKERS = ("individual_token_refiner", "txt_in.", "context_embedder.", "time_in.mlp", "guidance_in.mlp")
+#: (double, single) block counts of families whose block names are HunyuanVideo's in ComfyUI
+#: (Flux: 19 double + 38 single blocks; HunyuanVideo has 20 + 40)
+LOOKALIKE_BLOCKS = {"Flux": (19, 38)}

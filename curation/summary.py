@@ -1,0 +1,31 @@
+"""The counts of a curation run (summary.json, the end-of-run table, the report's header)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from curation.filters import reason_kind
+
+
+def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = ()) -> dict[str, Any]:
+    """Counts: accepted, rejected by reason kind, errors; and the walked files that were not used."""
+    status = Counter(r["status"] for r in records)
+    by_reason = Counter(reason_kind(reason) for r in records if r["status"] == "rejected" for reason in r["reasons"])
+    errors = Counter(reason_kind(reason) for r in records if r["status"] == "error" for reason in r["reasons"])
+    return {"clips": len(records), "accepted": status.get("accepted", 0), "rejected": status.get("rejected", 0),
+            "error": status.get("error", 0), "rejected_by_reason": dict(sorted(by_reason.items())),
+            "errors_by_reason": dict(sorted(errors.items())), "skipped_files": list(skipped)}
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """The end-of-run table."""
+    lines = [f"{'clips':<32}{s['clips']:>8}", f"{'accepted':<32}{s['accepted']:>8}", f"{'rejected':<32}{s['rejected']:>8}"]
+    lines += [f"  {k:<30}{v:>8}" for k, v in s["rejected_by_reason"].items()]
+    lines += [f"{'errors':<32}{s['error']:>8}"]
+    lines += [f"  {k:<30}{v:>8}" for k, v in s["errors_by_reason"].items()]
+    skipped = s.get("skipped_files", [])
+    lines += [f"{'skipped files':<32}{len(skipped):>8}"]
+    lines += [f"  {f['rel']}: {f['reason']}" for f in skipped]
+    rule = "-" * 40
+    return "\n".join([rule, *lines, rule])

@@ -1,0 +1,92 @@
+"""HunyuanVideo text encoding, as ``HunyuanVideoPipeline.encode_prompt`` computes it (docs/hunyuan_video.md).
+
+The prompt goes into an LLM template, the template's first ``crop_start`` tokens are cropped
+after encoding, embeddings are ``hidden_states[-3]`` (skip 2 layers, no final norm), 256 text
+tokens after the crop; CLIP-L gives ``pooler_output`` at 77 tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hv_tune.models.base import TextEncoders
+
+VIDEO_TEMPLATE = {
+    "template": (
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
+        "1. The main content and theme of the video."
+        "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
+        "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
+        "4. background environment, light, style and atmosphere."
+        "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+    "crop_start": 95,
+}
+# Tencent's image template (used for 1-frame items), crop 36.
+IMAGE_TEMPLATE = {
+    "template": (
+        "<|start_header_id|>system<|end_header_id|>\n\nDescribe the image by detailing the color, shape, size, "
+        "texture, quantity, text, spatial relationships of the objects and background:<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+    ),
+    "crop_start": 36,
+}
+LLM_MAX_TOKENS = 256
+LLM_SKIP_LAYERS = 2
+CLIP_MAX_TOKENS = 77
+
+
+def template_for(num_frames: int) -> dict[str, Any]:
+    """Video template for clips, image template for 1-frame items."""
+    return IMAGE_TEMPLATE if num_frames == 1 else VIDEO_TEMPLATE
+
+
+@torch.no_grad()
+def encode_prompts(enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
+    """LLM hidden states + mask (video or image template) and CLIP pooled output.
+
+    Returns:
+        ``prompt_embeds`` [B, 256, D_llm], ``prompt_attention_mask`` [B, 256] (int64),
+        ``pooled_prompt_embeds`` [B, D_clip].
+    """
+    tpl = template_for(num_frames)
+    crop = tpl["crop_start"]
+    device = enc.text_encoder.device
+    llm_in = enc.tokenizer(
+        [tpl["template"].format(p) for p in prompts],
+        max_length=LLM_MAX_TOKENS + crop,
+        padding="max_length",
+        truncation=True,
+        return_tensors="pt",
+        return_attention_mask=True,
+    )
+    hidden = enc.text_encoder(
+        input_ids=llm_in.input_ids.to(device),
+        attention_mask=llm_in.attention_mask.to(device),
+        output_hidden_states=True,
+    ).hidden_states[-(LLM_SKIP_LAYERS + 1)]
+    clip_ids = enc.tokenizer_2(
+        prompts, padding="max_length", max_length=CLIP_MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+    pooled = enc.text_encoder_2(clip_ids.to(enc.text_encoder_2.device), output_hidden_states=False).pooler_output
+    return {
+        "prompt_embeds": hidden[:, crop:],  # [B, crop + 256, D] -> [B, 256, D]
+        "prompt_attention_mask": llm_in.attention_mask[:, crop:],
+        "pooled_prompt_embeds": pooled,
+    }
+
+def dropped_tokens(enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
+    """How many caption tokens ``encode_prompts`` cuts off, per prompt (0 when it all fits).
+
+    Counted with the real tokenizer inside the template, as ``encode_prompts`` tokenizes:
+    the caption keeps ``LLM_MAX_TOKENS`` (256) tokens after the template's crop. CLIP's
+    77-token cut is not counted: it only feeds the pooled vector, as in the reference pipeline.
+    """
+    tpl = template_for(num_frames)
+    suffix = tpl["template"].split("{}")[1]
+    n_suffix = len(enc.tokenizer(suffix, add_special_tokens=False).input_ids)
+    ids = enc.tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
+    return [max(0, len(x) - tpl["crop_start"] - n_suffix - LLM_MAX_TOKENS) for x in ids]
