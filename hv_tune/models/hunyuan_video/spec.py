@@ -290,7 +290,7 @@ class HunyuanVideoSpec:
         return hv_keys.original_parts(original)
 
     def kohya_module(self, module: str) -> str | None:
-        return hunyuan_video_keys.original_module(module)  # musubi's v1 network has Tencent's fused layers
+        return hv_keys.original_module(module)  # musubi's v1 network has Tencent's fused layers
 
     def original_from_flat(self, flat: str) -> str | None:
         return hv_keys.original_from_flat(flat)
