@@ -38,7 +38,7 @@ def _item_and_first_frame(model: Path, folder: Path, cache: Path, index: int = 0
     cfg = cache_config(model, folder, cache, "model.name=hunyuan-video-1.5-i2v", "data.frame_buckets=[5]")
     scan = scan_sources(cfg.data)
     key = model_key(cache_fingerprint(cfg, SPEC.name, "transformer", scan)["model"])
-    item = next(p for p in plan_items(scan, cfg.data, key) if p.id == entry.id)
+    item = next(p for p in plan_items(scan, cfg.data, key, SPEC.video) if p.id == entry.id)
     pixels = load_pixels(item)  # [3, F, H, W] in [-1, 1], exactly what the latent was encoded from
     frame = ((pixels[:, 0].permute(1, 2, 0) + 1.0) * 127.5).round().to(torch.uint8).numpy()
     return entry, frame
