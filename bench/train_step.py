@@ -180,7 +180,8 @@ def meta_lora_transformer(spec, cfg, config: dict | None = None):
 
     with torch.device("meta"):
         model = HunyuanVideoTransformer3DModel(**(config or {})).to(torch.bfloat16)
-    add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
+    add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets),
+                                [n for n, _ in model.named_modules()]))
     model.enable_gradient_checkpointing()
     return model.train()
 
@@ -415,7 +416,8 @@ def estimate_family(args: argparse.Namespace) -> list[dict]:
                                      "lora.rank=32", "lora.alpha=32"])
         runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
         model, _ = spec.plan_model(None, 1, 16, 16, 1, torch.bfloat16)
-        add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
+        add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets),
+                                [n for n, _ in model.named_modules()]))
         blocks, weights = weights_row(spec, cfg, runtime, model)
         row = {"model": spec.name, "preset": preset, **weights}
         for bucket in args.buckets.split(","):

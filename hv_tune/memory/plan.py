@@ -147,7 +147,8 @@ class Planner:
             model, self.inputs = spec.plan_model(cfg.model.path, *bucket, cfg.training.batch_size, self.dtype)
         except (OSError, ValueError) as e:
             raise PlanUnavailable(f"config key 'model.path': cannot read the transformer config: {e}") from e
-        add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets)))
+        names = [n for n, _ in model.named_modules()]
+        add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets), names))
         self.model = model.train()
         self._profiles: dict[str, StepProfile] = {}
         # CUDA autocast to the activation dtype (mixed precision); none in float32 or on the CPU
