@@ -115,10 +115,17 @@ def train(
 
 def check_export_layouts(spec: ModelSpec, cfg: Config) -> None:
     """Every targeted layer has a name in each layout of ``save.formats`` (checked on the meta model,
-    before any weight is loaded or step trained). Raises ``ConfigError`` naming the layers."""
+    before any weight is loaded or step trained). Raises ``ConfigError`` naming the layers.
+
+    A transformer config that cannot be read yet (a missing folder, a single-file checkpoint)
+    skips this early check: ``load_lora_model`` checks the loaded model's layers instead.
+    """
     if all(to_layout(f) == Layout.DIFFUSERS for f in cfg.save.formats):
         return
-    names = list(spec.linear_shapes(cfg.model.path))
+    try:
+        names = list(spec.linear_shapes(cfg.model.path))
+    except (OSError, ValueError):
+        return
     check_save_formats(spec, resolve_target_names(spec, names, cfg.lora.targets), cfg.save.formats)
 
 
@@ -175,6 +182,7 @@ def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, memory: Mem
 
     transformer = spec.load_transformer(opts)
     targets = resolve_targets(spec, transformer, cfg.lora.targets)
+    check_save_formats(spec, targets, cfg.save.formats)  # before any step (see check_export_layouts)
     lora_cfg = peft_config(cfg.lora, targets, [n for n, _ in transformer.named_modules()])
     set_seed(cfg.training.seed)
     add_lora(transformer, lora_cfg)
