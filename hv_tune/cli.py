@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from hv_tune.models import spec_for
 
-    out = spec_for(args.model_name, None).build_tiny(args.out_dir, seed=args.seed)
+    out = spec_for(args.model_name, None, "--model-name").build_tiny(args.out_dir, seed=args.seed)
     print(f"tiny model written to {out}")
 
 
@@ -280,6 +280,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     args.out = _out_path(args.out, "--out")
     args.model = _expand(args.model)
+    spec = spec_for(args.model_name, args.model, "--model-name")
     if check_model_path(args.model, "--model") == "hub":
         print(f"--model {args.model!r} is not a local folder: loading it as a Hugging Face hub id")
     png = args.out.suffix.lower() == ".png"
@@ -287,7 +288,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if png and frames != 1:
         raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
     height, width = args.height or 320, args.width or 512
-    spec = spec_for(args.model_name, args.model)
     rules = spec.video
     if not (rules.frames_ok(frames) and rules.side_ok(height) and rules.side_ok(width)):
         raise HvTuneError(f"--frames must be {rules.frame_rule} and --height/--width multiples of "
@@ -355,7 +355,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     if args.format == "original" and args.out.suffix != ".safetensors":
         raise HvTuneError(f"--out {args.out}: --format original writes one file; name it *.safetensors")
     result = merge_loras(
-        spec_for(args.model_name, str(args.model)), args.model, loras, args.out, args.format,
+        spec_for(args.model_name, str(args.model), "--model-name"), args.model, loras, args.out, args.format,
         DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
         args.transformer,
     )
@@ -371,11 +371,13 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from hv_tune.models import spec_for
 
     args.input, args.output = Path(_expand(args.input)), _out_path(args.output, "output")
+    args.model = _expand(args.model) if args.model is not None else None
+    spec = spec_for(args.model_name, args.model, "--model-name")
+    if not args.input.is_file():
+        raise HvTuneError(f"input {args.input}: file does not exist")
     problem = safetensors_problem(args.input)
     if problem:
         raise HvTuneError(f"input {args.input}: not a usable LoRA file: {problem}")
-    args.model = _expand(args.model) if args.model is not None else None
-    spec = spec_for(args.model_name, args.model)
     if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
         raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
     shapes = spec.linear_shapes(args.model)

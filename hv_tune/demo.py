@@ -24,7 +24,8 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     """Clips (generated, or ``source``: e.g. a curation manifest) -> cache -> train -> sample."""
     t0 = time.time()
     out = Path(out)
-    spec = get_spec(next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), DEFAULT_MODEL))
+    spec = get_spec(next((o.split("=", 1)[1] for o in overrides if o.startswith("model.name=")), DEFAULT_MODEL),
+                    "--model-name")
     model_dir = out / "model"
     if not (model_dir / "model_index.json").is_file():
         spec.build_tiny(model_dir)

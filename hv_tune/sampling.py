@@ -38,8 +38,9 @@ class SampleRequest:
     image: Any = None
 
 
-def read_first_frame(path: str | Path, what: str) -> Any:
+def read_first_frame(path: str | Path, what: str, fix: str = "") -> Any:
     """The image at ``path`` as an upright RGB PIL image (read through ``hv_tune.media``, as the cache does).
+    ``fix`` (what the user can do) ends the error message.
 
     Raises:
         HvTuneError: naming ``what`` (the option or key) and the file when it is missing or unreadable.
@@ -49,11 +50,11 @@ def read_first_frame(path: str | Path, what: str) -> Any:
     from hv_tune.media import MediaError, read_image
 
     if not Path(path).is_file():
-        raise HvTuneError(f"{what}: image {path} does not exist")
+        raise HvTuneError(f"{what}: image {path} does not exist{fix}")
     try:
         return Image.fromarray(read_image(path))
     except MediaError as e:
-        raise HvTuneError(f"{what}: {path} cannot be used as the first frame: {e}") from e
+        raise HvTuneError(f"{what}: {path} cannot be used as the first frame: {e}{fix}") from e
 
 
 def load_pipeline(

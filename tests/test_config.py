@@ -114,3 +114,23 @@ def test_adamw8bit_without_bitsandbytes_says_what_to_do(model_dir):
         pytest.skip("bitsandbytes is installed here")
     with pytest.raises(ConfigError, match=r"training.optimizer.*bitsandbytes.*optimizer=adamw"):
         load_config(None, [f"model.path={model_dir}", "training.optimizer=adamw8bit"])
+
+
+@pytest.mark.parametrize("preset", ["24gb", "12gb", "none"])
+def test_a_model_name_typo_is_reported_as_such_whatever_the_preset(preset):
+    """A misspelt model.name is the error, not the preset (a preset used to say 'no presets for model')."""
+    with pytest.raises(ConfigError, match=r"config key 'model.name': unknown model 'hunyuan-video-i2v'; known: "):
+        load_config(None, ["model.name=hunyuan-video-i2v", f"memory.preset={preset}"])
+
+
+@pytest.mark.parametrize("verb", [["tiny-model", "OUT"], ["sample", "--prompt", "x", "--model", "M", "--out", "o.mp4"],
+                                  ["convert", "in.safetensors", "out.safetensors", "--to", "comfyui"]])
+def test_a_model_name_option_typo_names_the_option(verb, tmp_path, capsys):
+    args = [a if a not in ("OUT", "M") else str(tmp_path / a) for a in verb]
+    assert main([*args, "--model-name", "hunyuan-video-15"]) == 2
+    assert "--model-name: unknown model 'hunyuan-video-15'; known: hunyuan-video" in capsys.readouterr().err
+
+
+def test_convert_names_a_missing_input(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "gone.safetensors"), str(tmp_path / "out.safetensors"), "--to", "comfyui"]) == 2
+    assert f"input {tmp_path / 'gone.safetensors'}: file does not exist" in capsys.readouterr().err

@@ -151,3 +151,13 @@ def test_fused_kohya_names_of_older_files_still_read(hv15_tiny):
     assert SPEC.original_from_flat("double_blocks_1_txt_attn_v") == "double_blocks.1.txt_attn_v"
     assert [p.module for p in SPEC.original_parts("double_blocks.1.txt_attn_v")] == ["transformer_blocks.1.attn.add_v_proj"]
     assert SPEC.kohya_module("norm_out.linear") == "final_layer.adaLN_modulation.1"
+
+
+def test_merge_to_an_original_file_is_refused_with_the_way_out(hv15_tiny, lora, tmp_path, capsys):
+    """1.5 has no complete original key table: `merge --format original` says so and names the
+    diffusers folder as the way out, and writes nothing."""
+    out = tmp_path / "merged.safetensors"
+    assert main(["merge", "--model", str(hv15_tiny), "--lora", str(lora), "--out", str(out), "--format", "original"]) == 2
+    err = capsys.readouterr().err
+    assert "--format original: hunyuan-video-1.5 has no original-checkpoint name" in err and "--format diffusers" in err
+    assert not out.exists()

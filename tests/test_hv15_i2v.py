@@ -233,7 +233,7 @@ def test_validation_previews_start_from_the_configured_images(hv15_i2v_tiny, hv1
         "training.max_steps": 2, "save.formats": "[diffusers]", "validation.every": 2,
         "validation.prompts": "['a red ball']", "validation.frames": 5, "validation.steps": 2,
         "validation.eval_items": 0})
-    with pytest.raises(HvTuneError, match=r"validation.images\[0\]: image .*gone.png does not exist"):
+    with pytest.raises(HvTuneError, match=r"validation.images\[0\]: image .*gone.png does not exist; set validation.images .*validation.every=0"):
         train(load_config(None, [*base, f"validation.images=[{tmp_path / 'gone.png'}]"]))
     with pytest.raises(ConfigError, match="one image per prompt"):
         load_config(None, [*base, f"validation.images=[{image}, {image}]"])
@@ -306,3 +306,20 @@ def test_memorises_a_clip_from_its_first_frame(hv15_i2v_tiny, tmp_path, one_thre
     print(f"I2V memorisation ratio (all frames, later frames): trained {trained_ratio}, untrained {untrained}")
     assert min(untrained) > 1.5, untrained
     assert trained_ratio[0] < 0.6 and trained_ratio[1] < 0.7, trained_ratio
+
+
+@pytest.mark.parametrize("name,config", [("hunyuan-video-1.5", "hunyuan_video_1_5_lora.yaml"),
+                                         ("hunyuan-video-1.5-i2v", "hunyuan_video_1_5_i2v_lora.yaml")])
+def test_memory_plan_says_why_1_5_has_none(name, config, hv15_i2v_tiny, tmp_path, capsys):
+    """The shipped 1.5 configs: `plan` exits 2 naming why (the forward reads tensor values) and the presets;
+    `train`'s plan check skips with that reason instead of a meta-device traceback (fails on bd490ca)."""
+    from hv_tune.memory.plan import config_for_training
+
+    model = hv15_i2v_tiny if name.endswith("i2v") else get_spec(name).build_tiny(tmp_path / "model")
+    args = [f"model.path={model}", f"model.name={name}", f"output_dir={tmp_path / 'run'}"]
+    cfg_file = Path(__file__).resolve().parent.parent / "configs" / config
+    assert main(["plan", "--config", str(cfg_file), "--gpu-memory", "24GB", *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run on the meta device" in err and "24gb" in err and "Traceback" not in err
+    cfg, text = config_for_training(cfg_file, [*args, "memory.preset=auto"], "24GB")
+    assert cfg.model.name == name and text.startswith("memory plan skipped: ") and "no preset" in text

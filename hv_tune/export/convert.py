@@ -118,7 +118,8 @@ def kohya_comfyui_notes(spec: ModelSpec, modules: Mapping[str, LoraModule], comf
         return []
     where = comfy_file or "a file written with `convert --to comfyui`"
     return [unknown_keys_message("warning: in ComfyUI this kohya file", skipped, limit=5,
-                                 what="are not loaded (ComfyUI expects its own names, e.g. img_mlp_0)")
+                                 what="are not loaded (ComfyUI reads kohya names as its own module names: "
+                                      "fused img_attn_qkv, img_mlp_0/_2, img_mod_lin)")
             + f"\nuse {where} in ComfyUI instead; musubi-tuner loads the kohya file completely"]
 
 

@@ -197,7 +197,9 @@ def plan_original(spec: ModelSpec, infos: dict[str, TensorInfo], dtype: torch.dt
         rows = sum(infos[s.module].shape[0] // s.chunks for s in sources)
         plan[out_name] = OutTensor(out_name, _out_dtype(info, dtype), (rows, *info.shape[1:]), sources)
     if unknown:
-        raise HvTuneError(f"no original name for {len(unknown)} base tensor(s): {unknown[:10]}")
+        raise HvTuneError(f"--format original: {spec.name} has no original-checkpoint name for {len(unknown)} base "
+                          f"tensor(s) ({', '.join(unknown[:5])}, ...), so no single original file can be written; "
+                          f"merge into a diffusers folder instead (--format diffusers, the default)")
     return list(plan.values())
 
 

@@ -309,7 +309,8 @@ def detect_card() -> int | None:
 
 
 class PlanUnavailable(ConfigError):
-    """The transformer's config cannot be read (e.g. a hub id while offline): no plan."""
+    """No plan: the transformer's config cannot be read (e.g. a hub id while offline), or the
+    family's training step cannot run on the meta device (``ModelSpec.meta_step_unavailable``)."""
 
 
 def plan_config(
@@ -324,14 +325,18 @@ def plan_config(
     from hv_tune.models import get_spec
 
     given = load_config(path, list(overrides))
-    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in get_spec(given.model.name).memory_presets}
+    spec = get_spec(given.model.name)
+    if spec.meta_step_unavailable:
+        raise PlanUnavailable(f"{spec.meta_step_unavailable}; choose memory.preset "
+                              f"({', '.join(spec.memory_presets)}) or set the memory keys")
+    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in spec.memory_presets}
     if gpu_memory:
         card = parse_memory(gpu_memory, "--gpu-memory")
     elif given.memory.gpu_memory:
         card = parse_memory(given.memory.gpu_memory, "config key 'memory.gpu_memory'")
     else:
         card = detect_card()
-    return build_plan(get_spec(given.model.name), given, presets, card, device), given
+    return build_plan(spec, given, presets, card, device), given
 
 
 def config_for_training(
@@ -349,7 +354,9 @@ def config_for_training(
     try:
         plan, given = plan_config(path, overrides, gpu_memory)
     except PlanUnavailable as e:
-        return load_config(path, list(overrides)), f"memory plan skipped: {e}"
+        cfg = load_config(path, list(overrides))
+        auto = "\nmemory.preset auto: no plan, so no preset; the memory keys are as given" if cfg.memory.preset == "auto" else ""
+        return cfg, f"memory plan skipped: {e}{auto}"
     text = format_plan(plan)
     if given.memory.preset == "auto":
         if plan.card is None:

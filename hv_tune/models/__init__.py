@@ -18,14 +18,13 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = HunyuanVideoSpec.name
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The spec registered under ``name``, or a ConfigError listing the valid names."""
+def get_spec(name: str, where: str = "config key 'model.name'") -> ModelSpec:
+    """The spec registered under ``name``, or a ConfigError naming ``where`` (the key or option
+    that gave the name) and the valid names."""
     try:
         return MODEL_SPECS[name]
     except KeyError:
-        raise ConfigError(
-            f"config key 'model.name': unknown model {name!r}; known: {', '.join(sorted(MODEL_SPECS))}"
-        ) from None
+        raise ConfigError(f"{where}: unknown model {name!r}; known: {', '.join(sorted(MODEL_SPECS))}") from None
 
 
 def memory_preset(name: str, preset: str) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def memory_preset(name: str, preset: str) -> dict[str, Any]:
     Raises:
         ConfigError: ``preset`` is a preset of another family but not of ``name``'s.
     """
-    table = MODEL_SPECS[name].memory_presets if name in MODEL_SPECS else {}
+    table = get_spec(name).memory_presets  # an unknown model name is the error to report, not its presets
     if preset in table:
         return dict(table[preset])
     if any(preset in spec.memory_presets for spec in MODEL_SPECS.values()):
@@ -48,11 +47,12 @@ def memory_preset(name: str, preset: str) -> dict[str, Any]:
     return {}
 
 
-def spec_for(name: str | None, folder: str | None) -> ModelSpec:
-    """The spec named ``name``; without a name, the one whose pipeline ``folder``'s
-    ``model_index.json`` names (``_class_name``); ``DEFAULT_MODEL``'s when neither says."""
+def spec_for(name: str | None, folder: str | None, where: str = "config key 'model.name'") -> ModelSpec:
+    """The spec named ``name`` (an unknown one is reported as ``where``'s); without a name, the one
+    whose pipeline ``folder``'s ``model_index.json`` names (``_class_name``); ``DEFAULT_MODEL``'s
+    when neither says."""
     if name:
-        return get_spec(name)
+        return get_spec(name, where)
     import json
     from pathlib import Path
 

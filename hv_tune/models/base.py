@@ -289,6 +289,10 @@ class ModelSpec(Protocol):
 
     # -- memory planning (hv_tune.memory.plan)
 
+    #: why a training step cannot run on the meta device (a forward whose control flow reads tensor
+    #: values), or None when it can: then ``plan`` and ``memory.preset: auto`` are unavailable
+    meta_step_unavailable: str | None
+
     def plan_model(
         self, model_path: str | None, frames: int, height: int, width: int, batch_size: int, dtype: torch.dtype
     ) -> tuple[nn.Module, dict[str, torch.Tensor]]:

@@ -71,7 +71,9 @@ def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
     if len(v.images) != len(v.prompts):
         raise ConfigError(f"config key 'validation.images': {spec.name} previews start from an image: give one "
                           f"image per prompt ({len(v.images)} images, {len(v.prompts)} prompts)")
-    return [read_first_frame(p, f"validation.images[{i}]") for i, p in enumerate(v.images)]
+    fix = ("; set validation.images to one readable first-frame image per validation.prompts entry, "
+           "or turn previews off with validation.every=0")
+    return [read_first_frame(p, f"validation.images[{i}]", fix) for i, p in enumerate(v.images)]
 
 
 class Validator:

@@ -86,6 +86,7 @@ class HunyuanVideoSpec:
     lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
     pipeline_class = "HunyuanVideoPipeline"
+    meta_step_unavailable: str | None = None
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
     transformer_subfolder = "transformer"
 

@@ -100,6 +100,9 @@ class HunyuanVideo15Spec:
     text_fields = hv15_text.TEXT_FIELDS
     #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
     pipeline_class = "HunyuanVideo15Pipeline"
+    meta_step_unavailable: str | None = (
+        "the HunyuanVideo 1.5 forward reads tensor values (it tests whether image_embeds is all zero and "
+        "reorders text tokens by the mask), so it cannot run on the meta device")
     lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
     transformer_subfolder = "transformer"
 
@@ -331,4 +334,9 @@ class HunyuanVideo15Spec:
                 "prompt_embeds_2": torch.empty(batch_size, n2, c.text_embed_2_dim, **meta),
                 "prompt_attention_mask_2": torch.ones(batch_size, n2, dtype=torch.int64, device="meta")}
         noisy = torch.empty(latent, dtype=torch.float32, device="meta")
+        text.update(self.plan_conditions(latent, c.image_embed_dim, dtype))
         return model, self.transformer_inputs(noisy, torch.full((batch_size,), 0.5, device="meta"), text, 1.0)
+
+    def plan_conditions(self, latent: tuple[int, ...], image_embed_dim: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Per-item condition inputs of a planned batch on meta (none for text-to-video)."""
+        return {}
