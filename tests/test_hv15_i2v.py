@@ -323,3 +323,5 @@ def test_memory_plan_says_why_1_5_has_none(name, config, hv15_i2v_tiny, tmp_path
     assert "cannot run on the meta device" in err and "24gb" in err and "Traceback" not in err
     cfg, text = config_for_training(cfg_file, [*args, "memory.preset=auto"], "24GB")
     assert cfg.model.name == name and text.startswith("memory plan skipped: ") and "no preset" in text
+    cfg, text = config_for_training(cfg_file, args, "24GB")  # the shipped configs set 24gb
+    assert cfg.memory.preset == "24gb" and text.endswith("memory.preset 24gb: applied as set (not checked against the card)")

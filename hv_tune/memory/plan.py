@@ -355,8 +355,10 @@ def config_for_training(
         plan, given = plan_config(path, overrides, gpu_memory)
     except PlanUnavailable as e:
         cfg = load_config(path, list(overrides))
-        auto = "\nmemory.preset auto: no plan, so no preset; the memory keys are as given" if cfg.memory.preset == "auto" else ""
-        return cfg, f"memory plan skipped: {e}{auto}"
+        preset = cfg.memory.preset
+        tail = ("\nmemory.preset auto: no plan, so no preset; the memory keys are as given" if preset == "auto"
+                else f"\nmemory.preset {preset}: applied as set (not checked against the card)" if preset != "none" else "")
+        return cfg, f"memory plan skipped: {e}{tail}"
     text = format_plan(plan)
     if given.memory.preset == "auto":
         if plan.card is None:

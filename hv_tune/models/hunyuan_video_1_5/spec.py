@@ -317,7 +317,9 @@ class HunyuanVideo15Spec:
         if model_path is not None:
             config = HunyuanVideo15Transformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
         with torch.device("meta"):
-            return HunyuanVideo15Transformer3DModel.from_config(config).to(dtype)
+            model = HunyuanVideo15Transformer3DModel.from_config(config)  # float32
+        # diffusers' ``to(dtype)`` warns about fp32-kept modules (none here): cast only when needed
+        return model if dtype == torch.float32 else model.to(dtype)
 
     def plan_model(
         self, model_path: str | None, frames: int, height: int, width: int, batch_size: int, dtype: torch.dtype
