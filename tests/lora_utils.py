@@ -50,3 +50,25 @@ def peft_output(model: Path, loras: list[tuple[Path, float]], inputs: dict) -> t
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     """max |a - ref| / max |ref|."""
     return ((a - ref).abs().max() / ref.abs().max()).item()
+
+
+def assert_adapter_file_reproduces_training(spec, model: Path, lora_cfg: LoraConfig, adapter: dict, lora_path: Path,
+                                            inputs: dict) -> None:
+    """Our trained transformer (base + ``adapter`` injected as training does) and diffusers'
+    ``transformer.load_lora_adapter(lora_path)`` with no argument give the same output (1e-5), and the
+    LoRA visibly changes it. ``model`` is a diffusers folder whose transformer ``spec`` loads."""
+    from hv_tune.lora import load_lora_state_dict
+
+    with torch.no_grad():
+        ours = spec.load_transformer(LoadOptions(str(model)))
+        cls = type(ours)  # the diffusers class, loaded again below by diffusers alone
+        targets = resolve_targets(spec, ours, lora_cfg.targets)
+        add_lora(ours, peft_config(lora_cfg, targets, [n for n, _ in ours.named_modules()]))
+        load_lora_state_dict(ours, adapter)
+        want = ours.eval()(**inputs)[0]
+        theirs = cls.from_pretrained(str(model), subfolder=spec.transformer_subfolder)
+        base = theirs(**inputs)[0]
+        theirs.load_lora_adapter(str(lora_path))
+        got = theirs(**inputs)[0]
+    assert (want - base).abs().max() > 1e-3  # the LoRA changes the output
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

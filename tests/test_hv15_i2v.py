@@ -16,9 +16,9 @@ from hv_tune.cli import main
 from hv_tune.config import load_config
 from hv_tune.data.cache import CachedDataset, collate, read_index
 from hv_tune.errors import ConfigError, HvTuneError
-from hv_tune.lora import add_lora, load_lora_state_dict, peft_config, resolve_targets
 from hv_tune.models import LoadOptions, get_spec
 from hv_tune.training.trainer import train
+from tests.lora_utils import assert_adapter_file_reproduces_training
 
 from .conftest import cache_config, train_overrides
 
@@ -116,22 +116,11 @@ def _cached_inputs(cache: Path) -> dict:
 
 def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_i2v_tiny, hv15_i2v_cache, trained):
     """diffusers' model-level loader (no argument) reproduces our trained transformer on I2V inputs."""
-    from diffusers import HunyuanVideo15Transformer3DModel
 
     cfg, result = trained
     inputs = _cached_inputs(hv15_i2v_cache)
     assert inputs["image_embeds"].abs().max() > 0  # the image branch is live
-    with torch.no_grad():
-        ours = SPEC.load_transformer(LoadOptions(str(hv15_i2v_tiny)))
-        add_lora(ours, peft_config(cfg.lora, resolve_targets(SPEC, ours, cfg.lora.targets)))
-        load_lora_state_dict(ours, result.adapter)
-        want = ours.eval()(**inputs)[0]
-        theirs = HunyuanVideo15Transformer3DModel.from_pretrained(str(hv15_i2v_tiny), subfolder="transformer")
-        base = theirs(**inputs)[0]
-        theirs.load_lora_adapter(str(result.lora_path))
-        got = theirs(**inputs)[0]
-    assert (want - base).abs().max() > 1e-3
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_adapter_file_reproduces_training(SPEC, hv15_i2v_tiny, cfg.lora, result.adapter, result.lora_path, inputs)
 
 
 def test_merge_equals_load_lora_adapter(hv15_i2v_tiny, hv15_i2v_cache, trained, tmp_path):

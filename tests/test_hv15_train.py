@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 
 from hv_tune.config import load_config
 from hv_tune.data.cache import read_index
-from hv_tune.lora import add_lora, load_lora_state_dict, peft_config, resolve_targets
+from hv_tune.lora import add_lora, peft_config, resolve_targets
 from hv_tune.models import LoadOptions, get_spec
 from hv_tune.training.trainer import train
+from tests.lora_utils import assert_adapter_file_reproduces_training
 
 from .conftest import train_overrides, write_fixed_latent_cache
 
@@ -71,7 +72,6 @@ def test_lora_presets_name_the_15_blocks(hv15_tiny):
 def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, hv15_cache, tmp_path):
     """Cache + train through the spec (alpha != rank, caption dropout on), then diffusers' model-level
     loader with no extra argument reproduces the trained transformer."""
-    from diffusers import HunyuanVideo15Transformer3DModel
 
     cfg = load_config(None, train_overrides(hv15_tiny, hv15_cache, tmp_path / "run", **{
         "model.name": "hunyuan-video-1.5", "lora.rank": 4, "lora.alpha": 7, "lora.targets": "all-linear",
@@ -81,18 +81,8 @@ def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_tiny, hv15_cache
     assert all(k.startswith("transformer.transformer_blocks.") for k in saved)
     assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in saved.items())  # it trained
 
-    inputs = _inputs(hv15_tiny)
-    with torch.no_grad():
-        ours = SPEC.load_transformer(LoadOptions(str(hv15_tiny)))
-        add_lora(ours, peft_config(cfg.lora, resolve_targets(SPEC, ours, cfg.lora.targets)))
-        load_lora_state_dict(ours, result.adapter)
-        want = ours.eval()(**inputs)[0]
-        theirs = HunyuanVideo15Transformer3DModel.from_pretrained(str(hv15_tiny), subfolder="transformer")
-        base = theirs(**inputs)[0]
-        theirs.load_lora_adapter(str(result.lora_path))
-        got = theirs(**inputs)[0]
-    assert (want - base).abs().max() > 1e-3  # the LoRA changes the output
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_adapter_file_reproduces_training(SPEC, hv15_tiny, cfg.lora, result.adapter, result.lora_path,
+                                            _inputs(hv15_tiny))
 
 
 def _random_lora(model: Path, out: Path, rank: int = 4, alpha: float = 2.0,
