@@ -28,6 +28,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_as_created(path: Path, folder: bool = False) -> None:
+    """Give a temporary file (``mkstemp``: 0600) or folder (``mkdtemp``: 0700) the permissions a
+    plain ``open``/``mkdir`` would, so other users and services (a ComfyUI account) can read results."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
+def move_into_place(written: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Rename a finished file (written in a temporary folder on ``final``'s file system) to ``final``,
+    with the permissions of a plain write (writers such as safetensors create 0600 files)."""
+    _chmod_as_created(Path(written))
+    os.replace(written, final)
+    return Path(final)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)``, then move the result to ``path`` atomically."""
     path = Path(path)
@@ -37,6 +58,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        _chmod_as_created(tmp_path)
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -97,9 +119,11 @@ def atomic_directory(final: str | os.PathLike, fill: Callable[[Path], None]) -> 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent))
     try:
+        _chmod_as_created(tmp, folder=True)
         fill(tmp)
         for child in tmp.iterdir():
             if child.is_file():
+                _chmod_as_created(child)  # safetensors' writer creates 0600 files
                 with open(child, "rb+") as fh:
                     os.fsync(fh.fileno())
         if final.exists():

@@ -170,3 +170,32 @@ def test_a_second_ctrl_c_exits_at_once(tiny_model, demo_cache, tmp_path):
     err = "".join(chunks)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert "interrupted" in err or "stopped by SIGINT" in err
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_results_are_readable_by_other_users(tiny_model, demo_cache, tmp_path, umask_022):
+    """Atomic writes (mkstemp 0600, mkdtemp 0700) end with the permissions of a plain write under the
+    umask: the LoRA, config, checkpoint folder and its files, and a converted file are 0644 / 0755, so a
+    ComfyUI service account can read them (all 0600 / 0700 on bd490ca)."""
+    import stat
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", DEMO, *train_overrides(
+        tiny_model, demo_cache, out, **{"training.max_steps": 2, "training.checkpoint_every": 2})]) == 0
+    converted = tmp_path / "kohya.safetensors"
+    assert main(["convert", str(out / "pytorch_lora_weights.safetensors"), str(converted), "--to", "kohya",
+                 "--model", str(tiny_model)]) == 0
+    merged = tmp_path / "merged"
+    assert main(["merge", "--model", str(tiny_model), "--lora", str(converted), "--out", str(merged)]) == 0
+    ckpt = next((out / "checkpoints").iterdir())
+    files = [out / "pytorch_lora_weights.safetensors", out / "lora_comfyui.safetensors", out / "config.yaml",
+             converted, *[p for p in ckpt.iterdir() if p.is_file()], *(merged / "transformer").iterdir()]
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {str(p): "0o644" for p in files}
+    folders = [ckpt, merged, merged / "transformer"]
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {str(p): "0o755" for p in folders}

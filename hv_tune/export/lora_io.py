@@ -22,7 +22,7 @@ from hv_tune.errors import HvTuneError
 from hv_tune.export.alpha import resolve_alphas
 from hv_tune.export.formats import FORMATS, Format, Layout, ParsedKey, classify_keys, to_layout
 from hv_tune.export.lora_math import LoraModule, fold_scale, fuse, unfuse
-from hv_tune.io import atomic_save_safetensors
+from hv_tune.io import atomic_save_safetensors, move_into_place
 from hv_tune.models.base import ModelSpec, Part
 
 #: safetensors metadata key: per fused original module, the rank of each part (block-diagonal layout)
@@ -274,7 +274,7 @@ def _write_diffusers(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-lora-") as tmp:
         written = spec.save_lora(Path(tmp), state, config)
-        os.replace(written, out)
+        move_into_place(written, out)
     return out
 
 

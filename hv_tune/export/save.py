@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ from hv_tune.errors import ConfigError
 from hv_tune.export.convert import adapter_modules, kohya_comfyui_notes
 from hv_tune.export.formats import FORMATS, Layout, to_layout
 from hv_tune.export.lora_io import write_lora
+from hv_tune.io import move_into_place
 from hv_tune.models.base import ModelSpec
 
 
@@ -61,7 +61,7 @@ def save_trained_lora(
     out_dir = Path(out_dir)
     final = out_dir / FORMATS[Layout.DIFFUSERS].file_name
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-lora-") as tmp:
-        os.replace(spec.save_lora(Path(tmp), adapter, lora_config), final)
+        move_into_place(spec.save_lora(Path(tmp), adapter, lora_config), final)
     lines: list[str] = []
     extra = [to_layout(f) for f in formats if to_layout(f) != Layout.DIFFUSERS]
     if not extra:
