@@ -277,7 +277,12 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote the "
+                          "whole override for the shell and write lists/maps in YAML flow style, e.g. "
+                          "'data.frame_buckets=[1, 33]' or 'data.sources=[{path: clips}]' (space after the colon)") from None
 
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
@@ -429,6 +434,7 @@ def validate(cfg: Config) -> None:
         if value and not Path(value).is_file():
             raise ConfigError(f"config key {key!r}: file {value!r} does not exist; give a .safetensors file or leave it unset")
     check_model_path(m.path, "config key 'model.path'", m.revision)
+    spec_for(m.name, m.path)  # a folder of another family is refused here, not at the first step
     check_folder(cfg.output_dir, "output_dir")
     check_folder(d.cache_dir, "data.cache_dir")
     if isinstance(lo.targets, str) and lo.targets not in spec.lora_presets:

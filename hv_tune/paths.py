@@ -36,9 +36,12 @@ def check_model_path(path: str, what: str, revision: str | None = None) -> str:
         ConfigError: naming ``what`` and the path when it resolves to neither.
     """
     p = Path(path)
-    if p.is_dir():
-        return "local"
     hint = "point it at a diffusers-format model folder (or run `finetune.py tiny-model DIR`)"
+    if p.is_dir():
+        if not (p / "model_index.json").is_file() and (p.parent / "model_index.json").is_file():
+            raise ConfigError(f"{what}: {path!r} is the {p.name!r} part of the model folder {str(p.parent)!r}; "
+                              f"point it at {str(p.parent)!r}")
+        return "local"
     if p.exists():
         raise ConfigError(f"{what}: {path!r} is a file, not a model folder; {hint}")
     if not is_hub_id(path) or p.parent.is_dir():

@@ -221,6 +221,8 @@ def test_config_without_model_name_takes_the_family_of_the_folder(tmp_path):
         cfg = load_config(None, [f"model.path={folder}", f"output_dir={tmp_path / 'out'}", f"memory.preset={card}"])
         assert cfg.model.name == spec.name
         assert cfg.memory.blocks_to_swap == spec.memory_presets[card].get("memory.blocks_to_swap", 0)
-    named = load_config(None, [f"model.path={tmp_path / 'hunyuan-video-1.5'}", "model.name=hunyuan-video",
-                               f"output_dir={tmp_path / 'out'}"])
-    assert named.model.name == "hunyuan-video"  # an explicit name wins
+    # a name that contradicts the folder stops at load (it used to run into a shape error at the first step)
+    with pytest.raises(ConfigError, match=r"config key 'model.name': 'hunyuan-video', but .*hunyuan-video-1.5 holds a "
+                                          r"HunyuanVideo15Pipeline model \('hunyuan-video-1.5'\); set model.name to"):
+        load_config(None, [f"model.path={tmp_path / 'hunyuan-video-1.5'}", "model.name=hunyuan-video",
+                           f"output_dir={tmp_path / 'out'}"])

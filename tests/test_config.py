@@ -17,8 +17,9 @@ SHIPPED = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.star
 
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
-    d = tmp_path / "model"  # exists, but is no model: loading it would fail differently
+    d = tmp_path / "model"  # a model folder by its index only: loading weights would fail differently
     d.mkdir()
+    (d / "model_index.json").write_text("{}")
     return d
 
 
@@ -134,3 +135,19 @@ def test_a_model_name_option_typo_names_the_option(verb, tmp_path, capsys):
 def test_convert_names_a_missing_input(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "gone.safetensors"), str(tmp_path / "out.safetensors"), "--to", "comfyui"]) == 2
     assert f"input {tmp_path / 'gone.safetensors'}: file does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override", ["data.frame_buckets=[1,5", "data.sources=[{path:", "lora.targets={a: [b"])
+def test_an_override_that_is_not_yaml_is_named(override, capsys):
+    """A malformed override value (an unclosed list, a shell-split map) used to end in yaml's traceback."""
+    assert main(["train", "--config", str(SHIPPED[0]), override]) == 2
+    err = capsys.readouterr().err
+    assert f"override {override!r}: the value is not valid YAML" in err and "Traceback" not in err
+
+
+def test_a_model_subfolder_is_named_with_its_model_folder(tmp_path, capsys):
+    (tmp_path / "model" / "transformer").mkdir(parents=True)
+    (tmp_path / "model" / "model_index.json").write_text("{}")
+    sub = tmp_path / "model" / "transformer"
+    assert main(["sample", "--model", str(sub), "--prompt", "x", "--out", str(tmp_path / "o.mp4")]) == 2
+    assert f"--model: '{sub}' is the 'transformer' part of the model folder '{tmp_path / 'model'}'" in capsys.readouterr().err

@@ -312,5 +312,18 @@ def test_memory_plan_says_why_1_5_has_none(name, config, hv15_i2v_tiny, tmp_path
     assert "cannot run on the meta device" in err and "24gb" in err and "Traceback" not in err
     cfg, text = config_for_training(cfg_file, [*args, "memory.preset=auto"], "24GB")
     assert cfg.model.name == name and text.startswith("memory plan skipped: ") and "no preset" in text
+    assert cfg.memory.preset == "none"  # resolved: training must not stop at "auto must be resolved"
     cfg, text = config_for_training(cfg_file, args, "24GB")  # the shipped configs set 24gb
     assert cfg.memory.preset == "24gb" and text.endswith("memory.preset 24gb: applied as set (not checked against the card)")
+
+
+@pytest.mark.parametrize("config,folder", [("hunyuan_video_1_5_lora.yaml", "i2v"), ("hunyuan_video_1_5_i2v_lora.yaml", "t2v"),
+                                           ("hunyuan_video_lora.yaml", "t2v")])
+def test_a_config_of_another_family_than_the_folder_is_refused(config, folder, hv15_i2v_tiny, tmp_path, capsys):
+    """The shipped configs name their family; a folder of another family stops at load with both names
+    (it used to run into a shape error at the first step, or a missing image encoder at cache time)."""
+    model = hv15_i2v_tiny if folder == "i2v" else get_spec("hunyuan-video-1.5").build_tiny(tmp_path / "t2v")
+    cfg_file = Path(__file__).resolve().parent.parent / "configs" / config
+    assert main(["train", "--config", str(cfg_file), f"model.path={model}", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert "config key 'model.name': " in err and f"but {model} holds a HunyuanVideo15" in err and "Traceback" not in err

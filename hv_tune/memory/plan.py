@@ -356,6 +356,8 @@ def config_for_training(
     except PlanUnavailable as e:
         cfg = load_config(path, list(overrides))
         preset = cfg.memory.preset
+        if preset == "auto":  # nothing to choose from: train with the keys as given
+            cfg = load_config(path, [*overrides, "memory.preset=none"])
         tail = ("\nmemory.preset auto: no plan, so no preset; the memory keys are as given" if preset == "auto"
                 else f"\nmemory.preset {preset}: applied as set (not checked against the card)" if preset != "none" else "")
         return cfg, f"memory plan skipped: {e}{tail}"

@@ -47,21 +47,36 @@ def memory_preset(name: str, preset: str) -> dict[str, Any]:
     return {}
 
 
-def spec_for(name: str | None, folder: str | None, where: str = "config key 'model.name'") -> ModelSpec:
-    """The spec named ``name`` (an unknown one is reported as ``where``'s); without a name, the one
-    whose pipeline ``folder``'s ``model_index.json`` names (``_class_name``); ``DEFAULT_MODEL``'s
-    when neither says."""
-    if name:
-        return get_spec(name, where)
+def folder_spec(folder: str | None) -> ModelSpec | None:
+    """The registered spec whose pipeline ``folder``'s ``model_index.json`` names (``_class_name``);
+    None when the folder has no readable one (a hub id, a single file) or names another pipeline."""
     import json
     from pathlib import Path
 
     try:
         class_name = json.loads((Path(folder or "") / "model_index.json").read_text()).get("_class_name")
     except (OSError, ValueError, AttributeError):
-        class_name = None
-    found = [s for s in MODEL_SPECS.values() if s.pipeline_class == class_name]
-    return found[0] if found else get_spec(DEFAULT_MODEL)
+        return None
+    return next((s for s in MODEL_SPECS.values() if s.pipeline_class == class_name), None)
 
 
-__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "LoadOptions", "ModelSpec", "TextEncoders", "VideoRules", "get_spec", "memory_preset", "spec_for"]
+def spec_for(name: str | None, folder: str | None, where: str = "config key 'model.name'") -> ModelSpec:
+    """The spec named ``name``; without a name, the one of ``folder`` (``folder_spec``);
+    ``DEFAULT_MODEL``'s when neither says.
+
+    Raises:
+        ConfigError: ``name`` is unknown, or ``folder`` holds another registered family's model
+            (named as ``where``'s error, with both ways out).
+    """
+    found = folder_spec(folder)
+    if not name:
+        return found or get_spec(DEFAULT_MODEL)
+    spec = get_spec(name, where)
+    if found is not None and found.name != spec.name:
+        raise ConfigError(f"{where}: {name!r}, but {folder} holds a {found.pipeline_class} model ({found.name!r}); "
+                          f"set {where.removeprefix('config key ').strip(chr(39))} to {found.name!r} or point at a "
+                          f"{spec.pipeline_class} model folder")
+    return spec
+
+
+__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "folder_spec", "LoadOptions", "ModelSpec", "TextEncoders", "VideoRules", "get_spec", "memory_preset", "spec_for"]
