@@ -16,9 +16,9 @@ from typing import Any, Literal
 import yaml
 
 from curation.errors import ConfigError
-from hv_tune import config as typed
-from hv_tune.config import doc_field
+from hv_tune import typed_config as typed
 from hv_tune.errors import ConfigError as TypedConfigError
+from hv_tune.typed_config import doc_field
 
 _f = doc_field
 

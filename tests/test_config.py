@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from hv_tune.cli import main
-from hv_tune.config import Config, field_docs, load_config
+from hv_tune.config import Config, load_config
 from hv_tune.errors import ConfigError
+from hv_tune.typed_config import field_docs
 
 REPO = Path(__file__).resolve().parent.parent
 # curation*.yaml are curation configs (another loader): tests/curation/test_config.py loads them
@@ -38,7 +39,7 @@ def test_every_shipped_config_is_commented_key_by_key():
 
 
 def test_required_keys_exist_with_their_names():
-    docs = field_docs()
+    docs = field_docs(Config)
     for key in [
         "model.path", "output_dir", "lora.rank", "lora.alpha", "lora.targets", "training.max_steps",
         "training.learning_rate", "training.seed", "training.checkpoint_every", "training.guidance_scale",

@@ -7,7 +7,7 @@ import pytest
 from curation.cli import main
 from curation.config import DEFAULT_PROMPT, CurationConfig, load_config
 from curation.errors import ConfigError
-from hv_tune.config import field_docs
+from hv_tune.typed_config import field_docs
 
 from .conftest import REPO, TINY_CONFIG, model_overrides
 
