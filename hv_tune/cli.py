@@ -151,6 +151,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from hv_tune.memory.plan import config_for_training
     from hv_tune.training.trainer import train
 
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume lora.rank=8`: argparse took the override as --resume's PATH
+        args.overrides, args.resume = [args.resume, *args.overrides], True
     cfg, plan = config_for_training(args.config, args.overrides, args.gpu_memory)  # stops before weights load
     print(plan)
     _say_hub(cfg.model.path)
@@ -222,7 +225,9 @@ def _parse_lora(text: str) -> tuple[str, float]:
         path, value = text, 1.0
     path = _expand(path)
     if not Path(path).is_file():
-        raise HvTuneError(f"--lora {text}: file {path} does not exist")
+        bad_scale = ":" in text and Path(_expand(text.rpartition(":")[0])).is_file()
+        raise HvTuneError(f"--lora {text}: the scale after ':' must be a number, e.g. {text.rpartition(':')[0]}:0.8"
+                          if bad_scale else f"--lora {text}: file {path} does not exist")
     from hv_tune.io import safetensors_problem
 
     problem = safetensors_problem(path)

@@ -152,3 +152,11 @@ def test_a_model_subfolder_is_named_with_its_model_folder(tmp_path, capsys):
     sub = tmp_path / "model" / "transformer"
     assert main(["sample", "--model", str(sub), "--prompt", "x", "--out", str(tmp_path / "o.mp4")]) == 2
     assert f"--model: '{sub}' is the 'transformer' part of the model folder '{tmp_path / 'model'}'" in capsys.readouterr().err
+
+
+def test_a_bad_lora_scale_is_named_as_such(tmp_path, capsys):
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"")
+    assert main(["sample", "--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o.mp4"),
+                 "--lora", f"{lora}:abc"]) == 2
+    assert f"--lora {lora}:abc: the scale after ':' must be a number, e.g. {lora}:0.8" in capsys.readouterr().err

@@ -176,3 +176,13 @@ def test_a_refused_run_stops_every_process_instead_of_hanging(tiny_model, demo_c
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
     assert proc.stderr.count("holds another run") >= 2  # raised on both ranks, not only the main one
+
+
+def test_an_override_right_after_resume_is_an_override(tiny_model, demo_cache, run_a, tmp_path, capsys):
+    """`--resume training.max_steps=5` (no PATH) resumes with that override instead of looking for a
+    checkpoint folder named 'training.max_steps=5'."""
+    out = _copy(run_a, tmp_path)
+    args = [a for a in _args(tiny_model, demo_cache, out, **{"training.checkpoint_every": 1})
+            if not a.startswith("training.max_steps=")]
+    assert main([*args[:3], "--resume", "training.max_steps=5", *args[3:]]) == 0
+    assert load_checkpoint(sorted((out / "checkpoints").glob("step_*"))[-1]).state.step == 5
