@@ -288,6 +288,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     spec = spec_for(args.model_name, args.model, "--model-name")
     if check_model_path(args.model, "--model") == "hub":
         print(f"--model {args.model!r} is not a local folder: loading it as a Hugging Face hub id")
+    if args.out.suffix.lower() not in (".mp4", ".png"):
+        raise HvTuneError(f"--out {args.out}: write an .mp4 (H.264 video) or a .png (one frame)")
     png = args.out.suffix.lower() == ".png"
     frames = args.frames if args.frames is not None else 1 if png else 33
     if png and frames != 1:

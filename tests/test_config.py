@@ -160,3 +160,11 @@ def test_a_bad_lora_scale_is_named_as_such(tmp_path, capsys):
     assert main(["sample", "--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "o.mp4"),
                  "--lora", f"{lora}:abc"]) == 2
     assert f"--lora {lora}:abc: the scale after ':' must be a number, e.g. {lora}:0.8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["clip.gif", "clip.webm", "clip"])
+def test_sample_output_must_be_mp4_or_png(name, tmp_path, capsys):
+    """It used to write H.264 into a file named .gif."""
+    (tmp_path / "model_index.json").write_text("{}")
+    assert main(["sample", "--model", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / name)]) == 2
+    assert "write an .mp4 (H.264 video) or a .png (one frame)" in capsys.readouterr().err
