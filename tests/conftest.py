@@ -93,6 +93,12 @@ def train_overrides(model: Path, cache: Path, out: Path, **extra) -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def hv15_tiny(tmp_path_factory) -> Path:
+    """A tiny random HunyuanVideo 1.5 text-to-video folder (read only: copy it to change it)."""
+    return get_spec("hunyuan-video-1.5").build_tiny(tmp_path_factory.mktemp("hv15") / "model")
+
+
+@pytest.fixture(scope="session")
 def hv15_i2v_tiny(tmp_path_factory) -> Path:
     """A tiny random HunyuanVideo 1.5 image-to-video folder (`tiny-model --model-name hunyuan-video-1.5-i2v`)."""
     return get_spec("hunyuan-video-1.5-i2v").build_tiny(tmp_path_factory.mktemp("hv15i2v") / "model", seed=0)

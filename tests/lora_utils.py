@@ -72,3 +72,17 @@ def assert_adapter_file_reproduces_training(spec, model: Path, lora_cfg: LoraCon
         got = theirs(**inputs)[0]
     assert (want - base).abs().max() > 1e-3  # the LoRA changes the output
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def convert_round_trip(model: Path, lora: Path, tmp_path: Path, layout: str) -> tuple[list[str], Path]:
+    """`convert` ``lora`` to ``layout`` and back to diffusers (family from ``model``'s model_index.json):
+    the layout file's keys and the path of the file read back."""
+    from safetensors.torch import load_file
+
+    from hv_tune.cli import main
+
+    out, back = tmp_path / f"lora_{layout}.safetensors", tmp_path / "back" / "pytorch_lora_weights.safetensors"
+    assert main(["convert", str(lora), str(out), "--to", layout, "--model", str(model)]) == 0
+    back.parent.mkdir()
+    assert main(["convert", str(out), str(back), "--to", "diffusers", "--model", str(model)]) == 0
+    return list(load_file(str(out))), back

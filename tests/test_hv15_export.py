@@ -13,15 +13,11 @@ from safetensors.torch import load_file
 from hv_tune.cli import main
 from hv_tune.models import LoadOptions, get_spec
 from hv_tune.models.hunyuan_video_1_5.tiny import TRANSFORMER_CONFIG
+from tests.lora_utils import convert_round_trip
 
 from .test_hv15_train import _inputs, _random_lora
 
 SPEC = get_spec("hunyuan-video-1.5")
-
-
-@pytest.fixture(scope="module")
-def hv15_tiny(tmp_path_factory) -> Path:
-    return SPEC.build_tiny(tmp_path_factory.mktemp("hv15e") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +34,22 @@ def _with_adapter(model: Path, file: Path, inputs) -> torch.Tensor:
         return transformer(**inputs)[0]
 
 
+def assert_same_outputs(model: Path, file: Path, reference: Path) -> None:
+    inputs = _inputs(model)
+    torch.testing.assert_close(_with_adapter(model, file, inputs), _with_adapter(model, reference, inputs),
+                               rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", ["comfyui", "kohya"])
 def test_layout_round_trip_keeps_the_lora(hv15_tiny, lora, tmp_path, layout):
     """diffusers -> layout -> diffusers through `convert` (found from model_index.json); the fused
     q/k/v (concatenated A, block-diagonal B) gives the same transformer outputs."""
-    out = tmp_path / f"lora_{layout}.safetensors"
-    assert main(["convert", str(lora), str(out), "--to", layout, "--model", str(hv15_tiny)]) == 0
-    keys = list(load_file(str(out)))
+    keys, back = convert_round_trip(hv15_tiny, lora, tmp_path, layout)
     qkv = "diffusion_model.double_blocks.0.img_attn_qkv." if layout == "comfyui" else \
         "lora_unet_double_blocks_0_img_attn_k."  # fused for ComfyUI, separate for musubi
     assert any(k.startswith(qkv) for k in keys), keys[:4]
     assert not any("single_blocks" in k or "to_q" in k for k in keys)
-    back = tmp_path / "back" / "pytorch_lora_weights.safetensors"
-    back.parent.mkdir()
-    assert main(["convert", str(out), str(back), "--to", "diffusers", "--model", str(hv15_tiny)]) == 0
-    inputs = _inputs(hv15_tiny)
-    torch.testing.assert_close(_with_adapter(hv15_tiny, back, inputs), _with_adapter(hv15_tiny, lora, inputs),
-                               rtol=0, atol=1e-5)
+    assert_same_outputs(hv15_tiny, back, lora)
 
 
 @pytest.mark.parametrize("layout", ["comfyui", "kohya"])
@@ -62,16 +57,10 @@ def test_output_layers_round_trip(hv15_tiny, tmp_path, layout):
     """``norm_out.linear`` (Tencent's ``final_layer.adaLN_modulation.1``: shift/scale halves swapped) and
     ``proj_out`` (``final_layer.linear``) are written and read back in both layouts."""
     lora = _random_lora(hv15_tiny, tmp_path / "d", targets=["norm_out.linear", "proj_out", "transformer_blocks.0.attn.to_k"])
-    out = tmp_path / f"lora_{layout}.safetensors"
-    assert main(["convert", str(lora), str(out), "--to", layout, "--model", str(hv15_tiny)]) == 0
+    keys, back = convert_round_trip(hv15_tiny, lora, tmp_path, layout)
     sep = "." if layout == "comfyui" else "_"
-    assert any(k.split(".lora")[0].endswith(f"final_layer{sep}adaLN_modulation{sep}1") for k in load_file(str(out)))
-    back = tmp_path / "back" / "pytorch_lora_weights.safetensors"
-    back.parent.mkdir()
-    assert main(["convert", str(out), str(back), "--to", "diffusers", "--model", str(hv15_tiny)]) == 0
-    inputs = _inputs(hv15_tiny)
-    torch.testing.assert_close(_with_adapter(hv15_tiny, back, inputs), _with_adapter(hv15_tiny, lora, inputs),
-                               rtol=0, atol=1e-5)
+    assert any(k.split(".lora")[0].endswith(f"final_layer{sep}adaLN_modulation{sep}1") for k in keys)
+    assert_same_outputs(hv15_tiny, back, lora)
 
 
 def test_merge_equals_load_lora_adapter(hv15_tiny, lora, tmp_path):

@@ -4,7 +4,6 @@ LoRA go through ``HunyuanVideo15ImageToVideoPipeline``, and sampling starts from
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from hv_tune.data.cache import CachedDataset, collate, read_index
 from hv_tune.errors import ConfigError, HvTuneError
 from hv_tune.models import LoadOptions, get_spec
 from hv_tune.training.trainer import train
-from tests.lora_utils import assert_adapter_file_reproduces_training
+from tests.lora_utils import assert_adapter_file_reproduces_training, convert_round_trip
 
 from .conftest import cache_config, train_overrides
 
@@ -147,9 +146,8 @@ def test_export_round_trip_keeps_the_trained_lora(hv15_i2v_tiny, hv15_i2v_cache,
     names); converting back gives the trained transformer's outputs on I2V inputs."""
     from diffusers import HunyuanVideo15Transformer3DModel
 
-    lora, out, back = trained[1].lora_path, tmp_path / f"{layout}.safetensors", tmp_path / "back" / "lora.safetensors"
-    assert main(["convert", str(lora), str(out), "--to", layout, "--model", str(hv15_i2v_tiny)]) == 0
-    assert main(["convert", str(out), str(back), "--to", "diffusers", "--model", str(hv15_i2v_tiny)]) == 0
+    lora = trained[1].lora_path
+    _, back = convert_round_trip(hv15_i2v_tiny, lora, tmp_path, layout)
     inputs = _cached_inputs(hv15_i2v_cache)
     outputs = []
     for file in (lora, back):
@@ -202,16 +200,6 @@ def test_image_for_a_text_to_video_model_is_refused(tmp_path, capsys):
     assert main(["sample", "--model", str(t2v), "--prompt", "p", "--image", str(image), "--out",
                  str(tmp_path / "o.png")]) == 2
     assert "text-to-video model" in capsys.readouterr().err
-
-
-def test_step_distilled_i2v_checkpoint_is_refused(hv15_i2v_tiny, tmp_path):
-    """The 480p I2V step-distilled checkpoint (use_meanflow, timestep_r) is refused with the reason."""
-    folder = tmp_path / "distilled"
-    shutil.copytree(hv15_i2v_tiny, folder)
-    config = folder / "transformer" / "config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "use_meanflow": True}))
-    with pytest.raises(ConfigError, match="step-distilled.*use_meanflow.*mean-flow"):
-        SPEC.load_transformer(LoadOptions(str(folder)))
 
 
 def test_validation_previews_start_from_the_configured_images(hv15_i2v_tiny, hv15_i2v_cache, tmp_path):
@@ -299,12 +287,12 @@ def test_memorises_a_clip_from_its_first_frame(hv15_i2v_tiny, tmp_path, one_thre
 
 @pytest.mark.parametrize("name,config", [("hunyuan-video-1.5", "hunyuan_video_1_5_lora.yaml"),
                                          ("hunyuan-video-1.5-i2v", "hunyuan_video_1_5_i2v_lora.yaml")])
-def test_memory_plan_says_why_1_5_has_none(name, config, hv15_i2v_tiny, tmp_path, capsys):
+def test_memory_plan_says_why_1_5_has_none(name, config, hv15_tiny, hv15_i2v_tiny, tmp_path, capsys):
     """The shipped 1.5 configs: `plan` exits 2 naming why (the forward reads tensor values) and the presets;
     `train`'s plan check skips with that reason instead of a meta-device traceback (fails on bd490ca)."""
     from hv_tune.memory.plan import config_for_training
 
-    model = hv15_i2v_tiny if name.endswith("i2v") else get_spec(name).build_tiny(tmp_path / "model")
+    model = hv15_i2v_tiny if name.endswith("i2v") else hv15_tiny
     args = [f"model.path={model}", f"model.name={name}", f"output_dir={tmp_path / 'run'}"]
     cfg_file = Path(__file__).resolve().parent.parent / "configs" / config
     assert main(["plan", "--config", str(cfg_file), "--gpu-memory", "24GB", *args]) == 2
@@ -319,10 +307,11 @@ def test_memory_plan_says_why_1_5_has_none(name, config, hv15_i2v_tiny, tmp_path
 
 @pytest.mark.parametrize("config,folder", [("hunyuan_video_1_5_lora.yaml", "i2v"), ("hunyuan_video_1_5_i2v_lora.yaml", "t2v"),
                                            ("hunyuan_video_lora.yaml", "t2v")])
-def test_a_config_of_another_family_than_the_folder_is_refused(config, folder, hv15_i2v_tiny, tmp_path, capsys):
+def test_a_config_of_another_family_than_the_folder_is_refused(config, folder, hv15_tiny, hv15_i2v_tiny, tmp_path,
+                                                               capsys):
     """The shipped configs name their family; a folder of another family stops at load with both names
     (it used to run into a shape error at the first step, or a missing image encoder at cache time)."""
-    model = hv15_i2v_tiny if folder == "i2v" else get_spec("hunyuan-video-1.5").build_tiny(tmp_path / "t2v")
+    model = hv15_i2v_tiny if folder == "i2v" else hv15_tiny
     cfg_file = Path(__file__).resolve().parent.parent / "configs" / config
     assert main(["train", "--config", str(cfg_file), f"model.path={model}", f"output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err

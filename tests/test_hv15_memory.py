@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from hv_tune.config import LoraConfig
@@ -16,11 +15,6 @@ from hv_tune.models import LoadOptions, get_spec
 from .test_hv15_train import _inputs
 
 SPEC = get_spec("hunyuan-video-1.5")
-
-
-@pytest.fixture(scope="module")
-def hv15_tiny(tmp_path_factory) -> Path:
-    return SPEC.build_tiny(tmp_path_factory.mktemp("hv15m") / "model")
 
 
 def _model(model_dir: Path, dtype: torch.dtype):

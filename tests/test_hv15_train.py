@@ -22,11 +22,6 @@ SPEC = get_spec("hunyuan-video-1.5")
 
 
 @pytest.fixture(scope="module")
-def hv15_tiny(tmp_path_factory) -> Path:
-    return SPEC.build_tiny(tmp_path_factory.mktemp("hv15t") / "model")
-
-
-@pytest.fixture(scope="module")
 def hv15_cache(hv15_tiny, demo_folder, tmp_path_factory) -> Path:
     """The demo clips encoded through the 1.5 spec (caption dropout 0.5: empty-prompt steps train too)."""
     from hv_tune.data.encode import build_cache
@@ -127,19 +122,22 @@ def test_sample_cli_uses_the_lora_cfg_scale_and_shift(hv15_tiny, tmp_path):
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "b.png")), got)  # the CFG scale is used
 
 
-def test_step_distilled_meanflow_checkpoint_is_refused(hv15_tiny, tmp_path):
-    """use_meanflow checkpoints are refused with the reason; cfg-distilled ones (plain config) load."""
+@pytest.mark.parametrize("fixture", ["hv15_tiny", "hv15_i2v_tiny"])
+def test_step_distilled_meanflow_checkpoint_is_refused(fixture, request, tmp_path):
+    """use_meanflow checkpoints (T2V and the 480p I2V step-distilled one, timestep_r) are refused with
+    the reason; cfg-distilled ones (plain config) load."""
     import json
     import shutil
 
     from hv_tune.errors import ConfigError
+    from hv_tune.models import spec_for
 
     folder = tmp_path / "distilled"
-    shutil.copytree(hv15_tiny, folder)
+    shutil.copytree(request.getfixturevalue(fixture), folder)
     config = folder / "transformer" / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "use_meanflow": True}))
-    with pytest.raises(ConfigError, match="step-distilled.*use_meanflow"):
-        SPEC.load_transformer(LoadOptions(str(folder)))
+    with pytest.raises(ConfigError, match="step-distilled.*use_meanflow.*mean-flow"):
+        spec_for(None, str(folder)).load_transformer(LoadOptions(str(folder)))
 
 
 def test_resume_from_a_checkpoint_is_bit_identical(hv15_tiny, hv15_cache, tmp_path, capsys):
