@@ -216,7 +216,6 @@ def encode_conditions(spec, opts, device, root: Path, planned: list[PlannedItem]
     if todo:
         vae = spec.load_vae(opts).to(device)
         encoders = spec.load_condition_encoders(opts, vae)
-        t, s, c = spec.vae_scale_factor_temporal, spec.vae_scale_factor_spatial, vae.config.latent_channels
         for item in tqdm(todo, desc="encode first frames", unit="item"):
             try:
                 frame = first_frame(item)
@@ -224,12 +223,20 @@ def encode_conditions(spec, opts, device, root: Path, planned: list[PlannedItem]
                 summary.skipped.append(Skip(str(item.media.path), str(e)))
                 failed.add(item.id)
                 continue
-            shape = (c, (item.frames - 1) // t + 1, item.height // s, item.width // s)  # the item's latent
+            shape = cached_latent_shape(root, item)
             write_condition(root, condition_key(item, fields), spec.encode_condition(encoders, frame, shape))
             summary.conditions_encoded += 1
         del encoders, vae
         _free()
     return [p for p in planned if p.id not in failed]
+
+
+def cached_latent_shape(root: Path, item: PlannedItem) -> tuple[int, ...]:
+    """[C, F', H', W'] of the item's cached latent (encoded before its condition; header read only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(root / f"latents/{item.latent_key}.safetensors"), framework="pt") as f:
+        return tuple(f.get_slice("latent_mean").get_shape())
 
 
 def first_frame(item: PlannedItem) -> np.ndarray:
