@@ -19,6 +19,49 @@ from hv_tune.data.encode import build_cache  # noqa: E402
 from hv_tune.models import LoadOptions, get_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# What tools write under the repository while tests run (interpreter caches, the venv), not the tests.
+TOOL_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+_TREE = pytest.StashKey[dict]()
+
+
+def working_tree_listing(root: Path = REPO) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` outside ``TOOL_DIRS``: relative path -> (size, mtime in ns)."""
+    listing = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in TOOL_DIRS and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(folder, name)
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            listing[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return listing
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_TREE] = working_tree_listing()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test may write the working tree (e.g. `runs/` through a config's relative `output_dir`)."""
+    before = session.config.stash.get(_TREE, None)
+    if before is None:
+        return
+    after = working_tree_listing()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        shown = "\n  ".join(changed[:20]) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else "")
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"\nERROR: the tests changed {len(changed)} file(s) in the working tree {REPO}:\n  {shown}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _run_outside_the_working_tree(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh temporary folder, so relative paths (the shipped configs' `runs/...`)
+    never reach the repository; tests name repository files through ``REPO``."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")

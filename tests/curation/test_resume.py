@@ -16,7 +16,7 @@ from curation.samples import moving_shape, write_video
 from curation.stages.caption import Captioner
 from curation.stages.clip_scores import ClipScores
 
-from .conftest import REPO, TINY_CONFIG, model_overrides
+from .conftest import TINY_CONFIG, model_overrides
 
 # More frames per clip than the defaults, so scoring takes long enough to be killed in the middle.
 SLOW = ["batch_size=1", "workers=0", "frames.positions=[0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1]",
@@ -35,7 +35,7 @@ def test_sigkill_then_rerun_gives_identical_manifest_without_rescoring(tmp_path,
     overrides = model_overrides(tiny_models) + SLOW
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "curation", "run", str(inp), "--out", str(killed), "--config", str(TINY_CONFIG), *overrides]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scores = killed / "state" / "scores.jsonl"
     deadline = time.monotonic() + 120
     while _lines(scores) < 1 and proc.poll() is None and time.monotonic() < deadline:
