@@ -255,12 +255,16 @@ def write_tensors(
             if w.dim() == 0:
                 writer.write(t.name, w.to(t.dtype))
                 continue
-            offset = src.chunk * (w.shape[0] // src.chunks)  # first row of this part in the base tensor
-            part = w[offset : offset + w.shape[0] // src.chunks]
-            step = max(1, BLOCK_ELEMENTS // max(1, part[0].numel()))
-            for r0 in range(0, part.shape[0], step):
-                writer.write(t.name, merged_weight(part[r0 : r0 + step], ups, t.dtype, offset + r0, diffs))
-            del w, part
+            rows = w.shape[0] // src.chunks
+            offset = src.chunk * rows  # first row of this part in the base tensor
+            step = max(1, BLOCK_ELEMENTS // max(1, w[0].numel()))
+            # Blocks lie on one grid of base-tensor rows whatever the output layout, so every layout merges
+            # each row with the same products (a BLAS product may round a row differently in a block of
+            # another shape); a block that straddles a part boundary is merged whole and sliced.
+            for g0 in range(offset - offset % step, offset + rows, step):
+                block = merged_weight(w[g0 : g0 + step], ups, t.dtype, g0, diffs)
+                writer.write(t.name, block[max(offset, g0) - g0 : min(offset + rows, g0 + step) - g0])
+            del w
         bar.update(1)
 
 
