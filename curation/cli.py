@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from curation.errors import CurationError
+from hv_tune.library_logs import drop_unactionable_library_logs
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curation.yaml"
 
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    drop_unactionable_library_logs()
     try:
         COMMANDS[args.verb](args)
     except CurationError as e:

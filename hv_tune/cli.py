@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hv_tune.errors import HvTuneError, Interrupted
+from hv_tune.library_logs import drop_unactionable_library_logs
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
 
@@ -421,13 +422,15 @@ def main(argv: list[str] | None = None) -> int:
     a second Ctrl-C.
     """
     args = _parser().parse_args(argv)
+    drop_unactionable_library_logs()
     try:
         code = COMMANDS[args.verb](args)
     except HvTuneError as e:
         if isinstance(e, Interrupted):  # the checkpoint is saved and we are exiting: a 2nd Ctrl-C changes nothing
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)  # (kept through interpreter shutdown, unlike a handler)
-        print(f"error: {e}", file=sys.stderr)
+        # a stop the user asked for is reported as what happened, not as an error
+        print(str(e) if isinstance(e, Interrupted) else f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted (nothing is saved after the last checkpoint)", file=sys.stderr)

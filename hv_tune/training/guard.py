@@ -59,6 +59,12 @@ def ensure_free_space(folder: Path, needed: int, what: str, last: Path | None) -
         raise disk_full_error(folder, needed, what, last)
 
 
+def signal_label(signum: int) -> str:
+    """How a person knows the signal: ``Ctrl-C (SIGINT)``, ``SIGTERM``."""
+    name = signal.Signals(signum).name
+    return f"Ctrl-C ({name})" if signum == signal.SIGINT else name
+
+
 class StopOnSignal:
     """Turns the first SIGINT/SIGTERM into a request to stop at the next step boundary.
 
@@ -90,7 +96,7 @@ class StopOnSignal:
             self._restore()
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+        print(f"\n{signal_label(signum)}: saving a checkpoint after this step "
               "(press Ctrl-C again to quit at once)", flush=True)
 
 

@@ -46,7 +46,13 @@ from hv_tune.training.checkpoint import (
     set_rng_state,
     state_bytes,
 )
-from hv_tune.training.guard import StopOnSignal, claim_output_dir, ensure_free_space, on_main_process
+from hv_tune.training.guard import (
+    StopOnSignal,
+    claim_output_dir,
+    ensure_free_space,
+    on_main_process,
+    signal_label,
+)
 from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.step import step_generator, training_loss
@@ -269,7 +275,7 @@ class TrainLoop:
                 if state.step < t.max_steps and self.stop_requested(stop):
                     bar.close()
                     path = self.save(state)
-                    name = signal.Signals(stop.signum or signal.SIGINT).name
+                    name = signal_label(stop.signum or signal.SIGINT)
                     raise Interrupted(f"stopped by {name} at step {state.step}: checkpoint saved to {path}; "
                                       "continue with --resume", stop.signum or signal.SIGINT)
         bar.close()
