@@ -19,7 +19,7 @@ import numpy as np
 from curation.config import CurationConfig
 from curation.media import positions_to_indices, read_clip_frames
 from curation.summary import summary
-from hv_tune.io import atomic_write, atomic_write_text
+from hv_tune.io import atomic_write, atomic_write_text, count
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1rem;background:#f4f4f6;color:#222}
@@ -145,8 +145,8 @@ def render(records: list[dict[str, Any]], thumbs: dict[str, str | None], title: 
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
         f"<style>{STYLE}</style></head><body><header><h1>{e(title)}</h1>"
-        f"<div>{s['clips']} clips: {s['accepted']} accepted, {s['rejected']} rejected, {s['error']} errors, "
-        f"{len(skipped)} files skipped</div>"
+        f"<div>{count(s['clips'], 'clip')}: {s['accepted']} accepted, {s['rejected']} rejected, "
+        f"{count(s['error'], 'error')}, {count(len(skipped), 'file')} skipped</div>"
         f'{controls}</header><div class="cols">'
         f'<section class="col" id="accepted"><h2>Accepted (<span class="count"></span>)</h2><div class="cards">{left}</div></section>'
         f'<section class="col" id="rejected"><h2>Rejected and errors (<span class="count"></span>)</h2>'

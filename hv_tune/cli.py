@@ -192,14 +192,15 @@ def cmd_cache(args: argparse.Namespace) -> None:
 def _verify_cache(cache_dir: str, config: Path) -> None:
     from hv_tune.data.cache import broken_files, describe_broken, read_index
     from hv_tune.errors import DataError
+    from hv_tune.io import count
 
     entries = read_index(cache_dir)
     broken = broken_files(cache_dir, entries, full=True)
     if broken:
         listing = "\n  ".join(describe_broken(cache_dir, *b) for b in broken)
-        raise DataError(f"{len(broken)} broken file(s) in the cache {cache_dir}:\n  {listing}\n"
+        raise DataError(f"{count(len(broken), 'broken file')} in the cache {cache_dir}:\n  {listing}\n"
                         f"re-encode them with `finetune.py cache --config {config}` (needs their sources)")
-    print(f"cache {cache_dir}: {len(entries)} items, every file reads back complete and finite")
+    print(f"cache {cache_dir}: {count(len(entries), 'item')}, every file reads back complete and finite")
 
 
 def _say_hub(model: str) -> None:

@@ -193,3 +193,8 @@ def is_disk_full(err: BaseException) -> bool:
 
 def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 item``, ``3 items``: a count with its noun in the right number (``plural`` when not noun + s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

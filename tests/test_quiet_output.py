@@ -48,3 +48,16 @@ def test_only_the_listed_notes_are_dropped(caplog):
 def test_tests_run_outside_the_working_tree():
     """Relative paths in a test (the shipped configs' `runs/...`) never reach the repository."""
     assert not Path.cwd().resolve().is_relative_to(REPO)
+
+
+def test_counts_are_in_words_with_the_right_number():
+    """On d45ebf6: 'cache: 1 items in 1 buckets' and the report's '1 errors, 1 files skipped'."""
+    from curation.report import render
+    from hv_tune.data.encode import CacheSummary
+
+    assert CacheSummary(items=1, buckets={"1x32x32": 1}).table().startswith("cache: 1 item in 1 bucket (")
+    assert CacheSummary(items=3, buckets={"1x32x32": 1, "5x32x32": 2}).table().startswith("cache: 3 items in 2 buckets")
+    rec = {"id": "a", "status": "error", "reasons": ["unreadable"], "scores": {}, "start_frame": 0, "end_frame": 0,
+           "start_time": 0.0, "end_time": 0.0, "source": "a.mp4"}
+    page = render([rec], {"a": None}, "run", [{"rel": "notes.md", "reason": "not a media file"}])
+    assert "1 clip: 0 accepted, 0 rejected, 1 error, 1 file skipped" in page

@@ -40,7 +40,7 @@ from hv_tune.data.fingerprint import cache_fingerprint, fingerprint_changes, mod
 from hv_tune.data.plan import PlannedItem, plan_items, text_key
 from hv_tune.data.sources import Skip, scan_sources
 from hv_tune.errors import DataError
-from hv_tune.io import atomic_write_text
+from hv_tune.io import atomic_write_text, count
 from hv_tune.memory.fp8 import apply_fp8_storage
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, condition_fields, resolve_dtype
 
@@ -65,7 +65,7 @@ class CacheSummary:
 
     def table(self) -> str:
         """The human-readable end-of-run report."""
-        lines = [f"cache: {self.items} items in {len(self.buckets)} buckets ({self.seconds:.1f} s)",
+        lines = [f"cache: {count(self.items, 'item')} in {count(len(self.buckets), 'bucket')} ({self.seconds:.1f} s)",
                  f"  latents: {self.latents_encoded} encoded, {self.latents_reused} reused; "
                  f"texts: {self.texts_encoded} encoded, {self.texts_reused} reused"
                  + (f"; first-frame conditions: {self.conditions_encoded} encoded, {self.conditions_reused} reused"

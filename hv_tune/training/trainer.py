@@ -22,7 +22,7 @@ from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import DataError, Interrupted, TrainingError
 from hv_tune.export.formats import Layout, to_layout
 from hv_tune.export.save import check_save_formats, save_trained_lora
-from hv_tune.io import atomic_write_text, is_disk_full
+from hv_tune.io import atomic_write_text, count, is_disk_full
 from hv_tune.lora import (
     add_lora,
     load_lora_state_dict,
@@ -337,7 +337,7 @@ class TrainLoop:
         mine = rank_batches(all_batches, self.acc.process_index, self.acc.num_processes)
         if not mine:
             raise DataError(
-                f"cache {d.cache_dir} has {len(entries)} items: too few for one batch per process "
+                f"cache {d.cache_dir} has {count(len(entries), 'item')}: too few for one batch per process "
                 f"({self.acc.num_processes} processes, batch size {t.batch_size})"
             )
         loader = torch.utils.data.DataLoader(
