@@ -93,6 +93,56 @@ def test_manifest_jsonl_and_csv_sources(tiny_model, tmp_path, demo_folder):
     assert [p.template for p in planned] == ["video", "video", "image", "video"]
 
 
+def test_lists_written_on_windows_resolve_or_say_why(tiny_model, tmp_path, demo_folder):
+    """musubi .jsonl, finetrainers .csv and curation manifests with '\' separators: a relative path is read with '/'
+    when the literal name does not exist (a literal name with '\' still wins); a drive-letter or UNC path, or a
+    relative one that is missing either way, is skipped at its line with the reason (not "file vanished")."""
+    import shutil
+
+    from hv_tune.config import SourceConfig
+
+    root = tmp_path / "lists"
+    (root / "videos").mkdir(parents=True)
+    (root / "stills").mkdir()
+    shutil.copy(demo_folder / "clip001.mp4", root / "videos" / "bunny.mp4")
+    shutil.copy(demo_folder / "still.png", root / "stills" / "cat.png")
+    shutil.copy(demo_folder / "clip002.mp4", root / "both\\x.mp4")  # a POSIX name holding a backslash
+    (root / "both").mkdir()
+    shutil.copy(demo_folder / "clip003.mp4", root / "both" / "x.mp4")
+    musubi = root / "musubi.jsonl"
+    musubi.write_text("\n".join(json.dumps(r) for r in [
+        {"video_path": "videos\\bunny.mp4", "caption": "relative"},
+        {"image_path": "stills\\cat.png", "caption": "an image"},
+        {"video_path": "both\\x.mp4", "caption": "literal"},
+        {"video_path": "C:\\data\\videos\\bunny.mp4", "caption": "drive"},
+        {"video_path": "\\\\nas\\clips\\bunny.mp4", "caption": "unc"},
+        {"video_path": "videos\\gone.mp4", "caption": "missing"},
+        {"video_path": "videos/gone.mp4", "caption": "missing, posix"},
+    ]) + "\n")
+    table = root / "ft.csv"
+    table.write_text("path,caption\nvideos\\bunny.mp4,from csv\nD:\\videos\\bunny.mp4,drive\n")
+    manifest = root / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "source": "videos\\bunny.mp4", "start_frame": 0, "end_frame": 8,
+                                    "status": "accepted", "caption": "manifest"}) + "\n")
+    cfg = cache_config(tiny_model, demo_folder, tmp_path / "c")
+    cfg.data.sources = [SourceConfig(path=str(f)) for f in (musubi, table, manifest)]
+    scan = scan_sources(cfg.data)
+    assert [(m.path, m.captions) for m in scan.items] == [
+        (root / "videos" / "bunny.mp4", ["relative"]), (root / "stills" / "cat.png", ["an image"]),
+        (root / "both\\x.mp4", ["literal"]), (root / "videos" / "bunny.mp4", ["from csv"]),
+        (root / "videos" / "bunny.mp4", ["manifest"])]
+    skipped = {s.path: s.reason for s in scan.skipped}
+    assert set(skipped) == {f"{musubi}:4", f"{musubi}:5", f"{musubi}:6", f"{musubi}:7", f"{table}:3"}
+    assert "'C:\\data\\videos\\bunny.mp4' is a Windows path (starts with C:)" in skipped[f"{musubi}:4"]
+    assert "Windows path (starts with \\\\nas)" in skipped[f"{musubi}:5"]
+    assert "'D:\\videos\\bunny.mp4' is a Windows path (starts with D:)" in skipped[f"{table}:3"]
+    assert "uses Windows separators" in skipped[f"{musubi}:6"] and "'videos/gone.mp4'" in skipped[f"{musubi}:6"]
+    assert skipped[f"{musubi}:7"] == f"file not found: {root / 'videos' / 'gone.mp4'}"
+    assert all("relative to the folder of" in skipped[k] for k in skipped if k != f"{musubi}:7")
+    planned = plan_items(scan, cfg.data, "m", get_spec(cfg.model.name).video)
+    assert [p.frames for p in planned] == [5, 1, 5, 5, 5]  # the converted paths decode
+
+
 def test_rerun_reuses_everything_and_caption_change_reencodes_only_text(spec, tiny_model, tmp_path, demo_folder):
     import shutil
 
