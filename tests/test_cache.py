@@ -143,6 +143,45 @@ def test_lists_written_on_windows_resolve_or_say_why(tiny_model, tmp_path, demo_
     assert [p.frames for p in planned] == [5, 1, 5, 5, 5]  # the converted paths decode
 
 
+def test_kept_fraction_of_the_centre_crop():
+    """An 8:1 panorama (512x4096) at 512 px goes to the widest bucket (2.29:1) and keeps ~29 % of its picture."""
+    from hv_tune.data.buckets import choose_bucket, kept_fraction, resolution_buckets
+
+    buckets = resolution_buckets(512, 16)
+    bucket = choose_bucket(512, 4096, buckets, 16)
+    widest = max(w / h for h, w in buckets)  # 768 / 336 = 2.29: sides are multiples of 16 near 512^2 in area
+    assert bucket[1] / bucket[0] == widest
+    assert kept_fraction(512, 4096, bucket) == pytest.approx(widest / 8, rel=0.01)  # 0.29
+    assert kept_fraction(4096, 512, bucket[::-1]) == pytest.approx(kept_fraction(512, 4096, bucket))  # 1:8
+    assert kept_fraction(480, 848, choose_bucket(480, 848, buckets, 16)) > 0.95  # 16:9 has a bucket near it
+
+
+def test_summary_lists_sources_that_lost_most_of_their_picture(spec, tiny_model, tmp_path, capsys):
+    """At 32 px the only bucket is 32x32: an 8:1 image keeps 12.5 % of its area, 2:1 keeps 50 %, a 2:3 video
+    67 %; 4:3 (75 %) and square ones stay off the list. Table and summary.json list path and fraction."""
+    from hv_tune.cli import main
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for name, (h, w) in {"pano": (32, 256), "wide": (32, 64), "photo": (48, 64), "square": (32, 32)}.items():
+        Image.new("RGB", (w, h), "red").save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(name)
+    write_index_video(folder / "tall.mp4", 8, fps=24, size=(48, 32))
+    (folder / "tall.txt").write_text("tall")
+    cache = tmp_path / "cache"
+    assert main(["cache", "--config", str(REPO / "configs" / "demo_tiny.yaml"), f"model.path={tiny_model}",
+                 f"data.cache_dir={cache}", f"data.sources=[{{path: {folder}}}]", "data.frame_buckets=[1,5]",
+                 "data.resolution=32"]) == 0
+    out = capsys.readouterr().out
+    cropped = json.loads((cache / "summary.json").read_text())["cropped"]
+    assert [(Path(c["path"]).name, c["kept"]) for c in cropped] == [
+        ("pano.png", 0.125), ("wide.png", 0.5), ("tall.mp4", pytest.approx(0.667, abs=1e-3))]
+    assert cropped[0]["source"] == "32x256" and cropped[0]["bucket"] == "32x32"
+    assert "centre crop keeps under 70% of the picture (3 sources" in out
+    assert f"{folder / 'pano.png'}: 12% of the area kept (32x256 -> bucket 32x32" in out
+    assert "photo.png" not in out and "square.png" not in out
+
+
 def test_rerun_reuses_everything_and_caption_change_reencodes_only_text(spec, tiny_model, tmp_path, demo_folder):
     import shutil
 
