@@ -93,6 +93,95 @@ def test_manifest_jsonl_and_csv_sources(tiny_model, tmp_path, demo_folder):
     assert [p.template for p in planned] == ["video", "video", "image", "video"]
 
 
+def test_lists_written_on_windows_resolve_or_say_why(tiny_model, tmp_path, demo_folder):
+    """musubi .jsonl, finetrainers .csv and curation manifests with '\' separators: a relative path is read with '/'
+    when the literal name does not exist (a literal name with '\' still wins); a drive-letter or UNC path, or a
+    relative one that is missing either way, is skipped at its line with the reason (not "file vanished")."""
+    import shutil
+
+    from hv_tune.config import SourceConfig
+
+    root = tmp_path / "lists"
+    (root / "videos").mkdir(parents=True)
+    (root / "stills").mkdir()
+    shutil.copy(demo_folder / "clip001.mp4", root / "videos" / "bunny.mp4")
+    shutil.copy(demo_folder / "still.png", root / "stills" / "cat.png")
+    shutil.copy(demo_folder / "clip002.mp4", root / "both\\x.mp4")  # a POSIX name holding a backslash
+    (root / "both").mkdir()
+    shutil.copy(demo_folder / "clip003.mp4", root / "both" / "x.mp4")
+    musubi = root / "musubi.jsonl"
+    musubi.write_text("\n".join(json.dumps(r) for r in [
+        {"video_path": "videos\\bunny.mp4", "caption": "relative"},
+        {"image_path": "stills\\cat.png", "caption": "an image"},
+        {"video_path": "both\\x.mp4", "caption": "literal"},
+        {"video_path": "C:\\data\\videos\\bunny.mp4", "caption": "drive"},
+        {"video_path": "\\\\nas\\clips\\bunny.mp4", "caption": "unc"},
+        {"video_path": "videos\\gone.mp4", "caption": "missing"},
+        {"video_path": "videos/gone.mp4", "caption": "missing, posix"},
+    ]) + "\n")
+    table = root / "ft.csv"
+    table.write_text("path,caption\nvideos\\bunny.mp4,from csv\nD:\\videos\\bunny.mp4,drive\n")
+    manifest = root / "manifest.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "source": "videos\\bunny.mp4", "start_frame": 0, "end_frame": 8,
+                                    "status": "accepted", "caption": "manifest"}) + "\n")
+    cfg = cache_config(tiny_model, demo_folder, tmp_path / "c")
+    cfg.data.sources = [SourceConfig(path=str(f)) for f in (musubi, table, manifest)]
+    scan = scan_sources(cfg.data)
+    assert [(m.path, m.captions) for m in scan.items] == [
+        (root / "videos" / "bunny.mp4", ["relative"]), (root / "stills" / "cat.png", ["an image"]),
+        (root / "both\\x.mp4", ["literal"]), (root / "videos" / "bunny.mp4", ["from csv"]),
+        (root / "videos" / "bunny.mp4", ["manifest"])]
+    skipped = {s.path: s.reason for s in scan.skipped}
+    assert set(skipped) == {f"{musubi}:4", f"{musubi}:5", f"{musubi}:6", f"{musubi}:7", f"{table}:3"}
+    assert "'C:\\data\\videos\\bunny.mp4' is a Windows path (starts with C:)" in skipped[f"{musubi}:4"]
+    assert "Windows path (starts with \\\\nas)" in skipped[f"{musubi}:5"]
+    assert "'D:\\videos\\bunny.mp4' is a Windows path (starts with D:)" in skipped[f"{table}:3"]
+    assert "uses Windows separators" in skipped[f"{musubi}:6"] and "'videos/gone.mp4'" in skipped[f"{musubi}:6"]
+    assert skipped[f"{musubi}:7"] == f"file not found: {root / 'videos' / 'gone.mp4'}"
+    assert all("relative to the folder of" in skipped[k] for k in skipped if k != f"{musubi}:7")
+    planned = plan_items(scan, cfg.data, "m", get_spec(cfg.model.name).video)
+    assert [p.frames for p in planned] == [5, 1, 5, 5, 5]  # the converted paths decode
+
+
+def test_kept_fraction_of_the_centre_crop():
+    """An 8:1 panorama (512x4096) at 512 px goes to the widest bucket (2.29:1) and keeps ~29 % of its picture."""
+    from hv_tune.data.buckets import choose_bucket, kept_fraction, resolution_buckets
+
+    buckets = resolution_buckets(512, 16)
+    bucket = choose_bucket(512, 4096, buckets, 16)
+    widest = max(w / h for h, w in buckets)  # 768 / 336 = 2.29: sides are multiples of 16 near 512^2 in area
+    assert bucket[1] / bucket[0] == widest
+    assert kept_fraction(512, 4096, bucket) == pytest.approx(widest / 8, rel=0.01)  # 0.29
+    assert kept_fraction(4096, 512, bucket[::-1]) == pytest.approx(kept_fraction(512, 4096, bucket))  # 1:8
+    assert kept_fraction(480, 848, choose_bucket(480, 848, buckets, 16)) > 0.95  # 16:9 has a bucket near it
+
+
+def test_summary_lists_sources_that_lost_most_of_their_picture(spec, tiny_model, tmp_path, capsys):
+    """At 32 px the only bucket is 32x32: an 8:1 image keeps 12.5 % of its area, 2:1 keeps 50 %, a 2:3 video
+    67 %; 4:3 (75 %) and square ones stay off the list. Table and summary.json list path and fraction."""
+    from hv_tune.cli import main
+
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    for name, (h, w) in {"pano": (32, 256), "wide": (32, 64), "photo": (48, 64), "square": (32, 32)}.items():
+        Image.new("RGB", (w, h), "red").save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(name)
+    write_index_video(folder / "tall.mp4", 8, fps=24, size=(48, 32))
+    (folder / "tall.txt").write_text("tall")
+    cache = tmp_path / "cache"
+    assert main(["cache", "--config", str(REPO / "configs" / "demo_tiny.yaml"), f"model.path={tiny_model}",
+                 f"data.cache_dir={cache}", f"data.sources=[{{path: {folder}}}]", "data.frame_buckets=[1,5]",
+                 "data.resolution=32"]) == 0
+    out = capsys.readouterr().out
+    cropped = json.loads((cache / "summary.json").read_text())["cropped"]
+    assert [(Path(c["path"]).name, c["kept"]) for c in cropped] == [
+        ("pano.png", 0.125), ("wide.png", 0.5), ("tall.mp4", pytest.approx(0.667, abs=1e-3))]
+    assert cropped[0]["source"] == "32x256" and cropped[0]["bucket"] == "32x32"
+    assert "centre crop keeps under 70% of the picture (3 sources" in out
+    assert f"{folder / 'pano.png'}: 12% of the area kept (32x256 -> bucket 32x32" in out
+    assert "photo.png" not in out and "square.png" not in out
+
+
 def test_rerun_reuses_everything_and_caption_change_reencodes_only_text(spec, tiny_model, tmp_path, demo_folder):
     import shutil
 

@@ -19,7 +19,7 @@ from hv_tune.models import LoadOptions, get_spec
 from hv_tune.training.trainer import train
 from tests.lora_utils import assert_adapter_file_reproduces_training, convert_round_trip
 
-from .conftest import cache_config, train_overrides
+from .conftest import REPO, cache_config, train_overrides
 
 SPEC = get_spec("hunyuan-video-1.5-i2v")
 NAME = {"model.name": "hunyuan-video-1.5-i2v"}
@@ -94,6 +94,38 @@ def test_missing_condition_file_is_rebuilt(hv15_i2v_tiny, demo_folder, tmp_path)
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["conditions_encoded"] == 1 and summary["latents_encoded"] == 0
     assert (tmp_path / "c" / entries[2].condition).is_file()
+
+
+def test_stills_conditioned_on_themselves_are_counted_and_explained(hv15_i2v_tiny, hv15_tiny, tmp_path, capsys):
+    """An I2V cache with a 1-frame bucket: `cache` says how many items are stills conditioned on themselves
+    (summary.json too), `train` repeats it when it uses that cache as it is; a text-to-video cache of the same
+    folder, and an I2V cache without the 1-frame bucket (the still is skipped), say nothing of the kind."""
+    from hv_tune.data.demo import write_demo_folder
+    from hv_tune.training.cache_check import prepare_cache
+
+    folder = tmp_path / "clips"
+    write_demo_folder(folder, 1, 8, 32, 32)  # one clip + one still image
+
+    def cache(model, name, buckets):
+        out = tmp_path / f"cache-{name}-{len(buckets)}"
+        args = [f"model.path={model}", f"model.name={name}", f"data.cache_dir={out}",
+                f"data.sources=[{{path: {folder}}}]", f"data.frame_buckets={buckets}", "data.resolution=32"]
+        assert main(["cache", "--config", str(REPO / "configs" / "demo_tiny.yaml"), *args]) == 0
+        return out, json.loads((out / "summary.json").read_text()), capsys.readouterr().out, args
+
+    out, summary, text, args = cache(hv15_i2v_tiny, SPEC.name, [1, 5])
+    assert summary["items"] == 2 and summary["i2v_stills"] == 1
+    assert "image-to-video: 1 of 2 items are stills (1-frame bucket) conditioned on themselves" in text
+    assert "teach the LoRA little" in text and "leave 1 out of data.frame_buckets" in text
+    prepare_cache(SPEC, load_config(REPO / "configs" / "demo_tiny.yaml", args), "cpu")  # train's cache step: the cache is up to date
+    said = capsys.readouterr().out
+    assert "rebuild" not in said and f"note: cache {out}: image-to-video: 1 of 2 items are stills" in said
+
+    _, summary, text, _ = cache(hv15_tiny, "hunyuan-video-1.5", [1, 5])
+    assert summary["items"] == 2 and summary["i2v_stills"] == 0 and "conditioned on themselves" not in text
+    _, summary, text, _ = cache(hv15_i2v_tiny, SPEC.name, [5])
+    assert summary["items"] == 1 and summary["i2v_stills"] == 0 and "conditioned on themselves" not in text
+    assert "no 1-frame bucket" in text
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -29,6 +31,19 @@ def _events(log_dir):
     return acc
 
 
+def _assert_validation_progress(captured, validations: int, prompts: int, steps: int, items: int) -> None:
+    """Each validation showed a bar over the eval items and one per preview over its denoising steps (stderr;
+    cleared when done), the training bar went on to the end after them, and the result line went to stdout."""
+    err = captured.err
+    assert len(re.findall(rf"validation: eval loss:\s+0%[^\r\n]*\| 0/{items} ", err)) == validations, err
+    for i in range(1, prompts + 1):
+        started = re.findall(rf"validation: preview {i}/{prompts}:\s+0%[^\r\n]*\| 0/{steps} ", err)
+        assert len(started) == validations, err
+    last_val = err.rfind("validation: preview")
+    assert re.search(r"train: 100%[^\r\n]*\| 6/6 ", err[last_val:]), "the training bar goes on after validation"
+    assert captured.out.count("validation at step ") == validations
+
+
 def test_sigma_quantiles_are_quantiles_of_the_training_distribution():
     qs = [0.1, 0.5, 0.9]
     assert torch.allclose(sigma_quantiles(qs, "uniform"), torch.tensor(qs))
@@ -38,12 +53,15 @@ def test_sigma_quantiles_are_quantiles_of_the_training_distribution():
         torch.testing.assert_close(sigma_quantiles(qs, scheme, **kw).double(), expected, rtol=0, atol=5e-3)
 
 
-def test_validation_writes_previews_and_eval_loss_without_changing_training(spec, tiny_model, demo_cache, tmp_path):
+def test_validation_writes_previews_and_eval_loss_without_changing_training(spec, tiny_model, demo_cache, tmp_path,
+                                                                           capsys):
     extra = {"training.max_steps": 6, "lora.dropout": 0.1, "save.formats": "[diffusers, comfyui, kohya]"}
     plain = train(load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "plain", **extra)))
+    capsys.readouterr()
     checked = train(load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "val", **extra, **VALIDATION)))
     # validation draws from explicit generators, runs in eval mode and restores the RNG: same LoRA, byte for byte
     assert plain.lora_path.read_bytes() == checked.lora_path.read_bytes()
+    _assert_validation_progress(capsys.readouterr(), validations=2, prompts=2, steps=2, items=2)
 
     import decord
 

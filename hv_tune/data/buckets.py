@@ -62,6 +62,13 @@ def cover_size(height: int, width: int, bucket: tuple[int, int]) -> tuple[int, i
     return max(bh, round(height * scale)), max(bw, round(width * scale))
 
 
+def kept_fraction(height: int, width: int, bucket: tuple[int, int]) -> float:
+    """Share of a ``height x width`` source's picture area left after resizing it to cover ``bucket``
+    and centre cropping (1.0 = nothing cropped). An 8:1 panorama in a 2.29:1 bucket (512 px) keeps ~0.29."""
+    ch, cw = cover_size(height, width, bucket)
+    return bucket[0] * bucket[1] / (ch * cw)
+
+
 def resampled_indices(num_frames: int, src_fps: float, dst_fps: float) -> list[int]:
     """Source frame shown at each tick of a ``dst_fps`` clock (sample and hold).
 

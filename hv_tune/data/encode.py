@@ -45,6 +45,26 @@ from hv_tune.memory.fp8 import apply_fp8_storage
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, condition_fields, resolve_dtype
 
 SUMMARY_FILE = "summary.json"
+#: the summary lists the sources whose centre crop keeps less than this share of their picture's area
+CROP_NOTE_BELOW = 0.7
+
+
+@dataclass
+class Cropped:
+    """A source that lost much of its picture to its bucket's centre crop."""
+
+    path: str
+    kept: float  # share of the picture's area kept, 0..1
+    source: str  # height x width of the source (upright)
+    bucket: str  # height x width of its bucket
+
+
+def i2v_stills_note(stills: int, items: int) -> str:
+    """The summary line on image-to-video items that are stills conditioned on themselves."""
+    return (f"image-to-video: {stills} of {items} items are stills (1-frame bucket) conditioned on themselves: "
+            "the first-frame condition IS the whole target, so the model learns to copy it and these items "
+            "teach the LoRA little (no motion, no look that the condition does not already give); "
+            "leave 1 out of data.frame_buckets to cache videos only (docs/hunyuan_video_1_5.md)")
 
 
 @dataclass
@@ -59,6 +79,8 @@ class CacheSummary:
     conditions_reused: int = 0
     skipped: list[Skip] = field(default_factory=list)
     notes: list[Skip] = field(default_factory=list)
+    cropped: list[Cropped] = field(default_factory=list)  # sources keeping < CROP_NOTE_BELOW of their area
+    i2v_stills: int = 0  # image-to-video items of one frame: conditioned on themselves
     seconds: float = 0.0
     changes: list[str] = field(default_factory=list)  # what differs from the previous build, and its effect
     repaired: list[str] = field(default_factory=list)  # broken cache files found (and re-encoded)
@@ -82,6 +104,13 @@ class CacheSummary:
         if self.notes:
             lines.append("  notes:")
             lines += [f"    {s.path}: {s.reason}" for s in self.notes]
+        if self.cropped:
+            lines.append(f"  centre crop keeps under {CROP_NOTE_BELOW:.0%} of the picture ({len(self.cropped)} sources; "
+                         "the widest buckets are ~2.3-2.5:1: crop or split such sources yourself to choose what stays):")
+            lines += [f"    {c.path}: {c.kept:.0%} of the area kept ({c.source} -> bucket {c.bucket}, height x width)"
+                      for c in self.cropped]
+        if self.i2v_stills:
+            lines.append("  " + i2v_stills_note(self.i2v_stills, self.items))
         return "\n".join(lines)
 
 
@@ -111,10 +140,23 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     entries = [_entry(p, model_id, fields) for p in done]
     summary.items = len(entries)
     summary.buckets = dict(Counter("x".join(map(str, e.bucket)) for e in entries))
+    summary.cropped = cropped_sources(done)
+    summary.i2v_stills = sum(1 for e in entries if e.condition and e.frames == 1)
     summary.seconds = time.time() - t0
     write_index(root, entries, fingerprint)  # also when empty: a stale index must never stay in place
     atomic_write_text(root / SUMMARY_FILE, json.dumps(asdict(summary), indent=2, ensure_ascii=False))
     return summary
+
+
+def cropped_sources(items: list[PlannedItem], below: float = CROP_NOTE_BELOW) -> list[Cropped]:
+    """Sources whose centre crop keeps less than ``below`` of their picture's area, least kept first
+    (one line per source: its windows share the crop)."""
+    worst: dict[str, Cropped] = {}
+    for p in items:
+        if p.kept < below and str(p.media.path) not in worst:
+            h, w = p.source_size
+            worst[str(p.media.path)] = Cropped(str(p.media.path), round(p.kept, 3), f"{h}x{w}", f"{p.height}x{p.width}")
+    return sorted(worst.values(), key=lambda c: (c.kept, c.path))
 
 
 def _previous_build(root: Path, fingerprint: dict) -> tuple[list[str], list[str]]:

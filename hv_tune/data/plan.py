@@ -10,6 +10,7 @@ from hv_tune.data.buckets import (
     choose_bucket,
     frame_bucket_for,
     frame_windows,
+    kept_fraction,
     resampled_by_time,
     resolution_buckets,
 )
@@ -33,10 +34,16 @@ class PlannedItem:
     latent_key: str
     text_keys: list[str]
     template: str  # "video" | "image"
+    source_size: tuple[int, int] = (0, 0)  # the source's (height, width), upright; (0, 0) = unknown
 
     @property
     def bucket(self) -> tuple[int, int, int]:
         return (self.frames, self.height, self.width)
+
+    @property
+    def kept(self) -> float:
+        """Share of the source picture's area the bucket's centre crop keeps (1.0 when unknown)."""
+        return kept_fraction(*self.source_size, (self.height, self.width)) if all(self.source_size) else 1.0
 
 
 def file_fingerprint(path: Path) -> tuple[str, int, int]:
@@ -75,7 +82,7 @@ def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str, vi
             raise MediaError("file vanished" if not media.path.exists() else "zero-byte file")
         h, w = read_image(media.path).shape[:2]
         bh, bw = choose_bucket(h, w, res_buckets, video.pixel_multiple, data.allow_upscale)
-        return [_item(media, 0, 1, bh, bw, [], None, model_id, "image")]
+        return [_item(media, 0, 1, bh, bw, [], None, model_id, "image", (h, w))]
     info = probe_video(media.path)
     start, end = media.span if media.span else (0, info.num_frames)
     end = min(end, info.num_frames)
@@ -94,17 +101,17 @@ def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str, vi
     s = media.settings
     starts = frame_windows(len(resampled), bucket, s.frame_extraction, s.frame_samples)
     return [
-        _item(media, n, bucket, bh, bw, resampled[o : o + bucket], info, model_id, "video")
+        _item(media, n, bucket, bh, bw, resampled[o : o + bucket], info, model_id, "video", (info.height, info.width))
         for n, o in enumerate(starts)
     ]
 
 
-def _item(media, window, frames, h, w, indices, info, model_id, template) -> PlannedItem:
+def _item(media, window, frames, h, w, indices, info, model_id, template, source_size) -> PlannedItem:
     fp = file_fingerprint(media.path)
     latent_key = content_key("latent", model_id, *fp, frames, h, w, indices)
     item_id = f"{media.path.stem}-{content_key(*fp, window)[:8]}-w{window}"
     keys = [text_key(model_id, template, c) for c in media.captions]
-    return PlannedItem(item_id, media, frames, h, w, indices, info, latent_key, keys, template)
+    return PlannedItem(item_id, media, frames, h, w, indices, info, latent_key, keys, template, source_size)
 
 
 def model_identity(path: str) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,9 +160,9 @@ def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
     for n, rec in _jsonl_records(path, scan):
         if rec.get("status") != "accepted":
             continue
-        media = _resolve(path, rec.get("source"))
-        if media is None or media_kind(media) is None:
-            scan.skipped.append(Skip(f"{path}:{n}", f"manifest record has no usable 'source' ({rec.get('source')!r})"))
+        media = _listed_media(path, n, rec.get("source"), scan,
+                              f"manifest record has no usable 'source' ({rec.get('source')!r})")
+        if media is None:
             continue
         try:
             span = (int(rec["start_frame"]), int(rec["end_frame"]))
@@ -173,9 +175,9 @@ def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
 
 def scan_jsonl(path: Path, s: SourceSettings, scan: Scan) -> None:
     for n, rec in _jsonl_records(path, scan):
-        media = _resolve(path, rec.get("video_path") or rec.get("image_path"))
-        if media is None or media_kind(media) is None:
-            scan.skipped.append(Skip(f"{path}:{n}", "line needs 'video_path' or 'image_path' of a media file"))
+        media = _listed_media(path, n, rec.get("video_path") or rec.get("image_path"), scan,
+                              "line needs 'video_path' or 'image_path' of a media file")
+        if media is None:
             continue
         captions = finish_captions(media, _caption_value(rec.get("caption")), s, scan)
         if captions is not None:
@@ -187,20 +189,62 @@ def scan_csv(path: Path, s: SourceSettings, scan: Scan) -> None:
     rows = list(csv.DictReader(text.splitlines()))
     for n, row in enumerate(rows, start=2):
         row = {(k or "").strip().lower(): v for k, v in row.items()}
-        media = _resolve(path, row.get("path") or row.get("video") or row.get("image"))
-        if media is None or media_kind(media) is None:
-            scan.skipped.append(Skip(f"{path}:{n}", "row needs a 'path' column naming a media file"))
+        media = _listed_media(path, n, row.get("path") or row.get("video") or row.get("image"), scan,
+                              "row needs a 'path' column naming a media file")
+        if media is None:
             continue
         captions = finish_captions(media, _caption_value(row.get("caption")), s, scan)
         if captions is not None:
             scan.items.append(MediaItem(media, media_kind(media), captions, s))
 
 
+def _listed_media(list_file: Path, line: int, value: object, scan: Scan, unusable: str) -> Path | None:
+    """The media file a list source's line ``line`` names, or None after recording why it is skipped."""
+    media = _resolve(list_file, value)
+    reason = unusable if media is None or media_kind(media) is None else None
+    if reason is None and not media.exists():
+        reason = _not_found(list_file, str(value), media)
+    if reason:
+        scan.skipped.append(Skip(f"{list_file}:{line}", reason))
+        return None
+    return media
+
+
 def _resolve(base_file: Path, value: object) -> Path | None:
+    """``value`` as a path; a relative one is relative to ``base_file``'s folder.
+
+    A list written on Windows may separate folders with ``\\``, which on POSIX is an ordinary
+    character of a file name: the path is read with ``/`` instead only when the literal one
+    does not exist and that one does.
+    """
     if not value or not isinstance(value, str):
         return None
     p = Path(value).expanduser()
-    return p if p.is_absolute() else base_file.parent / p
+    p = p if p.is_absolute() else base_file.parent / p
+    if os.sep == "\\" or "\\" not in value or p.exists() or _windows_anchor(value):
+        return p
+    converted = Path(value.replace("\\", "/")).expanduser()
+    converted = converted if converted.is_absolute() else base_file.parent / converted
+    return converted if converted.exists() else p
+
+
+def _windows_anchor(value: str) -> str | None:
+    """The drive (``C:``) or UNC share (``\\\\server``) a Windows absolute path starts with, else None."""
+    m = re.match(r"([A-Za-z]:)[\\/]|(\\\\[^\\/]+)", value)
+    return (m.group(1) or m.group(2)) if m else None
+
+
+def _not_found(list_file: Path, value: str, resolved: Path) -> str:
+    """Why a listed file is missing: a path of another system (drive letter, ``\\``) is named as such."""
+    anchor = None if os.sep == "\\" else _windows_anchor(value)
+    fix = (f"; give it as a path on this machine, or relative to the folder of {list_file.name} "
+           "with '/' between folders")
+    if anchor:
+        return f"file not found: '{value}' is a Windows path (starts with {anchor}) that names no file here{fix}"
+    if os.sep != "\\" and "\\" in value:
+        return (f"file not found: '{value}' uses Windows separators ('\\'), and neither it nor "
+                f"'{value.replace(chr(92), '/')}' is in the folder of {list_file.name}{fix}")
+    return f"file not found: {resolved}"
 
 
 def _jsonl_records(path: Path, scan: Scan):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hv_tune.config import Config
 from hv_tune.data.cache import INDEX_FILE, broken_files, describe_broken, read_header, read_index
-from hv_tune.data.encode import build_cache
+from hv_tune.data.encode import build_cache, i2v_stills_note
 from hv_tune.data.fingerprint import stale_reasons
 from hv_tune.errors import DataError
 from hv_tune.models import ModelSpec
@@ -39,6 +39,19 @@ def prepare_cache(spec: ModelSpec, cfg: Config, device: str) -> None:
         print(f"the cache at {root} is out of date; rebuilding (files whose inputs did not change are reused):")
         print("\n".join(f"  {r}" for r in reasons))
         print(build_cache(spec, cfg, device).table())
+    else:
+        _note_i2v_stills(root)
+
+
+def _note_i2v_stills(root: Path) -> None:
+    """Repeat the cache summary's note on image-to-video stills when a cache is used as it is."""
+    try:
+        entries = read_index(root)
+    except DataError:
+        return
+    stills = sum(1 for e in entries if e.condition and e.frames == 1)
+    if stills:
+        print(f"note: cache {root}: {i2v_stills_note(stills, len(entries))}")
 
 
 def _repairable(root: Path, cfg: Config) -> list[str]:

@@ -259,6 +259,7 @@ class TrainLoop:
         self._epoch_iter: Any = None
         self.validator = Validator(cfg, spec, accelerator, opts, self.vae_config)
         self.config_text = ""  # the run's config, saved into each checkpoint (compared on resume)
+        self.step_lr = 0.0  # the learning rate the last optimizer step used (logged and shown)
 
     def run(self, state: TrainerState) -> None:
         t = self.cfg.training
@@ -268,7 +269,7 @@ class TrainLoop:
                 loss = self.optimizer_step(state)
                 state.step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.step_lr:.2e}")  # the lr this step used
                 if t.checkpoint_every and state.step % t.checkpoint_every == 0:
                     self.save(state)
                 self.validator.maybe_run(state.step, self.model)
@@ -305,12 +306,14 @@ class TrainLoop:
                 self.memory.after_backward()
             losses.append(loss.detach())
         grad_norm = self.acc.clip_grad_norm_(self.params, t.max_grad_norm or math.inf)
+        # the lr this step uses: after scheduler.step() the groups already hold the next step's
+        self.step_lr = float(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         mean_loss = self.acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
         if (state.step + 1) % t.log_every == 0:
-            logs = {"loss": mean_loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            logs = {"loss": mean_loss, "lr": self.step_lr, "grad_norm": float(grad_norm)}
             self.acc.log(logs, step=state.step + 1)
         return mean_loss
 

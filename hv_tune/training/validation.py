@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from hv_tune.config import Config
 from hv_tune.data.cache import CachedDataset, collate
@@ -36,6 +37,9 @@ from hv_tune.training.step import text_inputs
 SAMPLES_DIR = "samples"
 PROMPT_CACHE = "prompt_embeds.safetensors"
 STRIP_FRAMES = 4
+#: validation's own progress bars: below the training bar (tqdm gives them the next free line) and
+#: cleared when done, so the training bar stays one line; none of them draws random numbers
+BAR = {"leave": False, "dynamic_ncols": True}
 
 
 def eval_generator(seed: int, item: int) -> torch.Generator:
@@ -144,7 +148,7 @@ class Validator:
             if logs:
                 self.acc.log(logs, step=step)
             shown = f"eval loss {logs['eval/loss']:.4f}" if logs else "no eval loss"
-            print(f"validation at step {step}: {shown}; {len(written)} preview(s) in {self.out / step_dir(step)}")
+            tqdm.write(f"validation at step {step}: {shown}; {len(written)} preview(s) in {self.out / step_dir(step)}")
         self.acc.wait_for_everyone()
 
     def eval_loss(self, model: Any) -> dict[str, float]:
@@ -154,7 +158,7 @@ class Validator:
         n = min(self.v.eval_items, len(self.eval_set))
         dtype, device = self.opts.dtype, self.acc.device
         totals = torch.zeros(len(self.sigmas), dtype=torch.float64)
-        for i in range(n):
+        for i in tqdm(range(n), desc="validation: eval loss", unit="item", **BAR):
             batch = {k: v.to(device) for k, v in collate([self.eval_set[(i, 0)]]).items()}
             gen = eval_generator(self.v.eval_seed, i)
             x0 = self.spec.sample_latents(self.vae_config, batch["latent_mean"], batch["latent_logvar"], gen)
@@ -182,9 +186,11 @@ class Validator:
         self.vae.to(device)
         try:
             pipe = self.spec.pipeline_from(self.opts, model, self.vae)
-            pipe.set_progress_bar_config(disable=True)
             v, written = self.v, []
             for i, (prompt, emb) in enumerate(zip(v.prompts, self.embeds)):
+                # the pipeline's bar over the denoising steps, one per preview
+                pipe.set_progress_bar_config(desc=f"validation: preview {i + 1}/{len(v.prompts)}", unit="step",
+                                             disable=False, **BAR)
                 image = self.images[i] if self.images else None
                 req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed,
                                     image=image)
