@@ -117,11 +117,15 @@ def load_adapter(pipe: Any, file: str, name: str) -> None:
 
 
 def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
-    """``path`` if it is a diffusers-format LoRA, else its conversion written to ``scratch``.
+    """``path`` read by our reader and written to ``scratch`` as the family's diffusers file.
 
-    diffusers cannot load kohya or ComfyUI-internal files, and reads a final-layer LoRA of
-    the original format wrongly (docs/lora-formats.md); our reader (which refuses NaN/inf
-    values) handles every layout.
+    Every file goes through the one reader (``read_lora``: any layout, NaN/inf and other model
+    families refused, alpha resolved from the file, its metadata or the files beside it) and the
+    family's own writer (``spec.save_lora``: alpha in the metadata for the pipeline loader, or
+    folded into ``lora_B`` for the model-level loader). So a checkpoint's ``adapter.safetensors``
+    (PEFT names without ``transformer.``), a file whose alpha the loader would not see, and kohya or
+    ComfyUI files all load at the strength they were trained with; diffusers also reads a
+    final-layer LoRA of the original format wrongly (docs/lora-formats.md).
 
     Returns:
         The file to load (None when the LoRA has only deltas) and its ``.diff`` / ``.diff_b``
@@ -135,9 +139,7 @@ def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> 
     unknown_keys_policy(path, lora.unknown, False, "convert it with --skip-unknown first")
     if not lora.modules:
         return None, lora.diffs
-    if lora.format == Layout.DIFFUSERS:
-        return path, lora.diffs
-    return str(write_lora(spec, lora.modules, scratch, Layout.DIFFUSERS, shapes)), lora.diffs
+    return str(write_lora(spec, lora.modules, scratch, Layout.DIFFUSERS, shapes, family=lora.family)), lora.diffs
 
 
 @torch.no_grad()

@@ -3,8 +3,9 @@
 Order, per module: the file's own ``<module>.alpha`` key; the file's safetensors metadata
 (diffusers' ``lora_adapter_metadata``: a PEFT ``LoraConfig`` with ``lora_alpha``,
 ``alpha_pattern``, ``use_rslora``); an ``adapter_config.json`` beside the file (PEFT's and
-diffusion-pipe's folders); else alpha = rank (scale 1, what diffusers and ComfyUI assume),
-with a note. kohya's ``ss_network_alpha`` metadata is not used: neither kohya's nor
+diffusion-pipe's folders); for an hv-tune checkpoint's ``adapter.safetensors`` written before
+its metadata held the config, the ``trainer_state.json`` beside it (``lora_alpha``); else
+alpha = rank (scale 1, what diffusers and ComfyUI assume), with a note. kohya's ``ss_network_alpha`` metadata is not used: neither kohya's nor
 musubi-tuner's loader reads it (a module without ``.alpha`` gets alpha = rank there too).
 """
 
@@ -21,6 +22,8 @@ from hv_tune.errors import HvTuneError
 
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 ADAPTER_CONFIG = "adapter_config.json"
+#: an hv-tune checkpoint folder: its adapter file and the trainer state that knows the LoRA's alpha
+CHECKPOINT_ADAPTER, TRAINER_STATE = "adapter.safetensors", "trainer_state.json"
 
 
 def _pattern_value(patterns: Mapping[str, Any], module: str) -> Any:
@@ -46,6 +49,10 @@ def adapter_config(path: Path, meta: Mapping[str, str]) -> tuple[dict[str, Any] 
         elif (path.parent / ADAPTER_CONFIG).is_file():
             config = json.loads((path.parent / ADAPTER_CONFIG).read_text())
             source = str(path.parent / ADAPTER_CONFIG)
+        elif path.name == CHECKPOINT_ADAPTER and (path.parent / TRAINER_STATE).is_file():
+            state = json.loads((path.parent / TRAINER_STATE).read_text())
+            if isinstance(state, dict) and "lora_alpha" in state:
+                config, source = {"lora_alpha": state["lora_alpha"]}, str(path.parent / TRAINER_STATE)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HvTuneError(f"{path}: its adapter config is not valid JSON ({e})") from e
     if config is not None and config.get("use_dora"):

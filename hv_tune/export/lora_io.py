@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from hv_tune.errors import HvTuneError
-from hv_tune.export.alpha import resolve_alphas
-from hv_tune.export.formats import FORMATS, Format, Layout, ParsedKey, classify_keys, to_layout
+from hv_tune.export.alpha import DIFFUSERS_METADATA_KEY, resolve_alphas
+from hv_tune.export.family import FAMILY_KEY, recorded_family, refuse_by_keys, refuse_by_shapes
+from hv_tune.export.formats import FORMATS, Format, KeyReport, Layout, ParsedKey, classify_keys, to_layout
 from hv_tune.export.lora_math import LoraModule, fold_scale, fuse, unfuse
-from hv_tune.io import atomic_save_safetensors, move_into_place
+from hv_tune.io import atomic_save_safetensors, move_into_place, sort_safetensors_metadata
 from hv_tune.models.base import ModelSpec, Part
 
 #: safetensors metadata key: per fused original module, the rank of each part (block-diagonal layout)
@@ -43,6 +44,8 @@ class LoraFile:
     #: full deltas added to diffusers parameters (``<module>.weight`` from ``.diff``,
     #: ``<module>.bias`` from ``.diff_b``), in the file's dtype
     diffs: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: the family the file records (``hv_tune.export.family.FAMILY_KEY``), None without a record
+    family: str | None = None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -182,8 +185,9 @@ def _split_delta(spec: ModelSpec, source: Path, original: str, delta: torch.Tens
 def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraFile:
     """Read a LoRA in any supported layout as diffusers modules, checked against ``shapes``.
 
-    This is the one reader (``convert``, ``merge``, ``sample``): it refuses NaN/inf values,
-    resolves alpha (``hv_tune.export.alpha``) and reads ``.diff`` / ``.diff_b`` deltas.
+    This is the one reader (``convert``, ``merge``, ``sample``): it refuses NaN/inf values and
+    files for another registered model family (``hv_tune.export.family``: the file's record, else
+    its keys and shapes), resolves alpha (``hv_tune.export.alpha``) and reads ``.diff`` / ``.diff_b`` deltas.
 
     Args:
         shapes: ``(out, in)`` of the model's linear layers (``spec.linear_shapes`` or a checkpoint's).
@@ -193,7 +197,31 @@ def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraF
     """
     path = Path(path)
     tensors, meta = load_tensors(path)
-    report = classify_keys(spec, list(tensors), str(path))
+    notes: list[str] = []
+    family = recorded_family(spec, path, meta, notes)
+    keys = list(tensors)
+    try:
+        report = classify_keys(spec, keys, str(path))
+    except HvTuneError:
+        if family is None:
+            refuse_by_keys(spec, path, keys, set())
+        raise
+    if family is None and report.unknown:
+        refuse_by_keys(spec, path, keys, set(report.parsed))
+    try:
+        lora = _read(spec, path, tensors, meta, report, shapes)
+    except HvTuneError as e:
+        if family is None:
+            refuse_by_shapes(spec, path, keys, lambda other, full: _read(
+                other, path, tensors, meta, classify_keys(other, keys, str(path)), full), e)
+        raise
+    lora.family, lora.notes = family, notes + lora.notes
+    return lora
+
+
+def _read(spec: ModelSpec, path: Path, tensors: dict[str, torch.Tensor], meta: Mapping[str, str], report: KeyReport,
+          shapes: Shapes) -> LoraFile:
+    """``read_lora`` once the keys are sorted: values, alpha, and the modules resolved against ``shapes``."""
     check_finite(path, tensors, report.parsed)
     groups = _group(tensors, report.parsed, path)
     lora = LoraFile(path, report.layout, {}, report.unknown)
@@ -253,7 +281,46 @@ def _most_common(values: list) -> Any:
     return Counter(values).most_common(1)[0][0]
 
 
-def _write_diffusers(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path) -> Path:
+def peft_metadata(lora_config: Any) -> str:
+    """A PEFT ``LoraConfig`` as the JSON of diffusers' ``lora_adapter_metadata`` (sorted: same bytes every run)."""
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in lora_config.to_dict().items()}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def adapter_metadata(spec: ModelSpec, lora_config: Any) -> dict[str, str]:
+    """Metadata of a raw PEFT state dict file (a checkpoint's ``adapter.safetensors``): the family and the
+    PEFT config, so that the reader finds alpha (``hv_tune.export.alpha``) and refuses other families."""
+    return {"format": "pt", FAMILY_KEY: spec.name, DIFFUSERS_METADATA_KEY: peft_metadata(lora_config)}
+
+
+def record_family(path: Path, family: str) -> Path:
+    """Add ``FAMILY_KEY`` to a safetensors file's metadata (rewritten in place, metadata sorted)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+    tmp = path.with_name(path.name + ".family")
+    save_file(tensors, str(tmp), metadata={**meta, FAMILY_KEY: family})
+    sort_safetensors_metadata(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_diffusers(spec: ModelSpec, out: Path, state: Mapping[str, torch.Tensor], lora_config: Any,
+                   family: str | None = None) -> Path:
+    """``spec.save_lora`` (the family's diffusers file) to ``out`` atomically, with ``family`` recorded
+    (``spec.name`` when None)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-lora-") as tmp:
+        written = record_family(spec.save_lora(Path(tmp), dict(state), lora_config), family or spec.name)
+        move_into_place(written, out)
+    return out
+
+
+def _write_diffusers(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path, family: str | None) -> Path:
     from peft import LoraConfig
 
     names = sorted(modules)
@@ -271,11 +338,7 @@ def _write_diffusers(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pa
     for n in names:  # clone: parts of a fused layer share one down tensor, safetensors wants separate storage
         state[f"{n}.lora_A.weight"] = modules[n].down.clone().contiguous()
         state[f"{n}.lora_B.weight"] = modules[n].up.clone().contiguous()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tmp-lora-") as tmp:
-        written = spec.save_lora(Path(tmp), state, config)
-        move_into_place(written, out)
-    return out
+    return save_diffusers(spec, out, state, config, family)
 
 
 def _module_name(spec: ModelSpec, original: str, names: str) -> str:
@@ -317,7 +380,7 @@ def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shap
 
 
 def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path, fmt: Format, shapes: Shapes,
-                    diffs: Mapping[str, torch.Tensor]) -> Path:
+                    diffs: Mapping[str, torch.Tensor], family: str | None) -> Path:
     prefix = spec.lora_prefixes[fmt.prefix]
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, list[int]] = {}
@@ -335,7 +398,7 @@ def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pat
         written.append(m)
     for (original, kind), delta in sorted(_fuse_diffs(spec, diffs, shapes).items()):
         state[f"{prefix}{_module_name(spec, original, fmt.names)}.{kind}"] = delta.contiguous()
-    metadata = {"format": "pt", FUSED_RANKS_KEY: json.dumps(ranks, sort_keys=True)}
+    metadata = {"format": "pt", FUSED_RANKS_KEY: json.dumps(ranks, sort_keys=True), FAMILY_KEY: family or spec.name}
     if fmt.layout == Layout.KOHYA and written:
         # the ranks of the written (fused) layers: 3r / 4r for q,k,v (+mlp) fused from rank-r parts
         metadata["ss_network_module"] = "networks.lora"
@@ -346,13 +409,16 @@ def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pat
 
 
 def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os.PathLike, fmt: str | Layout,
-               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None) -> Path:
+               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None, family: str | None = None) -> Path:
     """Write diffusers-named LoRA modules (and deltas) as one file in layout ``fmt`` (atomically).
+
+    Every layout records the model family in its metadata (``FAMILY_KEY``).
 
     Args:
         shapes: the model's linear layer shapes; fusing needs the sizes of parts without a LoRA.
         diffs: ``.diff`` / ``.diff_b`` deltas by diffusers parameter name; only layouts whose
             ``Format.diffs`` is true can carry them (check ``undeliverable_diffs`` first).
+        family: the family to record (``spec.name`` when None; a compatible one read from the source).
 
     Raises:
         HvTuneError: for an unknown layout, nothing to write, or deltas the layout cannot carry.
@@ -365,8 +431,8 @@ def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os
         raise HvTuneError(f"the {spec_fmt.layout} format cannot carry weight/bias deltas ({sorted(diffs)[:5]})")
     out = Path(out)
     if spec_fmt.layout == Layout.DIFFUSERS:
-        return _write_diffusers(spec, modules, out)
-    return _write_original(spec, modules, out, spec_fmt, shapes, diffs)
+        return _write_diffusers(spec, modules, out, family)
+    return _write_original(spec, modules, out, spec_fmt, shapes, diffs, family)
 
 
 def undeliverable_diffs(lora: LoraFile, fmt: str | Layout) -> list[str]:

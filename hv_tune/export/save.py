@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,7 @@ import torch
 from hv_tune.errors import ConfigError
 from hv_tune.export.convert import adapter_modules, kohya_comfyui_notes
 from hv_tune.export.formats import FORMATS, Layout, to_layout
-from hv_tune.export.lora_io import write_lora
-from hv_tune.io import move_into_place
+from hv_tune.export.lora_io import save_diffusers, write_lora
 from hv_tune.models.base import ModelSpec
 
 
@@ -48,7 +46,9 @@ def save_trained_lora(
 ) -> list[str]:
     """Write ``pytorch_lora_weights.safetensors`` (with its PEFT config) and each other layout.
 
-    Every file is written atomically, named by ``FORMATS[layout].file_name``.
+    Every file is written atomically, named by ``FORMATS[layout].file_name``, and records the
+    model family (``hv_tune.export.family``). The final LoRA and each checkpoint's LoRA files
+    come from here, so a checkpoint's files are the final files of a run stopped at its step.
 
     Args:
         lora_config: the PEFT ``LoraConfig`` trained with (its ``r`` and ``lora_alpha``).
@@ -59,9 +59,7 @@ def save_trained_lora(
         Lines for the user: the other files written and warnings (kohya layers ComfyUI skips).
     """
     out_dir = Path(out_dir)
-    final = out_dir / FORMATS[Layout.DIFFUSERS].file_name
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-lora-") as tmp:
-        move_into_place(spec.save_lora(Path(tmp), adapter, lora_config), final)
+    save_diffusers(spec, out_dir / FORMATS[Layout.DIFFUSERS].file_name, adapter, lora_config)
     lines: list[str] = []
     extra = [to_layout(f) for f in formats if to_layout(f) != Layout.DIFFUSERS]
     if not extra:

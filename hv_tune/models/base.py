@@ -255,6 +255,9 @@ class ModelSpec(Protocol):
     own_module_markers: tuple[str, ...]
     #: family -> (double, single) block counts of families whose module names match this one's
     lookalike_blocks: Mapping[str, tuple[int, int]]
+    #: other registered families whose LoRAs fit this model as they are (same layers and sizes, e.g.
+    #: text-to-video and image-to-video variants); a LoRA recorded for any other family is refused
+    lora_compatible: tuple[str, ...]
 
     def original_module(self, module: str) -> str | None:
         """Name in the original checkpoint of the (possibly fused) module holding diffusers ``module``."""

@@ -2,10 +2,17 @@
 
 Each checkpoint folder is written under a temporary name and renamed when complete, so
 a run killed mid-save leaves only a ``.tmp-*`` folder that resume ignores. Contents:
-``adapter.safetensors`` (LoRA weights), ``optimizer.pt`` and ``scheduler.pt`` (state
-dicts), ``rng.pt`` (torch CPU/CUDA RNG states), ``trainer_state.json`` (step, data
-position, LoRA shape, whether the run is still exact), ``config.yaml`` (the run's config,
-compared on resume). Tensors are loaded with ``weights_only=True``.
+
+- for resuming: ``adapter.safetensors`` (the float32 PEFT state dict, exactly as trained; its
+  metadata holds the model family and the PEFT config, so every verb also reads it at the trained
+  strength), ``optimizer.pt`` and ``scheduler.pt`` (state dicts), ``rng.pt`` (torch CPU/CUDA RNG
+  states), ``trainer_state.json`` (step, data position, LoRA shape, whether the run is still
+  exact), ``config.yaml`` (the run's config, compared on resume);
+- for using: the LoRA files a run stopped at this step would end with (``extra``, written by the
+  trainer: ``pytorch_lora_weights.safetensors`` and each layout of ``save.formats``, the same
+  bytes). Resume does not read them.
+
+Tensors are loaded with ``weights_only=True``.
 
 A checkpoint that cannot be read is reported by name (``CheckpointError``); pruning
 (``checkpoints_to_keep``) counts only complete checkpoints, so it never deletes the last
@@ -18,6 +25,7 @@ import json
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +35,14 @@ from safetensors.torch import load_file, save_file
 
 from hv_tune.data.sampler import DataState
 from hv_tune.errors import ConfigError, DiskFullError
-from hv_tune.io import atomic_directory, free_bytes, is_disk_full, mb, safetensors_problem
+from hv_tune.io import (
+    atomic_directory,
+    free_bytes,
+    is_disk_full,
+    mb,
+    safetensors_problem,
+    sort_safetensors_metadata,
+)
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -90,21 +105,30 @@ def save_checkpoint(
     scheduler: Any,
     keep: int,
     config_text: str = "",
+    metadata: dict[str, str] | None = None,
+    extra: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically, then delete all but the newest ``keep`` complete ones.
+
+    Args:
+        metadata: safetensors metadata of ``adapter.safetensors`` (``lora_io.adapter_metadata``).
+        extra: writes more files into the (temporary) checkpoint folder it is given: the LoRA files.
 
     Raises:
         DiskFullError: the disk filled up while writing; nothing half-written is left behind.
     """
 
     def fill(tmp: Path) -> None:
-        save_file(adapter, str(tmp / "adapter.safetensors"))
+        save_file(adapter, str(tmp / "adapter.safetensors"), metadata=metadata)
+        sort_safetensors_metadata(tmp / "adapter.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
         if config_text:
             (tmp / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        if extra is not None:
+            extra(tmp)
 
     final = checkpoint_dir(root, state.step)
     if final.exists() and checkpoint_problem(final):  # a broken leftover of an earlier run: set it aside

@@ -21,6 +21,7 @@ from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import DataError, Interrupted, TrainingError
 from hv_tune.export.formats import Layout, to_layout
+from hv_tune.export.lora_io import adapter_metadata
 from hv_tune.export.save import check_save_formats, save_trained_lora
 from hv_tune.io import atomic_write_text, count, is_disk_full
 from hv_tune.lora import (
@@ -368,12 +369,17 @@ class TrainLoop:
             )
 
     def save(self, state: TrainerState) -> Path:
-        """Write a checkpoint of ``state`` (main process), after checking there is room for it."""
+        """Write a checkpoint of ``state`` (main process), after checking there is room for it: the resume
+        state plus the LoRA files a run stopped here would end with (``save_trained_lora``)."""
         if self.acc.is_main_process:
-            adapter = lora_state_dict(self.acc.unwrap_model(self.model))
+            model = self.acc.unwrap_model(self.model)
+            adapter, lora_cfg = lora_state_dict(model), model.peft_config["default"]
             what = f"the checkpoint of step {state.step}"
-            ensure_free_space(self.ckpt_root, state_bytes(adapter), what, latest_checkpoint(self.ckpt_root))
+            needed = state_bytes(adapter) * (4 + len(self.cfg.save.formats)) // 3  # + one LoRA file per layout
+            ensure_free_space(self.ckpt_root, needed, what, latest_checkpoint(self.ckpt_root))
             save_checkpoint(self.ckpt_root, state, adapter, self.optimizer, self.scheduler,
-                            self.cfg.training.checkpoints_to_keep, self.config_text)
+                            self.cfg.training.checkpoints_to_keep, self.config_text,
+                            adapter_metadata(self.spec, lora_cfg), lambda tmp: save_trained_lora(
+                                self.spec, tmp, adapter, lora_cfg, self.cfg.save.formats, self.cfg.model.path))
         self.acc.wait_for_everyone()
         return checkpoint_dir(self.ckpt_root, state.step)

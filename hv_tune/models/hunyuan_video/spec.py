@@ -84,6 +84,7 @@ class HunyuanVideoSpec:
     memory_presets: Mapping[str, Mapping[str, Any]] = presets.PRESETS
     own_module_markers = hv_keys.OWN_MODULE_MARKERS
     lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
+    lora_compatible: tuple[str, ...] = ()
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
     pipeline_class = "HunyuanVideoPipeline"
     meta_step_unavailable: str | None = None

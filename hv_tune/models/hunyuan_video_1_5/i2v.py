@@ -38,6 +38,7 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
     name = "hunyuan-video-1.5-i2v"
     pipeline_class = "HunyuanVideo15ImageToVideoPipeline"
     condition_fields = CONDITION_FIELDS
+    lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5",)
 
     # ------------------------------------------------------------------ the first-frame condition
 

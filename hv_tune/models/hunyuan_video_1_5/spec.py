@@ -97,6 +97,9 @@ class HunyuanVideo15Spec:
     #: ComfyUI loads 1.5 as a HunyuanVideo: the same family markers and look-alikes apply
     own_module_markers = hv_keys.OWN_MODULE_MARKERS
     lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
+    #: the image-to-video model has the same layers and sizes: a LoRA of either variant applies to both
+    #: (docs/lora-formats.md, "Model families")
+    lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5-i2v",)
     text_fields = hv15_text.TEXT_FIELDS
     #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
     pipeline_class = "HunyuanVideo15Pipeline"
