@@ -79,8 +79,8 @@ def test_merge_original_format_has_tencent_names_and_same_weights(spec, tiny_mod
     assert "double_blocks.1.img_attn_qkv.weight" in original and "single_blocks.0.linear1.weight" in original
     # independent check: diffusers' converter of Tencent's layout (its single-block path needs width 3072)
     back = convert_hunyuan_video_transformer_to_diffusers({k: v for k, v in original.items() if not k.startswith("single_blocks")})
-    for k, v in back.items():
-        assert torch.equal(v, merged[k]), k
+    for k, v in back.items():  # row blocks differ where halves are swapped (norm_out): BLAS rounding may differ
+        torch.testing.assert_close(v, merged[k], rtol=0, atol=1e-6, msg=k)
     # single blocks: linear1 = merged [q; k; v; mlp], deltas included
     for n in range(2):
         parts = [merged[f"single_transformer_blocks.{n}.{m}.weight"] for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]
