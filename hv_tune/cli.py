@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from hv_tune.errors import HvTuneError, Interrupted
+from hv_tune.errors import ConfigError, HvTuneError, Interrupted
 from hv_tune.library_logs import drop_unactionable_library_logs
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo_tiny.yaml"
@@ -85,13 +85,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="multiple of the model's pixel multiple (16); default 320; not with --image")
     s.add_argument("--width", type=int, default=None,
                    help="multiple of the model's pixel multiple (16); default 512; not with --image")
-    s.add_argument("--steps", type=int, default=30)
-    s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler")
+    s.add_argument("--steps", type=int, default=30, help="denoising steps, >= 1 (default 30)")
+    s.add_argument("--shift", type=float, default=7.0, help="flow shift of the scheduler, > 0 (default 7)")
     s.add_argument("--guidance", type=float, default=6.0,
-                   help="guidance scale: embedded guidance (HunyuanVideo), classifier-free guidance (1.5)")
+                   help="guidance scale, >= 0: embedded guidance (HunyuanVideo), classifier-free guidance (1.5)")
     s.add_argument("--model-name", default=None, help=_family_help(None))
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--fps", type=int, default=None, help="frame rate of the mp4 (default: the model's, 24)")
+    s.add_argument("--fps", type=int, default=None, help="frame rate of the mp4, >= 1 (default: the model's, 24)")
     s.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto = bf16 on GPU, fp32 on CPU")
     s.add_argument("--vae-tiling", action="store_true", help="decode the VAE in tiles (less memory)")
@@ -114,10 +114,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="original: one safetensors transformer with Tencent's names (ComfyUI diffusion model)")
     m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="dtype of the merged weights (default: the base's)")
-    m.add_argument("--max-shard-size", default="5GB", help="largest transformer shard (diffusers format)")
+    m.add_argument("--max-shard-size", default="5GB",
+                   help="largest transformer shard (diffusers format): 5GB, 500MB, 2GiB or bytes")
     m.add_argument("--copy", action="store_true", help="copy the other components instead of hard-linking them")
     m.add_argument("--skip-unknown", action="store_true", help="leave out (and list) LoRA keys naming no layer")
     m.add_argument("--model-name", default=None, help=_family_help(None))
+    m.add_argument("--allow-repeat", action="store_true",
+                   help="merge a LoRA (recognised by content) that the base already holds or that is given twice; "
+                        "its update then counts twice")
 
     c = sub.add_parser("convert", help="convert a LoRA file between diffusers, ComfyUI and kohya formats")
     c.add_argument("input", type=Path, help="LoRA file (format detected from its keys)")
@@ -131,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rank-check", action="store_true",
                    help="re-read the output, check each layer's update equals the input's, print ranks")
     c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file (never the input)")
 
     d = sub.add_parser("demo", help="tiny model + generated clips -> cache -> train -> sample (CPU, minutes)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
@@ -235,7 +240,16 @@ def _parse_lora(text: str) -> tuple[str, float]:
     problem = safetensors_problem(path)
     if problem:
         raise HvTuneError(f"--lora {text}: {path} is not a usable LoRA file: {problem}")
-    return path, value
+    return path, _lora_scale(value, f"--lora {text}", f"{path}:0.8")
+
+
+def _lora_scale(value: float, flag: str, example: str) -> float:
+    """A finite LoRA scale (NaN or inf would make every merged or sampled weight NaN/inf)."""
+    import math
+
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag}: the scale must be a finite number, e.g. {example}")
+    return value
 
 
 def _expand(path: str | Path) -> str:
@@ -281,10 +295,12 @@ def _device_dtype(name: str):
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from hv_tune.arguments import check_sample_numbers, check_video_shape
     from hv_tune.models import LoadOptions, spec_for
     from hv_tune.paths import check_model_path
     from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
 
+    check_sample_numbers(args.steps, args.shift, args.guidance, args.seed, args.fps)  # before anything is read
     args.out = _out_path(args.out, "--out")
     args.model = _expand(args.model)
     spec = spec_for(args.model_name, args.model, "--model-name")
@@ -296,14 +312,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     frames = args.frames if args.frames is not None else 1 if png else 33
     if png and frames != 1:
         raise HvTuneError(f"--out {args.out}: a .png holds one frame; use --frames 1 or an .mp4 output")
-    height, width = args.height or 320, args.width or 512
-    rules = spec.video
-    if not (rules.frames_ok(frames) and rules.side_ok(height) and rules.side_ok(width)):
-        raise HvTuneError(f"--frames must be {rules.frame_rule} and --height/--width multiples of "
-                          f"{rules.pixel_multiple} for {spec.name}")
-    fps = args.fps or rules.fps
+    height = args.height if args.height is not None else 320
+    width = args.width if args.width is not None else 512
+    check_video_shape(spec, frames, height, width)
+    fps = args.fps if args.fps is not None else spec.video.fps
     image = _first_frame(spec, args)
     loras = [_parse_lora(s) for s in args.lora]
+    _refuse_sample_inputs(args, loras)
     device, dtype = _device_dtype(args.dtype)
     opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
     pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload, opts)
@@ -314,6 +329,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
         pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
     print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, fps)}")
+
+
+def _refuse_sample_inputs(args: argparse.Namespace, loras: list[tuple[str, float]]) -> None:
+    """``--out`` is none of the input files (a .png ``--out`` could be the ``--image``)."""
+    from hv_tune.arguments import refuse_inputs
+
+    inputs = {"--image": args.image and _expand(args.image), "--transformer": args.transformer,
+              "--vae": args.vae, **{f"--lora {p}": p for p, _ in loras}}
+    refuse_inputs(args.out, "--out", inputs)
 
 
 def _first_frame(spec, args: argparse.Namespace):
@@ -339,20 +363,13 @@ def _first_frame(spec, args: argparse.Namespace):
     return read_first_frame(_expand(args.image), "--image")
 
 
-def _parse_size(text: str) -> int:
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
-    t = text.strip().upper()
-    for unit, factor in units.items():
-        if t.endswith(unit) and t[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(t[: -len(unit)]) * factor)
-    raise HvTuneError(f"--max-shard-size {text}: use a size like 5GB or 500MB")
-
-
 def cmd_merge(args: argparse.Namespace) -> None:
+    from hv_tune.arguments import parse_size
     from hv_tune.export.merge import merge_loras
     from hv_tune.models import spec_for
     from hv_tune.models.base import DTYPES
 
+    max_shard_bytes = parse_size(args.max_shard_size, "--max-shard-size")
     args.out = _out_path(args.out, "--out")
     args.model = Path(_expand(args.model))
     if not args.model.is_dir():
@@ -360,13 +377,15 @@ def cmd_merge(args: argparse.Namespace) -> None:
     loras = []
     for text, scale in args.loras:
         path, parsed = _parse_lora(text)
-        loras.append((path, parsed if scale is None else scale))
+        if scale is not None:
+            parsed = _lora_scale(scale, f"--scale {scale} (of --lora {text})", "--scale 0.8")
+        loras.append((path, parsed))
     if args.format == "original" and args.out.suffix != ".safetensors":
         raise HvTuneError(f"--out {args.out}: --format original writes one file; name it *.safetensors")
     result = merge_loras(
         spec_for(args.model_name, str(args.model), "--model-name"), args.model, loras, args.out, args.format,
-        DTYPES[args.dtype] if args.dtype else None, _parse_size(args.max_shard_size), args.copy, args.skip_unknown,
-        args.transformer,
+        DTYPES[args.dtype] if args.dtype else None, max_shard_bytes, args.copy, args.skip_unknown,
+        args.transformer and _expand(args.transformer), args.allow_repeat,
     )
     for note in result.notes:
         print(note)
@@ -375,6 +394,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    from hv_tune.arguments import refuse_existing, refuse_inputs
     from hv_tune.export.convert import convert_lora
     from hv_tune.io import safetensors_problem
     from hv_tune.models import spec_for
@@ -384,6 +404,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
     spec = spec_for(args.model_name, args.model, "--model-name")
     if not args.input.is_file():
         raise HvTuneError(f"input {args.input}: file does not exist")
+    refuse_inputs(args.output, "output", {"input": args.input})
+    refuse_existing(args.output, "output", args.overwrite)
     problem = safetensors_problem(args.input)
     if problem:
         raise HvTuneError(f"input {args.input}: not a usable LoRA file: {problem}")

@@ -150,3 +150,15 @@ def test_merge_to_an_original_file_is_refused_with_the_way_out(hv15_tiny, lora, 
     err = capsys.readouterr().err
     assert "--format original: hunyuan-video-1.5 has no original-checkpoint name" in err and "--format diffusers" in err
     assert not out.exists()
+
+
+def test_merging_the_same_lora_again_is_refused(hv15_tiny, lora, tmp_path, capsys):
+    """1.5 (alpha folded into its diffusers file): its kohya copy merged on top of the merged model is the same update."""
+    kohya = tmp_path / "k.safetensors"
+    assert main(["convert", str(lora), str(kohya), "--to", "kohya", "--model", str(hv15_tiny)]) == 0
+    merged = tmp_path / "merged"
+    assert main(["merge", "--model", str(hv15_tiny), "--lora", str(lora), "--out", str(merged)]) == 0
+    assert main(["merge", "--model", str(merged), "--lora", str(kohya), "--out", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert f"--lora {kohya} (same update as {lora.name}) is already merged" in err, err
+    assert not (tmp_path / "again").exists()

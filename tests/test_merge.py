@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_hunyuan_video_transformer_to_diffusers
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from hv_tune.cli import main
 from hv_tune.errors import HvTuneError
@@ -79,7 +80,7 @@ def test_merge_original_format_has_tencent_names_and_same_weights(spec, tiny_mod
     assert "double_blocks.1.img_attn_qkv.weight" in original and "single_blocks.0.linear1.weight" in original
     # independent check: diffusers' converter of Tencent's layout (its single-block path needs width 3072)
     back = convert_hunyuan_video_transformer_to_diffusers({k: v for k, v in original.items() if not k.startswith("single_blocks")})
-    for k, v in back.items():
+    for k, v in back.items():  # both layouts merge every row in the same row blocks: the same products
         assert torch.equal(v, merged[k]), k
     # single blocks: linear1 = merged [q; k; v; mlp], deltas included
     for n in range(2):
@@ -114,3 +115,101 @@ def test_merge_dtype_and_refusals(spec, tiny_model, tmp_path):
     assert main(["merge", "--model", str(tiny_model), "--lora", str(lora), "--format", "original",
                  "--out", str(tmp_path / "x.bin")]) == 2
     assert not list(tmp_path.glob(".tmp-*"))  # nothing half-written left behind
+
+
+def _listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_merge_out_is_never_an_input(spec, tiny_model, tmp_path, capsys):
+    """--out inside --model would add a folder to the base model; --out equal to an input is refused by name."""
+    lora = random_lora(spec, tiny_model, tmp_path / "a.safetensors", rank=2, alpha=2.0)
+    before = _listing(tiny_model)
+    args = ["merge", "--model", str(tiny_model), "--lora", str(lora)]
+    for out, fmt in [(tiny_model / "merged", "diffusers"), (tiny_model / "transformer" / "x", "diffusers"),
+                     (tiny_model / "merged.safetensors", "original"), (tiny_model / "transformer" / ".." / "m", "diffusers")]:
+        assert main([*args, "--format", fmt, "--out", str(out)]) == 2, out
+        assert "is inside the --model folder" in capsys.readouterr().err
+    assert _listing(tiny_model) == before
+    assert main([*args, "--format", "original", "--out", str(lora)]) == 2
+    assert f"is the --lora {lora} file" in capsys.readouterr().err
+    orig = tmp_path / "o.safetensors"
+    assert main([*args, "--format", "original", "--out", str(orig)]) == 0
+    (tmp_path / "same.safetensors").hardlink_to(orig)
+    assert main([*args, "--transformer", str(orig), "--format", "original", "--out", str(tmp_path / "same.safetensors")]) == 2
+    assert "is the --transformer file" in capsys.readouterr().err
+
+
+def _record(path):
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["hv_tune.merged_loras"])
+
+
+def test_merging_a_lora_twice_is_refused_by_content(spec, tiny_model, tmp_path, capsys):
+    shapes = spec.linear_shapes(str(tiny_model))
+    lora = random_lora(spec, tiny_model, tmp_path / "a.safetensors", rank=4, alpha=1.0)  # alpha != rank: folded
+    other = random_lora(spec, tiny_model, tmp_path / "b.safetensors", rank=4, alpha=1.0, seed=3)
+    copy = tmp_path / "renamed.safetensors"
+    copy.write_bytes(lora.read_bytes())
+    kohya = convert_lora(spec, lora, tmp_path / "k.safetensors", "kohya", shapes).out
+    comfy = convert_lora(spec, lora, tmp_path / "c.safetensors", "comfyui", shapes).out
+    half = tmp_path / "bf16.safetensors"
+    with safe_open(str(lora), framework="pt") as f:  # alpha is in the metadata: keep it
+        meta = f.metadata()
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(lora)).items()}, str(half), meta)
+    realpha = tmp_path / "alpha4.safetensors"  # the same tensors with another alpha: another update
+    config = json.loads(meta["lora_adapter_metadata"])
+    assert config["transformer.lora_alpha"] == 1.0
+    save_file(load_file(str(lora)), str(realpha),
+              {**meta, "lora_adapter_metadata": json.dumps({**config, "transformer.lora_alpha": 4.0})})
+    args = ["merge", "--model", str(tiny_model)]
+    # twice in one command, under any name, format or precision
+    for again, how in [(lora, "same tensors"), (copy, "same tensors"), (kohya, "same update"), (comfy, "same update"),
+                       (half, "same update")]:
+        assert main([*args, "--lora", f"{lora}:0.5", "--lora", f"{again}:0.5", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert f"--lora {again} ({how}" in err and f"as --lora {lora}) is given twice" in err, err
+        assert "--allow-repeat" in err and not (tmp_path / "x").exists()
+    merge_loras(spec, tiny_model, [(str(lora), 1.0), (str(realpha), 1.0)], tmp_path / "alpha")  # not a repeat
+    # into a model that already holds it: diffusers folder, then an original file used as --transformer
+    m1 = tmp_path / "m1"
+    assert main([*args, "--lora", str(lora), "--out", str(m1)]) == 0
+    for again in (copy, comfy):
+        assert main(["merge", "--model", str(m1), "--lora", str(other), "--lora", str(again), "--out", str(tmp_path / "y")]) == 2
+        err = capsys.readouterr().err
+        assert f"--lora {again} (" in err and "as a.safetensors) is already merged into the base transformer" in err
+        assert f"{m1 / 'transformer'} (scale 1, by the merge that wrote m1)" in err, err
+    orig = tmp_path / "m2.safetensors"
+    assert main(["merge", "--model", str(m1), "--lora", f"{other}:0.3", "--format", "original", "--out", str(orig)]) == 0
+    record = _record(orig)
+    assert record["version"] == 1
+    assert [(e["file"], e["scale"], e["into"]) for e in record["loras"]] == [
+        ("a.safetensors", 1.0, "m1"), ("b.safetensors", 0.3, "m2.safetensors")]
+    assert record["loras"][0]["sha256"] != record["loras"][1]["sha256"] and len(record["loras"][0]["sketch"]) == 8
+    assert main([*args, "--transformer", str(orig), "--lora", str(kohya), "--out", str(tmp_path / "z")]) == 2
+    assert f"is already merged into the base transformer {orig}" in capsys.readouterr().err
+    # --allow-repeat merges it anyway, says so, and records it twice: the result is the LoRA at twice the scale
+    m3 = tmp_path / "m3"
+    assert main(["merge", "--model", str(m1), "--lora", str(copy), "--allow-repeat", "--out", str(m3)]) == 0
+    assert "merged again (--allow-repeat)" in capsys.readouterr().out
+    assert [e["into"] for e in _record(m3 / "transformer" / "diffusion_pytorch_model.safetensors")["loras"]] == ["m1", "m3"]
+    merge_loras(spec, tiny_model, [(str(lora), 2.0)], tmp_path / "twice")
+    got, want = _state_of(m3 / "transformer"), _state_of(tmp_path / "twice" / "transformer")
+    for k in want:  # W + u + u vs W + 2u: two float32 roundings apart
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-6)
+
+
+def _state_of(folder):
+    return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
+
+
+def test_a_changed_lora_is_not_a_repeat(spec, tiny_model, tmp_path):
+    """One value changed: another LoRA (another sha256 and sketch), merged without a word."""
+    lora = random_lora(spec, tiny_model, tmp_path / "a.safetensors", rank=2, alpha=2.0)
+    state = load_file(str(lora))
+    key = sorted(state)[0]
+    state[key] = state[key].clone()
+    state[key][0, 0] += 0.5
+    save_file(state, str(tmp_path / "a2.safetensors"))
+    res = merge_loras(spec, tiny_model, [(str(lora), 1.0), (str(tmp_path / "a2.safetensors"), 1.0)], tmp_path / "m")
+    assert not [n for n in res.notes if "again" in n]

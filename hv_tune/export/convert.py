@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from hv_tune.arguments import same_file
 from hv_tune.errors import HvTuneError
 from hv_tune.export.formats import Layout, to_layout, unknown_keys_message, unknown_keys_policy
 from hv_tune.export.lora_io import comfyui_skipped_kohya_layers, read_lora, undeliverable_diffs, write_lora
@@ -90,7 +91,7 @@ def convert_lora(
             carry (both are listed in the notes) instead of refusing the file.
     """
     to = to_layout(to)
-    if Path(src).resolve() == Path(dst).resolve():
+    if same_file(src, dst):  # also through a symlink or hard link: the input would be replaced
         raise HvTuneError(f"convert: input and output are the same file ({src})")
     lora = read_lora(spec, src, shapes)
     result = ConvertResult(Path(dst), str(lora.format), len(lora.modules), list(lora.notes))

@@ -18,16 +18,25 @@ import os
 import shutil
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from hv_tune.errors import HvTuneError
+from hv_tune.arguments import inside, same_file
+from hv_tune.errors import ConfigError, HvTuneError
 from hv_tune.export.formats import unknown_keys_policy
 from hv_tune.export.lora_io import LoraFile, read_lora
 from hv_tune.export.lora_math import LoraModule
+from hv_tune.export.merge_record import (
+    MergedLora,
+    read_record,
+    record_metadata,
+    repeats,
+    sketch,
+    tensors_sha256,
+)
 from hv_tune.export.safetensors_stream import INDEX_SUFFIX, StreamWriter, TensorInfo, index_file, read_tensor
 from hv_tune.io import atomic_directory, atomic_write
 from hv_tune.models.base import ModelSpec, Part
@@ -141,12 +150,16 @@ class Updates:
     #: base tensor name (``<module>.weight`` / ``.bias``) -> (delta, user scale)
     diffs: dict[str, list[tuple[torch.Tensor, float]]]
     notes: list[str]
+    #: one record entry per LoRA, in the order given (``merge_record``)
+    merged: list[MergedLora] = field(default_factory=list)
 
 
 def load_updates(
-    spec: ModelSpec, loras: Sequence[tuple[str, float]], shapes: dict[str, tuple[int, int]], skip_unknown: bool
+    spec: ModelSpec, loras: Sequence[tuple[str, float]], shapes: dict[str, tuple[int, int]], skip_unknown: bool,
+    into: str = "",
 ) -> Updates:
-    """Every LoRA, as (update, user scale) per diffusers module and deltas per tensor, plus notes."""
+    """Every LoRA, as (update, user scale) per diffusers module and deltas per tensor, plus notes
+    and its merge record entry (``into``: the name of the merge output)."""
     updates = Updates(defaultdict(list), defaultdict(list), [])
     for path, scale in loras:
         lora: LoraFile = read_lora(spec, path, shapes)
@@ -159,6 +172,8 @@ def load_updates(
             updates.lora[module].append((m, scale))
         for name, delta in lora.diffs.items():
             updates.diffs[name].append((delta, scale))
+        updates.merged.append(MergedLora(Path(path).name, tensors_sha256(path), sketch(lora.modules, lora.diffs),
+                                         float(scale), into))
     return updates
 
 
@@ -285,8 +300,9 @@ def _link_or_copy(src: str, dst: str, copy: bool = False) -> str:
     return shutil.copy2(src, dst)
 
 
-def _fill_model_folder(out: Path, model_dir: Path, sub: str, plan, infos, updates, max_bytes, copy, bar) -> int:
-    """Write the merged transformer into ``out/sub`` and link/copy the other components."""
+def _fill_model_folder(out: Path, model_dir: Path, sub: str, plan, infos, updates, max_bytes, copy, bar, meta) -> int:
+    """Write the merged transformer into ``out/sub`` (``meta``: metadata of every shard) and link/copy the
+    other components."""
     for entry in sorted(model_dir.iterdir()):
         if entry.name == sub or entry.name.startswith("."):
             continue
@@ -300,17 +316,34 @@ def _fill_model_folder(out: Path, model_dir: Path, sub: str, plan, infos, update
             shutil.copy2(extra, out / sub / extra.name)
     shards = shard(plan, max_bytes)
     if len(shards) == 1:
-        _write_file(out / sub / WEIGHTS_NAME, shards[0], infos, updates, bar, {"format": "pt"})
+        _write_file(out / sub / WEIGHTS_NAME, shards[0], infos, updates, bar, meta)
         return 1
     stem, ext = WEIGHTS_NAME.rsplit(".", 1)
     weight_map = {}
     for i, tensors in enumerate(shards):
         fname = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.{ext}"
-        _write_file(out / sub / fname, tensors, infos, updates, bar, {"format": "pt"})
+        _write_file(out / sub / fname, tensors, infos, updates, bar, meta)
         weight_map.update({t.name: fname for t in tensors})
     index = {"metadata": {"total_size": sum(t.nbytes for t in plan)}, "weight_map": weight_map}
     (out / sub / (WEIGHTS_NAME + INDEX_SUFFIX)).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return len(shards)
+
+
+def check_out(out: Path, model_dir: Path, loras: Sequence[tuple[str, float]], transformer_path=None) -> None:
+    """``out`` is new and no input: not an existing path, not the model folder or inside it.
+
+    Raises:
+        ConfigError: naming ``--out`` and the input it would overwrite or change.
+    """
+    inputs = {"--transformer": transformer_path, **{f"--lora {p}": p for p, _ in loras}}
+    for flag, path in inputs.items():
+        if path is not None and same_file(out, path):
+            raise ConfigError(f"--out {out} is the {flag} file; choose a new path (nothing is overwritten)")
+    if inside(out, model_dir):
+        raise ConfigError(f"--out {out} is inside the --model folder {model_dir}; writing there would change "
+                          f"the base model: choose a path outside it")
+    if out.exists():
+        raise ConfigError(f"--out {out} already exists; choose a new path (nothing is overwritten)")
 
 
 def merge_loras(
@@ -324,6 +357,7 @@ def merge_loras(
     copy: bool = False,
     skip_unknown: bool = False,
     transformer_path: str | os.PathLike | None = None,
+    allow_repeat: bool = False,
 ) -> MergeResult:
     """Merge ``loras`` (path, scale) into the transformer of ``model_dir`` and write ``out``.
 
@@ -333,24 +367,35 @@ def merge_loras(
         copy: copy the other components instead of hard-linking them.
         transformer_path: base transformer weights from this single original-layout file
             (``--format original`` output, ComfyUI's file) instead of ``model_dir``'s folder.
+        allow_repeat: merge a LoRA that the base already holds, or that is given twice (by
+            content: ``merge_record``), instead of refusing it.
 
     Raises:
-        HvTuneError: for a missing/invalid model folder, an existing ``out``, or LoRAs that do
-            not fit the model (the message names the file and key).
+        HvTuneError: for a missing/invalid model folder, an existing ``out`` or one inside the
+            model folder, a LoRA merged twice, or LoRAs that do not fit the model (the message
+            names the file and key).
     """
     model_dir, out = Path(model_dir), Path(out)
     if fmt not in MERGE_FORMATS:
         raise HvTuneError(f"--format {fmt}: use one of {', '.join(MERGE_FORMATS)}")
     if not (model_dir / "model_index.json").is_file():
         raise HvTuneError(f"--model {model_dir}: not a diffusers-format model folder (no model_index.json)")
-    if out.exists():
-        raise HvTuneError(f"--out {out} already exists; choose a new path (nothing is overwritten)")
+    check_out(out, model_dir, loras, transformer_path)
     sub = spec.transformer_subfolder
     if transformer_path:
         infos = index_original_file(spec, Path(transformer_path), spec.linear_shapes(str(model_dir)))
     else:
         infos = index_checkpoint(model_dir / sub)
-    updates = load_updates(spec, loras, linear_shapes_of(infos), skip_unknown)
+    updates = load_updates(spec, loras, linear_shapes_of(infos), skip_unknown, out.name)
+    base_files = sorted({i.file for i in infos.values()})
+    base = read_record(base_files)
+    repeated = repeats(base, updates.merged, [str(p) for p, _ in loras],
+                       str(transformer_path or model_dir / sub))
+    if repeated and not allow_repeat:
+        raise ConfigError(f"{repeated[0]}; merging a LoRA again adds its update once more (twice the strength). "
+                          f"Merge it once with the scale you want, or pass --allow-repeat")
+    updates.notes += [f"warning: {line}; merged again (--allow-repeat)" for line in repeated]
+    meta = {"format": "pt", **record_metadata([*base, *updates.merged])}
     bad = sorted(n for n, ds in updates.diffs.items()
                  if n not in infos or any(tuple(d.shape) != tuple(infos[n].shape) for d, _ in ds))
     if bad:
@@ -358,14 +403,14 @@ def merge_loras(
     plan = plan_diffusers(infos, dtype) if fmt == "diffusers" else plan_original(spec, infos, dtype)
     with tqdm(total=len(plan), desc="merge", unit="tensor") as bar:
         if fmt == "original":
-            atomic_write(out, lambda tmp: _write_file(tmp, plan, infos, updates, bar, {"format": "pt"}))
+            atomic_write(out, lambda tmp: _write_file(tmp, plan, infos, updates, bar, meta))
             shards = 1
         else:
             count = {}
 
             def fill(tmp: Path) -> None:
                 count["shards"] = _fill_model_folder(
-                    tmp, model_dir, sub, plan, infos, updates, max_shard_bytes, copy, bar
+                    tmp, model_dir, sub, plan, infos, updates, max_shard_bytes, copy, bar, meta
                 )
 
             atomic_directory(out, fill)
