@@ -118,3 +118,13 @@ def test_t2v_and_i2v_loras_of_15_are_compatible(theirs, ours, request, tmp_path,
     assert main(["merge", "--model", str(_model(ours, request)), "--lora", str(lora), "--out", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
     assert f"trained for {theirs}, used with {ours} (compatible" in out
+
+
+def test_convert_keeps_the_family_the_file_records(request, tmp_path):
+    """A 1.5 text-to-video LoRA converted with an image-to-video --model stays a text-to-video file (it was
+    recorded as the --model's family)."""
+    lora = _ours(V15, _model(V15, request), tmp_path / "t2v.safetensors", "diffusers")
+    out = tmp_path / "t2v_kohya.safetensors"
+    assert main(["convert", str(lora), str(out), "--to", "kohya", "--model", str(_model(I2V, request))]) == 0
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()[FAMILY_KEY] == V15

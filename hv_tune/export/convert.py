@@ -103,7 +103,7 @@ def convert_lora(
         what=f"are weight/bias deltas (.diff/.diff_b) the {to} format cannot carry",
     )
     diffs = {} if dropped else lora.diffs
-    write_lora(spec, lora.modules, dst, to, shapes, diffs)
+    write_lora(spec, lora.modules, dst, to, shapes, diffs, family=lora.family)  # a compatible family stays as read
     if to == Layout.KOHYA:
         result.notes += kohya_comfyui_notes(spec, lora.modules)
     if check:
