@@ -30,7 +30,7 @@ FAMILY_KEY = "hv_tune.family"
 
 def compatible(spec: ModelSpec) -> set[str]:
     """Family names whose LoRAs fit ``spec``'s model as they are: its own and ``spec.lora_compatible``."""
-    return {spec.name, *getattr(spec, "lora_compatible", ())}
+    return {spec.name, *spec.lora_compatible}
 
 
 def other_families(spec: ModelSpec) -> list[ModelSpec]:
