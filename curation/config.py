@@ -104,7 +104,7 @@ class CaptionConfig:
     model: str = _f("Qwen/Qwen2.5-VL-7B-Instruct", "transformers vision-language model: local folder or hub id.")
     revision: str | None = _f(None, "Hub revision when `model` is a hub id.")
     prompt: str = _f(DEFAULT_PROMPT, "Structured instruction: subject, motion, scene, camera, lighting, style.")
-    trigger_word: str = _f("", "Prepended to every caption as '<trigger>, <caption>' (empty = none).")
+    trigger_word: str = _f("", "Starts every caption (yours and the model's) once as '<trigger>, <caption>'; replaces [trigger].")
     overwrite: bool = _f(False, "Replace user captions (source.txt or an edited clips/ID.txt).")
     batch_size: int = _f(4, "Clips per generate() call.")
     num_frames: int = _f(8, "Frames given to the model per clip (evenly spaced; even is best for Qwen).")

@@ -22,7 +22,7 @@ from curation.executors import make_executor
 from curation.export import export_all
 from curation.filters import decide
 from curation.manifest import StateLog, fingerprint, public
-from curation.stages.caption import Captioner, CaptionFrames, user_caption
+from curation.stages.caption import Captioner, CaptionFrames, caption_by_rule, user_caption
 from curation.stages.clip_scores import ClipScores
 from curation.stages.frames import SampleFrames
 from curation.stages.motion import Motion
@@ -167,12 +167,14 @@ def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: Sta
         if rec["status"] == "accepted":
             stored = state.captions.get(rec["id"], fp)
             user = None if cfg.caption.overwrite else user_caption(rec, clips_dir, stored)
-            if user is not None:
-                rec.update(caption=user[0], caption_source="user")
+            if user is not None:  # the user's own text follows the caption rule too (trigger word included)
+                caption, edits = caption_by_rule(user[0], cfg.caption.trigger_word)
+                rec.update(caption=caption, caption_source="user", caption_edits=edits)
                 if user[1]:
                     rec["probe_notes"] = [*rec.get("probe_notes", []), user[1]]
             elif stored is not None:
-                rec.update(caption=stored["caption"], caption_source="model")
+                caption, edits = caption_by_rule(stored["caption"], cfg.caption.trigger_word)
+                rec.update(caption=caption, caption_source="model", caption_edits=sorted({*stored.get("edits", []), *edits}))
             elif cfg.caption.enabled:
                 todo.append(rec)
         out.append(rec)
@@ -183,13 +185,14 @@ def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: Sta
         done = {}
         for rec in make_executor(cfg).run(chain, todo, "caption"):
             if rec.get("caption_source") == "model":
-                state.captions.append({"id": rec["id"], "fingerprint": fp, "caption": rec["caption"]})
-                done[rec["id"]] = rec["caption"]
+                edits = rec.get("caption_edits", [])
+                state.captions.append({"id": rec["id"], "fingerprint": fp, "caption": rec["caption"], "edits": edits})
+                done[rec["id"]] = (rec["caption"], edits)
         result.captions_generated = captioner.clips_captioned - before[0]
         result.caption_calls = captioner.generate_calls - before[1]
         for rec in out:
             if rec["id"] in done:
-                rec.update(caption=done[rec["id"]], caption_source="model")
+                rec.update(caption=done[rec["id"]][0], caption_source="model", caption_edits=done[rec["id"]][1])
     return out
 
 

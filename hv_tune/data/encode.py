@@ -41,6 +41,7 @@ from hv_tune.data.plan import PlannedItem, plan_items, text_key
 from hv_tune.data.sources import Skip, scan_sources
 from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text, count
+from hv_tune.media import caption_edit_counts
 from hv_tune.memory.fp8 import apply_fp8_storage
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, condition_fields, resolve_dtype
 
@@ -59,6 +60,7 @@ class CacheSummary:
     conditions_reused: int = 0
     skipped: list[Skip] = field(default_factory=list)
     notes: list[Skip] = field(default_factory=list)
+    captions: dict[str, int] = field(default_factory=dict)  # what the caption rule did (hv_tune.media EDITS)
     seconds: float = 0.0
     changes: list[str] = field(default_factory=list)  # what differs from the previous build, and its effect
     repaired: list[str] = field(default_factory=list)  # broken cache files found (and re-encoded)
@@ -71,6 +73,8 @@ class CacheSummary:
                  + (f"; first-frame conditions: {self.conditions_encoded} encoded, {self.conditions_reused} reused"
                     if self.conditions_encoded or self.conditions_reused else ""),
                  "  bucket (frames x height x width)   items"]
+        if caption_edit_counts(self.captions):
+            lines.insert(2, f"  captions: {caption_edit_counts(self.captions)}")
         if self.changes:
             lines[1:1] = ["  rebuilt because:"] + [f"    {c}" for c in self.changes]
         if self.repaired:
@@ -102,7 +106,7 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan, fields)
     model_id = model_key(fingerprint["model"])
     planned = plan_items(scan, cfg.data, model_id, spec.video)
-    summary = CacheSummary(skipped=scan.skipped, notes=scan.notes)
+    summary = CacheSummary(skipped=scan.skipped, notes=scan.notes, captions=dict(scan.caption_edits))
     summary.changes, summary.repaired = _previous_build(root, fingerprint)
     texts = text_jobs(planned, model_id)
     encode_texts(spec, opts, device, root, texts, summary)

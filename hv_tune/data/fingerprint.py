@@ -20,7 +20,7 @@ from hv_tune.data.sources import Scan
 
 # data settings and what a change of each one invalidates
 LATENT_SETTINGS = ("resolution", "frame_buckets", "allow_upscale", "fps", "frame_extraction", "frame_samples")
-TEXT_SETTINGS = ("trigger_word", "missing_caption")
+TEXT_SETTINGS = ("trigger_word", "missing_caption", "caption_lines")
 NOT_RECORDED = ("sources", "cache_dir", "num_workers", "vae_tiling", "vae_slicing")  # no effect on the items
 
 
