@@ -107,7 +107,7 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     model_id = model_key(fingerprint["model"])
     planned = plan_items(scan, cfg.data, model_id, spec.video)
     summary = CacheSummary(skipped=scan.skipped, notes=scan.notes, captions=dict(scan.caption_edits))
-    summary.changes, summary.repaired = _previous_build(root, fingerprint)
+    summary.changes, summary.repaired = _previous_build(root, fingerprint, scan.not_accepted)
     texts = text_jobs(planned, model_id)
     encode_texts(spec, opts, device, root, texts, summary)
     done = encode_latents(spec, opts, device, root, planned, cfg, summary)
@@ -121,7 +121,7 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     return summary
 
 
-def _previous_build(root: Path, fingerprint: dict) -> tuple[list[str], list[str]]:
+def _previous_build(root: Path, fingerprint: dict, not_accepted: dict[str, str]) -> tuple[list[str], list[str]]:
     """What changed since the cache's last build, and its broken files (they get re-encoded)."""
     head = read_header(root)
     if head is None:
@@ -130,7 +130,7 @@ def _previous_build(root: Path, fingerprint: dict) -> tuple[list[str], list[str]
         broken = broken_files(root, read_index(root))
     except DataError:  # an empty or old index: nothing to check
         broken = []
-    return fingerprint_changes(head.get("fingerprint"), fingerprint), [describe_broken(root, *b) for b in broken]
+    return fingerprint_changes(head.get("fingerprint"), fingerprint, not_accepted), [describe_broken(root, *b) for b in broken]
 
 
 def text_jobs(planned: list[PlannedItem], model_id: str) -> dict[str, tuple[str, str]]:

@@ -43,6 +43,7 @@ class MediaItem:
     captions: list[str]
     settings: SourceSettings
     span: tuple[int, int] | None = None  # source frames [start, end), from a manifest
+    clip_id: str | None = None  # the manifest record's id (a curation clip)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Scan:
     skipped: list[Skip] = field(default_factory=list)
     notes: list[Skip] = field(default_factory=list)  # kept items with a remark (e.g. encoding)
     caption_edits: Counter = field(default_factory=Counter)  # what the caption rule did, by EDITS key
+    not_accepted: dict[str, str] = field(default_factory=dict)  # item_key -> status of manifest clips left out
 
 
 def resolve_settings(src: SourceConfig, data: DataConfig) -> SourceSettings:
@@ -145,11 +147,19 @@ def _not_media_reason(path: Path) -> str:
             f"images {' '.join(sorted(IMAGE_EXTS))}")
 
 
+def item_key(path: Path, clip_id: str | None = None) -> str:
+    """An item's key in the cache fingerprint: the resolved media path, ``#<clip id>`` for a manifest clip."""
+    return str(path.resolve()) + (f"#{clip_id}" if clip_id else "")
+
+
 def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
     for n, rec in _jsonl_records(path, scan):
-        if rec.get("status") != "accepted":
-            continue
         media = _resolve(path, rec.get("source"))
+        clip_id = str(rec["id"]) if rec.get("id") else None
+        if rec.get("status") != "accepted":
+            if media is not None and clip_id:  # named when it leaves the cache (e.g. `curation filter`)
+                scan.not_accepted[item_key(media, clip_id)] = str(rec.get("status"))
+            continue
         if media is None or media_kind(media) is None:
             scan.skipped.append(Skip(f"{path}:{n}", f"manifest record has no usable 'source' ({rec.get('source')!r})"))
             continue
@@ -159,7 +169,7 @@ def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
             span = None
         captions = finish_captions(media, rec.get("caption"), s, scan)
         if captions is not None:
-            scan.items.append(MediaItem(media, media_kind(media), captions, s, span))
+            scan.items.append(MediaItem(media, media_kind(media), captions, s, span, clip_id))
 
 
 def scan_jsonl(path: Path, s: SourceSettings, scan: Scan) -> None:
