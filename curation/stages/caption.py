@@ -27,20 +27,25 @@ def build_prompt(cfg: CaptionConfig, rec: dict[str, Any]) -> str:
     return f"{cfg.prompt}\nThis is a {kind}. Answer with the caption only."
 
 
-def user_caption(rec: dict[str, Any], clips_dir: Path, stored: dict[str, Any] | None) -> tuple[str, str | None] | None:
-    """A caption the user wrote, ``(text, note)``: ``clips/ID.txt`` edited after export, or the source's own.
+def edited_caption(rec: dict[str, Any], clips_dir: Path, ours: set[str]) -> tuple[str, str | None] | None:
+    """``(text, note)`` of ``clips/ID.txt`` when the user edited it: it holds none of ``ours`` (the
+    caption the last run wrote there, the stored model caption); None otherwise.
 
-    The source's own caption is ``<source>.txt`` in any case of the extension (``clip.TXT`` too,
-    ``hv_tune.media.find_caption_file``). A ``clips/ID.txt`` equal to the stored model caption is
-    ours, not the user's. Files are read by ``hv_tune.media.read_caption_file`` (the cache's
-    reader too): UTF-8 with or without BOM, UTF-16 by BOM, else cp1252 with a note. The text is
-    returned as written; the caller applies the caption rule (``hv_tune.media.apply_caption_rule``).
+    Caption files are read by ``hv_tune.media.read_caption_file`` (the cache's reader too): UTF-8
+    with or without BOM, UTF-16 by BOM, else cp1252 with a note. Texts are returned as written;
+    the caller applies the caption rule (``hv_tune.media.apply_caption_rule``).
     """
     exported = clips_dir / f"{rec['id']}.txt"
     if exported.is_file():
         text, note = read_caption_file(exported)
-        if text.strip() and (stored is None or text.strip() != stored.get("caption")):
+        if text.strip() and text.strip() not in ours:
             return text, _note(exported, note)
+    return None
+
+
+def source_caption(rec: dict[str, Any]) -> tuple[str, str | None] | None:
+    """``(text, note)`` of the source's own caption, ``<source>.txt`` in any case of the extension
+    (``clip.TXT`` too, ``hv_tune.media.find_caption_file``); None without one or when it is blank."""
     sidecar = find_caption_file(rec["source"])
     if sidecar is not None:
         text, note = read_caption_file(sidecar)

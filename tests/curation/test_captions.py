@@ -64,3 +64,26 @@ def test_user_captions_any_case_follow_the_rule_and_are_counted(tmp_path, sample
     assert "prefixed with the trigger word" in table and "joined from several lines" in table
     again = run(tiny_config("caption.trigger_word=sks"), inp, out)  # clips/*.txt read back: nothing doubles
     assert {r["id"]: r["caption"] for r in again.records} == {r["id"]: r["caption"] for r in result.records}
+
+
+def test_changed_trigger_source_caption_and_edits_are_applied_once(tmp_path, samples, tiny_config):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    shutil.copy(samples / "red_circle.mp4", inp)
+    (inp / "red_circle.txt").write_text("my words\n")
+
+    def caption(trigger: str) -> str:
+        (rec,) = [r for r in run(tiny_config(f"caption.trigger_word={trigger}", "caption.enabled=false"), inp,
+                                 out).records if r["status"] == "accepted"]
+        assert (out / "clips" / f"{rec['id']}.txt").read_text() == rec["caption"] + "\n"
+        return rec["id"], rec["caption"]
+
+    assert caption("sks")[1] == "sks, my words"
+    assert caption("ohwx")[1] == "ohwx, my words"  # clips/ID.txt holds what we wrote: not an edit, no 'ohwx, sks'
+    (inp / "red_circle.txt").write_text("new words\n")
+    cid, text = caption("ohwx")
+    assert text == "ohwx, new words"  # the source's changed caption is used, not our earlier copy
+    (out / "clips" / f"{cid}.txt").write_text("a hand edit\n")
+    assert caption("ohwx")[1] == "ohwx, a hand edit"
+    assert caption("sks")[1] == "sks, a hand edit"  # the edit is kept across runs, the trigger applied once
+    assert caption("sks")[1] == "sks, a hand edit"
