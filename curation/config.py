@@ -48,6 +48,13 @@ class ScenesConfig:
     trim_frames: int = _f(1, "Frames dropped on each side of a detected cut (boundary frames leak across).")
     min_clip_s: float = _f(2.0, "Scenes shorter than this (after trimming) become rejected records.")
     max_clip_s: float = _f(10.0, "Longer scenes are cut into equal pieces no longer than this.")
+    black_luma: float = _f(0.1, "A pixel is black below this luma (fraction of white; ffmpeg blackdetect's pix_th).")
+    black_pixels: float | None = _f(
+        0.95, "A frame is near-black when this share of its pixels is black (blackdetect's pic_th, 0.98 there); "
+        "such stretches (fades, black, title cards) are cut out of clips. null = keep them."
+    )
+    fade_step: float = _f(0.02, "Frames beside a black stretch that darken toward it by at least this "
+                                "fraction per frame are its fade and are cut out with it.")
 
 
 @dataclass
@@ -104,7 +111,7 @@ class CaptionConfig:
     model: str = _f("Qwen/Qwen2.5-VL-7B-Instruct", "transformers vision-language model: local folder or hub id.")
     revision: str | None = _f(None, "Hub revision when `model` is a hub id.")
     prompt: str = _f(DEFAULT_PROMPT, "Structured instruction: subject, motion, scene, camera, lighting, style.")
-    trigger_word: str = _f("", "Prepended to every caption as '<trigger>, <caption>' (empty = none).")
+    trigger_word: str = _f("", "Starts every caption (yours and the model's) once as '<trigger>, <caption>'; replaces [trigger].")
     overwrite: bool = _f(False, "Replace user captions (source.txt or an edited clips/ID.txt).")
     batch_size: int = _f(4, "Clips per generate() call.")
     num_frames: int = _f(8, "Frames given to the model per clip (evenly spaced; even is best for Qwen).")
@@ -217,6 +224,9 @@ def validate(cfg: CurationConfig) -> None:
         (s.min_clip_s >= 0, "scenes.min_clip_s", "must be >= 0"),
         (s.max_clip_s > s.min_clip_s, "scenes.max_clip_s", f"must be > scenes.min_clip_s ({s.min_clip_s})"),
         (s.window_width >= 1, "scenes.window_width", "must be >= 1"),
+        (0 < s.black_luma < 1, "scenes.black_luma", "must be in (0, 1) (a fraction of white)"),
+        (s.black_pixels is None or 0 < s.black_pixels <= 1, "scenes.black_pixels", "must be in (0, 1] or null"),
+        (s.fade_step >= 0, "scenes.fade_step", "must be >= 0"),
         (bool(fr.positions) and all(0 <= x <= 1 for x in fr.positions), "frames.positions", "must be fractions in [0, 1]"),
         (fr.short_side >= 32, "frames.short_side", "must be >= 32"),
         (m.fps > 0, "motion.fps", "must be > 0"),

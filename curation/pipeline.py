@@ -21,8 +21,8 @@ from curation.errors import InputError
 from curation.executors import make_executor
 from curation.export import export_all
 from curation.filters import decide
-from curation.manifest import StateLog, fingerprint, public
-from curation.stages.caption import Captioner, CaptionFrames, user_caption
+from curation.manifest import StateLog, fingerprint, public, read_manifest
+from curation.stages.caption import Captioner, CaptionFrames, caption_by_rule, edited_caption, source_caption
 from curation.stages.clip_scores import ClipScores
 from curation.stages.frames import SampleFrames
 from curation.stages.motion import Motion
@@ -57,11 +57,13 @@ class State:
     files: StateLog
     scores: StateLog
     captions: StateLog
+    edits: StateLog  # the user's edits of clips/ID.txt, as written (the caption rule is applied on use)
 
     @classmethod
     def open(cls, out_dir: Path) -> State:
         d = Path(out_dir) / "state"
-        return cls(StateLog(d / "files.jsonl", "rel"), StateLog(d / "scores.jsonl"), StateLog(d / "captions.jsonl"))
+        return cls(StateLog(d / "files.jsonl", "rel"), StateLog(d / "scores.jsonl"), StateLog(d / "captions.jsonl"),
+                   StateLog(d / "caption_edits.jsonl"))
 
 
 def fingerprints(cfg: CurationConfig) -> dict[str, str]:
@@ -161,18 +163,22 @@ def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: Sta
     """Captions for accepted clips: the user's own text if any, else stored, else the model's."""
     fp = fingerprints(cfg)["caption"]
     clips_dir = out_dir / "clips"
+    written = _written_captions(out_dir)
     todo, out = [], []
     for rec in records:
         rec = dict(rec)
         if rec["status"] == "accepted":
             stored = state.captions.get(rec["id"], fp)
-            user = None if cfg.caption.overwrite else user_caption(rec, clips_dir, stored)
-            if user is not None:
-                rec.update(caption=user[0], caption_source="user")
+            ours = {c for c in (written.get(rec["id"]), (stored or {}).get("caption")) if c}
+            user = None if cfg.caption.overwrite else user_caption(rec, clips_dir, ours, state.edits)
+            if user is not None:  # the user's own text follows the caption rule too (trigger word included)
+                caption, edits = caption_by_rule(user[0], cfg.caption.trigger_word)
+                rec.update(caption=caption, caption_source="user", caption_edits=edits)
                 if user[1]:
                     rec["probe_notes"] = [*rec.get("probe_notes", []), user[1]]
             elif stored is not None:
-                rec.update(caption=stored["caption"], caption_source="model")
+                caption, edits = caption_by_rule(stored["caption"], cfg.caption.trigger_word)
+                rec.update(caption=caption, caption_source="model", caption_edits=sorted({*stored.get("edits", []), *edits}))
             elif cfg.caption.enabled:
                 todo.append(rec)
         out.append(rec)
@@ -183,14 +189,37 @@ def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: Sta
         done = {}
         for rec in make_executor(cfg).run(chain, todo, "caption"):
             if rec.get("caption_source") == "model":
-                state.captions.append({"id": rec["id"], "fingerprint": fp, "caption": rec["caption"]})
-                done[rec["id"]] = rec["caption"]
+                edits = rec.get("caption_edits", [])
+                state.captions.append({"id": rec["id"], "fingerprint": fp, "caption": rec["caption"], "edits": edits})
+                done[rec["id"]] = (rec["caption"], edits)
         result.captions_generated = captioner.clips_captioned - before[0]
         result.caption_calls = captioner.generate_calls - before[1]
         for rec in out:
             if rec["id"] in done:
-                rec.update(caption=done[rec["id"]], caption_source="model")
+                rec.update(caption=done[rec["id"]][0], caption_source="model", caption_edits=done[rec["id"]][1])
     return out
+
+
+def user_caption(rec: dict[str, Any], clips_dir: Path, ours: set[str], edits: StateLog) -> tuple[str, str | None] | None:
+    """The user's own caption text: a new edit of ``clips/ID.txt`` (stored in ``edits``), an earlier
+    edit, else the source's own ``.txt``; ``(text, note)`` or None."""
+    edit = edited_caption(rec, clips_dir, ours)
+    if edit is not None:
+        if (edits.get(rec["id"]) or {}).get("text") != edit[0]:
+            edits.append({"id": rec["id"], "text": edit[0]})
+        return edit
+    earlier = edits.get(rec["id"])
+    return (earlier["text"], None) if earlier else source_caption(rec)
+
+
+def _written_captions(out_dir: Path) -> dict[str, str]:
+    """Clip id -> the caption the last run wrote to ``clips/ID.txt`` (from its manifest): a file
+    still holding it is ours, so a changed trigger word or source caption is applied, not kept."""
+    try:
+        rows = read_manifest(out_dir)
+    except InputError:  # no earlier run, or a damaged manifest: every differing clips/ID.txt is an edit
+        return {}
+    return {r["id"]: r["caption"] for r in rows if isinstance(r, dict) and r.get("id") and r.get("caption")}
 
 
 def refilter(cfg: CurationConfig, out_dir: Path, stages: dict[str, Any] | None = None) -> RunResult:

@@ -6,16 +6,22 @@ from collections import Counter
 from typing import Any
 
 from curation.filters import reason_kind
+from hv_tune.media.captions import EDITS
 
 
 def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = ()) -> dict[str, Any]:
-    """Counts: accepted, rejected by reason kind, errors; and the walked files that were not used."""
+    """Counts: accepted, rejected by reason kind, errors; what the caption rule did to the captions
+    (``captions_edited``: how many were prefixed, joined, had ``[trigger]`` replaced, ...); and the
+    walked files that were not used."""
     status = Counter(r["status"] for r in records)
     by_reason = Counter(reason_kind(reason) for r in records if r["status"] == "rejected" for reason in r["reasons"])
     errors = Counter(reason_kind(reason) for r in records if r["status"] == "error" for reason in r["reasons"])
+    edits = Counter(e for r in records if r.get("caption") is not None for e in r.get("caption_edits") or [])
     return {"clips": len(records), "accepted": status.get("accepted", 0), "rejected": status.get("rejected", 0),
             "error": status.get("error", 0), "rejected_by_reason": dict(sorted(by_reason.items())),
-            "errors_by_reason": dict(sorted(errors.items())), "skipped_files": list(skipped)}
+            "errors_by_reason": dict(sorted(errors.items())),
+            "captions": sum(r.get("caption") is not None for r in records),
+            "captions_edited": {k: edits[k] for k in EDITS if edits[k]}, "skipped_files": list(skipped)}
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -24,6 +30,9 @@ def format_summary(s: dict[str, Any]) -> str:
     lines += [f"  {k:<30}{v:>8}" for k, v in s["rejected_by_reason"].items()]
     lines += [f"{'errors':<32}{s['error']:>8}"]
     lines += [f"  {k:<30}{v:>8}" for k, v in s["errors_by_reason"].items()]
+    if "captions" in s:
+        lines += [f"{'captions':<32}{s['captions']:>8}"]
+        lines += [f"  {EDITS[k]:<30}{v:>8}" for k, v in s.get("captions_edited", {}).items()]
     skipped = s.get("skipped_files", [])
     lines += [f"{'skipped files':<32}{len(skipped):>8}"]
     lines += [f"  {f['rel']}: {f['reason']}" for f in skipped]

@@ -59,6 +59,7 @@ class SourceConfig:
     frame_extraction: Literal["head", "uniform", "chunks"] | None = _f(None, "Override of data.frame_extraction.")
     frame_samples: int | None = _f(None, "Override of data.frame_samples.")
     trigger_word: str | None = _f(None, "Override of data.trigger_word.")
+    caption_lines: Literal["join", "split"] | None = _f(None, "Override of data.caption_lines.")
     caption_dropout: float | None = _f(None, "Override of data.caption_dropout.")
     missing_caption: Literal["error", "empty", "filename"] | None = _f(None, "Override of data.missing_caption.")
 
@@ -74,7 +75,11 @@ class DataConfig:
     frame_extraction: Literal["head", "uniform", "chunks"] = _f("head", "Windows per clip: head (first), "
                                                                 "uniform (frame_samples spread out), chunks (consecutive).")
     frame_samples: int = _f(1, "Windows per clip for frame_extraction=uniform.")
-    trigger_word: str = _f("", "Prepended to every caption as `trigger, caption` (empty = none).")
+    trigger_word: str = _f("", "Starts every caption once as `trigger, caption`; replaces `[trigger]` (empty = none).")
+    caption_lines: Literal["join", "split"] = _f(
+        "join", "A caption file or field with several lines: join (one caption, as musubi-tuner and "
+        "diffusion-pipe read it) or split (one alternative caption per line, one drawn per epoch)."
+    )
     caption_dropout: float = _f(0.0, "Probability of training an item on the empty prompt.")
     missing_caption: Literal["error", "empty", "filename"] = _f(
         "error", "Item without caption: error (skip and report), empty prompt, or the file name."

@@ -196,10 +196,10 @@ def test_rerun_reuses_everything_and_caption_change_reencodes_only_text(spec, ti
     assert again.latents_reused == 7
     (folder / "clip003.txt").write_text("a new caption\nand a second one\n")
     third = build_cache(spec, cache_config(tiny_model, folder, cache), "cpu")
-    assert (third.latents_encoded, third.texts_encoded) == (0, 2)
+    assert (third.latents_encoded, third.texts_encoded) == (0, 1)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # nothing rewritten
     entry = next(e for e in read_index(cache) if e.id.startswith("clip003"))
-    assert entry.captions == ["a new caption", "and a second one"] and len(entry.texts) == 2
+    assert entry.captions == ["a new caption and a second one"] and len(entry.texts) == 1  # one caption per file
 
 
 def _bad_folder(root: Path, good: Path) -> Path:
@@ -344,3 +344,44 @@ def test_dataset_serves_the_empty_prompt_for_dropout(demo_cache):
     assert torch.equal(normal["latent_mean"], dropped["latent_mean"])
     assert not torch.equal(normal["prompt_embeds"], dropped["prompt_embeds"])
     assert dropped["prompt_attention_mask"].sum() == 1  # "" leaves only the template's closing <|eot_id|>
+
+
+def test_clips_rejected_after_curation_filter_are_named_not_gone(spec, tiny_model, tmp_path):
+    """`curation filter` rejecting clips: the cache names them as having left the manifest, not as gone files."""
+    manifest = tmp_path / "curated" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    long, short = tmp_path / "long.mp4", tmp_path / "short.mp4"
+    write_index_video(long, 12, fps=24, size=(32, 32))
+    write_index_video(short, 6, fps=24, size=(32, 32))
+    recs = [{"id": "long-aaaa-000000-000006", "source": str(long), "start_frame": 0, "end_frame": 6, "caption": "one"},
+            {"id": "long-aaaa-000006-000012", "source": str(long), "start_frame": 6, "end_frame": 12, "caption": "two"},
+            {"id": "short-bbbb-000000-000006", "source": str(short), "start_frame": 0, "end_frame": 6, "caption": "all"}]
+
+    def write(rejected: set[str]) -> None:
+        manifest.write_text("".join(json.dumps({**r, "status": "rejected" if r["id"] in rejected else "accepted"})
+                                    + "\n" for r in recs))
+
+    write(set())
+    cache = tmp_path / "cache"
+    cfg = cache_config(tiny_model, manifest, cache)
+    assert build_cache(spec, cfg, "cpu").items == 3
+    write({"long-aaaa-000006-000012", "short-bbbb-000000-000006"})  # what `curation filter` writes
+    again = build_cache(spec, cfg, "cpu")
+    assert again.items == 1 and (again.latents_encoded, again.texts_encoded) == (0, 0)
+    assert again.changes == ["2 clip(s) left the manifest as rejected (e.g. by `curation filter`: "
+                             "long-aaaa-000006-000012, short-bbbb-000000-000006): dropped from the index"]
+    assert "gone" not in again.table()
+
+
+def test_index_changes_name_each_way_an_item_left():
+    from hv_tune.data.fingerprint import fingerprint_changes
+
+    base = {"model": {}, "data": {}, "sources": []}
+    old = {**base, "files": {"/m/a.mp4#a-1": [1, 1, "c"], "/m/a.mp4#a-2": [1, 1, "c"], "/m/b.mp4#b-1": [1, 1, "c"],
+                             "/f/x.mp4": [1, 1, "c"]}}
+    new = {**base, "files": {"/m/a.mp4#a-1": [1, 1, "c"]}}
+    assert fingerprint_changes(old, new, {"/m/a.mp4#a-2": "error"}) == [
+        "1 clip(s) left the manifest as error (e.g. by `curation filter`: a-2): dropped from the index",
+        "2 source file(s) gone (b-1, x.mp4): dropped from the index"]
+    del old["files"]["/f/x.mp4"]
+    assert fingerprint_changes(old, new, {})[-1] == "2 clip(s) no longer in the manifest (a-2, b-1): dropped from the index"

@@ -1,5 +1,7 @@
 """Captions from a transformers vision-language model (Qwen2.5-VL by default) for accepted clips.
 
+User and model captions follow the one caption rule of ``hv_tune.media`` (the cache's too).
+
 The model gets ``caption.num_frames`` evenly spaced frames as a video (an image for 1-frame
 clips) and a structured prompt. Generation is greedy, so a re-run gives the same caption.
 ``trust_remote_code`` stays off: only architectures that transformers ships are loaded.
@@ -16,7 +18,7 @@ import torch
 from curation.config import CaptionConfig
 from curation.media import evenly_spaced, read_clip_frames
 from curation.stages.clip_scores import resolve_device
-from hv_tune.media import read_caption_file
+from hv_tune.media import apply_caption_rule, find_caption_file, read_caption_file
 
 
 def build_prompt(cfg: CaptionConfig, rec: dict[str, Any]) -> str:
@@ -25,36 +27,41 @@ def build_prompt(cfg: CaptionConfig, rec: dict[str, Any]) -> str:
     return f"{cfg.prompt}\nThis is a {kind}. Answer with the caption only."
 
 
-def with_trigger(caption: str, trigger: str) -> str:
-    """``'<trigger>, <caption>'`` (once), or the caption when no trigger word is set."""
-    caption = " ".join(caption.split())
-    if not trigger or caption.startswith(trigger):
-        return caption
-    return f"{trigger}, {caption}"
+def edited_caption(rec: dict[str, Any], clips_dir: Path, ours: set[str]) -> tuple[str, str | None] | None:
+    """``(text, note)`` of ``clips/ID.txt`` when the user edited it: it holds none of ``ours`` (the
+    caption the last run wrote there, the stored model caption); None otherwise.
 
-
-def user_caption(rec: dict[str, Any], clips_dir: Path, stored: dict[str, Any] | None) -> tuple[str, str | None] | None:
-    """A caption the user wrote, ``(text, note)``: ``clips/ID.txt`` edited after export, or ``<source>.txt``.
-
-    A ``clips/ID.txt`` equal to the stored model caption is ours, not the user's. Files are read
-    by ``hv_tune.media.read_caption_file`` (the cache's reader too): UTF-8 with or without BOM,
-    UTF-16 by BOM, else cp1252 with a note.
+    Caption files are read by ``hv_tune.media.read_caption_file`` (the cache's reader too): UTF-8
+    with or without BOM, UTF-16 by BOM, else cp1252 with a note. Texts are returned as written;
+    the caller applies the caption rule (``hv_tune.media.apply_caption_rule``).
     """
     exported = clips_dir / f"{rec['id']}.txt"
     if exported.is_file():
         text, note = read_caption_file(exported)
-        text = text.strip()
-        if text and (stored is None or text != stored.get("caption")):
+        if text.strip() and text.strip() not in ours:
             return text, _note(exported, note)
-    sidecar = Path(rec["source"]).with_suffix(".txt")
-    if sidecar.is_file():
+    return None
+
+
+def source_caption(rec: dict[str, Any]) -> tuple[str, str | None] | None:
+    """``(text, note)`` of the source's own caption, ``<source>.txt`` in any case of the extension
+    (``clip.TXT`` too, ``hv_tune.media.find_caption_file``); None without one or when it is blank."""
+    sidecar = find_caption_file(rec["source"])
+    if sidecar is not None:
         text, note = read_caption_file(sidecar)
-        return (text.strip(), _note(sidecar, note)) if text.strip() else None
+        return (text, _note(sidecar, note)) if text.strip() else None
     return None
 
 
 def _note(path: Path, note: str | None) -> str | None:
     return f"{path.name}: {note}" if note else None
+
+
+def caption_by_rule(text: str, trigger: str) -> tuple[str, list[str]]:
+    """One clip's caption by the caption rule (``hv_tune.media.apply_caption_rule``) and its edits:
+    lines joined, control characters removed, ``[trigger]`` replaced, the trigger word first, once."""
+    captions, edits = apply_caption_rule(text, trigger)
+    return (captions[0] if captions else " ".join(trigger.split())), edits
 
 
 class CaptionFrames:
@@ -115,16 +122,17 @@ class Captioner:
     def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         self.setup()
         todo = [r for r in records if r.get("_caption_frames") is not None]
-        done: dict[str, str] = {}
+        done: dict[str, tuple[str, list[str]]] = {}
         for i in range(0, len(todo), self.cfg.batch_size):
             batch = todo[i : i + self.cfg.batch_size]
             for rec, text in zip(batch, self.generate(batch)):
-                done[rec["id"]] = with_trigger(text, self.cfg.trigger_word)
+                done[rec["id"]] = caption_by_rule(text, self.cfg.trigger_word)
         out = []
         for rec in records:
             rec = {k: v for k, v in rec.items() if k != "_caption_frames"}
             if rec["id"] in done:
-                rec.update(caption=done[rec["id"]], caption_source="model")
+                caption, edits = done[rec["id"]]
+                rec.update(caption=caption, caption_source="model", caption_edits=edits)
             out.append(rec)
         return out
 

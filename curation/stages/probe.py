@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import InputConfig, ProbeConfig
+from hv_tune.media.captions import is_caption_name
 
 # ----------------------------------------------------------------------------- discovery
 
@@ -47,7 +48,7 @@ def discover(input_dir: Path, cfg: InputConfig, skipped: list[dict[str, str]] | 
     if skipped is not None:
         stems = {Path(r["rel"]).with_suffix("").as_posix() for r in records}
         skipped += [{"rel": rel, "reason": reason} for rel, reason in sorted(others)
-                    if not (rel.lower().endswith(".txt") and Path(rel).with_suffix("").as_posix() in stems)]
+                    if not (is_caption_name(rel) and Path(rel).with_suffix("").as_posix() in stems)]
     return sorted(records, key=lambda r: r["rel"])
 
 

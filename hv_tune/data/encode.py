@@ -41,6 +41,7 @@ from hv_tune.data.plan import PlannedItem, plan_items, text_key
 from hv_tune.data.sources import Skip, scan_sources
 from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text, count
+from hv_tune.media import caption_edit_counts
 from hv_tune.memory.fp8 import apply_fp8_storage
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, condition_fields, resolve_dtype
 
@@ -81,6 +82,7 @@ class CacheSummary:
     notes: list[Skip] = field(default_factory=list)
     cropped: list[Cropped] = field(default_factory=list)  # sources keeping < CROP_NOTE_BELOW of their area
     i2v_stills: int = 0  # image-to-video items of one frame: conditioned on themselves
+    captions: dict[str, int] = field(default_factory=dict)  # what the caption rule did (hv_tune.media EDITS)
     seconds: float = 0.0
     changes: list[str] = field(default_factory=list)  # what differs from the previous build, and its effect
     repaired: list[str] = field(default_factory=list)  # broken cache files found (and re-encoded)
@@ -93,6 +95,8 @@ class CacheSummary:
                  + (f"; first-frame conditions: {self.conditions_encoded} encoded, {self.conditions_reused} reused"
                     if self.conditions_encoded or self.conditions_reused else ""),
                  "  bucket (frames x height x width)   items"]
+        if caption_edit_counts(self.captions):
+            lines.insert(2, f"  captions: {caption_edit_counts(self.captions)}")
         if self.changes:
             lines[1:1] = ["  rebuilt because:"] + [f"    {c}" for c in self.changes]
         if self.repaired:
@@ -131,8 +135,8 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan, fields)
     model_id = model_key(fingerprint["model"])
     planned = plan_items(scan, cfg.data, model_id, spec.video)
-    summary = CacheSummary(skipped=scan.skipped, notes=scan.notes)
-    summary.changes, summary.repaired = _previous_build(root, fingerprint)
+    summary = CacheSummary(skipped=scan.skipped, notes=scan.notes, captions=dict(scan.caption_edits))
+    summary.changes, summary.repaired = _previous_build(root, fingerprint, scan.not_accepted)
     texts = text_jobs(planned, model_id)
     encode_texts(spec, opts, device, root, texts, summary)
     done = encode_latents(spec, opts, device, root, planned, cfg, summary)
@@ -159,7 +163,7 @@ def cropped_sources(items: list[PlannedItem], below: float = CROP_NOTE_BELOW) ->
     return sorted(worst.values(), key=lambda c: (c.kept, c.path))
 
 
-def _previous_build(root: Path, fingerprint: dict) -> tuple[list[str], list[str]]:
+def _previous_build(root: Path, fingerprint: dict, not_accepted: dict[str, str]) -> tuple[list[str], list[str]]:
     """What changed since the cache's last build, and its broken files (they get re-encoded)."""
     head = read_header(root)
     if head is None:
@@ -168,7 +172,7 @@ def _previous_build(root: Path, fingerprint: dict) -> tuple[list[str], list[str]
         broken = broken_files(root, read_index(root))
     except DataError:  # an empty or old index: nothing to check
         broken = []
-    return fingerprint_changes(head.get("fingerprint"), fingerprint), [describe_broken(root, *b) for b in broken]
+    return fingerprint_changes(head.get("fingerprint"), fingerprint, not_accepted), [describe_broken(root, *b) for b in broken]
 
 
 def text_jobs(planned: list[PlannedItem], model_id: str) -> dict[str, tuple[str, str]]:

@@ -16,11 +16,11 @@ from typing import Any
 
 from hv_tune.config import Config, DataConfig
 from hv_tune.data.plan import model_identity
-from hv_tune.data.sources import Scan
+from hv_tune.data.sources import Scan, item_key
 
 # data settings and what a change of each one invalidates
 LATENT_SETTINGS = ("resolution", "frame_buckets", "allow_upscale", "fps", "frame_extraction", "frame_samples")
-TEXT_SETTINGS = ("trigger_word", "missing_caption")
+TEXT_SETTINGS = ("trigger_word", "missing_caption", "caption_lines")
 NOT_RECORDED = ("sources", "cache_dir", "num_workers", "vae_tiling", "vae_slicing")  # no effect on the items
 
 
@@ -76,13 +76,18 @@ def cache_fingerprint(
     for item in scan.items:
         st = item.path.stat() if item.path.exists() else None
         captions = hashlib.sha256(json.dumps(item.captions).encode()).hexdigest()[:12]
-        files[str(item.path.resolve())] = [st.st_size if st else -1, st.st_mtime_ns if st else -1, captions]
+        files[item_key(item.path, item.clip_id)] = [st.st_size if st else -1, st.st_mtime_ns if st else -1, captions]
     return {"model": model_fingerprint(cfg, spec_name, transformer_subfolder, conditions), "data": data,
             "sources": [asdict(s) for s in cfg.data.sources], "files": files}
 
 
-def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """Human-readable differences, each with what it invalidates; empty when nothing changed."""
+def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any],
+                        not_accepted: dict[str, str] | None = None) -> list[str]:
+    """Human-readable differences, each with what it invalidates; empty when nothing changed.
+
+    ``not_accepted``: item key -> status of the manifest clips that are not accepted now
+    (``Scan.not_accepted``), so clips that left the index that way are named as such.
+    """
     if not old:
         return ["the cache records no fingerprint (an older hv-tune wrote it): checking every file"]
     out: list[str] = []
@@ -102,25 +107,34 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list
             out.append(f"data.{k}: {od.get(k)!r} -> {nd[k]!r}: {effect}")
     if old.get("sources") != new["sources"]:
         out.append(f"data.sources changed ({old.get('sources')} -> {new['sources']}): items are re-planned")
-    out += _file_changes(old.get("files", {}), new["files"])
+    out += _file_changes(old.get("files", {}), new["files"], not_accepted or {})
     return out
 
 
 def _names(paths: list[str]) -> str:
-    shown = ", ".join(Path(p).name for p in paths[:5])
+    """File names, or the clip ids of manifest clips (``path#id``); five at most."""
+    shown = ", ".join(p.rsplit("#", 1)[1] if "#" in p else Path(p).name for p in paths[:5])
     return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
-def _file_changes(old: dict[str, list], new: dict[str, list]) -> list[str]:
+def _file_changes(old: dict[str, list], new: dict[str, list], not_accepted: dict[str, str]) -> list[str]:
     added = [p for p in new if p not in old]
-    removed = [p for p in old if p not in new]
+    left = {}
+    for p in old:
+        if p not in new and p in not_accepted:
+            left.setdefault(not_accepted[p], []).append(p)
+    removed = [p for p in old if p not in new and p not in not_accepted]
     changed = [p for p in new if p in old and old[p][:2] != new[p][:2]]
     recaptioned = [p for p in new if p in old and old[p][:2] == new[p][:2] and old[p][2] != new[p][2]]
     out = []
     if added:
         out.append(f"{len(added)} new source file(s) ({_names(added)}): encoded")
+    for status, clips in sorted(left.items()):
+        out.append(f"{len(clips)} clip(s) left the manifest as {status} (e.g. by `curation filter`: "
+                   f"{_names(clips)}): dropped from the index")
     if removed:
-        out.append(f"{len(removed)} source file(s) gone ({_names(removed)}): dropped from the index")
+        what = "clip(s) no longer in the manifest" if all("#" in p for p in removed) else "source file(s) gone"
+        out.append(f"{len(removed)} {what} ({_names(removed)}): dropped from the index")
     if changed:
         out.append(f"{len(changed)} source file(s) changed on disk (size or mtime: {_names(changed)}): "
                    "their latents are re-encoded")
@@ -143,4 +157,5 @@ def stale_reasons(
             return [f"the cache was encoded with model {old['model'].get('path')}, not {cfg.model.path}"]
         return []
     scan = scan_sources(cfg.data)
-    return fingerprint_changes(old, cache_fingerprint(cfg, spec_name, transformer_subfolder, scan, conditions))
+    new = cache_fingerprint(cfg, spec_name, transformer_subfolder, scan, conditions)
+    return fingerprint_changes(old, new, scan.not_accepted)

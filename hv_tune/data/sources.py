@@ -1,10 +1,11 @@
 """Dataset inputs -> media items with captions. No decoding happens here.
 
 Four kinds of source (``data.sources[i].type``, ``auto`` picks by path):
-``folder`` (media files with sidecar ``.txt`` captions, one caption per line),
+``folder`` (media files with sidecar ``.txt`` captions, any case of the extension),
 ``manifest`` (hv-tune curation ``manifest.jsonl``: accepted records only, their frame span),
 ``jsonl`` (musubi-tuner: ``{"video_path" | "image_path": ..., "caption": ...}``) and
 ``csv`` (finetrainers: ``path,caption`` columns). Problems become ``Skip`` records.
+Every caption goes through ``hv_tune.media.apply_caption_rule``, the rule curation applies too.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import csv
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hv_tune.config import DataConfig, SourceConfig
-from hv_tune.media import decode_caption_bytes, read_caption_file
+from hv_tune.media import apply_caption_rule, decode_caption_bytes, find_caption_file, read_caption_file
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -33,6 +35,7 @@ class SourceSettings:
     trigger_word: str
     caption_dropout: float
     missing_caption: str
+    caption_lines: str = "join"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class MediaItem:
     captions: list[str]
     settings: SourceSettings
     span: tuple[int, int] | None = None  # source frames [start, end), from a manifest
+    clip_id: str | None = None  # the manifest record's id (a curation clip)
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Scan:
     items: list[MediaItem] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     notes: list[Skip] = field(default_factory=list)  # kept items with a remark (e.g. encoding)
+    caption_edits: Counter = field(default_factory=Counter)  # what the caption rule did, by EDITS key
+    not_accepted: dict[str, str] = field(default_factory=dict)  # item_key -> status of manifest clips left out
 
 
 def resolve_settings(src: SourceConfig, data: DataConfig) -> SourceSettings:
@@ -62,7 +68,7 @@ def resolve_settings(src: SourceConfig, data: DataConfig) -> SourceSettings:
         own = getattr(src, name)
         return getattr(data, name) if own is None else own
 
-    names = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption")
+    names = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption", "caption_lines")
     return SourceSettings(src.repeats, *(pick(n) for n in names))
 
 
@@ -94,35 +100,24 @@ def _looks_like_manifest(p: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- captions
-# Caption files are decoded by hv_tune.media (UTF-8 / UTF-16 by BOM / cp1252 with a note),
-# the reader curation uses too.
-
-
-def split_captions(text: str) -> list[str]:
-    """One caption per non-empty line (a file may hold several alternatives)."""
-    return [" ".join(line.split()) for line in text.replace("\x00", "").splitlines() if line.strip()]
+# Caption files are decoded by hv_tune.media (UTF-8 / UTF-16 by BOM / cp1252 with a note) and
+# every caption follows hv_tune.media.apply_caption_rule: the reader and the rule curation uses.
 
 
 def finish_captions(
-    path: Path, captions: list[str], s: SourceSettings, scan: Scan
+    path: Path, value: str | list[str] | None, s: SourceSettings, scan: Scan
 ) -> list[str] | None:
-    """Apply the missing-caption policy and the trigger word; None means skip."""
+    """The caption rule, then the missing-caption policy; None means skip."""
+    captions, edits = apply_caption_rule(value, s.trigger_word, per_line=s.caption_lines == "split")
     if not captions:
         if s.missing_caption == "error":
             scan.skipped.append(Skip(str(path), "missing caption (data.missing_caption=error)"))
             return None
-        captions = [path.stem.replace("_", " ").replace("-", " ")] if s.missing_caption == "filename" else [""]
-    if s.trigger_word:
-        captions = [f"{s.trigger_word}, {c}" if c else s.trigger_word for c in captions]
+        fallback = path.stem.replace("_", " ").replace("-", " ") if s.missing_caption == "filename" else ""
+        captions, edits = apply_caption_rule(fallback, s.trigger_word)
+        captions = captions or [" ".join(s.trigger_word.split())]  # "empty": the trigger word alone, if any
+    scan.caption_edits.update(edits)
     return captions
-
-
-def _caption_value(value: object) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, list):
-        return [" ".join(str(v).split()) for v in value if str(v).strip()]
-    return split_captions(str(value))
 
 
 # ----------------------------------------------------------------------------- readers
@@ -132,19 +127,17 @@ def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
     """Media files of ``root`` (recursively) with their sidecar captions; every other file is a Skip."""
     files = sorted(p for p in root.rglob("*") if p.is_file())
     media = [p for p in files if media_kind(p)]
-    sidecars = {p.with_suffix(".txt") for p in media}
+    sidecars = {path: find_caption_file(path) for path in media}
     for path in files:
-        if not media_kind(path) and path not in sidecars:
+        if not media_kind(path) and path not in sidecars.values():
             scan.skipped.append(Skip(str(path), _not_media_reason(path)))
     for path in media:
-        side = path.with_suffix(".txt")
-        captions: list[str] = []
-        if side.is_file():
+        side, text = sidecars[path], None
+        if side is not None:
             text, note = read_caption_file(side)
-            captions = split_captions(text)
             if note:
                 scan.notes.append(Skip(str(side), note))
-        captions = finish_captions(path, captions, s, scan)
+        captions = finish_captions(path, text, s, scan)
         if captions is not None:
             scan.items.append(MediaItem(path, media_kind(path), captions, s))
 
@@ -156,9 +149,18 @@ def _not_media_reason(path: Path) -> str:
             f"images {' '.join(sorted(IMAGE_EXTS))}")
 
 
+def item_key(path: Path, clip_id: str | None = None) -> str:
+    """An item's key in the cache fingerprint: the resolved media path, ``#<clip id>`` for a manifest clip."""
+    return str(path.resolve()) + (f"#{clip_id}" if clip_id else "")
+
+
 def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
     for n, rec in _jsonl_records(path, scan):
+        clip_id = str(rec["id"]) if rec.get("id") else None
         if rec.get("status") != "accepted":
+            media = _resolve(path, rec.get("source"))
+            if media is not None and clip_id:  # named when it leaves the cache (e.g. `curation filter`)
+                scan.not_accepted[item_key(media, clip_id)] = str(rec.get("status"))
             continue
         media = _listed_media(path, n, rec.get("source"), scan,
                               f"manifest record has no usable 'source' ({rec.get('source')!r})")
@@ -168,9 +170,9 @@ def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
             span = (int(rec["start_frame"]), int(rec["end_frame"]))
         except (KeyError, TypeError, ValueError):
             span = None
-        captions = finish_captions(media, _caption_value(rec.get("caption")), s, scan)
+        captions = finish_captions(media, rec.get("caption"), s, scan)
         if captions is not None:
-            scan.items.append(MediaItem(media, media_kind(media), captions, s, span))
+            scan.items.append(MediaItem(media, media_kind(media), captions, s, span, clip_id))
 
 
 def scan_jsonl(path: Path, s: SourceSettings, scan: Scan) -> None:
@@ -179,7 +181,7 @@ def scan_jsonl(path: Path, s: SourceSettings, scan: Scan) -> None:
                               "line needs 'video_path' or 'image_path' of a media file")
         if media is None:
             continue
-        captions = finish_captions(media, _caption_value(rec.get("caption")), s, scan)
+        captions = finish_captions(media, rec.get("caption"), s, scan)
         if captions is not None:
             scan.items.append(MediaItem(media, media_kind(media), captions, s))
 
@@ -193,7 +195,7 @@ def scan_csv(path: Path, s: SourceSettings, scan: Scan) -> None:
                               "row needs a 'path' column naming a media file")
         if media is None:
             continue
-        captions = finish_captions(media, _caption_value(row.get("caption")), s, scan)
+        captions = finish_captions(media, row.get("caption"), s, scan)
         if captions is not None:
             scan.items.append(MediaItem(media, media_kind(media), captions, s))
 

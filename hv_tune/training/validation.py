@@ -30,6 +30,7 @@ from hv_tune.config import Config
 from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, sigma_quantiles
 from hv_tune.io import atomic_save_safetensors
+from hv_tune.media import replace_placeholder
 from hv_tune.models.base import LoadOptions, ModelSpec, condition_fields
 from hv_tune.sampling import SampleRequest, generate, read_first_frame, write_video
 from hv_tune.training.step import text_inputs
@@ -80,6 +81,15 @@ def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
     return [read_first_frame(p, f"validation.images[{i}]", fix) for i, p in enumerate(v.images)]
 
 
+def preview_prompts(cfg: Config) -> list[str]:
+    """``validation.prompts`` with ai-toolkit's ``[trigger]`` replaced by ``data.trigger_word``.
+
+    The captions' rule (``hv_tune.media.replace_placeholder``): without a trigger word the
+    placeholder is removed.
+    """
+    return [replace_placeholder(p, cfg.data.trigger_word)[0] for p in cfg.validation.prompts]
+
+
 class Validator:
     """Runs previews and the eval loss on the main process; a no-op when ``validation.every`` is 0."""
 
@@ -87,6 +97,7 @@ class Validator:
         self.cfg, self.v, self.spec, self.acc, self.opts = cfg, cfg.validation, spec, accelerator, opts
         self.vae_config = vae_config
         self.enabled = self.v.every > 0
+        self.prompts = preview_prompts(cfg)
         self.out = Path(cfg.output_dir) / SAMPLES_DIR
         self.vae: Any = None
         self.embeds: list[dict[str, torch.Tensor]] = []
@@ -108,9 +119,9 @@ class Validator:
 
     def _prompt_embeds(self) -> list[dict[str, torch.Tensor]]:
         """Embeddings of the preview prompts, encoded once per run (cached under samples/)."""
-        if not self.v.prompts:
+        if not self.prompts:
             return []
-        key = json.dumps({"prompts": self.v.prompts, "frames": self.v.frames, "model": self.cfg.model.path})
+        key = json.dumps({"prompts": self.prompts, "frames": self.v.frames, "model": self.cfg.model.path})
         cache = self.out / PROMPT_CACHE
         if cache.is_file():
             from safetensors import safe_open
@@ -119,10 +130,10 @@ class Validator:
                 if (f.metadata() or {}).get("key") == key:
                     flat = load_file(str(cache))
                     parts = [k.split(".", 1) for k in flat]
-                    return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.v.prompts))]
+                    return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
         enc = self.spec.load_text_encoders(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
-        embeds = [self.spec.preview_embeds(enc, p, self.v.frames) for p in self.v.prompts]
+        embeds = [self.spec.preview_embeds(enc, p, self.v.frames) for p in self.prompts]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
         atomic_save_safetensors(cache, flat, {"key": key})
@@ -187,9 +198,9 @@ class Validator:
         try:
             pipe = self.spec.pipeline_from(self.opts, model, self.vae)
             v, written = self.v, []
-            for i, (prompt, emb) in enumerate(zip(v.prompts, self.embeds)):
+            for i, (prompt, emb) in enumerate(zip(self.prompts, self.embeds)):
                 # the pipeline's bar over the denoising steps, one per preview
-                pipe.set_progress_bar_config(desc=f"validation: preview {i + 1}/{len(v.prompts)}", unit="step",
+                pipe.set_progress_bar_config(desc=f"validation: preview {i + 1}/{len(self.prompts)}", unit="step",
                                              disable=False, **BAR)
                 image = self.images[i] if self.images else None
                 req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed,

@@ -117,9 +117,9 @@ def test_cp1252_caption_is_read_like_the_cache_reads_it(tmp_path, tiny_config):
     write_video(d / "cafe.mp4", marked_frames(24, 64, 96, seed=8))
     (d / "cafe.txt").write_bytes("un café au lait".encode("cp1252"))
     (rec,) = run(tiny_config(*KEEP_ALL), d, tmp_path / "out").records
-    assert rec["caption"] == "un café au lait" and rec["caption_source"] == "user"
+    assert rec["caption"] == "sks, un café au lait" and rec["caption_source"] == "user"  # the tiny config's trigger
     assert "cafe.txt: caption not UTF-8; decoded as cp1252" in rec["probe_notes"]
-    assert (tmp_path / "out" / "clips" / f"{rec['id']}.txt").read_text(encoding="utf-8") == "un café au lait\n"
+    assert (tmp_path / "out" / "clips" / f"{rec['id']}.txt").read_text(encoding="utf-8") == "sks, un café au lait\n"
 
 
 @pytest.mark.parametrize("content", ["five_frames", "audio_only"])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from curation.config import ClipConfig
 from curation.errors import ConfigError
-from curation.stages.caption import Captioner, build_prompt, with_trigger
+from curation.stages.caption import Captioner, build_prompt, caption_by_rule
 from curation.stages.clip_scores import ClipScores, decode_b64, load_aesthetic_head
 from curation.tiny import aesthetic_state_dict
 
@@ -97,8 +97,8 @@ def test_captioner_batches_prompts_and_trigger(tiny_config):
 
 
 def test_trigger_word_and_prompt_helpers(tiny_config):
-    assert with_trigger("  a red  circle ", "sks") == "sks, a red circle"
-    assert with_trigger("sks, a red circle", "sks") == "sks, a red circle"
-    assert with_trigger("a red circle", "") == "a red circle"
+    assert caption_by_rule("  a red  circle ", "sks") == ("sks, a red circle", ["prefixed"])
+    assert caption_by_rule("sks, a red circle", "sks") == ("sks, a red circle", [])
+    assert caption_by_rule("a red circle", "") == ("a red circle", [])
     prompt = build_prompt(tiny_config().caption, {"kind": "video", "start_time": 1.0, "end_time": 3.5})
     assert "2.5 s video clip" in prompt

@@ -107,7 +107,8 @@ def test_captions_only_for_accepted_clips_user_text_kept(sample_run):
     result, stages, cfg = sample_run
     accepted = [r for r in result.records if r["status"] == "accepted"]
     user = [r for r in accepted if r["source"].endswith("red_circle.mp4")]
-    assert user and user[0]["caption"] == "my own words about a red circle" and user[0]["caption_source"] == "user"
+    # the user's own caption follows the caption rule too: the trigger word starts it
+    assert user and user[0]["caption"] == "sks, my own words about a red circle" and user[0]["caption_source"] == "user"
     model = [r for r in accepted if r["caption_source"] == "model"]
     assert len(model) == len(accepted) - 1 and all(r["caption"].startswith("sks, ") for r in model)
     assert stages["caption"].clips_captioned == len(model) == result.captions_generated
@@ -147,7 +148,7 @@ def test_edited_caption_kept_unless_overwrite(tmp_path, samples, tiny_config):
     txt = out / "clips" / f"{rec['id']}.txt"
     txt.write_text("edited by hand\n")
     again = run(cfg, inp, out)
-    assert again.records[0]["caption"] == "edited by hand" and again.captions_generated == 0
+    assert again.records[0]["caption"] == "sks, edited by hand" and again.captions_generated == 0  # the rule: trigger first
     forced = run(tiny_config("caption.overwrite=true"), inp, out)
     assert forced.records[0]["caption"] == rec["caption"] and forced.captions_generated == 0  # stored model caption
     assert txt.read_text().strip() == rec["caption"]
