@@ -11,3 +11,14 @@ class ConfigError(CurationError):
 
 class InputError(CurationError):
     """An input folder, output folder or stored state is missing or malformed."""
+
+
+def out_of_space(err: BaseException) -> bool:
+    """True when a write failed for lack of room: a full volume or quota (ENOSPC, EDQUOT, as
+    ``hv_tune.io.is_disk_full`` also recognises them in library messages) or the size limit of
+    one file (EFBIG, ``ulimit -f``)."""
+    import errno
+
+    from hv_tune.io import is_disk_full
+
+    return is_disk_full(err) or (isinstance(err, OSError) and err.errno == errno.EFBIG)

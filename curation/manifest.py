@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,15 @@ MANIFEST_FIELDS = (
 )
 
 
-def clip_id(rel: str, start: int, end: int) -> str:
-    """Stable, readable clip id: slug of the file name, hash of its relative path, the span."""
-    stem = Path(rel).stem
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower()[:40] or "clip"
-    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
-    return f"{slug}-{digest}-{start:06d}-{end:06d}"
+def clip_id(key: str, start: int, end: int) -> str:
+    """Short, stable clip id: a digest of what the source file is, and the span ``[start, end)``.
+
+    ``key`` is the file's content hash (``curation.content``), so an id follows the file's bytes:
+    a renamed or moved file keeps its ids (and stored results), a re-exported one gets new ids.
+    A file that cannot be read is keyed by its path.
+    """
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+    return f"{digest}-{start:06d}-{end:06d}"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -64,7 +66,8 @@ class StateLog:
                     raise InputError(
                         f"{self.path}:{n} is not valid JSON ({e}); delete the line or the file to recompute it"
                     ) from e
-                self.rows[row[key]] = row
+                if key in row:  # rows of an older layout (another key) are recomputed
+                    self.rows[row[key]] = row
 
     def _repair(self) -> None:
         """Cut a trailing partial line left by a killed run."""
