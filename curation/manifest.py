@@ -12,6 +12,7 @@ mid-write) is cut off on the next open, so every stored line is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -87,12 +88,23 @@ class StateLog:
         return row
 
     def append(self, row: dict[str, Any]) -> None:
-        """Store one row durably: one ``write`` of the whole line in append mode, then fsync."""
+        """Store one row durably: one ``write`` of the whole line in append mode, then fsync.
+
+        A write that fails (a full volume) or stores only part of the line is cut back, so the
+        file holds complete lines only.
+        """
         line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            before = os.fstat(fd).st_size
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write (no space left on device)", str(self.path))
+                os.fsync(fd)
+            except OSError as e:
+                os.ftruncate(fd, before)
+                e.filename = e.filename or str(self.path)  # a failed write names no file
+                raise
         finally:
             os.close(fd)
         self.rows[row[self.key]] = row

@@ -162,6 +162,11 @@ def _probe_in_child(kind: str, path: str, max_pixels: int, max_duration_s: float
 
 
 def _limit_memory(max_mb: int) -> None:
+    """Probe worker set-up: the address-space limit; Ctrl-C is the parent's to handle (the
+    terminal sends it to the whole process group: a worker would print its own traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if max_mb > 0:
         import resource
 
