@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from curation.config import CurationConfig, to_dict
-from curation.content import relocate, with_content, with_content_ids
+from curation.content import UNREADABLE, relocate, with_content, with_content_ids
 from curation.errors import InputError
 from curation.executors import make_executor
 from curation.export import export_all
@@ -254,4 +254,26 @@ def refilter(cfg: CurationConfig, out_dir: Path, stages: dict[str, Any] | None =
             if c["status"] == "pending" and row is None:
                 raise InputError(f"clip {c['id']} has no stored scores; finish the run with `python -m curation run`")
             clips.append({**c, **{k: row[k] for k in SCORE_FIELDS}} if row else c)
+    check_unchanged(files, out_dir)
     return finish(cfg, clips, state, out_dir, stages or {}, RunResult([], out_dir), t0)
+
+
+def check_unchanged(files: list[dict[str, Any]], out_dir: Path) -> None:
+    """Before ``filter`` may cut new clips from a source, its bytes must be those that were scored.
+
+    Only sources with a scored clip that has no exported file yet are hashed (``filter`` stays
+    quick); a source that is gone is left to the export, which records it as an error.
+
+    Raises:
+        InputError: naming the changed file and the command that redoes it.
+    """
+    clips_dir = out_dir / "clips"
+    for f in files:
+        if f["content"].startswith(UNREADABLE) or not Path(f["source"]).is_file():
+            continue
+        cut = {p.stem for p in clips_dir.glob("*") if p.suffix in (".mp4", ".png")} if clips_dir.is_dir() else set()
+        if all(c["status"] != "pending" or c["id"] in cut for c in f["clips"]):
+            continue
+        if with_content(f)["content"] != f["content"]:
+            raise InputError(f"{f['source']} changed since it was scored; run `python -m curation run` on its "
+                             "folder again (it redoes only the changed files), then filter")

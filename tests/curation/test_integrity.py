@@ -149,3 +149,41 @@ def test_an_output_folder_as_input_is_refused(tmp_path, tiny_config, case):
         run(cfg, videos, tmp_path / "curated")
         with pytest.raises(InputError, match=r"is the output of a curation run \(has state/config.yaml\)"):
             run(cfg, tmp_path / "curated", tmp_path / "again")
+
+
+def test_walk_skips_outputs_reached_through_a_link_or_marked_by_state_only(tmp_path):
+    from curation.config import InputConfig
+    from curation.stages.probe import discover
+
+    videos, out = tmp_path / "videos", tmp_path / "elsewhere" / "curated"
+    write_video(videos / "trip.mp4", FRAMES[:4], fps=12)
+    write_video(out / "clips" / "a.mp4", FRAMES[:4], fps=12)
+    (videos / "to-out").symlink_to(out, target_is_directory=True)  # this run's output, through a link
+    (videos / "old" / "state").mkdir(parents=True)  # an earlier output, interrupted after its first file
+    (videos / "old" / "state" / "files.jsonl").write_text("")
+    write_video(videos / "old" / "clips" / "b.mp4", FRAMES[:4], fps=12)
+    skipped: list[dict[str, str]] = []
+    files = discover(videos, InputConfig(), skipped, out)
+    assert [f["rel"] for f in files] == ["trip.mp4"]
+    assert skipped == [
+        {"rel": "old/", "reason": "output of an earlier curation run (has state/files.jsonl): outputs are never input"},
+        {"rel": "to-out/", "reason": "output folder of this run (--out): outputs are never input"},
+    ]
+
+
+def test_filter_refuses_to_cut_clips_from_a_source_that_changed_since_scoring(tmp_path, tiny_config, capsys):
+    from curation.cli import main
+
+    inp, out, spare = tmp_path / "in", tmp_path / "out", tmp_path / "spare"
+    _write_pair(inp / "trip.mp4", spare / "trip.mp4", EDITS["mirrored"](FRAMES))
+    first = run(tiny_config("caption.enabled=false", "filters.motion_min=1.0"), inp, out)  # nothing accepted, nothing cut
+    assert [r["status"] for r in first.records] == ["rejected"]
+    st = (inp / "trip.mp4").stat()
+    shutil.copyfile(spare / "trip.mp4", inp / "trip.mp4")
+    os.utime(inp / "trip.mp4", ns=(st.st_atime_ns, st.st_mtime_ns))
+    capsys.readouterr()
+    assert main(["filter", str(out), "filters.motion_min=0.002"]) == 2
+    assert capsys.readouterr().err == (f"error: {(inp / 'trip.mp4').resolve()} changed since it was scored; run "
+                                       "`python -m curation run` on its folder again (it redoes only the changed "
+                                       "files), then filter\n")
+    assert not (out / "clips").exists() or not list((out / "clips").glob("*.mp4"))
