@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# This repository's folder, whatever the working directory (make -C, make -f).
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 PIP := $(PY) -m pip
 # torch and torchvision must be the standard (CUDA-capable) pair: the CPU-only torch wheel
 # that some machines pre-seed through pip's find-links cannot load PyPI's torchvision.
@@ -21,11 +23,12 @@ install: $(VENV)/.installed
 
 # The demo: generated videos (moving shapes, a static shot, a cut) -> curation with tiny models
 # -> cache of the accepted clips -> LoRA training -> sample.
+# Paths are the repository's (configs/curation_tiny.yaml names ../runs/tiny-models, relative to itself).
 demo: install
-	$(PY) -m curation samples runs/demo/videos
-	$(PY) -m curation tiny-models runs/tiny-models
-	$(PY) -m curation run runs/demo/videos --out runs/demo/curated --config configs/curation_tiny.yaml
-	$(PY) finetune.py demo --out runs/demo --source runs/demo/curated/manifest.jsonl
+	$(PY) -m curation samples $(ROOT)/runs/demo/videos
+	$(PY) -m curation tiny-models $(ROOT)/runs/tiny-models
+	$(PY) -m curation run $(ROOT)/runs/demo/videos --out $(ROOT)/runs/demo/curated --config $(ROOT)/configs/curation_tiny.yaml
+	$(PY) $(ROOT)/finetune.py demo --out $(ROOT)/runs/demo --source $(ROOT)/runs/demo/curated/manifest.jsonl
 
 # The curation report is tested in headless Chromium (Debian's package). Installing it needs root;
 # without it the report tests skip and say why.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import signal
 import sys
 from pathlib import Path
 
-from curation.errors import CurationError
+from curation.errors import CurationError, out_of_space
 from hv_tune.library_logs import drop_unactionable_library_logs
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "curation.yaml"
@@ -90,7 +92,11 @@ COMMANDS = {"run": cmd_run, "filter": cmd_filter, "tiny-models": cmd_tiny_models
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for errors the user can fix)."""
+    """Entry point; returns the exit code.
+
+    0 success; 2 an error the user can fix, a full output volume included (one line on stderr,
+    no traceback); 130 Ctrl-C (what is stored is kept: the same command resumes).
+    """
     parser = _parser()
     # overrides may follow options (`run IN --out O key=value`): argparse leaves those over
     args, extra = parser.parse_known_args(argv)
@@ -105,4 +111,52 @@ def main(argv: list[str] | None = None) -> int:
     except CurationError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting changes nothing
+        print(f"interrupted (Ctrl-C): {_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if not out_of_space(e):
+            raise
+        print(f"error: {_space_message(e, args)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _out_dir(args: argparse.Namespace) -> Path | None:
+    return getattr(args, "out", None) or getattr(args, "out_dir", None)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What was kept and how to go on after a stop, for the verb that stopped."""
+    if args.verb == "run":
+        return (f"every finished result is stored in {args.out / 'state'}; run the same command again "
+                "to continue where it stopped")
+    if args.verb == "filter":
+        return f"nothing is lost; run `python -m curation filter {args.out_dir}` again to finish rewriting the outputs"
+    return "files already written are complete; run the same command again"
+
+
+def _final_name(name: object) -> str | None:
+    """The file meant, for a temporary one of ``hv_tune.io`` (``.tmp-NAME.XXXX`` -> ``NAME``)."""
+    from hv_tune.io import TMP_PREFIX
+
+    if not isinstance(name, (str, Path)) or not str(name):
+        return None
+    path = Path(name)
+    if path.name.startswith(TMP_PREFIX):
+        path = path.with_name(path.name[len(TMP_PREFIX):].rsplit(".", 1)[0])
+    return str(path)
+
+
+def _space_message(err: BaseException, args: argparse.Namespace) -> str:
+    """One line: what could not be written, why, and the fix (files already written are complete)."""
+    where = _final_name(getattr(err, "filename", None)) or _out_dir(args) or "the output folder"
+    if isinstance(err, OSError) and err.errno == errno.EFBIG:
+        why = "the file size limit (ulimit -f) was reached"
+        fix = "raise the limit"
+    else:
+        why = "no space left on the device" if getattr(err, "errno", None) != errno.EDQUOT else "disk quota exceeded"
+        fix = "free space there (or pass an --out on another volume)"
+    return (f"cannot write {where}: {why}; {fix} and run the same command again "
+            "(finished results are kept; nothing was left half-written)")

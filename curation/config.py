@@ -183,18 +183,50 @@ def load_raw(path: str | os.PathLike | None) -> dict[str, Any]:
     return raw
 
 
+# Keys that hold paths: always (``path``), after ``local-dir:``, or when the value looks like a
+# path or names an existing one (``maybe``: otherwise a hub id or an open_clip tag).
+PATH_KEYS = {("clip", "model"): "local-dir", ("clip", "pretrained"): "maybe",
+             ("clip", "aesthetic_head"): "path", ("caption", "model"): "maybe"}
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of ``raw`` (``PATH_KEYS``) absolute against ``base``, in place.
+
+    ``~`` is expanded and ``..`` removed (lexically: a linked model file keeps its name).
+    """
+    for (section, key), kind in PATH_KEYS.items():
+        node = raw.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        if kind == "local-dir":
+            if value.startswith("local-dir:"):
+                node[key] = "local-dir:" + _absolute(value[len("local-dir:"):], base)
+        elif kind == "path" or value.startswith(("/", "./", "../", "~")) or (base / value).exists():
+            node[key] = _absolute(value, base)
+
+
+def _absolute(value: str, base: Path) -> str:
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> CurationConfig:
     """Load a YAML config, apply ``a.b=value`` overrides, and validate.
 
-    Relative paths in the config are relative to the working directory.
+    Relative paths in the file (model folders, the aesthetic head) are relative to the file's
+    folder, so a config works from any working directory; paths in ``overrides`` are relative
+    to the working directory. Both are made absolute (what ``OUT/state/config.yaml`` stores).
 
     Raises:
         ConfigError: naming the bad key and what to do.
     """
     raw = load_raw(path)
+    if path is not None:
+        resolve_paths(raw, Path(os.path.abspath(path)).parent)
     try:  # hv_tune's typed loader (the one loader of the project); its errors become curation's
         for item in overrides:
             typed.apply_override(raw, item)
+        resolve_paths(raw, Path.cwd())  # the overrides' paths (the file's are absolute by now)
         cfg = typed.from_dict(CurationConfig, raw)
     except TypedConfigError as e:
         raise ConfigError(str(e)) from e
@@ -257,12 +289,28 @@ def validate(cfg: CurationConfig) -> None:
             )
     if c.model.startswith("local-dir:"):  # the model first: the head is useless without it
         _check_local(c.model[len("local-dir:"):], "clip.model", "an open_clip folder (python -m curation tiny-models DIR)")
-    _check_local(c.aesthetic_head, "clip.aesthetic_head", "the LAION aesthetic .pth file")
+    if c.aesthetic_head and not Path(c.aesthetic_head).expanduser().exists():
+        raise ConfigError(f"config key 'clip.aesthetic_head': {c.aesthetic_head!r} does not exist; {aesthetic_source(c.aesthetic_head)}")
 
 
 def _check_local(path: str, key: str, what: str) -> None:
     if path and not Path(path).expanduser().exists():
         raise ConfigError(f"config key {key!r}: {path!r} does not exist; point it at {what}")
+
+
+AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+AESTHETIC_REPO = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
+AESTHETIC_HUB = "camenduru/improved-aesthetic-predictor"  # a Hugging Face mirror of the same file
+
+
+def aesthetic_source(path: str) -> str:
+    """Where the LAION aesthetic head comes from and the commands that put it at ``path``."""
+    target = Path(path).expanduser()
+    folder = target.parent
+    return (f"it is the LAION improved aesthetic predictor ({AESTHETIC_FILE}, 3.7 MB, from {AESTHETIC_REPO}): "
+            f"fetch it with `wget -O '{target}' '{AESTHETIC_REPO}/raw/main/{AESTHETIC_FILE}'` "
+            f"or `hf download {AESTHETIC_HUB} '{AESTHETIC_FILE}' --local-dir '{folder}'` (then point "
+            "clip.aesthetic_head at it), or run without aesthetic scores: clip.aesthetic_head= filters.aesthetic_min=null")
 
 
 # Keys `curation filter` may change: thresholds and output options; anything else needs a new run.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import CurationConfig
+from curation.errors import out_of_space
 from curation.manifest import write_manifest
 from curation.media import open_video
 from curation.report import write_report
@@ -40,11 +41,14 @@ def _encode(rec: dict[str, Any], out: Path, crf: int) -> None:
     write_h264(out, chunks, reader.times[s:e], crf=crf)
 
 
-def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
+def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
+                 stored_captions: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
     """Write clips/ID.mp4 + ID.txt for accepted clips; remove clips that are no longer accepted.
 
-    A clip file already there is kept (ids encode the span). ``.txt`` files that differ from
-    the caption we would write are the user's and are never deleted.
+    A clip file already there is kept: ids encode the source's content hash and the span, so a
+    source whose bytes changed has new ids and its old clips are removed here. ``.txt`` files
+    that differ from the caption we wrote (this run's or a stored one, ``stored_captions``) are
+    the user's and are never deleted.
     """
     clips_dir = out_dir / "clips"
     out = []
@@ -58,6 +62,8 @@ def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Pa
                 try:
                     write_clip(rec, path, cfg.export.crf)
                 except Exception as e:  # the source changed or vanished since scoring
+                    if out_of_space(e):  # not the clip's fault: the run stops (the CLI says so)
+                        raise
                     rec.update(status="error", reasons=[f"unreadable while cutting: {' '.join(str(e).split())[:200]}"])
                     out.append(rec)
                     continue
@@ -67,7 +73,7 @@ def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Pa
                 atomic_write_text(clips_dir / f"{rec['id']}.txt", rec["caption"] + "\n")
         out.append(rec)
     if clips_dir.is_dir():
-        _remove_stale(clips_dir, keep, {r["id"]: r.get("caption") for r in records})
+        _remove_stale(clips_dir, keep, {**(stored_captions or {}), **{r["id"]: r.get("caption") for r in records}})
     return out
 
 
@@ -85,13 +91,15 @@ def _remove_stale(clips_dir: Path, keep: set[str], captions: dict[str, str | Non
 
 
 def export_all(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
-               skipped: list[dict[str, str]] = ()) -> list[dict[str, Any]]:
+               skipped: list[dict[str, str]] = (), stored_captions: dict[str, str | None] | None = None,
+               ) -> list[dict[str, Any]]:
     """Clips, manifest, report and summary for the final records (sorted by source, span).
 
     ``skipped``: walked files that are not used, ``{"rel", "reason"}`` (summary and report).
+    ``stored_captions``: model captions by clip id (``clips/ID.txt`` equal to one is ours).
     """
     records = sorted(records, key=lambda r: (r["source"], r["start_frame"], r["end_frame"], r["id"]))
-    records = export_clips(cfg, records, out_dir)
+    records = export_clips(cfg, records, out_dir, stored_captions)
     write_manifest(out_dir, records)
     write_report(cfg, records, out_dir, skipped)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary(records, skipped), indent=2, ensure_ascii=False) + "\n")

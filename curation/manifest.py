@@ -12,10 +12,10 @@ mid-write) is cut off on the next open, so every stored line is complete.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,15 @@ MANIFEST_FIELDS = (
 )
 
 
-def clip_id(rel: str, start: int, end: int) -> str:
-    """Stable, readable clip id: slug of the file name, hash of its relative path, the span."""
-    stem = Path(rel).stem
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", stem).strip("-").lower()[:40] or "clip"
-    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
-    return f"{slug}-{digest}-{start:06d}-{end:06d}"
+def clip_id(key: str, start: int, end: int) -> str:
+    """Short, stable clip id: a digest of what the source file is, and the span ``[start, end)``.
+
+    ``key`` is the file's content hash (``curation.content``), so an id follows the file's bytes:
+    a renamed or moved file keeps its ids (and stored results), a re-exported one gets new ids.
+    A file that cannot be read is keyed by its path.
+    """
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+    return f"{digest}-{start:06d}-{end:06d}"
 
 
 def fingerprint(*parts: Any) -> str:
@@ -64,7 +67,8 @@ class StateLog:
                     raise InputError(
                         f"{self.path}:{n} is not valid JSON ({e}); delete the line or the file to recompute it"
                     ) from e
-                self.rows[row[key]] = row
+                if key in row:  # rows of an older layout (another key) are recomputed
+                    self.rows[row[key]] = row
 
     def _repair(self) -> None:
         """Cut a trailing partial line left by a killed run."""
@@ -84,12 +88,23 @@ class StateLog:
         return row
 
     def append(self, row: dict[str, Any]) -> None:
-        """Store one row durably: one ``write`` of the whole line in append mode, then fsync."""
+        """Store one row durably: one ``write`` of the whole line in append mode, then fsync.
+
+        A write that fails (a full volume) or stores only part of the line is cut back, so the
+        file holds complete lines only.
+        """
         line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            before = os.fstat(fd).st_size
+            try:
+                if os.write(fd, line) != len(line):
+                    raise OSError(errno.ENOSPC, "short write (no space left on device)", str(self.path))
+                os.fsync(fd)
+            except OSError as e:
+                os.ftruncate(fd, before)
+                e.filename = e.filename or str(self.path)  # a failed write names no file
+                raise
         finally:
             os.close(fd)
         self.rows[row[self.key]] = row

@@ -1,8 +1,10 @@
 """The curation run, as a table of contents: find -> probe + split -> score -> decide -> caption -> export.
 
 Every result is stored in ``OUT_DIR/state`` as soon as it exists (append-only jsonl), keyed by
-file or clip id and by a fingerprint of the settings that produced it. A re-run (after a
-crash, a SIGKILL, or with new thresholds) reuses everything whose fingerprint matches.
+the source file's content hash (files) or a clip id made from it (clips), and by a fingerprint
+of the settings that produced it. A re-run (after a crash, a SIGKILL, or with new thresholds)
+reuses everything whose fingerprint matches; a source whose bytes changed is done again,
+whatever its name, size or modification time say, and a renamed or moved one is reused.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import yaml
 
 from curation.config import CurationConfig, to_dict
+from curation.content import UNREADABLE, relocate, with_content, with_content_ids
 from curation.errors import InputError
 from curation.executors import make_executor
 from curation.export import export_all
@@ -26,7 +29,7 @@ from curation.stages.caption import Captioner, CaptionFrames, caption_by_rule, e
 from curation.stages.clip_scores import ClipScores
 from curation.stages.frames import SampleFrames
 from curation.stages.motion import Motion
-from curation.stages.probe import Probe, discover
+from curation.stages.probe import Probe, discover, output_marker
 from curation.stages.scenes import SceneSplit
 from hv_tune.io import atomic_write_text
 
@@ -62,7 +65,7 @@ class State:
     @classmethod
     def open(cls, out_dir: Path) -> State:
         d = Path(out_dir) / "state"
-        return cls(StateLog(d / "files.jsonl", "rel"), StateLog(d / "scores.jsonl"), StateLog(d / "captions.jsonl"),
+        return cls(StateLog(d / "files.jsonl", "content"), StateLog(d / "scores.jsonl"), StateLog(d / "captions.jsonl"),
                    StateLog(d / "caption_edits.jsonl"))
 
 
@@ -89,6 +92,7 @@ def run(cfg: CurationConfig, input_dir: Path, out_dir: Path, stages: dict[str, A
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise InputError(f"input folder {input_dir} does not exist or is not a folder")
+    check_folders(input_dir, out_dir)
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "state" / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -96,8 +100,9 @@ def run(cfg: CurationConfig, input_dir: Path, out_dir: Path, stages: dict[str, A
     stages = stages or {}
     result = RunResult([], out_dir)
     skipped: list[dict[str, str]] = []
-    files = split_files(cfg, discover(input_dir, cfg.input, skipped), state, fps["split"])
-    atomic_write_text(out_dir / "state" / "skipped.json", json.dumps(skipped, ensure_ascii=False, indent=1) + "\n")
+    files = split_files(cfg, discover(input_dir, cfg.input, skipped, out_dir), state, fps["split"], skipped)
+    write_json(out_dir / "state" / "skipped.json", sorted(skipped, key=lambda x: x["rel"]))
+    write_json(out_dir / "state" / "inputs.json", [{k: f[k] for k in ("content", "rel", "source")} for f in files])
     result.timings["split_s"] = time.perf_counter() - t0
     clips = [c for f in files for c in f["clips"]]
     clips = score_clips(cfg, clips, state, fps["score"], stages, result)
@@ -114,25 +119,55 @@ def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_d
     result.timings["caption_s"] = time.perf_counter() - t1
     skipped_path = out_dir / "state" / "skipped.json"
     skipped = json.loads(skipped_path.read_text(encoding="utf-8")) if skipped_path.is_file() else []
-    result.records, result.skipped = export_all(cfg, records, out_dir, skipped), skipped
+    stored = {k: row.get("caption") for k, row in state.captions.rows.items()}  # to tell ours from the user's
+    result.records, result.skipped = export_all(cfg, records, out_dir, skipped, stored), skipped
     result.timings["total_s"] = time.perf_counter() - t0
     return result
 
 
-def split_files(cfg: CurationConfig, files: list[dict[str, Any]], state: State, fp: str) -> list[dict[str, Any]]:
-    """Probe and scene-split files not already stored with the same size, mtime and settings."""
-    done, todo = [], []
-    for f in files:
-        row = state.files.get(f["rel"], fp)
-        if row and row["size"] == f["size"] and row["mtime_ns"] == f["mtime_ns"] and row["source"] == f["source"]:
-            done.append(row)
+def check_folders(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an input folder that is an output (this run's or an earlier one's).
+
+    Raises:
+        InputError: naming the folder and what to pass instead.
+    """
+    if input_dir.resolve() == out_dir.resolve():
+        raise InputError(f"--out {out_dir} is the input folder: give an output folder of its own "
+                         "(outputs are never input; inside the input folder is fine)")
+    marker = output_marker(input_dir)
+    if marker:
+        raise InputError(f"input folder {input_dir} is the output of a curation run (has {marker}); "
+                         "curate the original videos, or re-filter this output with `python -m curation filter`")
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
+
+
+def split_files(cfg: CurationConfig, files: list[dict[str, Any]], state: State, fp: str,
+                skipped: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Probe and scene-split files whose content is not stored with the same settings.
+
+    Files are keyed by a hash of their bytes (``curation.content``): a stored split of the same
+    bytes is reused wherever the file now is; a second file with the same bytes as one already
+    in this walk is appended to ``skipped`` (it would give the same clips twice).
+    """
+    done, todo, first = [], [], {}
+    for f in map(with_content, files):
+        if f["content"] in first:
+            skipped.append({"rel": f["rel"], "reason": f"same content as {first[f['content']]} (curated once)"})
+            continue
+        first[f["content"]] = f["rel"]
+        row = state.files.get(f["content"], fp)
+        if row and not f.get("error"):
+            done.append(relocate(row, f))
         else:
             todo.append(f)
     probe = Probe(cfg.probe)
     try:
         for rec in make_executor(cfg).run([probe, SceneSplit(cfg.scenes)], todo, "split", unit="file"):
-            rec = {**public(rec), "fingerprint": fp}
-            state.files.append(rec)
+            rec = with_content_ids({**public(rec), "fingerprint": fp})
+            state.files.append(rec)  # (a file that could not be read is tried again on every run)
             done.append(rec)
     finally:
         probe.close()
@@ -228,10 +263,19 @@ def refilter(cfg: CurationConfig, out_dir: Path, stages: dict[str, Any] | None =
     Captions are generated only for clips that become accepted and have none yet.
     """
     out_dir, t0 = Path(out_dir), time.perf_counter()
+    inputs_path = out_dir / "state" / "inputs.json"
     if not (out_dir / "state" / "files.jsonl").is_file():
         raise InputError(f"{out_dir} has no stored run (state/files.jsonl); run `python -m curation run` first")
+    if not inputs_path.is_file():
+        raise InputError(f"{out_dir} was made by an older version (no state/inputs.json); "
+                         "run `python -m curation run` again (it recomputes what it must)")
     state, fps = State.open(out_dir), fingerprints(cfg)
-    files = sorted((r for r in state.files.rows.values() if r.get("fingerprint") == fps["split"]), key=lambda r: r["rel"])
+    files = []
+    for f in json.loads(inputs_path.read_text(encoding="utf-8")):
+        row = state.files.get(f["content"], fps["split"])
+        if row is None:
+            raise InputError(f"{f['rel']} has no stored split; finish the run with `python -m curation run`")
+        files.append(relocate(row, f))
     clips = []
     for f in files:
         for c in f["clips"]:
@@ -239,4 +283,26 @@ def refilter(cfg: CurationConfig, out_dir: Path, stages: dict[str, Any] | None =
             if c["status"] == "pending" and row is None:
                 raise InputError(f"clip {c['id']} has no stored scores; finish the run with `python -m curation run`")
             clips.append({**c, **{k: row[k] for k in SCORE_FIELDS}} if row else c)
+    check_unchanged(files, out_dir)
     return finish(cfg, clips, state, out_dir, stages or {}, RunResult([], out_dir), t0)
+
+
+def check_unchanged(files: list[dict[str, Any]], out_dir: Path) -> None:
+    """Before ``filter`` may cut new clips from a source, its bytes must be those that were scored.
+
+    Only sources with a scored clip that has no exported file yet are hashed (``filter`` stays
+    quick); a source that is gone is left to the export, which records it as an error.
+
+    Raises:
+        InputError: naming the changed file and the command that redoes it.
+    """
+    clips_dir = out_dir / "clips"
+    for f in files:
+        if f["content"].startswith(UNREADABLE) or not Path(f["source"]).is_file():
+            continue
+        cut = {p.stem for p in clips_dir.glob("*") if p.suffix in (".mp4", ".png")} if clips_dir.is_dir() else set()
+        if all(c["status"] != "pending" or c["id"] in cut for c in f["clips"]):
+            continue
+        if with_content(f)["content"] != f["content"]:
+            raise InputError(f"{f['source']} changed since it was scored; run `python -m curation run` on its "
+                             "folder again (it redoes only the changed files), then filter")

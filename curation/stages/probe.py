@@ -18,16 +18,20 @@ from hv_tune.media.captions import is_caption_name
 # ----------------------------------------------------------------------------- discovery
 
 
-def discover(input_dir: Path, cfg: InputConfig, skipped: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+def discover(input_dir: Path, cfg: InputConfig, skipped: list[dict[str, str]] | None = None,
+             out_dir: Path | None = None) -> list[dict[str, Any]]:
     """Walk ``input_dir`` recursively (following symlinks, once per real folder).
 
-    Returns one file record per video or image, sorted by relative path. Files that cannot be
-    resolved (a symlink loop, a dangling link) become records with an ``error``. Every other
-    file the walk sees is used (a media file, or the ``.txt`` caption of one) or appended to
-    ``skipped`` as ``{"rel", "reason"}``.
+    Returns one file record per video or image, sorted by relative path, with ``source``
+    absolute and resolved (no ``..``). Files that cannot be resolved (a symlink loop, a
+    dangling link) become records with an ``error``. Every other file the walk sees is used (a
+    media file, or the ``.txt`` caption of one) or appended to ``skipped`` as ``{"rel",
+    "reason"}``. Output folders are never input: ``out_dir`` (this run's) and any earlier
+    curation output (``output_marker``) are not walked and are listed in ``skipped``.
     """
-    input_dir = Path(input_dir)
+    input_dir = Path(input_dir).resolve()
     exts = {e.lower(): "video" for e in cfg.video_extensions} | {e.lower(): "image" for e in cfg.image_extensions}
+    out_real = os.path.realpath(out_dir) if out_dir is not None else None
     seen_dirs: set[str] = set()
     records, others = [], []
     for root, dirs, files in os.walk(input_dir, followlinks=True):
@@ -37,6 +41,11 @@ def discover(input_dir: Path, cfg: InputConfig, skipped: list[dict[str, str]] | 
             continue
         seen_dirs.add(real)
         dirs.sort()
+        for d in list(dirs):
+            reason = output_reason(Path(root) / d, out_real)
+            if reason:
+                dirs.remove(d)
+                others.append(((Path(root) / d).relative_to(input_dir).as_posix() + "/", reason))
         for name in sorted(files):
             path = Path(root) / name
             rel = path.relative_to(input_dir).as_posix()
@@ -52,6 +61,25 @@ def discover(input_dir: Path, cfg: InputConfig, skipped: list[dict[str, str]] | 
     return sorted(records, key=lambda r: r["rel"])
 
 
+def output_marker(folder: Path) -> str | None:
+    """The file that makes ``folder`` a curation output (``state/config.yaml``, written first by
+    every run, or ``state/files.jsonl``), or None."""
+    for marker in ("state/config.yaml", "state/files.jsonl"):
+        if (folder / marker).is_file():
+            return marker
+    return None
+
+
+def output_reason(folder: Path, out_real: str | None) -> str | None:
+    """Why the walk does not enter ``folder`` (this run's output, an earlier output), or None."""
+    if out_real is not None and os.path.realpath(folder) == out_real:
+        return "output folder of this run (--out): outputs are never input"
+    marker = output_marker(folder)
+    if marker:
+        return f"output of an earlier curation run (has {marker}): outputs are never input"
+    return None
+
+
 def skip_reason(name: str, kind: str | None) -> str:
     """Why the walk does not use a file (it is not a caption of a media file either)."""
     if name.startswith("."):
@@ -64,7 +92,7 @@ def skip_reason(name: str, kind: str | None) -> str:
 
 
 def _file_record(path: Path, rel: str, kind: str) -> dict[str, Any]:
-    rec: dict[str, Any] = {"source": str(path.absolute()), "rel": rel, "kind": kind}
+    rec: dict[str, Any] = {"source": str(path), "rel": rel, "kind": kind}  # under the resolved input folder
     try:
         st = path.stat()  # follows links: raises on loops and dangling links
         rec.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
@@ -135,6 +163,11 @@ def _probe_in_child(kind: str, path: str, max_pixels: int, max_duration_s: float
 
 
 def _limit_memory(max_mb: int) -> None:
+    """Probe worker set-up: the address-space limit; Ctrl-C is the parent's to handle (the
+    terminal sends it to the whole process group: a worker would print its own traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if max_mb > 0:
         import resource
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import decord
 import numpy as np
@@ -71,7 +72,7 @@ def test_manifest_fields_and_parquet_match(sample_run):
     result, _, _ = sample_run
     rows = read_manifest(result.out_dir)
     assert [list(r) for r in rows] == [list(MANIFEST_FIELDS)] * len(rows)
-    statuses = {r["id"].split("-")[0]: r["status"] for r in rows}
+    statuses = {Path(r["source"]).stem.split("_")[0]: r["status"] for r in rows}
     assert statuses["static"] == "rejected" and statuses["still"] == "accepted"
     parquet = Dataset.from_parquet(str(result.out_dir / "manifest.parquet")).to_list()
     assert [p["id"] for p in parquet] == [r["id"] for r in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,4 +120,4 @@ def test_sizes_and_indices():
     assert positions_to_indices(10, 20, [0.1, 0.5, 0.9]) == [11, 14, 18]
     assert evenly_spaced(0, 9, 4) == [0, 3, 5, 8]
     assert clip_id("a b/Ünïcode clip.mp4", 3, 40) != clip_id("a b/other.mp4", 3, 40)
-    assert clip_id("x/My Clip.mp4", 3, 40).startswith("my-clip-") and clip_id("x/My Clip.mp4", 3, 40).endswith("-000003-000040")
+    assert re.fullmatch(r"[0-9a-f]{12}-000003-000040", clip_id("0123abcd" * 4, 3, 40))  # short, file-name safe
