@@ -51,6 +51,39 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
+def append_line(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line durably: one ``write`` of the whole line in append mode, then fsync.
+
+    A write that fails (a full volume) or stores only part of the line is cut back, so the
+    file holds complete lines only.
+    """
+    line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(errno.ENOSPC, "short write (no space left on device)", str(path))
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, before)
+            e.filename = e.filename or str(path)  # a failed write names no file
+            raise
+    finally:
+        os.close(fd)
+
+
+def cut_partial_line(path: Path) -> None:
+    """Cut a trailing partial line left by a killed writer (every stored line stays complete)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+            os.fsync(fh.fileno())
+
+
 class StateLog:
     """An append-only jsonl file of results, keyed by ``key``; later lines win."""
 
@@ -58,7 +91,7 @@ class StateLog:
         self.path, self.key = Path(path), key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: dict[str, dict[str, Any]] = {}
-        self._repair()
+        cut_partial_line(self.path)
         if self.path.exists():
             for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
                 try:
@@ -70,16 +103,6 @@ class StateLog:
                 if key in row:  # rows of an older layout (another key) are recomputed
                     self.rows[row[key]] = row
 
-    def _repair(self) -> None:
-        """Cut a trailing partial line left by a killed run."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
-                os.fsync(fh.fileno())
-
     def get(self, key: str, fp: str | None = None) -> dict[str, Any] | None:
         """The stored row for ``key``, if its fingerprint is ``fp`` (when given)."""
         row = self.rows.get(key)
@@ -88,25 +111,8 @@ class StateLog:
         return row
 
     def append(self, row: dict[str, Any]) -> None:
-        """Store one row durably: one ``write`` of the whole line in append mode, then fsync.
-
-        A write that fails (a full volume) or stores only part of the line is cut back, so the
-        file holds complete lines only.
-        """
-        line = (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            before = os.fstat(fd).st_size
-            try:
-                if os.write(fd, line) != len(line):
-                    raise OSError(errno.ENOSPC, "short write (no space left on device)", str(self.path))
-                os.fsync(fd)
-            except OSError as e:
-                os.ftruncate(fd, before)
-                e.filename = e.filename or str(self.path)  # a failed write names no file
-                raise
-        finally:
-            os.close(fd)
+        """Store one row durably (``append_line``)."""
+        append_line(self.path, row)
         self.rows[row[self.key]] = row
 
 
