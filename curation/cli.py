@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("samples", help="write generated sample videos (moving shapes, a static shot, a cut)")
     s.add_argument("out_dir", type=Path)
+
+    v = sub.add_parser("review", help="a local page to accept, reject and re-caption the clips of OUT_DIR")
+    v.add_argument("out_dir", type=Path, help="output folder of an earlier `run`")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need --allow-remote)")
+    v.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
+    v.add_argument("--no-browser", action="store_true", help="print the address only; do not open a browser")
+    v.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other than loopback (the token is then the only protection)")
     return p
 
 
@@ -52,26 +60,41 @@ def cmd_run(args: argparse.Namespace) -> None:
                       **{k: round(v, 2) for k, v in result.timings.items()}}))
 
 
-def cmd_filter(args: argparse.Namespace) -> None:
+def refilter_stored(out_dir: Path, overrides: list[str]):
+    """What `curation filter OUT_DIR overrides...` does: re-apply the stored config with ``overrides``
+    (filters.*, export.*, caption.* only), rewrite the outputs, store the new config. The review
+    page's "apply" calls this too. Returns the ``RunResult``."""
     import yaml
 
     from curation.config import FILTER_SECTIONS, load_config, to_dict
     from curation.errors import ConfigError
     from curation.pipeline import refilter
-    from curation.summary import format_summary, summary
     from hv_tune.io import atomic_write_text
 
-    for item in args.overrides:
+    for item in overrides:
         if item.split("=", 1)[0].split(".")[0] not in FILTER_SECTIONS:
             raise ConfigError(f"`filter` changes only {', '.join(s + '.*' for s in FILTER_SECTIONS)}; "
                               f"{item!r} needs a new `python -m curation run`")
-    stored = args.out_dir / "state" / "config.yaml"
+    stored = Path(out_dir) / "state" / "config.yaml"
     if not stored.is_file():
-        raise CurationError(f"{stored} not found: {args.out_dir} is not the output of `python -m curation run`")
-    cfg = load_config(stored, args.overrides)
-    result = refilter(cfg, args.out_dir)
+        raise CurationError(f"{stored} not found: {out_dir} is not the output of `python -m curation run`")
+    cfg = load_config(stored, overrides)
+    result = refilter(cfg, Path(out_dir))
     atomic_write_text(stored, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return result
+
+
+def cmd_filter(args: argparse.Namespace) -> None:
+    from curation.summary import format_summary, summary
+
+    result = refilter_stored(args.out_dir, args.overrides)
     print(format_summary(summary(result.records, result.skipped)))
+
+
+def cmd_review(args: argparse.Namespace) -> None:
+    from curation.review.app import serve
+
+    serve(args.out_dir, args.host, args.port, open_browser=not args.no_browser, allow_remote=args.allow_remote)
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
@@ -88,7 +111,8 @@ def cmd_samples(args: argparse.Namespace) -> None:
         print(path)
 
 
-COMMANDS = {"run": cmd_run, "filter": cmd_filter, "tiny-models": cmd_tiny_models, "samples": cmd_samples}
+COMMANDS = {"run": cmd_run, "filter": cmd_filter, "tiny-models": cmd_tiny_models, "samples": cmd_samples,
+            "review": cmd_review}
 
 
 def main(argv: list[str] | None = None) -> int:
