@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 # Installing the pair with find-links and pip config switched off picks the right build.
 TORCH_PAIR := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: install demo test lint clean chromium
+.PHONY: install demo test lint clean chromium review-screenshot
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ demo: install
 	$(PY) -m curation tiny-models $(ROOT)/runs/tiny-models
 	$(PY) -m curation run $(ROOT)/runs/demo/videos --out $(ROOT)/runs/demo/curated --config $(ROOT)/configs/curation_tiny.yaml
 	$(PY) $(ROOT)/finetune.py demo --out $(ROOT)/runs/demo --source $(ROOT)/runs/demo/curated/manifest.jsonl
+
+# The README's picture of the review page (`python -m curation review`): the generated samples
+# curated with the tiny models into runs/review-shot, a few decisions taken, the page in headless
+# Chromium saved as docs/review.png. Tests never write it; this target does.
+review-screenshot: install chromium
+	rm -rf $(ROOT)/runs/review-shot
+	$(PY) -m curation samples $(ROOT)/runs/review-shot/videos
+	$(PY) -m curation tiny-models $(ROOT)/runs/tiny-models
+	$(PY) -m curation run $(ROOT)/runs/review-shot/videos --out $(ROOT)/runs/review-shot/curated --config $(ROOT)/configs/curation_tiny.yaml filters.duplicate_cosine=null
+	PYTHONPATH=$(ROOT) $(PY) $(ROOT)/scripts/review_screenshot.py $(ROOT)/runs/review-shot/curated $(ROOT)/docs/review.png
 
 # The curation report is tested in headless Chromium (Debian's package). Installing it needs root;
 # without it the report tests skip and say why.

@@ -166,3 +166,31 @@ def test_several_cards_at_once(chromium, out):
         assert page.locator("#sel-reject").is_disabled()
     finally:
         assert stop(proc) == 0
+
+
+def test_threshold_histogram_preview_and_apply(chromium, out):
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    static = next(r["id"] for r in rows if any(x.startswith("static") for x in r["reasons"]))
+    kept = next(r["id"] for r in rows if r["status"] == "accepted")
+    accepted = sum(r["status"] == "accepted" for r in rows)
+    proc, url = start_server(out)
+    try:
+        page = open_page(chromium, url)
+        go_to(page, kept)
+        page.keyboard.press("r")  # a person's decision, which "apply" must keep
+        settle(page)
+        assert page.locator("#apply").is_disabled()
+        slider = page.locator(".hist[data-key='filters.motion_min'] input[type=range]")
+        assert page.locator(".hist[data-key='filters.motion_min'] line").count() == 1  # the threshold drawn
+        slider.focus()
+        page.keyboard.press("Home")  # the lowest motion: nothing is static any more
+        assert page.locator("#apply").text_content() == f"apply thresholds: {accepted + 1} would be accepted"
+        page.locator("#apply").click()
+        page.wait_for_selector("#apply[disabled]")
+        settle(page)
+        assert card_state(page, static) == ("accepted", "thresholds")
+        assert card_state(page, kept) == ("rejected", "human")
+        assert next(json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()
+                    if json.loads(x)["id"] == static)["status"] == "accepted"
+    finally:
+        assert stop(proc) == 0

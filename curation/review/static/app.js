@@ -289,13 +289,13 @@ function drawHists() {
     const range = document.createElement('input'); range.type = 'range'; range.min = lo; range.max = hi;
     range.step = (hi - lo) / 200; range.value = value === null ? (t.side === 'min' ? lo : hi) : value;
     range.setAttribute('aria-label', t.key);
-    range.addEventListener('change', () => { S.working[t.key] = parseFloat(range.value); drawHists(); });
-    const would = document.createElement('div'); would.className = 'would';
-    div.append(title, pic, range, would); box.appendChild(div);
+    range.addEventListener('input', () => {
+      S.working[t.key] = parseFloat(range.value); shown.textContent = fmt(S.working[t.key]); applyLabel();
+    });
+    range.addEventListener('change', drawHists);
+    div.append(title, pic, range); box.appendChild(div);
   }
-  const changed = Object.keys(S.working).length;
-  $('apply').disabled = !changed;
-  $('apply').textContent = changed ? 'apply thresholds: ' + wouldAccept() + ' would be accepted' : 'apply thresholds';
+  applyLabel();
   const orphans = $('orphans'); orphans.replaceChildren();
   if (S.data.orphans.length) {
     const h = document.createElement('h2'); h.textContent = 'Decisions for clips no longer in this run (' + S.data.orphans.length + ')';
@@ -305,6 +305,12 @@ function drawHists() {
       orphans.appendChild(d);
     }
   }
+}
+
+function applyLabel() {
+  const changed = Object.keys(S.working).length;
+  $('apply').disabled = !changed;
+  $('apply').textContent = changed ? 'apply thresholds: ' + wouldAccept() + ' would be accepted' : 'apply thresholds';
 }
 
 async function applyThresholds() {
