@@ -17,7 +17,7 @@ from typing import Any
 from curation.config import CurationConfig, load_config
 from curation.errors import InputError
 from curation.filters import reason_kind, score_reasons
-from curation.manifest import StateLog, read_manifest
+from curation.manifest import read_manifest
 from curation.review_log import read_reviews
 from curation.stages.caption import caption_by_rule
 
@@ -112,17 +112,24 @@ def manifest_row(out_dir: Path, clip: str) -> dict[str, Any] | None:
 
 
 def _source_clip(out_dir: Path, clip: str) -> dict[str, Any] | None:
-    """The full clip record (probe facts included) from the run's stored split."""
+    """The full clip record (probe facts included) from the run's stored split (read only: a
+    run writing the state at the same time is never cut short by this reader)."""
     from curation.content import relocate
 
-    inputs = Path(out_dir) / "state" / "inputs.json"
-    if not inputs.is_file():
+    state = Path(out_dir) / "state"
+    if not (state / "inputs.json").is_file() or not (state / "files.jsonl").is_file():
         return None
-    files = StateLog(Path(out_dir) / "state" / "files.jsonl", "content")
-    for f in json.loads(inputs.read_text(encoding="utf-8")):
-        row = files.get(f["content"])
-        if row and any(c.get("id") == clip for c in row.get("clips", [])):
-            return next(c for c in relocate(row, f)["clips"] if c.get("id") == clip)
+    rows: dict[str, dict[str, Any]] = {}
+    for line in (state / "files.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line still being written
+            continue
+        if any(c.get("id") == clip for c in row.get("clips", [])):
+            rows[row["content"]] = row  # later lines win
+    for f in json.loads((state / "inputs.json").read_text(encoding="utf-8")):
+        if f["content"] in rows:
+            return next(c for c in relocate(rows[f["content"]], f)["clips"] if c.get("id") == clip)
     return None
 
 

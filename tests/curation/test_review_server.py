@@ -281,3 +281,16 @@ def test_sigkill_after_an_action_loses_nothing_and_ctrl_c_exits_0(out):
     clips = {c["id"]: c for c in _get(base2, token2, "/api/clips")["clips"]}
     assert (clips[cid]["status"], clips[cid]["decided_by"]) == ("rejected", "human")
     assert stop(proc, signal.SIGINT) == 0
+
+
+def test_an_unreadable_clip_can_be_rejected_not_accepted(client, out):
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    rows[0].update(status="error", reasons=["unreadable while cutting: moov atom not found"])
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cid = rows[0]["id"]
+    r = client.post(f"/api/clips/{cid}/decision", json={"action": "accept"})
+    assert r.status_code == 409 and "moov atom not found" in r.json()["error"]
+    assert client.get(f"/api/clips/{cid}/preview").status_code == 404
+    assert log_lines(out) == []
+    view = client.get(f"/api/clips/{cid}").json()
+    assert (view["status"], view["preview"]) == ("error", False)
