@@ -60,31 +60,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                       **{k: round(v, 2) for k, v in result.timings.items()}}))
 
 
-def refilter_stored(out_dir: Path, overrides: list[str]):
-    """What `curation filter OUT_DIR overrides...` does: re-apply the stored config with ``overrides``
-    (filters.*, export.*, caption.* only), rewrite the outputs, store the new config. The review
-    page's "apply" calls this too. Returns the ``RunResult``."""
-    import yaml
-
-    from curation.config import FILTER_SECTIONS, load_config, to_dict
-    from curation.errors import ConfigError
-    from curation.pipeline import refilter
-    from hv_tune.io import atomic_write_text
-
-    for item in overrides:
-        if item.split("=", 1)[0].split(".")[0] not in FILTER_SECTIONS:
-            raise ConfigError(f"`filter` changes only {', '.join(s + '.*' for s in FILTER_SECTIONS)}; "
-                              f"{item!r} needs a new `python -m curation run`")
-    stored = Path(out_dir) / "state" / "config.yaml"
-    if not stored.is_file():
-        raise CurationError(f"{stored} not found: {out_dir} is not the output of `python -m curation run`")
-    cfg = load_config(stored, overrides)
-    result = refilter(cfg, Path(out_dir))
-    atomic_write_text(stored, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return result
-
-
 def cmd_filter(args: argparse.Namespace) -> None:
+    from curation.pipeline import refilter_stored
     from curation.summary import format_summary, summary
 
     result = refilter_stored(args.out_dir, args.overrides)

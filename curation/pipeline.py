@@ -306,3 +306,23 @@ def check_unchanged(files: list[dict[str, Any]], out_dir: Path) -> None:
         if with_content(f)["content"] != f["content"]:
             raise InputError(f"{f['source']} changed since it was scored; run `python -m curation run` on its "
                              "folder again (it redoes only the changed files), then filter")
+
+
+def refilter_stored(out_dir: Path, overrides: list[str]) -> RunResult:
+    """What `curation filter OUT_DIR overrides...` does: re-apply the stored config with ``overrides``
+    (filters.*, export.*, caption.* only), rewrite the outputs, store the new config. The review
+    page's "apply" calls this too. Returns the ``RunResult``."""
+    from curation.config import FILTER_SECTIONS, load_config
+    from curation.errors import ConfigError, CurationError
+
+    for item in overrides:
+        if item.split("=", 1)[0].split(".")[0] not in FILTER_SECTIONS:
+            raise ConfigError(f"`filter` changes only {', '.join(s + '.*' for s in FILTER_SECTIONS)}; "
+                              f"{item!r} needs a new `python -m curation run`")
+    stored = Path(out_dir) / "state" / "config.yaml"
+    if not stored.is_file():
+        raise CurationError(f"{stored} not found: {out_dir} is not the output of `python -m curation run`")
+    cfg = load_config(stored, overrides)
+    result = refilter(cfg, Path(out_dir))
+    atomic_write_text(stored, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return result

@@ -154,7 +154,7 @@ class Review:
 
 
 def _refilter(out_dir: Path, overrides: list[str]) -> None:
-    from curation.cli import refilter_stored
+    from curation.pipeline import refilter_stored
 
     refilter_stored(out_dir, overrides)
 

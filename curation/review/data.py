@@ -19,7 +19,7 @@ from curation.errors import InputError
 from curation.filters import reason_kind, score_reasons
 from curation.manifest import read_manifest
 from curation.review_log import read_reviews
-from curation.stages.caption import caption_by_rule
+from hv_tune.media import apply_caption_rule
 
 #: clip ids as ``curation.manifest.clip_id`` makes them: nothing that could name a path
 CLIP_ID = re.compile(r"^[0-9a-f]{12}-\d{6}-\d{6}$")
@@ -56,6 +56,15 @@ def threshold_status(row: dict[str, Any], cfg: CurationConfig) -> str:
     return "rejected" if (not scored or score_reasons(row["scores"], cfg.filters)) else "accepted"
 
 
+def training_caption(caption: str | None, trigger: str) -> str | None:
+    """The caption the cache trains on: ``hv_tune.media``'s caption rule (the one curation and the
+    cache apply) with the run's trigger word; None for a clip without a caption."""
+    if caption is None:
+        return None
+    captions, _ = apply_caption_rule(caption, trigger)
+    return captions[0] if captions else (" ".join(trigger.split()) or None)
+
+
 def clip_view(row: dict[str, Any], review: Any, cfg: CurationConfig) -> dict[str, Any]:
     """One card's data: scores, reasons, both statuses, who decided, both captions."""
     by_rules = threshold_status(row, cfg)
@@ -74,7 +83,7 @@ def clip_view(row: dict[str, Any], review: Any, cfg: CurationConfig) -> dict[str
         "reason_kinds": sorted({reason_kind(r) for r in row.get("reasons") or []}),
         "scores": dict(row.get("scores") or {}),
         "caption": caption, "caption_source": "human" if human_caption is not None else row.get("caption_source"),
-        "training_caption": caption_by_rule(caption, trigger)[0] if caption else None,
+        "training_caption": training_caption(caption, trigger),
         "decided_at": review.decided_at if review else None,
         "captioned_at": review.captioned_at if review else None,
         "preview": row.get("status") != "error",
