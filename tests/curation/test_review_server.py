@@ -294,3 +294,48 @@ def test_an_unreadable_clip_can_be_rejected_not_accepted(client, out):
     assert log_lines(out) == []
     view = client.get(f"/api/clips/{cid}").json()
     assert (view["status"], view["preview"]) == ("error", False)
+
+
+def test_two_tabs_at_once_lose_nothing(out):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tabs = []
+    for _ in range(2):
+        c = TestClient(build_app(out, TOKEN, "127.0.0.1", PORT), base_url=ADDRESS)
+        c.cookies.set(cookie_name(PORT), TOKEN)
+        tabs.append(c)
+    cid = first(out, "accepted")
+
+    def write(n):
+        tab = tabs[n % 2]
+        return tab.put(f"/api/clips/{cid}/caption", json={"caption": f"tab {n % 2} edit {n}"}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(write, range(16))) == {200}
+    lines = [json.loads(x) for x in log_lines(out)]
+    assert sorted(x["caption"] for x in lines) == sorted(f"tab {n % 2} edit {n}" for n in range(16))
+    assert read_reviews(out)[cid].caption == lines[-1]["caption"]  # for one clip the last write wins
+    assert tabs[0].get(f"/api/clips/{cid}").json()["caption"] == lines[-1]["caption"]  # the other tab sees it
+
+
+def test_export_rewrites_the_outputs(client, out):
+    cid = first(out, "accepted")
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    stale = [{**r, "status": "rejected"} if r["id"] == cid else r for r in rows]  # an out-of-date manifest
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    (out / "clips" / f"{cid}.mp4").unlink()
+    r = client.post("/api/export", json={})
+    assert r.status_code == 200
+    assert manifest(out)[cid]["status"] == "accepted" and (out / "clips" / f"{cid}.mp4").is_file()
+    assert {c["id"]: c["status"] for c in r.json()["clips"]}[cid] == "accepted"
+    assert client.post("/api/export", content="{}").status_code == 415  # not JSON-typed: refused
+
+
+def test_wildcard_bind_answers_ip_literals_only():
+    from curation.review.security import allowed_hosts, host_ok
+
+    allowed = allowed_hosts("0.0.0.0", PORT)
+    assert allowed is None
+    assert host_ok(f"192.168.1.20:{PORT}", allowed) and host_ok(f"[fe80::1]:{PORT}", allowed)
+    assert not host_ok(f"rebound.attacker.test:{PORT}", allowed) and not host_ok(f"localhost:{PORT}", allowed)
+    assert allowed_hosts("192.168.1.20", PORT) == {f"192.168.1.20:{PORT}"}
