@@ -272,15 +272,17 @@ def _get(url: str, token: str, path: str) -> dict:
 def test_sigkill_after_an_action_loses_nothing_and_ctrl_c_exits_0(out):
     cid = first(out, "accepted")
     proc, url = start_server(out)
-    base, token = url.split("/?token=")
-    assert _post(base, token, f"/api/clips/{cid}/decision", {"action": "reject"})["clips"][0]["status"] == "rejected"
-    assert stop(proc, signal.SIGKILL) == -signal.SIGKILL
-    proc, url = start_server(out)
-    base2, token2 = url.split("/?token=")
-    assert token2 != token  # a new token every start
-    clips = {c["id"]: c for c in _get(base2, token2, "/api/clips")["clips"]}
-    assert (clips[cid]["status"], clips[cid]["decided_by"]) == ("rejected", "human")
-    assert stop(proc, signal.SIGINT) == 0
+    try:
+        base, token = url.split("/?token=")
+        assert _post(base, token, f"/api/clips/{cid}/decision", {"action": "reject"})["clips"][0]["status"] == "rejected"
+        assert stop(proc, signal.SIGKILL) == -signal.SIGKILL
+        proc, url = start_server(out)
+        base2, token2 = url.split("/?token=")
+        assert token2 != token  # a new token every start
+        clips = {c["id"]: c for c in _get(base2, token2, "/api/clips")["clips"]}
+        assert (clips[cid]["status"], clips[cid]["decided_by"]) == ("rejected", "human")
+    finally:
+        assert stop(proc, signal.SIGINT) == 0
 
 
 def test_an_unreadable_clip_can_be_rejected_not_accepted(client, out):
