@@ -46,32 +46,18 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     result = run(cfg, args.input_dir, args.out)
-    print(format_summary(summary(result.records, result.skipped)))
+    print(format_summary(summary(result.records, result.skipped, result.orphaned)))
     print(f"manifest: {args.out / 'manifest.jsonl'}\nreport:   {args.out / 'report.html'}")
     print(json.dumps({"clips_scored": result.clips_scored, "captions_generated": result.captions_generated,
                       **{k: round(v, 2) for k, v in result.timings.items()}}))
 
 
 def cmd_filter(args: argparse.Namespace) -> None:
-    import yaml
-
-    from curation.config import FILTER_SECTIONS, load_config, to_dict
-    from curation.errors import ConfigError
-    from curation.pipeline import refilter
+    from curation.pipeline import apply_thresholds
     from curation.summary import format_summary, summary
-    from hv_tune.io import atomic_write_text
 
-    for item in args.overrides:
-        if item.split("=", 1)[0].split(".")[0] not in FILTER_SECTIONS:
-            raise ConfigError(f"`filter` changes only {', '.join(s + '.*' for s in FILTER_SECTIONS)}; "
-                              f"{item!r} needs a new `python -m curation run`")
-    stored = args.out_dir / "state" / "config.yaml"
-    if not stored.is_file():
-        raise CurationError(f"{stored} not found: {args.out_dir} is not the output of `python -m curation run`")
-    cfg = load_config(stored, args.overrides)
-    result = refilter(cfg, args.out_dir)
-    atomic_write_text(stored, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    print(format_summary(summary(result.records, result.skipped)))
+    result = apply_thresholds(args.out_dir, args.overrides)
+    print(format_summary(summary(result.records, result.skipped, result.orphaned)))
 
 
 def cmd_tiny_models(args: argparse.Namespace) -> None:
@@ -108,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     drop_unactionable_library_logs()
     try:
         COMMANDS[args.verb](args)
-    except CurationError as e:
+    except CurationError as e:  # hv_tune.errors.HvTuneError: every error a user can fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
