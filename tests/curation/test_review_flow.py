@@ -45,6 +45,7 @@ def flow(tmp_path_factory, samples, tiny_config):
     inp, out = tmp_path_factory.mktemp("in"), tmp_path_factory.mktemp("out")
     for name in ("red_circle.mp4", "blue_square.mp4", "static_shot.mp4"):
         shutil.copy(samples / name, inp)
+    (inp / "blue_square.txt").write_text("sidecar words\n")  # the user's own caption beside the video
     cfg = tiny_config()
     stages = {"caption": LabelCaptioner(cfg.caption)}
     first = run(cfg, inp, out, stages)
@@ -58,6 +59,9 @@ def test_decisions_and_captions_hold_through_filter_rerun_and_cache(flow, spec, 
     other = by_name["blue_square.mp4"]["id"]
     assert (by_name["red_circle.mp4"]["status"], by_name["static_shot.mp4"]["status"]) == ("accepted", "rejected")
     assert all(r["decided_by"] == "thresholds" for r in first.records)
+    assert (by_name["blue_square.mp4"]["caption"], by_name["blue_square.mp4"]["caption_source"]) == (
+        "sks, sidecar words", "user")
+    assert by_name["red_circle.mp4"]["caption_source"] == "model"
 
     append_action(out, accepted, "reject")
     append_action(out, rejected, "accept")
@@ -141,6 +145,9 @@ def test_newest_caption_edit_wins_page_or_file(flow):
     apply_reviews(out, stages)
     assert (rows(out)[cid]["caption"], rows(out)[cid]["caption_source"]) == ("sks, from the page again", "human")
     assert txt.read_text() == "sks, from the page again\n"
+    apply_thresholds(out, ["caption.overwrite=true"], stages)  # replaces .txt captions, never a person's
+    assert (rows(out)[cid]["caption"], rows(out)[cid]["caption_source"]) == ("sks, from the page again", "human")
+    apply_thresholds(out, ["caption.overwrite=false"], stages)
 
 
 def test_a_manifest_of_a_newer_version_is_not_overwritten(flow, capsys):
