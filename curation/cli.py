@@ -54,18 +54,18 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     result = run(cfg, args.input_dir, args.out)
-    print(format_summary(summary(result.records, result.skipped)))
+    print(format_summary(summary(result.records, result.skipped, result.orphaned)))
     print(f"manifest: {args.out / 'manifest.jsonl'}\nreport:   {args.out / 'report.html'}")
     print(json.dumps({"clips_scored": result.clips_scored, "captions_generated": result.captions_generated,
                       **{k: round(v, 2) for k, v in result.timings.items()}}))
 
 
 def cmd_filter(args: argparse.Namespace) -> None:
-    from curation.pipeline import refilter_stored
+    from curation.pipeline import apply_thresholds
     from curation.summary import format_summary, summary
 
-    result = refilter_stored(args.out_dir, args.overrides)
-    print(format_summary(summary(result.records, result.skipped)))
+    result = apply_thresholds(args.out_dir, args.overrides)
+    print(format_summary(summary(result.records, result.skipped, result.orphaned)))
 
 
 def cmd_review(args: argparse.Namespace) -> None:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     drop_unactionable_library_logs()
     try:
         COMMANDS[args.verb](args)
-    except CurationError as e:
+    except CurationError as e:  # hv_tune.errors.HvTuneError: every error a user can fix
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,11 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from curation.errors import ConfigError
 from hv_tune import typed_config as typed
-from hv_tune.errors import ConfigError as TypedConfigError
 from hv_tune.typed_config import doc_field
 
 _f = doc_field
@@ -170,17 +167,7 @@ class CurationConfig:
 
 def load_raw(path: str | os.PathLike | None) -> dict[str, Any]:
     """Read a YAML config file into a dict (empty when ``path`` is None)."""
-    if path is None:
-        return {}
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError as e:
-        raise ConfigError(f"config file not found: {path}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must contain a mapping at the top level")
-    return raw
+    return {} if path is None else typed.read_yaml_mapping(path)
 
 
 # Keys that hold paths: always (``path``), after ``local-dir:``, or when the value looks like a
@@ -223,13 +210,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Cu
     raw = load_raw(path)
     if path is not None:
         resolve_paths(raw, Path(os.path.abspath(path)).parent)
-    try:  # hv_tune's typed loader (the one loader of the project); its errors become curation's
-        for item in overrides:
-            typed.apply_override(raw, item)
-        resolve_paths(raw, Path.cwd())  # the overrides' paths (the file's are absolute by now)
-        cfg = typed.from_dict(CurationConfig, raw)
-    except TypedConfigError as e:
-        raise ConfigError(str(e)) from e
+    for item in overrides:  # hv_tune's typed loader: the one loader (and error tree) of the project
+        typed.apply_override(raw, item)
+    resolve_paths(raw, Path.cwd())  # the overrides' paths (the file's are absolute by now)
+    cfg = typed.from_dict(CurationConfig, raw)
     validate(cfg)
     return cfg
 

@@ -1,15 +1,18 @@
-"""Errors a user can act on: the CLI prints them without a traceback and exits with code 2."""
+"""Errors a user can act on: the CLI prints them without a traceback and exits with code 2.
+
+Curation's errors are hv_tune's (``hv_tune.errors``): one tree, no translation between the two.
+``ConfigError`` is hv_tune's own (the typed config loader raises it for both packages);
+``InputError`` is a ``DataError`` (a file, folder or stored state that is missing or malformed).
+"""
+
+from hv_tune.errors import ConfigError, DataError, HvTuneError
+
+CurationError = HvTuneError  # the base the CLI catches (kept as a name for callers)
+
+__all__ = ["ConfigError", "CurationError", "InputError", "out_of_space"]
 
 
-class CurationError(Exception):
-    """Base class: the message names the file or config key and what to do."""
-
-
-class ConfigError(CurationError):
-    """A config key is unknown or has a bad value."""
-
-
-class InputError(CurationError):
+class InputError(DataError):
     """An input folder, output folder or stored state is missing or malformed."""
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from curation.config import CurationConfig
 from curation.errors import out_of_space
-from curation.manifest import write_manifest
 from curation.media import open_video
 from curation.report import write_report
 from curation.summary import summary
+from hv_tune.data.manifest import write_manifest
 from hv_tune.io import atomic_write, atomic_write_text
 from hv_tune.media import read_caption_file, read_image, write_h264
 
@@ -42,7 +42,7 @@ def _encode(rec: dict[str, Any], out: Path, crf: int) -> None:
 
 
 def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
-                 stored_captions: dict[str, str | None] | None = None) -> list[dict[str, Any]]:
+                 stored_captions: dict[str, str | set[str] | None] | None = None) -> list[dict[str, Any]]:
     """Write clips/ID.mp4 + ID.txt for accepted clips; remove clips that are no longer accepted.
 
     A clip file already there is kept: ids encode the source's content hash and the span, so a
@@ -73,11 +73,17 @@ def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Pa
                 atomic_write_text(clips_dir / f"{rec['id']}.txt", rec["caption"] + "\n")
         out.append(rec)
     if clips_dir.is_dir():
-        _remove_stale(clips_dir, keep, {**(stored_captions or {}), **{r["id"]: r.get("caption") for r in records}})
+        ours: dict[str, set[str]] = {}
+        for cid, texts in (stored_captions or {}).items():
+            ours.setdefault(cid, set()).update([texts] if isinstance(texts, str) else texts or ())
+        for r in records:
+            if r.get("caption"):
+                ours.setdefault(r["id"], set()).add(r["caption"])
+        _remove_stale(clips_dir, keep, ours)
     return out
 
 
-def _remove_stale(clips_dir: Path, keep: set[str], captions: dict[str, str | None]) -> None:
+def _remove_stale(clips_dir: Path, keep: set[str], captions: dict[str, set[str]]) -> None:
     for path in clips_dir.iterdir():
         cid = path.stem
         if cid in keep or path.name.startswith("."):
@@ -86,21 +92,22 @@ def _remove_stale(clips_dir: Path, keep: set[str], captions: dict[str, str | Non
             path.unlink()
         elif path.suffix == ".txt" and cid in captions:
             text = read_caption_file(path)[0].strip()
-            if not text or text == (captions[cid] or "").strip():
+            if not text or text in {c.strip() for c in captions[cid]}:
                 path.unlink()
 
 
 def export_all(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
-               skipped: list[dict[str, str]] = (), stored_captions: dict[str, str | None] | None = None,
-               ) -> list[dict[str, Any]]:
+               skipped: list[dict[str, str]] = (), stored_captions: dict[str, str | set[str] | None] | None = None,
+               orphaned: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Clips, manifest, report and summary for the final records (sorted by source, span).
 
     ``skipped``: walked files that are not used, ``{"rel", "reason"}`` (summary and report).
-    ``stored_captions``: model captions by clip id (``clips/ID.txt`` equal to one is ours).
+    ``stored_captions``: captions we wrote or stored, by clip id (``clips/ID.txt`` equal to one is ours).
+    ``orphaned``: review decisions whose clip no longer exists (summary).
     """
     records = sorted(records, key=lambda r: (r["source"], r["start_frame"], r["end_frame"], r["id"]))
     records = export_clips(cfg, records, out_dir, stored_captions)
     write_manifest(out_dir, records)
     write_report(cfg, records, out_dir, skipped)
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary(records, skipped), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary(records, skipped, orphaned), indent=2, ensure_ascii=False) + "\n")
     return records

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 
 from curation.config import FilterConfig
+from curation.decisions import apply_decisions
+from curation.review_log import Review
 from curation.stages.clip_scores import decode_b64
 
 
@@ -37,12 +39,15 @@ def score_reasons(scores: dict[str, Any], f: FilterConfig) -> list[str]:
     return reasons
 
 
-def decide(records: list[dict[str, Any]], f: FilterConfig) -> list[dict[str, Any]]:
-    """Status and reasons for every scored clip record, then near-duplicate removal.
+def decide(records: list[dict[str, Any]], f: FilterConfig, reviews: dict[str, Review] | None = None,
+           ) -> list[dict[str, Any]]:
+    """Status, reasons and ``decided_by`` for every clip record, then near-duplicate removal.
 
-    Records whose status was fixed before scoring (``error``, ``too short``) keep it. Among
-    clips that pass every threshold, a clip whose embedding has cosine >= ``duplicate_cosine``
-    with a better one (higher aesthetic, then lower id) is rejected as its near-duplicate.
+    Records whose status was fixed before scoring (``error``, ``too short``) keep it. Then a
+    person's decisions (``reviews``, ``curation.decisions.apply_decisions``) replace the
+    thresholds'. Among accepted clips, a clip whose embedding has cosine >= ``duplicate_cosine``
+    with a better one (accepted by a person, then higher aesthetic, then lower id) is rejected as
+    its near-duplicate; a clip a person accepted is never rejected as one.
     """
     out = []
     for rec in records:
@@ -51,6 +56,7 @@ def decide(records: list[dict[str, Any]], f: FilterConfig) -> list[dict[str, Any
             reasons = score_reasons(rec["scores"], f)
             rec["status"], rec["reasons"] = ("rejected", reasons) if reasons else ("accepted", [])
         out.append(rec)
+    out = apply_decisions(out, reviews or {})
     if f.duplicate_cosine is not None:
         _mark_duplicates([r for r in out if r["status"] == "accepted" and r.get("embedding")], f.duplicate_cosine)
     return out
@@ -59,14 +65,15 @@ def decide(records: list[dict[str, Any]], f: FilterConfig) -> list[dict[str, Any
 def _mark_duplicates(candidates: list[dict[str, Any]], threshold: float) -> None:
     if len(candidates) < 2:
         return
-    order = sorted(candidates, key=lambda r: (-(r["scores"].get("aesthetic") or 0.0), r["id"]))
+    order = sorted(candidates, key=lambda r: (r.get("decided_by") != "human", -(r["scores"].get("aesthetic") or 0.0),
+                                              r["id"]))
     emb = np.stack([decode_b64(r["embedding"]) for r in order])  # [N, D], unit rows
     emb /= np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)
     sims = emb @ emb.T  # [N, N]
     kept: list[int] = []
     for i, rec in enumerate(order):
         dup = next((k for k in kept if sims[i, k] >= threshold), None)
-        if dup is None:
+        if dup is None or rec.get("decided_by") == "human":
             kept.append(i)
             continue
         rec["status"] = "rejected"

@@ -1,4 +1,4 @@
-"""Clip records, the resumable state store, and the manifest files (jsonl + parquet).
+"""Clip records and the resumable state store; the manifest files are ``hv_tune.data.manifest``'s.
 
 A *record* is a plain dict. File records (one per input file) carry ``source``, ``kind``,
 ``probe``/``error`` and ``spans``; clip records carry the manifest fields (docs/manifest.md).
@@ -16,18 +16,10 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from curation.errors import InputError
-from hv_tune.io import atomic_write, atomic_write_text
-
-MANIFEST_VERSION = 1
-MANIFEST_FIELDS = (
-    "id", "source", "kind", "start_frame", "end_frame", "start_time", "end_time", "fps", "width", "height",
-    "num_frames", "status", "reasons", "scores", "metrics", "caption", "caption_source", "clip_path", "probe_notes",
-)
 
 
 def clip_id(key: str, start: int, end: int) -> str:
@@ -114,57 +106,3 @@ class StateLog:
         """Store one row durably (``append_line``)."""
         append_line(self.path, row)
         self.rows[row[self.key]] = row
-
-
-def manifest_row(record: dict[str, Any]) -> dict[str, Any]:
-    """A clip record reduced to the manifest fields, in a fixed order."""
-    return {k: record.get(k) for k in MANIFEST_FIELDS}
-
-
-def _uniform_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give every row the same score/metric keys (null where absent): parquet needs one schema."""
-    score_keys = sorted({k for r in rows for k in (r["scores"] or {})})
-    metric_keys = sorted({k for r in rows for k in (r["metrics"] or {})})
-    out = []
-    for r in rows:
-        r = dict(r)
-        r["scores"] = {k: (r["scores"] or {}).get(k) for k in score_keys}
-        r["metrics"] = {k: (r["metrics"] or {}).get(k) for k in metric_keys}
-        out.append(r)
-    return out
-
-
-def write_manifest(out_dir: Path, records: Iterable[dict[str, Any]]) -> tuple[Path, Path]:
-    """Write ``manifest.jsonl`` and ``manifest.parquet`` (via ``datasets``), each atomically."""
-    from datasets import Dataset
-
-    rows = _uniform_scores([manifest_row(r) for r in records])
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    jsonl = atomic_write_text(out_dir / "manifest.jsonl", text)
-    # parquet cannot store a struct without fields: when no clip has any score (nothing was
-    # scored), the columns hold nulls there; manifest.jsonl keeps its {}
-    empty = [k for k in ("scores", "metrics") if not any(r[k] for r in rows)]
-    prows = [{**r, **{k: None for k in empty}} for r in rows]
-    table = Dataset.from_list(prows) if rows else Dataset.from_dict({k: [] for k in MANIFEST_FIELDS})
-    parquet = atomic_write(out_dir / "manifest.parquet", lambda p: table.to_parquet(str(p)))
-    return jsonl, parquet
-
-
-def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read ``manifest.jsonl`` (a file or its OUT_DIR).
-
-    Raises:
-        InputError: when the file is missing or a line is not a JSON object.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "manifest.jsonl"
-    if not path.is_file():
-        raise InputError(f"{path} not found; run `python -m curation run INPUT_DIR --out OUT_DIR` first")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n} is not valid JSON ({e})") from e
-    return rows

@@ -20,17 +20,21 @@ import yaml
 
 from curation.config import CurationConfig, to_dict
 from curation.content import UNREADABLE, relocate, with_content, with_content_ids
+from curation.decisions import file_time, orphaned, page_caption_wins
 from curation.errors import InputError
 from curation.executors import make_executor
 from curation.export import export_all
 from curation.filters import decide
-from curation.manifest import StateLog, fingerprint, public, read_manifest
+from curation.manifest import StateLog, fingerprint, public
+from curation.review_log import Review, read_reviews
 from curation.stages.caption import Captioner, CaptionFrames, caption_by_rule, edited_caption, source_caption
 from curation.stages.clip_scores import ClipScores
 from curation.stages.frames import SampleFrames
 from curation.stages.motion import Motion
 from curation.stages.probe import Probe, discover, output_marker
 from curation.stages.scenes import SceneSplit
+from hv_tune.data.manifest import ManifestVersionError, read_manifest
+from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text
 
 # Bumped when hv_tune.media changes what a file contains (2: display rotation, EXIF, timestamps):
@@ -51,6 +55,7 @@ class RunResult:
     caption_calls: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)  # walked files not used, with the reason
+    orphaned: list[dict[str, Any]] = field(default_factory=list)  # review decisions whose clip is gone
 
 
 @dataclass
@@ -112,15 +117,28 @@ def run(cfg: CurationConfig, input_dir: Path, out_dir: Path, stages: dict[str, A
 
 def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_dir: Path,
            stages: dict[str, Any], result: RunResult, t0: float) -> RunResult:
-    """Decide, caption accepted clips, export. Shared by ``run`` and ``refilter``."""
-    records = decide(clips, cfg.filters)
+    """Decide (a person's decisions over the thresholds'), caption accepted clips, export.
+
+    Shared by ``run``, ``refilter`` and ``apply_reviews``: every step that writes outputs reads
+    ``OUT/review.jsonl`` afresh, so human decisions and captions hold in all of them.
+    """
+    reviews = read_reviews(out_dir)
+    records = decide(clips, cfg.filters, reviews)
     t1 = time.perf_counter()
-    records = caption_clips(cfg, records, state, out_dir, stages, result)
+    records = caption_clips(cfg, records, state, out_dir, stages, result, reviews)
     result.timings["caption_s"] = time.perf_counter() - t1
     skipped_path = out_dir / "state" / "skipped.json"
     skipped = json.loads(skipped_path.read_text(encoding="utf-8")) if skipped_path.is_file() else []
-    stored = {k: row.get("caption") for k, row in state.captions.rows.items()}  # to tell ours from the user's
-    result.records, result.skipped = export_all(cfg, records, out_dir, skipped, stored), skipped
+    # captions we wrote or stored (model, last manifest, the page's by the rule): to tell ours from the user's
+    stored: dict[str, set[str]] = {k: {row["caption"]} for k, row in state.captions.rows.items() if row.get("caption")}
+    for cid, text in _written_captions(out_dir).items():
+        stored.setdefault(cid, set()).add(text)
+    for cid, review in reviews.items():
+        if review.caption:
+            stored.setdefault(cid, set()).add(caption_by_rule(review.caption, cfg.caption.trigger_word)[0])
+    result.orphaned = orphaned(records, reviews)
+    result.records = export_all(cfg, records, out_dir, skipped, stored, result.orphaned)
+    result.skipped = skipped
     result.timings["total_s"] = time.perf_counter() - t0
     return result
 
@@ -194,21 +212,28 @@ def score_clips(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, 
 
 
 def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: State, out_dir: Path,
-                  stages: dict[str, Any], result: RunResult) -> list[dict[str, Any]]:
-    """Captions for accepted clips: the user's own text if any, else stored, else the model's."""
+                  stages: dict[str, Any], result: RunResult, reviews: dict[str, Review] | None = None,
+                  ) -> list[dict[str, Any]]:
+    """Captions for accepted clips: a person's (the page's or an edited ``clips/ID.txt``, the newest
+    of the two), else the source's own ``.txt``, else stored, else the model's."""
     fp = fingerprints(cfg)["caption"]
     clips_dir = out_dir / "clips"
     written = _written_captions(out_dir)
+    reviews = reviews or {}
     todo, out = [], []
     for rec in records:
         rec = dict(rec)
         if rec["status"] == "accepted":
             stored = state.captions.get(rec["id"], fp)
-            ours = {c for c in (written.get(rec["id"]), (stored or {}).get("caption")) if c}
-            user = None if cfg.caption.overwrite else user_caption(rec, clips_dir, ours, state.edits)
-            if user is not None:  # the user's own text follows the caption rule too (trigger word included)
+            review = reviews.get(rec["id"])
+            page = caption_by_rule(review.caption, cfg.caption.trigger_word)[0] if review and review.caption else None
+            ours = {c for c in (written.get(rec["id"]), (stored or {}).get("caption"), page) if c}
+            user = user_caption(rec, clips_dir, ours, state.edits, review)
+            if user is not None and user[2] == "user" and cfg.caption.overwrite:
+                user = None  # caption.overwrite: the model's caption replaces the user's files (not the page's)
+            if user is not None:  # the person's own text follows the caption rule too (trigger word included)
                 caption, edits = caption_by_rule(user[0], cfg.caption.trigger_word)
-                rec.update(caption=caption, caption_source="user", caption_edits=edits)
+                rec.update(caption=caption, caption_source=user[2], caption_edits=edits)
                 if user[1]:
                     rec["probe_notes"] = [*rec.get("probe_notes", []), user[1]]
             elif stored is not None:
@@ -235,16 +260,31 @@ def caption_clips(cfg: CurationConfig, records: list[dict[str, Any]], state: Sta
     return out
 
 
-def user_caption(rec: dict[str, Any], clips_dir: Path, ours: set[str], edits: StateLog) -> tuple[str, str | None] | None:
-    """The user's own caption text: a new edit of ``clips/ID.txt`` (stored in ``edits``), an earlier
-    edit, else the source's own ``.txt``; ``(text, note)`` or None."""
+def user_caption(rec: dict[str, Any], clips_dir: Path, ours: set[str], edits: StateLog,
+                 review: Review | None = None) -> tuple[str, str | None, str] | None:
+    """A person's caption text, ``(text, note, caption_source)`` or None.
+
+    The newest of the page's caption (``review``, ``human``) and an edit of ``clips/ID.txt``
+    (a new one, stored in ``edits`` with the file's time, or an earlier stored one; ``user``)
+    wins; without either, the source's own ``.txt`` (``user``).
+    """
     edit = edited_caption(rec, clips_dir, ours)
-    if edit is not None:
-        if (edits.get(rec["id"]) or {}).get("text") != edit[0]:
-            edits.append({"id": rec["id"], "text": edit[0]})
-        return edit
     earlier = edits.get(rec["id"])
-    return (earlier["text"], None) if earlier else source_caption(rec)
+    if edit is not None:
+        when = file_time(clips_dir / f"{rec['id']}.txt")
+        if (earlier or {}).get("text") != edit[0]:
+            edits.append({"id": rec["id"], "text": edit[0], "time": when})
+        else:
+            when = earlier.get("time") or when
+        file_edit = (edit[0], edit[1], when)
+    else:
+        file_edit = (earlier["text"], None, earlier.get("time")) if earlier else None
+    if page_caption_wins(review, file_edit[2] if file_edit else None):
+        return review.caption, None, "human"
+    if file_edit is not None:
+        return file_edit[0], file_edit[1], "user"
+    own = source_caption(rec)
+    return (*own, "user") if own else None
 
 
 def _written_captions(out_dir: Path) -> dict[str, str]:
@@ -252,7 +292,9 @@ def _written_captions(out_dir: Path) -> dict[str, str]:
     still holding it is ours, so a changed trigger word or source caption is applied, not kept."""
     try:
         rows = read_manifest(out_dir)
-    except InputError:  # no earlier run, or a damaged manifest: every differing clips/ID.txt is an edit
+    except ManifestVersionError:  # written by a newer hv-tune: never overwritten by a guess
+        raise
+    except DataError:  # no earlier run, or a damaged manifest: every differing clips/ID.txt is an edit
         return {}
     return {r["id"]: r["caption"] for r in rows if isinstance(r, dict) and r.get("id") and r.get("caption")}
 
@@ -308,21 +350,35 @@ def check_unchanged(files: list[dict[str, Any]], out_dir: Path) -> None:
                              "folder again (it redoes only the changed files), then filter")
 
 
-def refilter_stored(out_dir: Path, overrides: list[str]) -> RunResult:
-    """What `curation filter OUT_DIR overrides...` does: re-apply the stored config with ``overrides``
-    (filters.*, export.*, caption.* only), rewrite the outputs, store the new config. The review
-    page's "apply" calls this too. Returns the ``RunResult``."""
-    from curation.config import FILTER_SECTIONS, load_config
-    from curation.errors import ConfigError, CurationError
+def apply_thresholds(out_dir: Path, overrides: list[str] = (), stages: dict[str, Any] | None = None) -> RunResult:
+    """``curation filter``: the stored config of ``out_dir`` with ``overrides`` (``filters.*``,
+    ``export.*``, ``caption.*``) re-applied to the stored scores; human decisions hold. The new
+    config is stored on success. Also what the review page's "apply" calls.
 
+    Raises:
+        ConfigError: an override of another section (it needs a new ``curation run``) or a bad value.
+        InputError: ``out_dir`` is not the output of ``curation run``.
+    """
+    from curation.config import FILTER_SECTIONS, load_config
+    from curation.errors import ConfigError
+
+    out_dir = Path(out_dir)
     for item in overrides:
         if item.split("=", 1)[0].split(".")[0] not in FILTER_SECTIONS:
             raise ConfigError(f"`filter` changes only {', '.join(s + '.*' for s in FILTER_SECTIONS)}; "
                               f"{item!r} needs a new `python -m curation run`")
-    stored = Path(out_dir) / "state" / "config.yaml"
+    stored = out_dir / "state" / "config.yaml"
     if not stored.is_file():
-        raise CurationError(f"{stored} not found: {out_dir} is not the output of `python -m curation run`")
-    cfg = load_config(stored, overrides)
-    result = refilter(cfg, Path(out_dir))
+        raise InputError(f"{stored} not found: {out_dir} is not the output of `python -m curation run`")
+    cfg = load_config(stored, list(overrides))
+    result = refilter(cfg, out_dir, stages)
     atomic_write_text(stored, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return result
+
+
+def apply_reviews(out_dir: Path, stages: dict[str, Any] | None = None) -> RunResult:
+    """Apply ``OUT/review.jsonl`` to ``out_dir`` now: the thresholds of its last run or filter, the
+    person's decisions and captions over them; clips/, manifest, report and summary rewritten.
+    What the review page calls after an action (no decoding or scoring; a clip a person accepted
+    that has no caption yet is captioned)."""
+    return apply_thresholds(out_dir, [], stages)

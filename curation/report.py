@@ -108,7 +108,7 @@ def card(rec: dict[str, Any], thumb: str | None) -> str:
     parts = [
         f'<div class="card {e(rec["status"])}" data-id="{e(rec["id"])}" data-status="{e(rec["status"])}" {attrs}>',
         f'<img alt="frames of {e(rec["id"])}" src="{thumb}">' if thumb else "",
-        f'<div class="status">{e(rec["status"])}</div>',
+        f'<div class="status">{e(rec["status"])}{" · by a person" if rec.get("decided_by") == "human" else ""}</div>',
         f'<div class="id">{e(rec["id"])}</div><div>{e(rec.get("rel", rec["source"]))} · {span}</div>',
         "".join(f'<div class="reasons">{e(r)}</div>' for r in rec["reasons"]),
         f'<div class="caption">{e(rec["caption"])}</div>' if rec.get("caption") else "",

@@ -6,10 +6,11 @@ Used by the demo (``python -m curation samples DIR``) and the tests.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from hv_tune.media.writer import frame_times, write_h264
 
 COLORS = [(230, 40, 40), (40, 200, 60), (50, 80, 240), (240, 220, 40), (240, 240, 240)]
 BACKGROUNDS = [(20, 20, 30), (150, 150, 170), (90, 40, 20), (10, 70, 90)]
@@ -41,28 +42,13 @@ def moving_shape(frames: int, height: int, width: int, color: int = 0, backgroun
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 24, pts_ms: Sequence[int] | None = None,
                 codec: str = "libx264", options: dict[str, str] | None = None) -> Path:
-    """Encode ``[F, H, W, 3]`` uint8 frames. ``pts_ms`` gives variable frame timing in milliseconds.
+    """Encode ``[F, H, W, 3]`` uint8 frames with ``hv_tune.media.write_h264`` (x264's default quality).
 
-    ``options`` are encoder options (e.g. ``{"preset": "ultrafast"}`` or ``{"b": "2M"}``).
+    ``pts_ms`` gives variable frame timing in milliseconds; ``options`` are encoder options (e.g.
+    ``{"preset": "ultrafast"}`` or ``{"b": "2M"}``); ``codec`` another encoder for test inputs.
     """
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options or {})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if pts_ms is not None:
-            stream.codec_context.time_base = Fraction(1, 1000)
-        for i, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            if pts_ms is not None:
-                frame.pts, frame.time_base = int(pts_ms[i]), Fraction(1, 1000)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    times = np.asarray(pts_ms, np.float64) / 1000 if pts_ms is not None else frame_times(len(frames), fps)
+    return write_h264(path, [frames], times, crf=None, preset=None, codec=codec, options=options)
 
 
 def write_samples(out: str | Path, fps: int = 12, seconds: float = 3.0, height: int = 64, width: int = 96) -> list[Path]:

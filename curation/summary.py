@@ -9,10 +9,12 @@ from curation.filters import reason_kind
 from hv_tune.media.captions import EDITS
 
 
-def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = ()) -> dict[str, Any]:
-    """Counts: accepted, rejected by reason kind, errors; what the caption rule did to the captions
-    (``captions_edited``: how many were prefixed, joined, had ``[trigger]`` replaced, ...); and the
-    walked files that were not used."""
+def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = (),
+            orphaned: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Counts: accepted, rejected by reason kind, errors; how many a person decided and captioned;
+    what the caption rule did to the captions (``captions_edited``: how many were prefixed, joined,
+    had ``[trigger]`` replaced, ...); the walked files that were not used; and the review decisions
+    whose clip no longer exists (``orphaned_reviews``: ``{"id", "decision", "caption", "time"}``)."""
     status = Counter(r["status"] for r in records)
     by_reason = Counter(reason_kind(reason) for r in records if r["status"] == "rejected" for reason in r["reasons"])
     errors = Counter(reason_kind(reason) for r in records if r["status"] == "error" for reason in r["reasons"])
@@ -21,7 +23,10 @@ def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = ()) -
             "error": status.get("error", 0), "rejected_by_reason": dict(sorted(by_reason.items())),
             "errors_by_reason": dict(sorted(errors.items())),
             "captions": sum(r.get("caption") is not None for r in records),
-            "captions_edited": {k: edits[k] for k in EDITS if edits[k]}, "skipped_files": list(skipped)}
+            "captions_edited": {k: edits[k] for k in EDITS if edits[k]}, "skipped_files": list(skipped),
+            "decided_by_human": sum(r.get("decided_by") == "human" for r in records),
+            "captions_by_human": sum(r.get("caption_source") == "human" for r in records),
+            "orphaned_reviews": list(orphaned)}
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -36,5 +41,12 @@ def format_summary(s: dict[str, Any]) -> str:
     skipped = s.get("skipped_files", [])
     lines += [f"{'skipped files':<32}{len(skipped):>8}"]
     lines += [f"  {f['rel']}: {f['reason']}" for f in skipped]
+    if "decided_by_human" in s:
+        lines += [f"{'decided in review':<32}{s['decided_by_human']:>8}",
+                  f"{'captions written in review':<32}{s['captions_by_human']:>8}"]
+    orphans = s.get("orphaned_reviews", [])
+    if orphans:  # kept in review.jsonl; their clips are gone (e.g. a re-run with other scene settings)
+        lines += [f"{'review decisions, clip gone':<32}{len(orphans):>8}"]
+        lines += [f"  {o['id']}: {o['decision'] or 'caption only'}" for o in orphans]
     rule = "-" * 40
     return "\n".join([rule, *lines, rule])

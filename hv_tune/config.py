@@ -17,7 +17,7 @@ import yaml
 from hv_tune.errors import ConfigError
 from hv_tune.models import DEFAULT_MODEL, ModelSpec, get_spec, memory_preset, spec_for
 from hv_tune.paths import check_folder, check_model_path, expand_path
-from hv_tune.typed_config import apply_override, from_dict
+from hv_tune.typed_config import apply_override, from_dict, read_yaml_mapping
 from hv_tune.typed_config import doc_field as _f
 
 
@@ -200,19 +200,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
     Raises:
         ConfigError: on unreadable YAML, unknown keys, wrong types or bad values.
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file not found: {path}") from e
-        except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, not text
-            why = getattr(e, "strerror", None) or e
-            raise ConfigError(f"config file {path} cannot be read as UTF-8 YAML: {why}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
     model = raw.get("model")

@@ -17,6 +17,7 @@ import torch
 
 from hv_tune.errors import HvTuneError
 from hv_tune.io import atomic_write
+from hv_tune.media.writer import frame_times, write_h264
 from hv_tune.models.base import LoadOptions, ModelSpec
 
 OFFLOAD_MODES = ("none", "text-encoders", "model")
@@ -205,23 +206,12 @@ def guidance_kwargs(pipe: Any, scale: float) -> dict[str, float]:
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
-    """H.264 mp4 (yuv420p) at ``fps`` frames per second for several frames, PNG for one; written atomically."""
-    from fractions import Fraction
-
-    import av
-
+    """H.264 mp4 (yuv420p, x264's default quality) at ``fps`` frames per second for several frames,
+    PNG for one; written atomically by ``hv_tune.media.write_h264`` (the project's one writer)."""
     path = Path(path)
 
     def write_mp4(tmp: Path) -> None:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.height, stream.width = frames.shape[1], frames.shape[2]
-            stream.pix_fmt = "yuv420p"
-            for f in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        write_h264(tmp, [frames], frame_times(len(frames), fps), crf=None, preset=None)
 
     def write_png(tmp: Path) -> None:
         from PIL import Image

@@ -9,14 +9,38 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import field
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
 from hv_tune.errors import ConfigError
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file whose top level is a mapping (an empty file is ``{}``).
+
+    The one YAML reader of hv_tune and curation.
+
+    Raises:
+        ConfigError: the file is missing, a folder, unreadable, not UTF-8, not YAML, or not a mapping.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except (OSError, UnicodeDecodeError) as e:  # a folder, unreadable, not text
+        why = getattr(e, "strerror", None) or e
+        raise ConfigError(f"config file {path} cannot be read as UTF-8 YAML: {why}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    return raw
 
 
 def doc_field(default: Any, doc: str, **kw: Any) -> Any:

@@ -8,13 +8,13 @@ with a display-matrix rotation (ffprobe ``rotation``), as a phone does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from hv_tune.media.writer import frame_times, write_h264
+
 RED = (230, 20, 20)
-TIME_BASE = Fraction(1, 4800)  # exact for 8, 12, 24 and 48 fps
 
 
 def marked_frames(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -51,30 +51,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 12, rotation:
     """Encode displayed pictures ``frames`` ``[F, H, W, 3]``; ``rotation`` in degrees counter-clockwise.
 
     The stored frames are the displayed ones turned by ``-rotation``; players (and ffmpeg) turn
-    them back by the display matrix. ``pts_s``: each frame's start time in seconds (variable rate;
-    kept exact for rates dividing 4800).
+    them back by the display matrix. ``pts_s``: each frame's start time in seconds (variable rate).
+    Written by the project's one writer, ``hv_tune.media.write_h264`` (x264's default quality).
     """
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     stored = np.rot90(frames, k=-(rotation // 90), axes=(1, 2)) if rotation else frames  # display -> stored
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = stored.shape[2], stored.shape[1], "yuv420p"
-        if rotation:
-            stream.set_display_rotation(rotation)
-        if pts_s is not None:
-            stream.codec_context.time_base = TIME_BASE
-        for i, f in enumerate(stored):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            if pts_s is not None:
-                frame.pts, frame.time_base = round(pts_s[i] / TIME_BASE), TIME_BASE
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    times = pts_s if pts_s is not None else frame_times(len(frames), fps)
+    return write_h264(path, [stored], times, crf=None, preset=None, codec=codec, rotation=rotation)
 
 
 def vfr_times(slow_s: float = 2.0, slow_fps: int = 8, fast_s: float = 2.0, fast_fps: int = 48) -> list[float]:

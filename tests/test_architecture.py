@@ -226,3 +226,56 @@ def test_config_without_model_name_takes_the_family_of_the_folder(tmp_path):
                                           r"HunyuanVideo15Pipeline model \('hunyuan-video-1.5'\); set model.name to"):
         load_config(None, [f"model.path={tmp_path / 'hunyuan-video-1.5'}", "model.name=hunyuan-video",
                            f"output_dir={tmp_path / 'out'}"])
+
+
+#: hv_tune code curation must never reach: models, training, LoRA export, the latent cache
+CURATION_FORBIDDEN = ("hv_tune.models", "hv_tune.training", "hv_tune.export", "hv_tune.memory", "hv_tune.data.cache",
+                      "hv_tune.data.encode", "hv_tune.data.plan", "hv_tune.data.sampler", "hv_tune.lora",
+                      "hv_tune.diffusion", "hv_tune.sampling", "hv_tune.config", "hv_tune.cli", "hv_tune.demo")
+
+
+def test_curation_imports_no_model_training_export_or_cache_code():
+    """curation builds on hv_tune's foundation (errors, io, typed config, media, the manifest
+    format) only: no import chain from a curation module, function-level imports included,
+    reaches model, training, export or cache code."""
+    modules = _modules()
+    deps = {name: {d for d in (_resolve(m, modules) for m, _ in _imports(name, path, modules)) if d and d != name}
+            for name, path in modules.items()}
+    lines = {name: {_resolve(m, modules): line for m, line in _imports(name, path, modules)}
+             for name, path in modules.items()}
+    offences = []
+    for start in sorted(n for n in modules if n.split(".")[0] == "curation"):
+        seen, stack = {start: [start]}, [start]
+        while stack:
+            node = stack.pop()
+            for nxt in sorted(deps[node]):
+                if nxt in seen:
+                    continue
+                seen[nxt] = [*seen[node], nxt]
+                if any(nxt == f or nxt.startswith(f + ".") for f in CURATION_FORBIDDEN):
+                    first = seen[nxt][1]
+                    rel = modules[start].relative_to(REPO)
+                    offences.append(f"{rel}:{lines[start][first]}: {' -> '.join(seen[nxt])}")
+                    continue
+                stack.append(nxt)
+    assert not offences, "\n".join(offences)
+
+
+AUDIO_CODECS = {"aac", "mp3", "libopus", "opus"}
+
+
+def test_one_video_writer():
+    """Video files are encoded only by hv_tune/media/writer.py (curation clips, sampling previews
+    and the tests' inputs alike); an audio stream a test adds is not a video writer."""
+    offences = []
+    for folder in ("hv_tune", "curation", "tests", "bench"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            rel = path.relative_to(REPO)
+            if rel.as_posix() == "hv_tune/media/writer.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_stream":
+                    first = node.args[0] if node.args else None
+                    if not (isinstance(first, ast.Constant) and first.value in AUDIO_CODECS):
+                        offences.append(f"{rel}:{node.lineno}: encodes video itself (use hv_tune.media.write_h264)")
+    assert not offences, "\n".join(offences)

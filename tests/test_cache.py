@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -20,24 +19,16 @@ from hv_tune.data.cache import read_index
 from hv_tune.data.encode import build_cache, encode_latents, load_pixels
 from hv_tune.data.plan import model_identity, plan_items
 from hv_tune.data.sources import scan_sources
+from hv_tune.media.writer import frame_times, write_h264
 from hv_tune.models import get_spec
 
 from .conftest import REPO, cache_config
 
 
 def write_index_video(path: Path, n: int, fps: int, step: int = 6, size=(32, 48)) -> None:
-    """A video whose frame i is uniformly grey at level i * step (lossless H.264)."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width = size
-        s.pix_fmt = "yuv420p"
-        s.options = {"qp": "0"}
-        for i in range(n):
-            frame = np.full((*size, 3), i * step, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    """A video whose frame i is uniformly grey at level i * step (lossless H.264, the project's writer)."""
+    frames = np.stack([np.full((*size, 3), i * step, np.uint8) for i in range(n)])
+    write_h264(path, [frames], frame_times(n, fps), crf=None, preset=None, options={"qp": "0"})
 
 
 def _plan(tiny_model, folder, cache, *extra):

@@ -51,6 +51,7 @@ class Review:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self.busy = threading.Lock()  # one re-filter or export at a time
+        self.stages: dict[str, Any] = {}  # models loaded by an apply (the captioner), kept for the next one
 
     def asset(self, request: Request) -> Response:
         name, kind = ASSETS[request.url.path]
@@ -127,13 +128,17 @@ class Review:
         if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values.values()):
             return error(400, "threshold values must be numbers or null")
         overrides = [f"{k}={'null' if v is None else repr(float(v))}" for k, v in values.items()]
-        return await self._locked(lambda: _refilter(self.out_dir, overrides))
+        from curation import pipeline  # (imports torch: only when a person applies)
+
+        return await self._locked(lambda: pipeline.apply_thresholds(self.out_dir, overrides, self.stages))
 
     async def export(self, request: Request) -> JSONResponse:
         body = await _json(request)
         if isinstance(body, JSONResponse):
             return body
-        return await self._locked(lambda: _apply_reviews(self.out_dir))
+        from curation import pipeline
+
+        return await self._locked(lambda: pipeline.apply_reviews(self.out_dir, self.stages))
 
     async def _locked(self, work) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
@@ -151,23 +156,6 @@ class Review:
         if found is None:
             return error(404, f"no clip {clip!r} in this run")
         return JSONResponse({"clips": [found]}) if wrap else found
-
-
-def _refilter(out_dir: Path, overrides: list[str]) -> None:
-    from curation.pipeline import refilter_stored
-
-    refilter_stored(out_dir, overrides)
-
-
-def _apply_reviews(out_dir: Path) -> None:
-    """The decisions applied to clips/ and the manifest (``curation.pipeline.apply_reviews`` where it
-    exists; else the stored thresholds are re-applied, which rewrites the same outputs)."""
-    from curation import pipeline
-
-    if hasattr(pipeline, "apply_reviews"):
-        pipeline.apply_reviews(out_dir)
-    else:
-        _refilter(out_dir, [])
 
 
 async def _json(request: Request) -> dict[str, Any] | JSONResponse:

@@ -17,8 +17,8 @@ from typing import Any
 from curation.config import CurationConfig, load_config
 from curation.errors import InputError
 from curation.filters import reason_kind, score_reasons
-from curation.manifest import read_manifest
 from curation.review_log import read_reviews
+from hv_tune.data.manifest import read_manifest
 from hv_tune.media import apply_caption_rule
 
 #: clip ids as ``curation.manifest.clip_id`` makes them: nothing that could name a path

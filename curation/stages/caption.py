@@ -111,7 +111,7 @@ class Captioner:
             return
         c = self.cfg
         self.device = resolve_device(c.device)
-        from hv_tune.models.base import resolve_dtype  # the project's one dtype table (auto = bf16 on GPU)
+        from hv_tune.dtypes import resolve_dtype  # the project's one dtype table (auto = bf16 on GPU)
 
         dtype = resolve_dtype(c.dtype, self.device)
         kw = {"revision": c.revision, "trust_remote_code": False}

@@ -2,7 +2,8 @@
 
 Four kinds of source (``data.sources[i].type``, ``auto`` picks by path):
 ``folder`` (media files with sidecar ``.txt`` captions, any case of the extension),
-``manifest`` (hv-tune curation ``manifest.jsonl``: accepted records only, their frame span),
+``manifest`` (hv-tune curation ``manifest.jsonl``, read by ``hv_tune.data.manifest``: accepted
+records only, their frame span and caption),
 ``jsonl`` (musubi-tuner: ``{"video_path" | "image_path": ..., "caption": ...}``) and
 ``csv`` (finetrainers: ``path,caption`` columns). Problems become ``Skip`` records.
 Every caption goes through ``hv_tune.media.apply_caption_rule``, the rule curation applies too.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hv_tune.config import DataConfig, SourceConfig
+from hv_tune.data.manifest import is_manifest, manifest_rows
 from hv_tune.media import apply_caption_rule, decode_caption_bytes, find_caption_file, read_caption_file
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
@@ -85,18 +87,9 @@ def source_type(src: SourceConfig) -> str:
         return "folder"
     if p.suffix.lower() == ".csv":
         return "csv"
-    if p.name.startswith("manifest") or _looks_like_manifest(p):
+    if is_manifest(p):  # named manifest*, or marked by its manifest_version
         return "manifest"
     return "jsonl"
-
-
-def _looks_like_manifest(p: Path) -> bool:
-    try:
-        with open(p, encoding="utf-8") as fh:
-            first = json.loads(fh.readline() or "{}")
-    except (OSError, ValueError):
-        return False
-    return "status" in first and "start_frame" in first
 
 
 # ----------------------------------------------------------------------------- captions
@@ -155,7 +148,14 @@ def item_key(path: Path, clip_id: str | None = None) -> str:
 
 
 def scan_manifest(path: Path, s: SourceSettings, scan: Scan) -> None:
-    for n, rec in _jsonl_records(path, scan):
+    """Accepted clips of a curation manifest (``hv_tune.data.manifest``: every row's version is checked).
+
+    Raises:
+        ManifestVersionError: a row of a version this code cannot read (file, line and version named).
+    """
+    text, _ = decode_caption_bytes(path.read_bytes())
+    bad = lambda n, why: scan.skipped.append(Skip(f"{path}:{n}", why))  # noqa: E731
+    for n, rec in manifest_rows(path, text, bad):
         clip_id = str(rec["id"]) if rec.get("id") else None
         if rec.get("status") != "accepted":
             media = _resolve(path, rec.get("source"))

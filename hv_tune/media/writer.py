@@ -1,4 +1,8 @@
-"""Writing clips: H.264 in mp4 that keeps the source's frame timestamps (VFR stays VFR)."""
+"""Writing video: THE writer of the project (curation's clips, sampling's previews, the tests' inputs).
+
+H.264 in mp4 that keeps the given frame timestamps (VFR stays VFR). Callers that must produce
+another codec (tests that need a file decord cannot read) pass ``codec``; nothing else differs.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,59 @@ from pathlib import Path
 import numpy as np
 
 TIME_BASE = Fraction(1, 90000)  # the MPEG clock: exact for 24, 25, 30, 48, 60 and 1001-based rates
+CONTAINERS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")  # chosen by the file's extension
 
 
-def write_h264(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[float], crf: int = 18,
-               preset: str = "medium") -> Path:
+def frame_times(n: int, fps: float) -> np.ndarray:
+    """Start times in seconds of ``n`` frames at a constant ``fps``."""
+    return np.arange(n, dtype=np.float64) / float(fps)
+
+
+def write_h264(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[float], crf: int | None = 18,
+               preset: str | None = "medium", *, codec: str = "libx264", options: dict[str, str] | None = None,
+               rotation: int = 0) -> Path:
     """Encode upright uint8 frames ``[N, H, W, 3]`` (given in chunks) with presentation ``times``.
 
     Args:
         path: the mp4 to write (not atomic: callers wrap this in ``hv_tune.io.atomic_write``).
         chunks: frame arrays in display order; odd sizes lose their last row/column (yuv420p).
-        times: start time in seconds of every frame, relative or absolute (the first becomes 0).
-        crf: x264 quality (lower = better).
+        times: start time in seconds of every frame, relative or absolute (the first becomes 0);
+            ``frame_times(n, fps)`` for a constant rate.
+        crf: x264 quality (lower = better); None leaves the encoder's default (23).
+        preset: x264 speed preset; None leaves the encoder's default.
+        codec: the encoder (``libx264``; another only where a test needs another codec).
+        options: further encoder options (e.g. ``{"qp": "0"}`` with ``crf=None`` for lossless).
+        rotation: display rotation in degrees counter-clockwise stored in the file (the frames are
+            the stored ones; a player turns them by it).
     """
     import av
 
     times = np.asarray(times, np.float64) - float(times[0])
     steps = np.diff(times)
     rate = Fraction(1 / float(np.median(steps))).limit_denominator(1001) if len(steps) else Fraction(24)
+    opts = {}
+    if codec == "libx264":
+        opts = {**({"crf": str(crf)} if crf is not None else {}), **({"preset": preset} if preset else {})}
+    opts.update(options or {})
+    # x264 keeps any timestamp on the MPEG clock; other encoders (mpeg4 allows denominators up to
+    # 65535) get 1/rate when the rate is constant
+    constant = len(steps) == 0 or bool(np.allclose(times, np.arange(len(times)) / float(rate), atol=1e-6))
+    time_base = TIME_BASE if codec == "libx264" or not constant else 1 / rate
     n = 0
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": preset})
-        stream.codec_context.time_base = TIME_BASE
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    container_format = None if Path(path).suffix.lower() in CONTAINERS else "mp4"  # (temporary names: mp4)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate, options=opts)
+        stream.codec_context.time_base = time_base
         for chunk in chunks:
             if n == 0:
                 h, w = chunk.shape[1] - chunk.shape[1] % 2, chunk.shape[2] - chunk.shape[2] % 2
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if rotation:
+                    stream.set_display_rotation(rotation)
             for f in chunk:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")
-                frame.pts, frame.time_base = int(round(times[n] / TIME_BASE)), TIME_BASE
+                frame.pts, frame.time_base = int(round(times[n] / time_base)), time_base
                 n += 1
                 for packet in stream.encode(frame):
                     container.mux(packet)

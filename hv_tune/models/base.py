@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from hv_tune.dtypes import DTYPES, resolve_dtype  # noqa: F401  (re-exported: the models' dtype names)
+
 #: file name of a LoRA in diffusers' format (what diffusers' loaders look for in a folder)
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -94,22 +96,6 @@ class LoadOptions:
         """Options from the ``model`` config section (``path``, ``revision``, single-file paths)."""
         return cls(model.path, dtype, model.revision, transformer_path=getattr(model, "transformer_path", None) or None,
                    vae_path=getattr(model, "vae_path", None) or None, **kw)
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """The dtype a model is loaded and computes in.
-
-    ``auto`` = bf16 on GPU, fp32 on CPU (bf16 matmuls on CPU are slow and inexact);
-    ``fp8`` = bf16 (the weights are then stored in fp8 by ``hv_tune.memory.fp8``).
-    """
-    if name == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if name == "fp8":
-        return torch.bfloat16
-    return DTYPES[name]
 
 
 @torch.no_grad()

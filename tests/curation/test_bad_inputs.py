@@ -145,7 +145,7 @@ def test_probe_that_runs_too_long_is_stopped(tmp_path):
 
 
 def test_empty_folder_gives_empty_outputs(tmp_path, tiny_config):
-    from curation.manifest import read_manifest
+    from hv_tune.data.manifest import read_manifest
 
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.md").write_text("not a video")  # ignored: not a video or image extension

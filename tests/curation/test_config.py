@@ -65,3 +65,17 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert "needs a new `python -m curation run`" in capsys.readouterr().err
     assert main(["filter", str(tmp_path), "filters.motion_min=1"]) == 2
     assert "is not the output of" in capsys.readouterr().err
+
+
+def test_errors_are_hv_tunes_and_a_folder_as_config_is_named(tmp_path, capsys):
+    """One error tree (no translation) and one YAML reader: a folder given as the config is a
+    ConfigError naming it, as in hv_tune (curation's own reader raised IsADirectoryError)."""
+    import hv_tune.errors as hv
+    from curation.errors import CurationError, InputError
+
+    assert ConfigError is hv.ConfigError and CurationError is hv.HvTuneError and issubclass(InputError, hv.DataError)
+    with pytest.raises(hv.ConfigError, match=rf"config file {tmp_path} cannot be read as UTF-8 YAML"):
+        load_config(tmp_path)
+    assert main(["run", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config file {tmp_path} cannot be read") and "Traceback" not in err

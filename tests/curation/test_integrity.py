@@ -11,11 +11,11 @@ import decord
 import numpy as np
 import pytest
 
-from curation.manifest import read_manifest
 from curation.pipeline import run
 from curation.samples import moving_shape, write_video
 from curation.stages.caption import Captioner
 from curation.stages.clip_scores import ClipScores
+from hv_tune.data.manifest import read_manifest
 
 from .conftest import TINY_CONFIG, model_overrides
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from curation.cli import main
-from curation.manifest import read_manifest
 from curation.pipeline import run
 from curation.stages.frames import SampleFrames
+from hv_tune.data.manifest import read_manifest
 from tests.curation.conftest import TINY_CONFIG, model_overrides
 from tests.media_files import (
     decode_pyav,

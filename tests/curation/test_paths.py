@@ -12,9 +12,9 @@ import yaml
 from curation.cli import main
 from curation.config import AESTHETIC_FILE, load_config
 from curation.errors import ConfigError
-from curation.manifest import read_manifest
 from curation.pipeline import run
 from curation.samples import moving_shape, write_video
+from hv_tune.data.manifest import read_manifest
 
 from .conftest import REPO, TINY_CONFIG
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from curation.manifest import MANIFEST_FIELDS, read_manifest
 from curation.pipeline import refilter, run
 from curation.samples import moving_shape, write_video
 from curation.stages.caption import Captioner
 from curation.stages.clip_scores import ClipScores
+from hv_tune.data.manifest import MANIFEST_FIELDS, read_manifest
 
 JOINS = (30, 66)  # frames where the content of the joined video changes
 

@@ -9,8 +9,12 @@ import signal
 
 import pytest
 
-from curation.pipeline import run
+from curation.pipeline import apply_thresholds, run
 from curation.review_log import read_reviews
+from hv_tune.data.cache import read_index
+from hv_tune.data.encode import build_cache
+from hv_tune.data.manifest import read_manifest
+from tests.conftest import cache_config
 from tests.curation.review_helpers import start_server, stop
 
 HTML_CAPTION = '<img src=x onerror=alert(1)> a <b>red</b> circle'
@@ -71,7 +75,8 @@ def card_state(page, clip_id):
     return el.get_attribute("data-status"), el.get_attribute("data-by")
 
 
-def test_keyboard_review_persists_through_reload_and_sigkill(chromium, out):
+def test_keyboard_review_persists_through_reload_and_sigkill(chromium, out, samples, tiny_config, spec, tiny_model,
+                                                            tmp_path):
     rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     accepted = next(r["id"] for r in rows if r["status"] == "accepted")
     rejected = next(r["id"] for r in rows if r["status"] == "rejected" and r["reasons"])
@@ -147,6 +152,19 @@ def test_keyboard_review_persists_through_reload_and_sigkill(chromium, out):
         assert page.alerts == []
     finally:
         assert stop(proc) == 0
+    # then `curation filter` with new thresholds and `curation run` again: the person's decisions hold in the
+    # manifest, in clips/ and in a training cache built from the manifest
+    apply_thresholds(out, ["filters.motion_min=0.0001"])
+    run(tiny_config("filters.duplicate_cosine=null"), samples, out)
+    final = {r["id"]: r for r in read_manifest(out)}
+    for clip, status in ((accepted, "rejected"), (rejected, "accepted"), (third, "rejected")):
+        assert (final[clip]["status"], final[clip]["decided_by"]) == (status, "human"), clip
+    clips = {p.stem for p in (out / "clips").glob("*.mp4")}
+    assert rejected in clips and not {accepted, third} & clips
+    cache = tmp_path / "cache"
+    build_cache(spec, cache_config(tiny_model, out / "manifest.jsonl", cache), "cpu")
+    # one item per accepted clip (cache ids name the source video, not the clip; the flow tests check captions)
+    assert len(read_index(cache)) == sum(r["status"] == "accepted" for r in final.values())
 
 
 def test_several_cards_at_once(chromium, out):

@@ -98,7 +98,31 @@ def test_near_duplicates_keep_the_best_clip():
 def test_decide_keeps_statuses_fixed_before_scoring():
     recs = [{"id": "e", "status": "error", "reasons": ["unreadable: x"], "scores": {}},
             {"id": "s", "status": "rejected", "reasons": ["too short: 0.5 s < 2 s"], "scores": {}}]
-    assert decide(recs, FilterConfig()) == recs
+    assert decide(recs, FilterConfig()) == [{**r, "decided_by": "thresholds"} for r in recs]
+
+
+def test_human_decisions_override_thresholds_and_duplicates():
+    from curation.decisions import HUMAN_REJECT
+    from curation.review_log import Review
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=64), rng.normal(size=64)
+    recs = [_scored("a1", a, 5.0), _scored("a2", a + 0.01 * rng.normal(size=64), 6.0), _scored("b", b, 4.9),
+            {"id": "e", "status": "error", "reasons": ["unreadable: x"], "scores": {}},
+            {"id": "s", "status": "rejected", "reasons": ["too short: 0.5 s < 2 s"], "scores": {}}]
+    f = FilterConfig(aesthetic_min=5.0, zero_shot_max={})
+    reviews = {"a1": Review("accepted"), "b": Review("accepted"), "e": Review("accepted"), "s": Review("accepted"),
+               "gone": Review("rejected")}
+    out = {r["id"]: (r["status"], r["decided_by"], r["reasons"]) for r in decide(recs, f, reviews)}
+    # a1 (the lower aesthetic near-duplicate of a2) is a person's: kept, and it is the one a2 duplicates
+    assert out["a1"] == ("accepted", "human", [])
+    assert out["a2"][:2] == ("rejected", "thresholds") and out["a2"][2][0].endswith("with a1")
+    assert out["b"] == ("accepted", "human", [])  # below aesthetic_min, accepted by a person
+    assert out["e"] == ("error", "thresholds", ["unreadable: x"])  # nothing to cut: stays an error
+    assert out["s"] == ("accepted", "human", [])  # too short by the rule, a person keeps it
+    rejected = decide(recs, f, {"a2": Review("rejected"), "a1": Review(None)})
+    got = {r["id"]: (r["status"], r["reasons"]) for r in rejected}
+    assert got["a2"] == ("rejected", [HUMAN_REJECT]) and got["a1"] == ("accepted", [])  # a1 no longer a duplicate
 
 
 def test_state_log_cuts_a_partial_last_line(tmp_path):
