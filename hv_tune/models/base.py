@@ -223,8 +223,9 @@ class ModelSpec(Protocol):
         """Write the adapter in diffusers format (with its PEFT config as metadata)."""
         ...
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
-        """Write a tiny random model folder in the real on-disk format."""
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
+        """Write a tiny random model folder in the real on-disk format (``small``: a larger transformer,
+        what bench/train_step.py --size small times)."""
         ...
 
     # -- pipelines (sampling, validation previews)

@@ -232,10 +232,10 @@ class HunyuanVideoSpec:
         sort_safetensors_metadata(path)  # same training -> same bytes (exact resume is checked byte for byte)
         return path
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video.tiny import build_tiny_hunyuan_video
 
-        return build_tiny_hunyuan_video(Path(out_dir), seed=seed)
+        return build_tiny_hunyuan_video(Path(out_dir), seed=seed, small=small)
 
 
     # ------------------------------------------------------------------ pipelines

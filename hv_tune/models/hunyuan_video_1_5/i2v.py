@@ -137,7 +137,7 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
             raise HvTuneError("single-file transformer/VAE paths are not supported for hunyuan-video-1.5-i2v")
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video_1_5.tiny import build_tiny_hunyuan_video_1_5_i2v
 
-        return build_tiny_hunyuan_video_1_5_i2v(Path(out_dir), seed=seed)
+        return build_tiny_hunyuan_video_1_5_i2v(Path(out_dir), seed=seed, small=small)

@@ -237,10 +237,10 @@ class HunyuanVideo15Spec:
         sort_safetensors_metadata(path)
         return path
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video_1_5.tiny import build_tiny_hunyuan_video_1_5
 
-        return build_tiny_hunyuan_video_1_5(Path(out_dir), seed=seed)
+        return build_tiny_hunyuan_video_1_5(Path(out_dir), seed=seed, small=small)
 
 
     # ------------------------------------------------------------------ pipelines
