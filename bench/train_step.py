@@ -174,7 +174,7 @@ def predicted_rows(spec, presets: list[str], buckets: list[str]):
     """The memory plan's predictions for the 13B model (meta device, no GPU), one dict per pair."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from hv_tune.memory.plan import GiB, Planner
+    from hv_tune.training.plan import GiB, Planner
 
     with tempfile.TemporaryDirectory() as tmp:  # the default (13B) transformer config, nothing else
         with torch.device("meta"):

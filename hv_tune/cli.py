@@ -154,7 +154,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from hv_tune.memory.plan import config_for_training
+    from hv_tune.training.plan import config_for_training
     from hv_tune.training.trainer import train
 
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from hv_tune.memory.plan import format_plan, plan_config
+    from hv_tune.training.plan import format_plan, plan_config
 
     print(format_plan(plan_config(args.config, args.overrides, args.gpu_memory)[0]))
 

@@ -126,6 +126,36 @@ def test_no_import_cycles():
     assert not cycles, "\n".join(cycles)
 
 
+def _package(name: str) -> str:
+    """The package a module counts for: ``hv_tune.data.cache`` -> ``hv_tune.data``; a top-level module is its own."""
+    return ".".join(name.split(".")[:2])
+
+
+def test_no_package_level_import_loop():
+    """Packages import each other one way: no ``hv_tune.data`` -> ``hv_tune.memory`` -> ``hv_tune.data``
+    even when no single module cycle closes it (each edge names one import that makes it)."""
+    modules = _modules()
+    edges: dict[str, dict[str, str]] = {}
+    for name, path in modules.items():
+        for imported, line in _imports(name, path, modules):
+            dep = _resolve(imported, modules)
+            if dep and _package(dep) != _package(name) and _package(name) != name.split(".")[0]:
+                edges.setdefault(_package(name), {}).setdefault(_package(dep), f"{path.relative_to(REPO)}:{line}")
+    loops = []
+    for start in sorted(edges):  # a path from a package back to itself is a loop
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(edges.get(node, {})):
+                if nxt == start:
+                    hops = [*path, start]
+                    loops.append(" -> ".join(f"{a} ({edges[a][b]})" for a, b in zip(hops, hops[1:])) + f" -> {start}")
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not loops, "\n".join(sorted(set(loops)))
+
+
 def test_architecture_doc_lists_every_module():
     """docs/architecture.md names every module of hv_tune, curation and bench (a new file gets a line)."""
     doc = (REPO / "docs" / "architecture.md").read_text()

@@ -291,7 +291,7 @@ class ModelSpec(Protocol):
         the meta device from ``model_path``'s config (the full-size default when None)."""
         ...
 
-    # -- memory planning (hv_tune.memory.plan)
+    # -- memory planning (hv_tune.training.plan)
 
     #: why a training step cannot run on the meta device (a forward whose control flow reads tensor
     #: values), or None when it can: then ``plan`` and ``memory.preset: auto`` are unavailable
