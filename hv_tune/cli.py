@@ -328,7 +328,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.offload == "text-encoders":
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
         pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
-    print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, fps)}")
+    print(f"sample written to {write_video(generate(spec, pipe, req, embeds), args.out, fps)}")
 
 
 def _refuse_sample_inputs(args: argparse.Namespace, loras: list[tuple[str, float]]) -> None:
@@ -347,10 +347,9 @@ def _first_frame(spec, args: argparse.Namespace):
         HvTuneError: --image missing for an image-to-video model, given for a text-to-video one,
             given with --height/--width, or not a readable image (named).
     """
-    from hv_tune.models.base import condition_fields
     from hv_tune.sampling import read_first_frame
 
-    if not condition_fields(spec):
+    if spec.sample_input != "image":
         if args.image:
             raise HvTuneError(f"--image: {spec.name} is a text-to-video model; use an image-to-video model "
                               "or leave --image out")

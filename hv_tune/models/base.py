@@ -8,7 +8,7 @@ this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +73,44 @@ class Part:
     module: str
     chunk: int = 0
     chunks: int = 1
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """A family's key names: how its diffusers modules are named in the original checkpoint, in kohya
+    files and in ComfyUI, and what tells its LoRAs apart from other families' (facet ``ModelSpec.keys``).
+
+    The functions are the family's name table read in each direction; merge, convert and format
+    detection ask only them, so a new family with other names is a new table, not new export code.
+
+    Attributes:
+        lora_prefixes: LoRA key prefix per file format: ``diffusers``, ``comfyui`` (original names), ``kohya``.
+        own_module_markers: module-name fragments only this family has: a LoRA that reaches one is this
+            family's (a file matching ``lookalike_blocks`` without any is another family's).
+        lookalike_blocks: family -> (double, single) block counts of families whose module names match these.
+        block_patterns: (double, single) regexes whose group 1 is a block index in the module names a parsed
+            key holds (what ``lookalike_blocks`` counts).
+        original_module: diffusers module -> name in the original checkpoint of the (possibly fused)
+            module holding it; None if unknown.
+        original_parts: original module -> the diffusers modules it is made of, in row order; None if unknown.
+        kohya_module: diffusers module -> the module holding it in the kohya layout (musubi-tuner's network
+            names, flattened on writing); where musubi fuses like the original, ``original_module``.
+        original_from_flat: kohya form (dots replaced by underscores) -> original (or kohya) module name.
+        original_from_comfy: ``(name, form)`` -> original module from a ComfyUI name: ``internal`` (ComfyUI's
+            module names), ``flat`` (those with dots as underscores) or ``lora`` (what its LoRA key map reads).
+        comfy_name: ``(original, form)`` -> ComfyUI's ``internal`` or ``lora`` name for an original module.
+    """
+
+    lora_prefixes: Mapping[str, str]
+    own_module_markers: tuple[str, ...]
+    lookalike_blocks: Mapping[str, tuple[int, int]]
+    block_patterns: tuple[str, str]
+    original_module: Callable[[str], str | None]
+    original_parts: Callable[[str], tuple[Part, ...] | None]
+    kohya_module: Callable[[str], str | None]
+    original_from_flat: Callable[[str], str | None]
+    original_from_comfy: Callable[..., str | None]
+    comfy_name: Callable[..., str]
 
 
 @dataclass
@@ -247,44 +285,30 @@ class ModelSpec(Protocol):
         """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
         ...
 
+    #: what a sampling request (``sample``, previews, the demo) gives besides the prompt: ``size`` (height
+    #: and width) or ``image`` (the first frame; the pipeline takes the size from it)
+    sample_input: str
+
+    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
+        """Load a diffusers-format LoRA file (``save_lora``'s) into ``pipe`` as adapter ``name``."""
+        ...
+
+    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
+        """Activate the adapters ``names`` of ``pipe`` with ``scales``."""
+        ...
+
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """Keyword arguments of ``pipe``'s call for the size (or first frame) and guidance scale; may set
+        ``pipe``'s guider."""
+        ...
+
     # -- key names (merge, convert): the original checkpoint's layout and LoRA file prefixes
 
-    #: LoRA key prefix per file format: ``diffusers``, ``comfyui`` (original names), ``kohya``
-    lora_prefixes: Mapping[str, str]
-    #: module-name fragments only this family has: a LoRA that reaches one is this family's
-    #: (a file matching ``lookalike_blocks`` without any is another family's)
-    own_module_markers: tuple[str, ...]
-    #: family -> (double, single) block counts of families whose module names match this one's
-    lookalike_blocks: Mapping[str, tuple[int, int]]
+    #: the family's key-name table (original / kohya / ComfyUI names, fused parts, prefixes, look-alikes)
+    keys: KeyLayout
     #: other registered families whose LoRAs fit this model as they are (same layers and sizes, e.g.
     #: text-to-video and image-to-video variants); a LoRA recorded for any other family is refused
     lora_compatible: tuple[str, ...]
-
-    def original_module(self, module: str) -> str | None:
-        """Name in the original checkpoint of the (possibly fused) module holding diffusers ``module``."""
-        ...
-
-    def original_parts(self, original: str) -> tuple[Part, ...] | None:
-        """The diffusers modules an original module is made of, in row order; None if unknown."""
-        ...
-
-    def kohya_module(self, module: str) -> str | None:
-        """Dotted name of the module holding diffusers ``module`` in the kohya layout (musubi-tuner's
-        network names, flattened on writing); where musubi fuses like the original, ``original_module``."""
-        ...
-
-    def original_from_flat(self, flat: str) -> str | None:
-        """Original (or kohya) module name from its kohya form (dots replaced by underscores)."""
-        ...
-
-    def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
-        """Original module name from a ComfyUI name: ``internal`` (ComfyUI's module names),
-        ``flat`` (those with dots as underscores) or ``lora`` (what ComfyUI's LoRA key map reads)."""
-        ...
-
-    def comfy_name(self, original: str, form: str = "internal") -> str:
-        """ComfyUI's name for an original module: ``internal`` or ``lora`` (its LoRA key map's)."""
-        ...
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """``(out_features, in_features)`` of every linear layer of the transformer, built on

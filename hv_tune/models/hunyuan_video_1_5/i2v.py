@@ -111,6 +111,14 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
     # ------------------------------------------------------------------ pipelines
 
+    #: a sampling request gives the first frame; the pipeline takes the size from it and its target_size
+    sample_input = "image"
+
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """The first frame (the I2V pipeline picks the output size from it); guidance through the guider."""
+        pipe.guider = pipe.guider.new(guidance_scale=guidance)
+        return {"image": image}
+
     def load_pipeline(self, opts: LoadOptions) -> Any:
         """``HunyuanVideo15ImageToVideoPipeline`` of the folder, every component."""
         from diffusers import HunyuanVideo15ImageToVideoPipeline
