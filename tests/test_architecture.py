@@ -262,3 +262,51 @@ def test_config_without_model_name_takes_the_family_of_the_folder(tmp_path):
                                           r"HunyuanVideo15Pipeline model \('hunyuan-video-1.5'\); set model.name to"):
         load_config(None, [f"model.path={tmp_path / 'hunyuan-video-1.5'}", "model.name=hunyuan-video",
                            f"output_dir={tmp_path / 'out'}"])
+
+
+# ----------------------------------------------------------------------------- a new family is one folder
+
+
+def test_a_made_up_family_in_its_own_folder_trains_one_step_and_round_trips_its_lora(tmp_path, monkeypatch):
+    """tests/made_up_family (one text encoder, its own key table with a fused row and its own prefixes,
+    a reference-image condition) is registered by one registry line and nothing else: the cache stores
+    its condition, training feeds it to its ``transformer_inputs``, and its LoRA goes through its key
+    table into the original layout and back unchanged."""
+    import torch
+
+    from hv_tune.data.demo import write_demo_folder
+    from hv_tune.export.lora_io import read_lora, write_lora
+    from hv_tune.export.lora_math import delta_weight
+    from hv_tune.training.trainer import train
+    from tests.conftest import train_overrides
+    from tests.made_up_family import MadeUpSpec
+
+    spec = MadeUpSpec()
+    monkeypatch.setitem(MODEL_SPECS, spec.name, spec)  # the registry line
+    model = spec.build_tiny(tmp_path / "model")
+    assert not (model / "text_encoder_2").exists()  # one text encoder
+    write_demo_folder(tmp_path / "clips", 2, 8, 32, 32)
+    overrides = train_overrides(model, tmp_path / "cache", tmp_path / "out", **{
+        "training.max_steps": 1, "training.batch_size": 1, "lora.targets": "attn"})
+    cfg = load_config(None, [*overrides, f"data.sources=[{{path: '{tmp_path / 'clips'}'}}]"])
+    assert cfg.model.name == spec.name  # found from the folder's model_index.json
+    result = train(cfg)
+    assert result.steps == 1
+    cond = list((tmp_path / "cache" / "cond").glob("*.safetensors"))
+    assert cond, "the cache stores the family's reference-image condition"
+
+    shapes = spec.linear_shapes(str(model))
+    ours = read_lora(spec, result.lora_path, shapes)
+    assert ours.family == spec.name and len(ours.modules) == 8  # q, k, v, out of 2 double blocks
+    for layout, prefix in (("comfyui", "made_up_model.dbl."), ("kohya", "lora_made_up_dbl_")):
+        path = write_lora(spec, ours.modules, tmp_path / f"{layout}.safetensors", layout, shapes)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+        assert names and all(k.startswith(prefix) for k in names), names[:3]
+        assert any(".qkv." in k or "_qkv." in k for k in names)  # the fused row of its table
+        back = read_lora(spec, path, shapes)
+        assert sorted(back.modules) == sorted(ours.modules)
+        for name, m in ours.modules.items():  # fusing and splitting re-factor the update: compare it, with float32 rounding
+            torch.testing.assert_close(delta_weight(back.modules[name]), delta_weight(m), rtol=1e-4, atol=1e-6)

@@ -191,11 +191,11 @@ def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]
     if not missing:
         return
     enc = spec.load_text_encoders(opts)
-    if opts.text_encoder_fp8:
-        keep = spec.fp8_keep_patterns("text_encoder", enc.text_encoder)
-        apply_fp8_storage(enc.text_encoder.requires_grad_(False), keep, opts.dtype)
-    enc.text_encoder.to(device)
-    enc.text_encoder_2.to(device)
+    for encoder in enc:  # however many the family's text stack has
+        if opts.text_encoder_fp8 and encoder.fp8:
+            keep = spec.fp8_keep_patterns("text_encoder", encoder.model)
+            apply_fp8_storage(encoder.model.requires_grad_(False), keep, opts.dtype)
+        encoder.model.to(device)
     for key, (caption, template) in tqdm(missing.items(), desc="encode text", unit="caption"):
         frames = 1 if template == "image" else 2  # any count > 1 selects the video template
         out = spec.encode_text(enc, [caption], frames)

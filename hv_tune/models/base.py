@@ -50,13 +50,32 @@ class VideoRules:
 
 
 @dataclass
-class TextEncoders:
-    """Tokenizers and encoders of one model, loaded together and freed together."""
+class TextEncoder:
+    """One tokenizer and encoder of a family's text stack."""
 
     tokenizer: Any
-    text_encoder: nn.Module
-    tokenizer_2: Any
-    text_encoder_2: nn.Module
+    model: nn.Module
+    #: stored in fp8 while caching when ``model.text_encoder_fp8`` is set (the large LLM; small
+    #: encoders stay in the compute dtype)
+    fp8: bool = False
+
+
+class TextEncoders:
+    """A family's text stack (facet of ``ModelSpec``): any number of encoders by name (the model folder's
+    subfolder), loaded together and freed together. The cache stage places and stores them without
+    knowing how many there are; only the family's ``encode_text`` knows what each one gives."""
+
+    def __init__(self, **encoders: TextEncoder):
+        self.encoders = dict(encoders)
+
+    def __getitem__(self, name: str) -> TextEncoder:
+        return self.encoders[name]
+
+    def __iter__(self):
+        return iter(self.encoders.values())
+
+    def __len__(self) -> int:
+        return len(self.encoders)
 
 
 @dataclass(frozen=True)

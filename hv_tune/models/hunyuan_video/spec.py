@@ -21,6 +21,7 @@ from hv_tune.models.base import (
     LORA_FILE,
     KeyLayout,
     LoadOptions,
+    TextEncoder,
     TextEncoders,
     VideoRules,
     scaled_posterior_sample,
@@ -148,12 +149,12 @@ class HunyuanVideoSpec:
 
         kw = {"revision": opts.revision}
         return TextEncoders(
-            tokenizer=AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
-            text_encoder=LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
-            tokenizer_2=AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
-            text_encoder_2=CLIPTextModel.from_pretrained(
-                opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw
-            ),
+            text_encoder=TextEncoder(
+                AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+                LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw), fp8=True),
+            text_encoder_2=TextEncoder(
+                AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+                CLIPTextModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
         )
 
     # ------------------------------------------------------------------ encoding

@@ -24,6 +24,7 @@ from hv_tune.models.base import (
     LORA_FILE,
     KeyLayout,
     LoadOptions,
+    TextEncoder,
     TextEncoders,
     VideoRules,
     scaled_posterior_sample,
@@ -137,12 +138,13 @@ class HunyuanVideo15Spec:
 
         kw = {"revision": opts.revision}
         return TextEncoders(
-            tokenizer=Qwen2Tokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
-            text_encoder=Qwen2_5_VLTextModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype,
-                                                             **kw),
-            tokenizer_2=ByT5Tokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
-            text_encoder_2=T5EncoderModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype,
-                                                          **kw),
+            text_encoder=TextEncoder(
+                Qwen2Tokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+                Qwen2_5_VLTextModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
+                fp8=True),
+            text_encoder_2=TextEncoder(
+                ByT5Tokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+                T5EncoderModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
         )
 
     # ------------------------------------------------------------------ encoding
@@ -158,7 +160,7 @@ class HunyuanVideo15Spec:
 
         byT5 reads only quoted text (256 bytes); what it cuts is not counted here.
         """
-        return hv15_text.dropped_llm_tokens(enc.tokenizer, prompts)
+        return hv15_text.dropped_llm_tokens(enc["text_encoder"].tokenizer, prompts)
 
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
