@@ -88,7 +88,7 @@ def test_no_module_outside_models_names_a_family():
     """Family names, pipeline classes, family folders and the families' condition fields appear only
     under hv_tune/models/ (bench/ included: its defaults come from the registry)."""
     names = {s.name for s in MODEL_SPECS.values()} | {s.pipeline_class for s in MODEL_SPECS.values()}
-    names |= {f for s in MODEL_SPECS.values() for f in getattr(s, "condition_fields", ())}
+    names |= {f for s in MODEL_SPECS.values() for e in s.item_encoders for f in e.fields}
     modules = _modules()
     offences = []
     for name, path in {**modules, **_bench()}.items():

@@ -184,22 +184,37 @@ def scaled_posterior_sample(
     return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
 
 
-def condition_fields(spec: Any) -> tuple[str, ...]:
-    """Keys of a spec's per-item conditioning built from the item's first frame (image-to-video specs
-    declare ``condition_fields``, ``load_condition_encoders`` and ``encode_condition``); () without one.
+@dataclass(frozen=True)
+class ItemEncoder:
+    """Per-item conditioning a spec declares (``ModelSpec.item_encoders``): what it reads, which fields
+    it writes, how its models are loaded. The cache stores the fields of every declared encoder in the
+    item's condition file, a batch hands them to ``transformer_inputs`` with the text fields, and the
+    encoders' models are loaded when items need encoding and freed after.
 
-    The cache stores them per item, a batch feeds them to ``transformer_inputs`` with the text fields,
-    and sampling needs an image for such a spec.
+    Attributes:
+        name: what the cache stage's progress bar and notes call it.
+        reads: the item input it is built from; ``first_frame`` (uint8 [H, W, 3] at the bucket size).
+        fields: keys of ``encode``'s result (no batch dim).
+        load: ``(opts, vae) -> models`` (the VAE is loaded already and shared).
+        encode: ``(models, frame, latent_shape) -> {field: tensor}``; ``latent_shape`` is the item's
+            cached latent's [C, F', H', W'].
     """
-    return tuple(getattr(spec, "condition_fields", ()))
+
+    name: str
+    reads: str
+    fields: tuple[str, ...]
+    load: Callable[[Any, nn.Module], Any]
+    encode: Callable[[Any, Any, tuple[int, ...]], dict[str, torch.Tensor]]
+
+
+def condition_fields(spec: Any) -> tuple[str, ...]:
+    """Keys of a spec's per-item conditioning: the fields of its declared ``item_encoders`` (() for a
+    text-to-video spec). The cache stores them per item and a batch feeds them to ``transformer_inputs``."""
+    return tuple(f for enc in spec.item_encoders for f in enc.fields)
 
 
 class ModelSpec(Protocol):
-    """What hv-tune needs to know about one base model family, by concern.
-
-    Optional (image-to-video specs, read through ``condition_fields(spec)``): ``condition_fields``,
-    ``load_condition_encoders(opts, vae)`` and ``encode_condition(encoders, frame, latent_shape)``.
-    """
+    """What hv-tune needs to know about one base model family, by facet (docs/architecture.md)."""
 
     # -- identity: how configs and model folders name the family
 
@@ -258,6 +273,9 @@ class ModelSpec(Protocol):
     ) -> dict[str, torch.Tensor]:
         """Keyword arguments of the transformer's forward for one training batch."""
         ...
+
+    #: per-item conditioning (image-to-video: the first frame's latent and image embedding); () for none
+    item_encoders: tuple[ItemEncoder, ...]
 
     # -- memory (fp8 storage, block swap, compile)
 

@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from hv_tune.models.base import KeyLayout, LoadOptions, TextEncoder, TextEncoders, VideoRules, vae_posterior
+from hv_tune.models.base import (
+    ItemEncoder,
+    KeyLayout,
+    LoadOptions,
+    TextEncoder,
+    TextEncoders,
+    VideoRules,
+    vae_posterior,
+)
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
 from tests.made_up_family import keys
 
@@ -28,7 +36,11 @@ class MadeUpSpec(HunyuanVideoSpec):
     lora_presets = {"attn": (r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0)",)}
     memory_presets: Mapping[str, Mapping[str, Any]] = {}
     lora_compatible: tuple[str, ...] = ()
-    condition_fields = ("reference_latents",)
+
+    @property
+    def item_encoders(self) -> tuple[ItemEncoder, ...]:
+        return (ItemEncoder("reference images", "first_frame", ("reference_latents",), self.load_condition_encoders,
+                            self.encode_condition),)
 
     def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         """HunyuanVideo's tiny folder without the second text encoder, named as this family's."""

@@ -19,6 +19,7 @@ from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
 from hv_tune.models.base import (
     LORA_FILE,
+    ItemEncoder,
     KeyLayout,
     LoadOptions,
     TextEncoder,
@@ -87,6 +88,8 @@ class HunyuanVideoSpec:
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
     pipeline_class = "HunyuanVideoPipeline"
     meta_step_unavailable: str | None = None
+    #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
+    item_encoders: tuple[ItemEncoder, ...] = ()
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv_keys.LAYOUT
     transformer_subfolder = "transformer"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hv_tune.models.base import LoadOptions
+from hv_tune.models.base import ItemEncoder, LoadOptions
 from hv_tune.models.hunyuan_video_1_5.spec import HunyuanVideo15Spec
 
 #: per-item conditioning the cache stores and a batch feeds ``transformer_inputs`` (no batch dim in the cache)
@@ -37,8 +37,13 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
     name = "hunyuan-video-1.5-i2v"
     pipeline_class = "HunyuanVideo15ImageToVideoPipeline"
-    condition_fields = CONDITION_FIELDS
     lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5",)
+
+    @property
+    def item_encoders(self) -> tuple[ItemEncoder, ...]:
+        """The first-frame condition: VAE latent + mask and SigLIP embedding, through the I2V pipeline."""
+        return (ItemEncoder("first frames", "first_frame", CONDITION_FIELDS, self.load_condition_encoders,
+                            self.encode_condition),)
 
     # ------------------------------------------------------------------ the first-frame condition
 

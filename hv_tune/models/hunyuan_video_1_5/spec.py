@@ -22,6 +22,7 @@ from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
 from hv_tune.models.base import (
     LORA_FILE,
+    ItemEncoder,
     KeyLayout,
     LoadOptions,
     TextEncoder,
@@ -103,6 +104,8 @@ class HunyuanVideo15Spec:
     meta_step_unavailable: str | None = (
         "the HunyuanVideo 1.5 forward reads tensor values (it tests whether image_embeds is all zero and "
         "reorders text tokens by the mask), so it cannot run on the meta device")
+    #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
+    item_encoders: tuple[ItemEncoder, ...] = ()
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv15_keys.LAYOUT
     transformer_subfolder = "transformer"
