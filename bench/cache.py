@@ -26,11 +26,11 @@ from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache, load_pixels
 from hv_tune.data.plan import model_identity, plan_items
 from hv_tune.data.sources import scan_sources
-from hv_tune.models import LoadOptions, get_spec
+from hv_tune.models import DEFAULT_MODEL, LoadOptions, get_spec
 
 
 def make_model(root: Path, vae: str) -> Path:
-    spec = get_spec("hunyuan-video")
+    spec = get_spec(DEFAULT_MODEL)
     model = spec.build_tiny(root / "model")
     if vae == "full":
         from diffusers import AutoencoderKLHunyuanVideo
@@ -60,7 +60,7 @@ def bare_time(spec, model: Path, cfg) -> float:
 
 def run(vae: str, items: int, frames: int, size: int, repeats: int) -> dict:
     """Alternate bare and cache runs ``repeats`` times (fresh cache each time); keep the minimum."""
-    spec = get_spec("hunyuan-video")
+    spec = get_spec(DEFAULT_MODEL)
     bare, cache = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

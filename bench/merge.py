@@ -41,7 +41,9 @@ def build_model(folder: Path, shard_size: str) -> int:
     torch.manual_seed(0)
     model = HunyuanVideoTransformer3DModel(**MODEL_CONFIG).to(torch.bfloat16)
     model.save_pretrained(folder / "transformer", max_shard_size=shard_size)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))
+    from hv_tune.models import DEFAULT_MODEL, get_spec
+
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": get_spec(DEFAULT_MODEL).pipeline_class}))
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
@@ -52,9 +54,9 @@ def build_lora(model: Path, out: Path, rank: int) -> int:
     from hv_tune.export.lora_io import write_lora
     from hv_tune.export.lora_math import LoraModule
     from hv_tune.lora import match_modules
-    from hv_tune.models import get_spec
+    from hv_tune.models import DEFAULT_MODEL, get_spec
 
-    spec = get_spec("hunyuan-video")
+    spec = get_spec(DEFAULT_MODEL)
     shapes = spec.linear_shapes(str(model))
     gen = torch.Generator().manual_seed(1)
     modules = {}

@@ -4,7 +4,7 @@
     python bench/train_step.py --size full [--presets 24gb,16gb] [--buckets 33x512x512,33x544x960]
     python bench/train_step.py --size full --estimate      # no GPU needed: bytes, FLOPs, predicted peaks
 
-``--size small`` (CPU): a small HunyuanVideo transformer trained from a real cache. Times
+``--size small`` (CPU): the family's small model (``build_tiny(small=True)``) trained from a real cache. Times
 our full step (``TrainLoop.optimizer_step``: cache read, latent sample, noise, forward,
 backward, clipping, AdamW, schedule, TensorBoard log every step) against a bare
 forward + backward + AdamW step of the same model on a prepared batch in a plain loop. The
@@ -46,15 +46,8 @@ from hv_tune.data.encode import build_cache
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
 from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.memory.swap import swap_indices
-from hv_tune.models import LoadOptions, get_spec
-from hv_tune.models.base import resolve_dtype
+from hv_tune.models import DEFAULT_MODEL, get_spec
 
-SMALL_TRANSFORMER = dict(
-    in_channels=4, out_channels=4, num_attention_heads=6, attention_head_dim=32, num_layers=2,
-    num_single_layers=4, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2, patch_size_t=1,
-    qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
-    rope_theta=256.0, rope_axes_dim=(8, 12, 12),
-)
 # dense bf16 tensor TFLOPS (NVIDIA datasheets), matched in order against the device name
 PEAK_BF16_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
                     ("A100", 312.0), ("L40S", 362.1), ("RTX 6000 Ada", 364.2), ("L40", 181.0),
@@ -71,53 +64,44 @@ def parse_bucket(bucket: str) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------- small (CPU)
 
 
-def small_setup(root: Path, frames: int, size: int, items: int):
-    """A small model folder, generated clips cached through our cache stage, and the config."""
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    spec = get_spec("hunyuan-video")
-    model = spec.build_tiny(root / "model")
-    torch.manual_seed(0)
-    HunyuanVideoTransformer3DModel(**SMALL_TRANSFORMER).save_pretrained(model / "transformer")
+def small_setup(root: Path, frames: int, size: int, items: int, model_name: str):
+    """A small model folder (the family's ``build_tiny(small=True)``), generated clips cached through
+    our cache stage, and the config."""
+    spec = get_spec(model_name)
+    model = spec.build_tiny(root / "model", small=True)
     write_demo_folder(root / "clips", items, frames, size, size)
     cfg = load_config(None, [
-        f"model.path={model}", f"data.cache_dir={root / 'cache'}", f"output_dir={root / 'run'}",
-        f"data.sources=[{{path: {root / 'clips'}}}]", f"data.frame_buckets=[{frames}]", f"data.resolution={size}",
-        "lora.rank=16", "lora.alpha=16", "training.max_steps=100000", "training.checkpoint_every=0",
-        "training.batch_size=1", "training.log_every=1", "training.lr_warmup_steps=0", "data.caption_dropout=0.1",
+        f"model.path={model}", f"model.name={spec.name}", f"data.cache_dir={root / 'cache'}",
+        f"output_dir={root / 'run'}", f"data.sources=[{{path: {root / 'clips'}}}]", f"data.frame_buckets=[{frames}]",
+        f"data.resolution={size}", "lora.rank=16", "lora.alpha=16", "training.max_steps=100000",
+        "training.checkpoint_every=0", "training.batch_size=1", "training.log_every=1", "training.lr_warmup_steps=0",
+        "data.caption_dropout=0.1",
     ])
     build_cache(spec, cfg, "cpu")
     return spec, cfg
 
 
-def our_loop(spec, cfg):
-    """Everything ``train()`` builds before its loop, so ``optimizer_step`` is the real one."""
+def our_loop(cfg):
+    """The run ``train()`` builds (``build_run``) and its loop, so ``optimizer_step`` is the real one."""
     from hv_tune.data.sampler import DataState
     from hv_tune.training.checkpoint import TrainerState
-    from hv_tune.training.optim import build_optimizer, build_scheduler
-    from hv_tune.training.trainer import TrainLoop, ensure_cache, load_lora_model, make_accelerator
+    from hv_tune.training.setup import build_run
+    from hv_tune.training.trainer import TrainLoop
 
-    acc = make_accelerator(cfg, Path(cfg.output_dir))
-    memory = MemoryRuntime.from_config(cfg, acc.device)
-    dataset = ensure_cache(spec, cfg, acc)
-    opts = LoadOptions(cfg.model.path, resolve_dtype(cfg.model.base_dtype, acc.device))
-    model, _ = load_lora_model(spec, cfg, opts, memory)
-    optimizer = build_optimizer(lora_parameters(model), cfg.training)
-    scheduler = build_scheduler(optimizer, cfg.training)
-    model, optimizer = acc.prepare(model, optimizer, device_placement=[False, None])
-    loop = TrainLoop(cfg, spec, acc, model, optimizer, scheduler, dataset, opts, memory)
+    loop = TrainLoop(build_run(cfg))
     return loop, TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed)
 
 
 def bare_step_fn(loop):
     """A plain forward + MSE + backward + AdamW step of the same model on one prepared batch."""
     from hv_tune.data.cache import collate
+    from hv_tune.training.step import text_inputs
 
     spec, model = loop.spec, loop.acc.unwrap_model(loop.model)
     batch = collate([loop.dataset[(0, 0)]])
     x0 = batch["latent_mean"] * float(loop.vae_config["scaling_factor"])
     noise, sigma = torch.randn_like(x0), torch.full((1,), 0.5)
-    text = {k: batch[k] for k in ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")}
+    text = text_inputs(spec, batch, loop.model_dtype)  # the spec's fields of the batch, as the real step reads them
     inputs = spec.transformer_inputs((1 - sigma) * x0 + sigma * noise, sigma, text, 1.0)
     target = noise - x0
     params = lora_parameters(model)
@@ -135,8 +119,8 @@ def bare_step_fn(loop):
 def run_small(args: argparse.Namespace) -> dict:
     frames, size = 9, 128
     with tempfile.TemporaryDirectory() as tmp:
-        spec, cfg = small_setup(Path(tmp), frames, size, items=6)
-        loop, state = our_loop(spec, cfg)
+        spec, cfg = small_setup(Path(tmp), frames, size, items=6, model_name=args.model_name)
+        loop, state = our_loop(cfg)
         bare = bare_step_fn(loop)
 
         def ours() -> None:
@@ -153,7 +137,7 @@ def run_small(args: argparse.Namespace) -> dict:
         n_params = sum(p.numel() for p in loop.acc.unwrap_model(loop.model).parameters())
         loop.acc.end_training()
     return {
-        "bench": "train_step", "size": "small", "params_m": round(n_params / 1e6, 2),
+        "bench": "train_step", "size": "small", "model": spec.name, "params_m": round(n_params / 1e6, 2),
         "bucket": f"{frames}x{size}x{size}", "pairs": args.steps,
         "ours_s_per_step": round(statistics.median(t_ours), 4), "bare_s_per_step": round(statistics.median(t_bare), 4),
         "ratio_of_medians": round(statistics.median(t_ours) / statistics.median(t_bare), 4),
@@ -190,7 +174,7 @@ def predicted_rows(spec, presets: list[str], buckets: list[str]):
     """The memory plan's predictions for the 13B model (meta device, no GPU), one dict per pair."""
     from diffusers import HunyuanVideoTransformer3DModel
 
-    from hv_tune.memory.plan import GiB, Planner
+    from hv_tune.training.plan import GiB, Planner
 
     with tempfile.TemporaryDirectory() as tmp:  # the default (13B) transformer config, nothing else
         with torch.device("meta"):
@@ -286,7 +270,7 @@ def peak_tflops(name: str, override: float | None) -> float | None:
 
 def run_one(preset: str, bucket: str, steps: int, peak_override: float | None) -> dict:
     """One (preset, bucket) measurement in this process (the parent starts one per pair)."""
-    spec, cfg = get_spec("hunyuan-video"), bench_config(preset)
+    spec, cfg = get_spec(DEFAULT_MODEL), bench_config(preset)
     frames, height, width = parse_bucket(bucket)
     runtime = MemoryRuntime.from_config(cfg, "cuda")
     model = build_full(spec, cfg, runtime)
@@ -361,7 +345,7 @@ def weights_row(spec, cfg, runtime: MemoryRuntime, model: torch.nn.Module) -> tu
 
 def estimate(args: argparse.Namespace) -> list[dict]:
     """Weight bytes per preset and FLOPs per bucket from the meta-device model (no GPU)."""
-    spec, rows = get_spec("hunyuan-video"), []
+    spec, rows = get_spec(DEFAULT_MODEL), []
     for preset in args.presets.split(","):
         cfg = bench_config(preset)
         runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
@@ -434,20 +418,21 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=["small", "full"], required=True)
     p.add_argument("--steps", type=int, default=None, help="timed steps (small: ours/bare pairs, 24; full: 5)")
-    p.add_argument("--presets", default=",".join(get_spec("hunyuan-video").memory_presets), help="full: comma-separated presets")
+    p.add_argument("--presets", default=",".join(get_spec(DEFAULT_MODEL).memory_presets), help="full: comma-separated presets")
     p.add_argument("--buckets", default=",".join(FULL_BUCKETS), help="full: FRAMESxHEIGHTxWIDTH, comma-separated")
     p.add_argument("--peak-tflops", type=float, default=None, help="full: the GPU's dense bf16 peak, for MFU")
     p.add_argument("--estimate", action="store_true", help="full: bytes and FLOPs from the meta model, no GPU")
-    p.add_argument("--model-name", default="hunyuan-video",
-                   help="--estimate for this family (hunyuan-video-1.5: its presets, 480p buckets)")
+    p.add_argument("--model-name", default=DEFAULT_MODEL,
+                   help="the family: small builds its small model; --estimate uses its presets (other than the "
+                        "default family: 480p buckets)")
     p.add_argument("--one", nargs=2, metavar=("PRESET", "BUCKET"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.size == "small":
         args.steps = args.steps or 24
         print(json.dumps(run_small(args)), flush=True)
         return 0
-    if args.estimate and args.model_name != "hunyuan-video":
-        if args.presets == ",".join(get_spec("hunyuan-video").memory_presets):
+    if args.estimate and args.model_name != DEFAULT_MODEL:
+        if args.presets == ",".join(get_spec(DEFAULT_MODEL).memory_presets):
             args.presets = ",".join(get_spec(args.model_name).memory_presets)
         if args.buckets == ",".join(FULL_BUCKETS):
             args.buckets = HV15_BUCKETS

@@ -154,7 +154,7 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from hv_tune.memory.plan import config_for_training
+    from hv_tune.training.plan import config_for_training
     from hv_tune.training.trainer import train
 
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from hv_tune.memory.plan import format_plan, plan_config
+    from hv_tune.training.plan import format_plan, plan_config
 
     print(format_plan(plan_config(args.config, args.overrides, args.gpu_memory)[0]))
 
@@ -328,7 +328,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.offload == "text-encoders":
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
         pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
-    print(f"sample written to {write_video(generate(pipe, req, embeds), args.out, fps)}")
+    print(f"sample written to {write_video(generate(spec, pipe, req, embeds), args.out, fps)}")
 
 
 def _refuse_sample_inputs(args: argparse.Namespace, loras: list[tuple[str, float]]) -> None:
@@ -347,10 +347,9 @@ def _first_frame(spec, args: argparse.Namespace):
         HvTuneError: --image missing for an image-to-video model, given for a text-to-video one,
             given with --height/--width, or not a readable image (named).
     """
-    from hv_tune.models.base import condition_fields
     from hv_tune.sampling import read_first_frame
 
-    if not condition_fields(spec):
+    if spec.sample_input != "image":
         if args.image:
             raise HvTuneError(f"--image: {spec.name} is a text-to-video model; use an image-to-video model "
                               "or leave --image out")

@@ -13,7 +13,6 @@ from hv_tune.data.cache import read_index
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
 from hv_tune.models import DEFAULT_MODEL, get_spec
-from hv_tune.models.base import condition_fields
 from hv_tune.sampling import SampleRequest, generate, load_pipeline, write_video
 from hv_tune.training.trainer import train
 
@@ -41,8 +40,8 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     pipe = load_pipeline(spec, str(model_dir), [(str(lora), 1.0)], device, torch.float32)
     first = read_index(cfg.data.cache_dir)[0]
     req = SampleRequest(first.captions[0], 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale,
-                        image=demo_image(first) if condition_fields(spec) else None)
-    sample = write_video(generate(pipe, req), out / "sample.mp4", spec.video.fps)
+                        image=demo_image(first) if spec.sample_input == "image" else None)
+    sample = write_video(generate(spec, pipe, req), out / "sample.mp4", spec.video.fps)
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}")
     print(f"prompt: {readable_prompt(req.prompt)}")
     print(f"demo finished in {time.time() - t0:.0f} s")

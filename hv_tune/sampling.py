@@ -35,7 +35,8 @@ class SampleRequest:
     seed: int = 0
     #: frame rate of the mp4; None = the model's (``spec.video.fps``)
     fps: float | None = None
-    #: image-to-video: the first frame (PIL image); the pipeline then picks the output size from it
+    #: the first frame (PIL image) when the spec's ``sample_input`` is ``image``; the pipeline then picks
+    #: the output size from it
     image: Any = None
 
 
@@ -88,12 +89,11 @@ def load_pipeline(
             file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
             apply_deltas(pipe.transformer, diffs, scale)
             if file is not None:
-                load_adapter(pipe, file, f"lora{i}")
+                spec.load_lora_adapter(pipe, file, f"lora{i}")
                 names.append(f"lora{i}")
                 scales.append(scale)
     if names:
-        # pipelines without a LoRA loader (HunyuanVideo 1.5): the transformer's own PEFT API
-        (pipe if hasattr(pipe, "set_adapters") else pipe.transformer).set_adapters(names, scales)
+        spec.set_lora_scales(pipe, names, scales)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload == "model":
@@ -106,15 +106,6 @@ def load_pipeline(
     else:
         pipe.to(device)
     return pipe
-
-
-def load_adapter(pipe: Any, file: str, name: str) -> None:
-    """A diffusers-format LoRA into ``pipe``: its LoRA loader, or for pipelines without one
-    (HunyuanVideo 1.5) ``transformer.load_lora_adapter`` (our files for those carry alpha folded)."""
-    if hasattr(pipe, "load_lora_weights"):
-        pipe.load_lora_weights(file, adapter_name=name)
-    else:
-        pipe.transformer.load_lora_adapter(file, adapter_name=name)
 
 
 def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
@@ -172,37 +163,27 @@ def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str
             torch.cuda.empty_cache()
 
 
-def generate(pipe: Any, req: SampleRequest, embeds: Mapping[str, torch.Tensor] | None = None) -> np.ndarray:
+def generate(
+    spec: ModelSpec, pipe: Any, req: SampleRequest, embeds: Mapping[str, torch.Tensor] | None = None
+) -> np.ndarray:
     """Frames [F, H, W, 3] uint8 for one prompt, deterministic for a fixed seed.
 
     Args:
+        spec: the family of ``pipe`` (its call arguments: size or first frame, guidance).
         embeds: precomputed prompt embeddings (keyword arguments of the pipeline call); the
             prompt text is used when None.
     """
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=req.shift)
     prompt: dict[str, Any] = dict(embeds) if embeds is not None else {"prompt": req.prompt}
-    # an image-to-video pipeline (HunyuanVideo 1.5 I2V) takes the size from the image and its target_size
-    size = {"height": req.height, "width": req.width} if req.image is None else {"image": req.image}
     out = pipe(
         **prompt,
-        **size,
+        **spec.call_arguments(pipe, req.height, req.width, req.image, req.guidance),  # size or first frame
         num_frames=req.frames,
         num_inference_steps=req.steps,
-        **guidance_kwargs(pipe, req.guidance),
         generator=torch.Generator("cpu").manual_seed(req.seed),
         output_type="np",
     )
     return (np.clip(out.frames[0], 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
-def guidance_kwargs(pipe: Any, scale: float) -> dict[str, float]:
-    """``guidance_scale`` for pipelines that take it (v1's embedded guidance); pipelines with a
-    guider (HunyuanVideo 1.5's classifier-free guidance) get a guider with that scale instead."""
-    guider = getattr(pipe, "guider", None)
-    if guider is None:
-        return {"guidance_scale": scale}
-    pipe.guider = guider.new(guidance_scale=scale)
-    return {}
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:

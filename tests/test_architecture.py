@@ -80,12 +80,18 @@ def _strings(tree: ast.AST) -> list[tuple[str, int]]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
 
 
+def _bench() -> dict[str, Path]:
+    return {f"bench.{p.stem}": p for p in sorted((REPO / "bench").glob("*.py"))}
+
+
 def test_no_module_outside_models_names_a_family():
-    """Family names, pipeline classes and family folders appear only under hv_tune/models/."""
+    """Family names, pipeline classes, family folders and the families' condition fields appear only
+    under hv_tune/models/ (bench/ included: its defaults come from the registry)."""
     names = {s.name for s in MODEL_SPECS.values()} | {s.pipeline_class for s in MODEL_SPECS.values()}
+    names |= {f for s in MODEL_SPECS.values() for e in s.item_encoders for f in e.fields}
     modules = _modules()
     offences = []
-    for name, path in modules.items():
+    for name, path in {**modules, **_bench()}.items():
         if _is_models(name):
             continue
         rel = path.relative_to(REPO)
@@ -124,6 +130,36 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [])
     assert not cycles, "\n".join(cycles)
+
+
+def _package(name: str) -> str:
+    """The package a module counts for: ``hv_tune.data.cache`` -> ``hv_tune.data``; a top-level module is its own."""
+    return ".".join(name.split(".")[:2])
+
+
+def test_no_package_level_import_loop():
+    """Packages import each other one way: no ``hv_tune.data`` -> ``hv_tune.memory`` -> ``hv_tune.data``
+    even when no single module cycle closes it (each edge names one import that makes it)."""
+    modules = _modules()
+    edges: dict[str, dict[str, str]] = {}
+    for name, path in modules.items():
+        for imported, line in _imports(name, path, modules):
+            dep = _resolve(imported, modules)
+            if dep and _package(dep) != _package(name) and _package(name) != name.split(".")[0]:
+                edges.setdefault(_package(name), {}).setdefault(_package(dep), f"{path.relative_to(REPO)}:{line}")
+    loops = []
+    for start in sorted(edges):  # a path from a package back to itself is a loop
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in sorted(edges.get(node, {})):
+                if nxt == start:
+                    hops = [*path, start]
+                    loops.append(" -> ".join(f"{a} ({edges[a][b]})" for a, b in zip(hops, hops[1:])) + f" -> {start}")
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not loops, "\n".join(sorted(set(loops)))
 
 
 def test_architecture_doc_lists_every_module():
@@ -279,3 +315,51 @@ def test_one_video_writer():
                     if not (isinstance(first, ast.Constant) and first.value in AUDIO_CODECS):
                         offences.append(f"{rel}:{node.lineno}: encodes video itself (use hv_tune.media.write_h264)")
     assert not offences, "\n".join(offences)
+
+
+# ----------------------------------------------------------------------------- a new family is one folder
+
+
+def test_a_made_up_family_in_its_own_folder_trains_one_step_and_round_trips_its_lora(tmp_path, monkeypatch):
+    """tests/made_up_family (one text encoder, its own key table with a fused row and its own prefixes,
+    a reference-image condition) is registered by one registry line and nothing else: the cache stores
+    its condition, training feeds it to its ``transformer_inputs``, and its LoRA goes through its key
+    table into the original layout and back unchanged."""
+    import torch
+
+    from hv_tune.data.demo import write_demo_folder
+    from hv_tune.export.lora_io import read_lora, write_lora
+    from hv_tune.export.lora_math import delta_weight
+    from hv_tune.training.trainer import train
+    from tests.conftest import train_overrides
+    from tests.made_up_family import MadeUpSpec
+
+    spec = MadeUpSpec()
+    monkeypatch.setitem(MODEL_SPECS, spec.name, spec)  # the registry line
+    model = spec.build_tiny(tmp_path / "model")
+    assert not (model / "text_encoder_2").exists()  # one text encoder
+    write_demo_folder(tmp_path / "clips", 2, 8, 32, 32)
+    overrides = train_overrides(model, tmp_path / "cache", tmp_path / "out", **{
+        "training.max_steps": 1, "training.batch_size": 1, "lora.targets": "attn"})
+    cfg = load_config(None, [*overrides, f"data.sources=[{{path: '{tmp_path / 'clips'}'}}]"])
+    assert cfg.model.name == spec.name  # found from the folder's model_index.json
+    result = train(cfg)
+    assert result.steps == 1
+    cond = list((tmp_path / "cache" / "cond").glob("*.safetensors"))
+    assert cond, "the cache stores the family's reference-image condition"
+
+    shapes = spec.linear_shapes(str(model))
+    ours = read_lora(spec, result.lora_path, shapes)
+    assert ours.family == spec.name and len(ours.modules) == 8  # q, k, v, out of 2 double blocks
+    for layout, prefix in (("comfyui", "made_up_model.dbl."), ("kohya", "lora_made_up_dbl_")):
+        path = write_lora(spec, ours.modules, tmp_path / f"{layout}.safetensors", layout, shapes)
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+        assert names and all(k.startswith(prefix) for k in names), names[:3]
+        assert any(".qkv." in k or "_qkv." in k for k in names)  # the fused row of its table
+        back = read_lora(spec, path, shapes)
+        assert sorted(back.modules) == sorted(ours.modules)
+        for name, m in ours.modules.items():  # fusing and splitting re-factor the update: compare it, with float32 rounding
+            torch.testing.assert_close(delta_weight(back.modules[name]), delta_weight(m), rtol=1e-4, atol=1e-6)

@@ -45,7 +45,7 @@ def test_every_tiny_tensor_round_trips_and_matches_diffusers_converter(spec, tin
         assert torch.equal(converted[k], state[k]), k
     # single blocks: our own inverse, by value
     for n in range(2):
-        parts = spec.original_parts(f"single_blocks.{n}.linear1")
+        parts = spec.keys.original_parts(f"single_blocks.{n}.linear1")
         assert [p.module for p in parts] == [f"single_transformer_blocks.{n}.{m}" for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]
         fused = original[f"single_blocks.{n}.linear1.weight"]
         rows = [state[p.module + ".weight"].shape[0] for p in parts]
@@ -65,19 +65,19 @@ def test_full_size_layout_matches_diffusers_converter_names_and_shapes(spec, ful
 def test_every_module_name_is_found_back_in_every_format(spec, full_meta_state):
     modules = {k.rsplit(".", 1)[0] for k in full_meta_state}
     for module in modules:
-        original = spec.original_module(module)
+        original = spec.keys.original_module(module)
         assert original is not None, module
-        assert module in {p.module for p in spec.original_parts(original)}
-        assert spec.original_from_flat(original.replace(".", "_")) == original
+        assert module in {p.module for p in spec.keys.original_parts(original)}
+        assert spec.keys.original_from_flat(original.replace(".", "_")) == original
         for key, fmt, name in [
             (f"transformer.{module}.lora_A.weight", "diffusers", module),
             (f"diffusion_model.{original}.lora_B.weight", "comfyui", original),
             (f"lora_unet_{original.replace('.', '_')}.alpha", "kohya", original),
-            (f"diffusion_model.{spec.comfy_name(original, 'lora')}.lora_B.weight", "comfyui", original),
-            (f"diffusion_model.{spec.comfy_name(original)}.diff_b", "comfyui-internal", original),
+            (f"diffusion_model.{spec.keys.comfy_name(original, 'lora')}.lora_B.weight", "comfyui", original),
+            (f"diffusion_model.{spec.keys.comfy_name(original)}.diff_b", "comfyui-internal", original),
         ]:
             parsed = parse_key(spec, key)
             assert fmt in parsed.layouts and parsed.module == name, key
             assert looks_like_family([key]) is None, key  # no HunyuanVideo key looks like another family
-    assert spec.original_module("transformer_blocks.0.attn.to_x") is None
-    assert spec.original_from_flat("double_blocks_0_img_attn_qkvx") is None
+    assert spec.keys.original_module("transformer_blocks.0.attn.to_x") is None
+    assert spec.keys.original_from_flat("double_blocks_0_img_attn_qkvx") is None

@@ -128,9 +128,9 @@ def _kohya_file(spec, tiny_shapes, path):
     """A musubi-style kohya LoRA on every double/single block layer of the tiny model."""
     gen = torch.Generator().manual_seed(4)
     state = {}
-    originals = sorted({spec.original_module(m) for m in tiny_shapes if "blocks." in m and "refiner" not in m})
+    originals = sorted({spec.keys.original_module(m) for m in tiny_shapes if "blocks." in m and "refiner" not in m})
     for i, original in enumerate(originals):
-        parts = spec.original_parts(original)
+        parts = spec.keys.original_parts(original)
         rows = sum(tiny_shapes[p.module][0] for p in parts)
         rank = 8 if i == 3 else 4  # one layer with another rank
         flat = "lora_unet_" + original.replace(".", "_")

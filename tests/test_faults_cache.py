@@ -43,7 +43,7 @@ def _accelerator():
 
 def _train_cache(spec, cfg, capsys):
     """What `train` does before it trains: the cache it would read, and what it printed."""
-    from hv_tune.training.trainer import ensure_cache
+    from hv_tune.training.setup import ensure_cache
 
     dataset = ensure_cache(spec, cfg, _accelerator())
     return dataset, capsys.readouterr().out

@@ -76,8 +76,9 @@ def test_dropped_text_tokens_are_the_real_qwen_counts(hv15_model):
     """A caption over the 1000-token limit loses exactly its tokens past 1000; one at the limit loses none."""
     enc = SPEC.load_text_encoders(LoadOptions(str(hv15_model)))
     words = " ".join(f"w{i}" for i in range(1200))
-    n = len(enc.tokenizer(words, add_special_tokens=False).input_ids)  # real Qwen2.5 tokens of the caption
-    fits = enc.tokenizer.decode(enc.tokenizer(words, add_special_tokens=False).input_ids[:1000])
+    tokenizer = enc["text_encoder"].tokenizer
+    n = len(tokenizer(words, add_special_tokens=False).input_ids)  # real Qwen2.5 tokens of the caption
+    fits = tokenizer.decode(tokenizer(words, add_special_tokens=False).input_ids[:1000])
     assert n > 1000
     assert SPEC.dropped_text_tokens(enc, [words, fits, "a cat"], 33) == [n - 1000, 0, 0]
     kept = SPEC.encode_text(enc, [fits], 33)["prompt_attention_mask"][0]

@@ -136,10 +136,10 @@ def test_kohya_file_is_musubis_network(hv15_tiny, lora, tmp_path, capsys):
 
 def test_fused_kohya_names_of_older_files_still_read(hv15_tiny):
     """``lora_unet_double_blocks_N_img_attn_qkv`` (hv-tune's kohya files before 2026-11-29) is still read."""
-    assert SPEC.original_from_flat("double_blocks_1_img_attn_qkv") == "double_blocks.1.img_attn_qkv"
-    assert SPEC.original_from_flat("double_blocks_1_txt_attn_v") == "double_blocks.1.txt_attn_v"
-    assert [p.module for p in SPEC.original_parts("double_blocks.1.txt_attn_v")] == ["transformer_blocks.1.attn.add_v_proj"]
-    assert SPEC.kohya_module("norm_out.linear") == "final_layer.adaLN_modulation.1"
+    assert SPEC.keys.original_from_flat("double_blocks_1_img_attn_qkv") == "double_blocks.1.img_attn_qkv"
+    assert SPEC.keys.original_from_flat("double_blocks_1_txt_attn_v") == "double_blocks.1.txt_attn_v"
+    assert [p.module for p in SPEC.keys.original_parts("double_blocks.1.txt_attn_v")] == ["transformer_blocks.1.attn.add_v_proj"]
+    assert SPEC.keys.kohya_module("norm_out.linear") == "final_layer.adaLN_modulation.1"
 
 
 def test_merge_to_an_original_file_is_refused_with_the_way_out(hv15_tiny, lora, tmp_path, capsys):

@@ -322,7 +322,7 @@ def test_memorises_a_clip_from_its_first_frame(hv15_i2v_tiny, tmp_path, one_thre
 def test_memory_plan_says_why_1_5_has_none(name, config, hv15_tiny, hv15_i2v_tiny, tmp_path, capsys):
     """The shipped 1.5 configs: `plan` exits 2 naming why (the forward reads tensor values) and the presets;
     `train`'s plan check skips with that reason instead of a meta-device traceback (fails on bd490ca)."""
-    from hv_tune.memory.plan import config_for_training
+    from hv_tune.training.plan import config_for_training
 
     model = hv15_i2v_tiny if name.endswith("i2v") else hv15_tiny
     args = [f"model.path={model}", f"model.name={name}", f"output_dir={tmp_path / 'run'}"]

@@ -42,7 +42,7 @@ def base_original(spec, tiny_model):
 
 
 def fused_shape(spec, shapes, original):
-    parts = spec.original_parts(original)
+    parts = spec.keys.original_parts(original)
     return sum(shapes[p.module][0] // p.chunks for p in parts), shapes[parts[0].module][1]
 
 

@@ -15,8 +15,8 @@ from hv_tune.cli import main
 from hv_tune.config import LoraConfig
 from hv_tune.lora import add_lora, peft_config, resolve_targets
 from hv_tune.memory.estimate import profile_step
-from hv_tune.memory.plan import GiB, config_for_training, parse_memory, plan_config
 from hv_tune.models import LoadOptions
+from hv_tune.training.plan import GiB, config_for_training, parse_memory, plan_config
 
 BUCKET = (9, 64, 64)  # frames, height, width (pixels): 3 x 8 x 8 latents
 
@@ -175,7 +175,7 @@ def test_weights_per_preset_match_fp8_storage_and_swap(spec, tmp_path):
 
     from hv_tune.config import load_config
     from hv_tune.memory.fp8 import apply_fp8_storage, storage_bytes
-    from hv_tune.memory.plan import Planner
+    from hv_tune.training.plan import Planner
 
     with torch.device("meta"):
         HunyuanVideoTransformer3DModel(num_layers=2, num_single_layers=2).save_config(tmp_path / "transformer")

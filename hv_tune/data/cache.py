@@ -6,7 +6,7 @@ Layout (``docs/formats.md`` has the full description)::
     CACHE_DIR/latents/<key>.safetensors   latent_mean, latent_logvar  [C, F', H', W'] fp32
     CACHE_DIR/text/<key>.safetensors      prompt_embeds [L, D], prompt_attention_mask [L], and the
                                           spec's other ``text_fields`` (v1: pooled_prompt_embeds [D2])
-    CACHE_DIR/cond/<key>.safetensors      image-to-video specs: the ``condition_fields`` built from the
+    CACHE_DIR/cond/<key>.safetensors      specs with item encoders: their fields, built from the
                                           item's first frame (1.5 I2V: cond_latents, cond_mask, image_embeds)
 
 Training reads only this folder. An item's bucket is its pixel size (frames, height, width);
@@ -49,7 +49,7 @@ class CacheEntry:
     caption_dropout: float = 0.0
     empty_text: str | None = None  # embedding of "" with this item's template (caption dropout)
     source: str = ""  # the media file it was encoded from (named when a cache file is broken)
-    condition: str | None = None  # image-to-video: the first-frame conditioning file (spec.condition_fields)
+    condition: str | None = None  # the item encoders' fields (spec.item_encoders), one file
 
     @property
     def bucket(self) -> tuple[int, int, int]:

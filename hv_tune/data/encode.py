@@ -191,11 +191,11 @@ def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]
     if not missing:
         return
     enc = spec.load_text_encoders(opts)
-    if opts.text_encoder_fp8:
-        keep = spec.fp8_keep_patterns("text_encoder", enc.text_encoder)
-        apply_fp8_storage(enc.text_encoder.requires_grad_(False), keep, opts.dtype)
-    enc.text_encoder.to(device)
-    enc.text_encoder_2.to(device)
+    for encoder in enc:  # however many the family's text stack has
+        if opts.text_encoder_fp8 and encoder.fp8:
+            keep = spec.fp8_keep_patterns("text_encoder", encoder.model)
+            apply_fp8_storage(encoder.model.requires_grad_(False), keep, opts.dtype)
+        encoder.model.to(device)
     for key, (caption, template) in tqdm(missing.items(), desc="encode text", unit="caption"):
         frames = 1 if template == "image" else 2  # any count > 1 selects the video template
         out = spec.encode_text(enc, [caption], frames)
@@ -251,28 +251,36 @@ def condition_key(item: PlannedItem, fields: tuple[str, ...]) -> str:
 
 
 def encode_conditions(spec, opts, device, root: Path, planned: list[PlannedItem], summary) -> list[PlannedItem]:
-    """Image-to-video specs: encode the missing first-frame conditions (``spec.encode_condition``, the
-    reference pipeline's own code) of ``planned``; returns the usable items (all of them without conditions)."""
-    fields = condition_fields(spec)
-    if not fields:
+    """Encode the missing per-item conditions of ``planned``: one loop over the spec's declared
+    ``item_encoders`` (their models loaded once, beside the VAE), all their fields in the item's
+    condition file; returns the usable items (all of them when the spec declares none)."""
+    encoders, fields = spec.item_encoders, condition_fields(spec)
+    if not encoders:
         return planned
+    unknown = sorted({e.reads for e in encoders} - set(ITEM_INPUTS))
+    if unknown:
+        raise ValueError(f"{spec.name}: item encoders read {unknown}; the cache provides {sorted(ITEM_INPUTS)}")
     todo = [p for p in planned if not is_valid(root / f"cond/{condition_key(p, fields)}.safetensors", fields)]
     summary.conditions_reused = len(planned) - len(todo)
     failed: set[str] = set()
     if todo:
         vae = spec.load_vae(opts).to(device)
-        encoders = spec.load_condition_encoders(opts, vae)
-        for item in tqdm(todo, desc="encode first frames", unit="item"):
+        models = [e.load(opts, vae) for e in encoders]
+        desc = "encode " + ", ".join(e.name for e in encoders)
+        for item in tqdm(todo, desc=desc, unit="item"):
             try:
-                frame = first_frame(item)
+                inputs = {name: ITEM_INPUTS[name](item) for name in {e.reads for e in encoders}}
             except MediaError as e:
                 summary.skipped.append(Skip(str(item.media.path), str(e)))
                 failed.add(item.id)
                 continue
             shape = cached_latent_shape(root, item)
-            write_condition(root, condition_key(item, fields), spec.encode_condition(encoders, frame, shape))
+            out: dict[str, torch.Tensor] = {}
+            for enc, model in zip(encoders, models):
+                out |= enc.encode(model, inputs[enc.reads], shape)
+            write_condition(root, condition_key(item, fields), out)
             summary.conditions_encoded += 1
-        del encoders, vae
+        del models, vae
         _free()
     return [p for p in planned if p.id not in failed]
 
@@ -293,6 +301,10 @@ def first_frame(item: PlannedItem) -> np.ndarray:
         return read_video(item.media.path, item.indices[:1], item.info, (item.height, item.width))[0]
     except FileNotFoundError as e:
         raise MediaError("file vanished") from e
+
+
+#: what an item encoder can read (``ItemEncoder.reads``) -> how the cache stage gets it from an item
+ITEM_INPUTS = {"first_frame": first_frame}
 
 
 def load_pixels(item: PlannedItem) -> torch.Tensor:

@@ -18,8 +18,8 @@ model spec). The layouts:
 Module names are resolved through the model spec, so a key that looks right but names no
 layer of the model ends up in the "unknown" list. Files for other model families are
 recognised by key patterns that never occur in a LoRA of our families, and families whose
-module names match the spec's (``spec.lookalike_blocks``, e.g. Flux's in ComfyUI) by their
-block counts unless the file reaches a module only the spec's family has (``spec.own_module_markers``).
+module names match the spec's (``spec.keys.lookalike_blocks``, e.g. Flux's in ComfyUI) by their
+block counts unless the file reaches a module only the spec's family has (``spec.keys.own_module_markers``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hv_tune.errors import HvTuneError
+from hv_tune.models import OTHER_FAMILIES
 from hv_tune.models.base import LORA_FILE, ModelSpec
 
 
@@ -53,7 +54,7 @@ class Format:
     """How one layout's keys look and what a file in it can carry."""
 
     layout: Layout
-    #: key of ``spec.lora_prefixes`` for the prefix written
+    #: key of ``spec.keys.lora_prefixes`` for the prefix written
     prefix: str
     down: str
     up: str
@@ -116,27 +117,8 @@ _KEY = re.compile(
 )
 _PEFT_PREFIX = "base_model.model."
 
-# Key patterns (re.search) that identify another model family. None of them can match a key
-# of a registered family in any layout (tests/test_export_lora.py checks that). Families whose
-# module names match a spec's (Flux's are ComfyUI's HunyuanVideo names) list only their own
-# modules here; the rest is told apart by block counts (``spec.lookalike_blocks``).
-OTHER_FAMILIES: dict[str, tuple[str, ...]] = {
-    "Flux": (
-        r"(^|[._])(img_in|txt_in)\.(lora_|alpha|diff)",  # Flux's img_in/txt_in are linear layers
-        r"(^|\.)(x_embedder|context_embedder)\.lora_",
-    ),
-    "SDXL": (r"^lora_te2_", r"^text_encoder_2\.", r"conditioner\.embedders\.1\."),
-    "Stable Diffusion (UNet)": (
-        r"(down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block)[._]\d",
-        r"^lora_te\d?_text_model",
-        r"^unet\.",
-    ),
-    "Wan": (r"(^|[._])blocks[._]\d+[._](self_attn|cross_attn)[._](q|k|v|o)[._]", r"[._]ffn[._]\d", r"(^|\.)blocks\.\d+\.attn[12]\."),
-    "LTX-Video or CogVideoX": (r"transformer_blocks[._]\d+[._]attn[12][._]",),
-}
+# the registry's key patterns of unregistered families (``hv_tune.models.OTHER_FAMILIES``)
 _FAMILY_RES = {name: [re.compile(p) for p in pats] for name, pats in OTHER_FAMILIES.items()}
-_DOUBLE_RE = re.compile(r"^(?:double_blocks|transformer_blocks)\.(\d+)\.")
-_SINGLE_RE = re.compile(r"^(?:single_blocks|single_transformer_blocks)\.(\d+)\.")
 _UNSUPPORTED = {"lora_magnitude_vector": "DoRA", "dora_scale": "DoRA", ".hada_": "LoHa", ".lokr_": "LoKr"}
 
 
@@ -166,14 +148,14 @@ def _original_layouts(spec: ModelSpec, module: str) -> tuple[set[Layout], str | 
     """Layouts an (unprefixed, dotted) module name fits, and the original module it names."""
     layouts: set[Layout] = set()
     original = None
-    if spec.original_parts(module) is not None:
+    if spec.keys.original_parts(module) is not None:
         layouts.add(Layout.COMFYUI)
         original = module
-    lora_named = spec.original_from_comfy(module, "lora")
+    lora_named = spec.keys.original_from_comfy(module, "lora")
     if lora_named is not None:
         layouts.add(Layout.COMFYUI)
         original = original or lora_named
-    internal = spec.original_from_comfy(module, "internal")
+    internal = spec.keys.original_from_comfy(module, "internal")
     if internal is not None:
         layouts.add(Layout.COMFYUI_INTERNAL)
         original = original or internal
@@ -183,16 +165,16 @@ def _original_layouts(spec: ModelSpec, module: str) -> tuple[set[Layout], str | 
 def parse_key(spec: ModelSpec, key: str) -> ParsedKey | None:
     """Resolve one key against the spec's layouts; None if it names no known layer."""
     body = key.removeprefix(_PEFT_PREFIX)
-    kohya = spec.lora_prefixes["kohya"]
+    kohya = spec.keys.lora_prefixes["kohya"]
     if body.startswith(kohya):
         m = _KEY.fullmatch(body[len(kohya) :])
         if m and "." not in m["module"]:
             flat = m["module"]
-            original = spec.original_from_flat(flat) or spec.original_from_comfy(flat, "flat")
+            original = spec.keys.original_from_flat(flat) or spec.keys.original_from_comfy(flat, "flat")
             if original is not None:
                 return ParsedKey(frozenset({Layout.KOHYA}), original, KINDS[m["kind"]])
         return None
-    for prefix in (spec.lora_prefixes["comfyui"], spec.lora_prefixes["diffusers"]):
+    for prefix in (spec.keys.lora_prefixes["comfyui"], spec.keys.lora_prefixes["diffusers"]):
         if body.startswith(prefix):
             body = body[len(prefix) :]
             break
@@ -203,7 +185,7 @@ def parse_key(spec: ModelSpec, key: str) -> ParsedKey | None:
     layouts, original = _original_layouts(spec, module)
     if original is not None:
         return ParsedKey(frozenset(layouts), original, kind)
-    if spec.original_module(module) is not None:
+    if spec.keys.original_module(module) is not None:
         return ParsedKey(frozenset({Layout.DIFFUSERS}), module, kind)
     return None
 
@@ -223,12 +205,13 @@ def family_by_blocks(spec: ModelSpec, parsed: dict[str, ParsedKey]) -> tuple[str
     A file whose highest double block is that family's last (and whose single blocks, if
     any, end at its last too) and that reaches no module only ``spec``'s family has is that family's.
     """
-    own = [k for k, p in parsed.items() if any(x in p.module for x in spec.own_module_markers)]
-    doubles = {int(m[1]) for p in parsed.values() if (m := _DOUBLE_RE.match(p.module))}
-    singles = {int(m[1]) for p in parsed.values() if (m := _SINGLE_RE.match(p.module))}
+    own = [k for k, p in parsed.items() if any(x in p.module for x in spec.keys.own_module_markers)]
+    double_re, single_re = (re.compile(p) for p in spec.keys.block_patterns)
+    doubles = {int(m[1]) for p in parsed.values() if (m := double_re.match(p.module))}
+    singles = {int(m[1]) for p in parsed.values() if (m := single_re.match(p.module))}
     if own or not (doubles or singles):
         return None
-    for family, (n_double, n_single) in spec.lookalike_blocks.items():
+    for family, (n_double, n_single) in spec.keys.lookalike_blocks.items():
         double_fits = not doubles or max(doubles) == n_double - 1
         single_fits = not singles or max(singles) == n_single - 1
         if double_fits and single_fits:

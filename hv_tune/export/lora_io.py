@@ -135,7 +135,7 @@ def _resolve_original(
     spec: ModelSpec, source: Path, original: str, m: LoraModule, shapes: Shapes, ranks: list[int] | None
 ) -> dict[str, LoraModule]:
     """Split a fused original-layout module into diffusers modules."""
-    parts = spec.original_parts(original)
+    parts = spec.keys.original_parts(original)
     rows = _part_rows(parts, shapes, source, original)
     in_f = shapes[parts[0].module][1]
     if m.down.shape[1] != in_f or m.up.shape[0] != sum(rows):
@@ -166,7 +166,7 @@ def _resolve_original(
 def _split_delta(spec: ModelSpec, source: Path, original: str, delta: torch.Tensor, kind: str,
                  shapes: Shapes) -> dict[str, torch.Tensor]:
     """A fused layer's ``.diff`` [rows, in] or ``.diff_b`` [rows] as deltas of diffusers parameters."""
-    parts = spec.original_parts(original)
+    parts = spec.keys.original_parts(original)
     suffix = "weight" if kind == "diff" else "bias"
     if len(parts) == 1 and parts[0].chunks == 1:  # a 1:1 tensor (also norms): checked against the base when merged
         return {f"{parts[0].module}.{suffix}": delta}
@@ -254,7 +254,7 @@ def _fuse_original(
     spec: ModelSpec, modules: Mapping[str, LoraModule], shapes: Shapes, kohya: bool = False
 ) -> dict[str, tuple[LoraModule, list[int] | None]]:
     """Group diffusers modules into original (``kohya``: kohya-layout) modules and fuse each group."""
-    name_of = spec.kohya_module if kohya else spec.original_module
+    name_of = spec.keys.kohya_module if kohya else spec.keys.original_module
     originals: dict[str, None] = {}
     for module in modules:
         original = name_of(module)
@@ -263,7 +263,7 @@ def _fuse_original(
         originals.setdefault(original, None)
     fused = {}
     for original in originals:
-        parts = spec.original_parts(original)
+        parts = spec.keys.original_parts(original)
         rows = _part_rows(parts, shapes, Path("<lora>"), original)
         pieces = []
         for part, n in zip(parts, rows):
@@ -346,8 +346,8 @@ def _module_name(spec: ModelSpec, original: str, names: str) -> str:
     if names == "flat":
         return original.replace(".", "_")
     if names == "internal":
-        return spec.comfy_name(original)
-    return spec.comfy_name(original, "lora")  # Tencent's names, embedders as ComfyUI's key map reads them
+        return spec.keys.comfy_name(original)
+    return spec.keys.comfy_name(original, "lora")  # Tencent's names, embedders as ComfyUI's key map reads them
 
 
 def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shapes) -> dict[tuple[str, str], torch.Tensor]:
@@ -358,11 +358,11 @@ def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shap
     fused: dict[tuple[str, str], torch.Tensor] = {}
     for name in diffs:
         module, _, suffix = name.rpartition(".")
-        original = spec.original_module(module)
+        original = spec.keys.original_module(module)
         kind = "diff" if suffix == "weight" else "diff_b"
         if original is None or (original, kind) in fused:
             continue
-        parts = spec.original_parts(original)
+        parts = spec.keys.original_parts(original)
         if len(parts) == 1 and parts[0].chunks == 1:  # 1:1 (also norms): the delta as it is
             fused[(original, kind)] = diffs[name]
             continue
@@ -381,7 +381,7 @@ def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shap
 
 def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path, fmt: Format, shapes: Shapes,
                     diffs: Mapping[str, torch.Tensor], family: str | None) -> Path:
-    prefix = spec.lora_prefixes[fmt.prefix]
+    prefix = spec.keys.lora_prefixes[fmt.prefix]
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, list[int]] = {}
     written: list[LoraModule] = []
@@ -448,6 +448,6 @@ def comfyui_skipped_kohya_layers(spec: ModelSpec, modules: Mapping[str, LoraModu
     name differs (``img_mlp_fc1``, 1.5's separate ``img_attn_q``), it warns "lora key not loaded"
     and skips the layer.
     """
-    names = {spec.kohya_module(m) for m in modules} - {None}
+    names = {spec.keys.kohya_module(m) for m in modules} - {None}
     flat = [n.replace(".", "_") for n in sorted(names)]
-    return [spec.lora_prefixes["kohya"] + f for f in flat if spec.original_from_comfy(f, "flat") is None]
+    return [spec.keys.lora_prefixes["kohya"] + f for f in flat if spec.keys.original_from_comfy(f, "flat") is None]

@@ -112,7 +112,7 @@ def index_original_file(spec: ModelSpec, path: Path, shapes: dict[str, tuple[int
     first: dict[str, TensorInfo] = {}
     for name, info in stored.items():
         module, _, suffix = name.rpartition(".")
-        parts = spec.original_parts(module)
+        parts = spec.keys.original_parts(module)
         if parts is None:
             raise HvTuneError(f"{path}: tensor {name!r} has no name in the diffusers layout (not an original checkpoint?)")
         if len(parts) == 1:
@@ -198,14 +198,14 @@ def plan_original(spec: ModelSpec, infos: dict[str, TensorInfo], dtype: torch.dt
     unknown = []
     for name, info in infos.items():
         module, _, suffix = name.rpartition(".")
-        original = spec.original_module(module)
+        original = spec.keys.original_module(module)
         if original is None:
             unknown.append(name)
             continue
         out_name = f"{original}.{suffix}"
         if out_name in plan:
             continue
-        sources = [Part(f"{p.module}.{suffix}", p.chunk, p.chunks) for p in spec.original_parts(original)]
+        sources = [Part(f"{p.module}.{suffix}", p.chunk, p.chunks) for p in spec.keys.original_parts(original)]
         missing = [s.module for s in sources if s.module not in infos]
         if missing:
             raise HvTuneError(f"base transformer has {name} but not {missing}, which {out_name} needs")

@@ -19,7 +19,7 @@ def unnamed_in_layout(spec: ModelSpec, modules: Sequence[str], layout: Layout) -
     """Diffusers modules that ``layout`` has no name for (the diffusers layout names every one)."""
     if layout == Layout.DIFFUSERS:
         return []
-    name_of = spec.kohya_module if layout == Layout.KOHYA else spec.original_module
+    name_of = spec.keys.kohya_module if layout == Layout.KOHYA else spec.keys.original_module
     return [m for m in modules if name_of(m) is None]
 
 

@@ -45,7 +45,7 @@ class MemoryRuntime:
         if mem.preset == "auto":
             raise ConfigError(
                 "config key 'memory.preset': auto must be resolved before training: run `finetune.py train`, or "
-                "load the config with hv_tune.memory.plan.config_for_training"
+                "load the config with hv_tune.training.plan.config_for_training"
             )
         if mem.blocks_to_swap and device.type != "cuda":
             raise ConfigError(

@@ -8,6 +8,7 @@ from hv_tune.errors import ConfigError
 from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, VideoRules
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
 from hv_tune.models.hunyuan_video_1_5 import HunyuanVideo15I2VSpec, HunyuanVideo15Spec
+from hv_tune.models.other_families import OTHER_FAMILIES
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     HunyuanVideoSpec.name: HunyuanVideoSpec(),
@@ -79,4 +80,4 @@ def spec_for(name: str | None, folder: str | None, where: str = "config key 'mod
     return spec
 
 
-__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "folder_spec", "LoadOptions", "ModelSpec", "TextEncoders", "VideoRules", "get_spec", "memory_preset", "spec_for"]
+__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "OTHER_FAMILIES", "folder_spec", "LoadOptions", "ModelSpec", "TextEncoders", "VideoRules", "get_spec", "memory_preset", "spec_for"]

@@ -8,7 +8,7 @@ this protocol and one line in ``hv_tune.models.MODEL_SPECS``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,13 +52,32 @@ class VideoRules:
 
 
 @dataclass
-class TextEncoders:
-    """Tokenizers and encoders of one model, loaded together and freed together."""
+class TextEncoder:
+    """One tokenizer and encoder of a family's text stack."""
 
     tokenizer: Any
-    text_encoder: nn.Module
-    tokenizer_2: Any
-    text_encoder_2: nn.Module
+    model: nn.Module
+    #: stored in fp8 while caching when ``model.text_encoder_fp8`` is set (the large LLM; small
+    #: encoders stay in the compute dtype)
+    fp8: bool = False
+
+
+class TextEncoders:
+    """A family's text stack (facet of ``ModelSpec``): any number of encoders by name (the model folder's
+    subfolder), loaded together and freed together. The cache stage places and stores them without
+    knowing how many there are; only the family's ``encode_text`` knows what each one gives."""
+
+    def __init__(self, **encoders: TextEncoder):
+        self.encoders = dict(encoders)
+
+    def __getitem__(self, name: str) -> TextEncoder:
+        return self.encoders[name]
+
+    def __iter__(self):
+        return iter(self.encoders.values())
+
+    def __len__(self) -> int:
+        return len(self.encoders)
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,44 @@ class Part:
     module: str
     chunk: int = 0
     chunks: int = 1
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """A family's key names: how its diffusers modules are named in the original checkpoint, in kohya
+    files and in ComfyUI, and what tells its LoRAs apart from other families' (facet ``ModelSpec.keys``).
+
+    The functions are the family's name table read in each direction; merge, convert and format
+    detection ask only them, so a new family with other names is a new table, not new export code.
+
+    Attributes:
+        lora_prefixes: LoRA key prefix per file format: ``diffusers``, ``comfyui`` (original names), ``kohya``.
+        own_module_markers: module-name fragments only this family has: a LoRA that reaches one is this
+            family's (a file matching ``lookalike_blocks`` without any is another family's).
+        lookalike_blocks: family -> (double, single) block counts of families whose module names match these.
+        block_patterns: (double, single) regexes whose group 1 is a block index in the module names a parsed
+            key holds (what ``lookalike_blocks`` counts).
+        original_module: diffusers module -> name in the original checkpoint of the (possibly fused)
+            module holding it; None if unknown.
+        original_parts: original module -> the diffusers modules it is made of, in row order; None if unknown.
+        kohya_module: diffusers module -> the module holding it in the kohya layout (musubi-tuner's network
+            names, flattened on writing); where musubi fuses like the original, ``original_module``.
+        original_from_flat: kohya form (dots replaced by underscores) -> original (or kohya) module name.
+        original_from_comfy: ``(name, form)`` -> original module from a ComfyUI name: ``internal`` (ComfyUI's
+            module names), ``flat`` (those with dots as underscores) or ``lora`` (what its LoRA key map reads).
+        comfy_name: ``(original, form)`` -> ComfyUI's ``internal`` or ``lora`` name for an original module.
+    """
+
+    lora_prefixes: Mapping[str, str]
+    own_module_markers: tuple[str, ...]
+    lookalike_blocks: Mapping[str, tuple[int, int]]
+    block_patterns: tuple[str, str]
+    original_module: Callable[[str], str | None]
+    original_parts: Callable[[str], tuple[Part, ...] | None]
+    kohya_module: Callable[[str], str | None]
+    original_from_flat: Callable[[str], str | None]
+    original_from_comfy: Callable[..., str | None]
+    comfy_name: Callable[..., str]
 
 
 @dataclass
@@ -113,22 +170,37 @@ def scaled_posterior_sample(
     return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
 
 
-def condition_fields(spec: Any) -> tuple[str, ...]:
-    """Keys of a spec's per-item conditioning built from the item's first frame (image-to-video specs
-    declare ``condition_fields``, ``load_condition_encoders`` and ``encode_condition``); () without one.
+@dataclass(frozen=True)
+class ItemEncoder:
+    """Per-item conditioning a spec declares (``ModelSpec.item_encoders``): what it reads, which fields
+    it writes, how its models are loaded. The cache stores the fields of every declared encoder in the
+    item's condition file, a batch hands them to ``transformer_inputs`` with the text fields, and the
+    encoders' models are loaded when items need encoding and freed after.
 
-    The cache stores them per item, a batch feeds them to ``transformer_inputs`` with the text fields,
-    and sampling needs an image for such a spec.
+    Attributes:
+        name: what the cache stage's progress bar and notes call it.
+        reads: the item input it is built from; ``first_frame`` (uint8 [H, W, 3] at the bucket size).
+        fields: keys of ``encode``'s result (no batch dim).
+        load: ``(opts, vae) -> models`` (the VAE is loaded already and shared).
+        encode: ``(models, frame, latent_shape) -> {field: tensor}``; ``latent_shape`` is the item's
+            cached latent's [C, F', H', W'].
     """
-    return tuple(getattr(spec, "condition_fields", ()))
+
+    name: str
+    reads: str
+    fields: tuple[str, ...]
+    load: Callable[[Any, nn.Module], Any]
+    encode: Callable[[Any, Any, tuple[int, ...]], dict[str, torch.Tensor]]
+
+
+def condition_fields(spec: Any) -> tuple[str, ...]:
+    """Keys of a spec's per-item conditioning: the fields of its declared ``item_encoders`` (() for a
+    text-to-video spec). The cache stores them per item and a batch feeds them to ``transformer_inputs``."""
+    return tuple(f for enc in spec.item_encoders for f in enc.fields)
 
 
 class ModelSpec(Protocol):
-    """What hv-tune needs to know about one base model family, by concern.
-
-    Optional (image-to-video specs, read through ``condition_fields(spec)``): ``condition_fields``,
-    ``load_condition_encoders(opts, vae)`` and ``encode_condition(encoders, frame, latent_shape)``.
-    """
+    """What hv-tune needs to know about one base model family, by facet (docs/architecture.md)."""
 
     # -- identity: how configs and model folders name the family
 
@@ -188,6 +260,9 @@ class ModelSpec(Protocol):
         """Keyword arguments of the transformer's forward for one training batch."""
         ...
 
+    #: per-item conditioning (image-to-video: the first frame's latent and image embedding); () for none
+    item_encoders: tuple[ItemEncoder, ...]
+
     # -- memory (fp8 storage, block swap, compile)
 
     def transformer_blocks(self, transformer: nn.Module) -> list[nn.Module]:
@@ -209,8 +284,9 @@ class ModelSpec(Protocol):
         """Write the adapter in diffusers format (with its PEFT config as metadata)."""
         ...
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
-        """Write a tiny random model folder in the real on-disk format."""
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
+        """Write a tiny random model folder in the real on-disk format (``small``: a larger transformer,
+        what bench/train_step.py --size small times)."""
         ...
 
     # -- pipelines (sampling, validation previews)
@@ -232,51 +308,37 @@ class ModelSpec(Protocol):
         """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
         ...
 
+    #: what a sampling request (``sample``, previews, the demo) gives besides the prompt: ``size`` (height
+    #: and width) or ``image`` (the first frame; the pipeline takes the size from it)
+    sample_input: str
+
+    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
+        """Load a diffusers-format LoRA file (``save_lora``'s) into ``pipe`` as adapter ``name``."""
+        ...
+
+    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
+        """Activate the adapters ``names`` of ``pipe`` with ``scales``."""
+        ...
+
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """Keyword arguments of ``pipe``'s call for the size (or first frame) and guidance scale; may set
+        ``pipe``'s guider."""
+        ...
+
     # -- key names (merge, convert): the original checkpoint's layout and LoRA file prefixes
 
-    #: LoRA key prefix per file format: ``diffusers``, ``comfyui`` (original names), ``kohya``
-    lora_prefixes: Mapping[str, str]
-    #: module-name fragments only this family has: a LoRA that reaches one is this family's
-    #: (a file matching ``lookalike_blocks`` without any is another family's)
-    own_module_markers: tuple[str, ...]
-    #: family -> (double, single) block counts of families whose module names match this one's
-    lookalike_blocks: Mapping[str, tuple[int, int]]
+    #: the family's key-name table (original / kohya / ComfyUI names, fused parts, prefixes, look-alikes)
+    keys: KeyLayout
     #: other registered families whose LoRAs fit this model as they are (same layers and sizes, e.g.
     #: text-to-video and image-to-video variants); a LoRA recorded for any other family is refused
     lora_compatible: tuple[str, ...]
-
-    def original_module(self, module: str) -> str | None:
-        """Name in the original checkpoint of the (possibly fused) module holding diffusers ``module``."""
-        ...
-
-    def original_parts(self, original: str) -> tuple[Part, ...] | None:
-        """The diffusers modules an original module is made of, in row order; None if unknown."""
-        ...
-
-    def kohya_module(self, module: str) -> str | None:
-        """Dotted name of the module holding diffusers ``module`` in the kohya layout (musubi-tuner's
-        network names, flattened on writing); where musubi fuses like the original, ``original_module``."""
-        ...
-
-    def original_from_flat(self, flat: str) -> str | None:
-        """Original (or kohya) module name from its kohya form (dots replaced by underscores)."""
-        ...
-
-    def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
-        """Original module name from a ComfyUI name: ``internal`` (ComfyUI's module names),
-        ``flat`` (those with dots as underscores) or ``lora`` (what ComfyUI's LoRA key map reads)."""
-        ...
-
-    def comfy_name(self, original: str, form: str = "internal") -> str:
-        """ComfyUI's name for an original module: ``internal`` or ``lora`` (its LoRA key map's)."""
-        ...
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """``(out_features, in_features)`` of every linear layer of the transformer, built on
         the meta device from ``model_path``'s config (the full-size default when None)."""
         ...
 
-    # -- memory planning (hv_tune.memory.plan)
+    # -- memory planning (hv_tune.training.plan)
 
     #: why a training step cannot run on the meta device (a forward whose control flow reads tensor
     #: values), or None when it can: then ``plan`` and ``memory.preset: auto`` are unavailable

@@ -17,7 +17,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from hv_tune.config import Config, to_dict
-from hv_tune.data.cache import CachedDataset, collate
+from hv_tune.data.cache import collate
 from hv_tune.data.sampler import DataState, epoch_batches, rank_batches
 from hv_tune.errors import DataError, Interrupted, TrainingError
 from hv_tune.export.formats import Layout, to_layout
@@ -25,18 +25,13 @@ from hv_tune.export.lora_io import adapter_metadata
 from hv_tune.export.save import check_save_formats, save_trained_lora
 from hv_tune.io import atomic_write_text, count, is_disk_full
 from hv_tune.lora import (
-    add_lora,
     load_lora_state_dict,
     lora_parameters,
     lora_state_dict,
-    peft_config,
     resolve_target_names,
-    resolve_targets,
 )
-from hv_tune.memory.runtime import MemoryRuntime
-from hv_tune.models import LoadOptions, ModelSpec, get_spec
-from hv_tune.models.base import LORA_FILE, resolve_dtype
-from hv_tune.training.cache_check import prepare_cache
+from hv_tune.models import ModelSpec, get_spec
+from hv_tune.models.base import LORA_FILE
 from hv_tune.training.checkpoint import (
     Checkpoint,
     TrainerState,
@@ -54,8 +49,8 @@ from hv_tune.training.guard import (
     on_main_process,
     signal_label,
 )
-from hv_tune.training.optim import build_optimizer, build_scheduler
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
+from hv_tune.training.setup import TrainingRun, build_run, make_accelerator
 from hv_tune.training.step import step_generator, training_loss
 from hv_tune.training.validation import Validator, preview_images
 
@@ -97,27 +92,19 @@ def train(
     if not process.is_main_process:
         found.extend(check_run(cfg, resume, overwrite, resume_anyway, claim=False))
     ckpt, changes = found
-    accelerator = make_accelerator(cfg, out)
-    memory = MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
-    dataset = ensure_cache(spec, cfg, accelerator)
-    opts = LoadOptions.from_config(cfg.model, resolve_dtype(cfg.model.base_dtype, accelerator.device))
-    transformer, lora_cfg = load_lora_model(spec, cfg, opts, memory)
-    accelerator.print(memory.summary())
-    optimizer = build_optimizer(lora_parameters(transformer), cfg.training)
-    scheduler = build_scheduler(optimizer, cfg.training)
-    # the memory runtime placed the model (swapped blocks must stay in CPU memory)
-    transformer, optimizer = accelerator.prepare(transformer, optimizer, device_placement=[False, None])
+    run = build_run(cfg, make_accelerator(cfg, out))
+    accelerator, transformer = run.accelerator, run.transformer
     state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed)
     if ckpt is not None:
-        state = restore(ckpt, cfg, accelerator, transformer, optimizer, scheduler, changes)
+        state = restore(ckpt, run, changes)
     config_text = run_config_text(cfg, state)
     if accelerator.is_main_process:
         atomic_write_text(out / "config.yaml", config_text)
-    loop = TrainLoop(cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts, memory)
+    loop = TrainLoop(run)
     loop.config_text = config_text
     loop.run(state)
     adapter = lora_state_dict(accelerator.unwrap_model(transformer))
-    return TrainResult(finish(spec, accelerator, adapter, lora_cfg, out, cfg), adapter, state.step)
+    return TrainResult(finish(spec, accelerator, adapter, run.lora_config, out, cfg), adapter, state.step)
 
 
 def check_export_layouts(spec: ModelSpec, cfg: Config) -> None:
@@ -157,58 +144,17 @@ def run_config_text(cfg: Config, state: TrainerState) -> str:
     return head + yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-# ----------------------------------------------------------------------------- set-up
+# ----------------------------------------------------------------------------- resume and finish
 
 
-def ensure_cache(spec: ModelSpec, cfg: Config, accelerator: Any) -> CachedDataset:
-    """The cached dataset; (re)builds the cache first (main process) when missing, stale or broken."""
-    on_main_process(accelerator, lambda: prepare_cache(spec, cfg, str(accelerator.device)))
-    accelerator.wait_for_everyone()
-    return CachedDataset(cfg.data.cache_dir)
-
-
-def make_accelerator(cfg: Config, out: Path) -> Any:
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    mp = cfg.training.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(
-        mixed_precision=mp,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
-    )
-    accelerator.init_trackers("hv-tune")
-    return accelerator
-
-
-def load_lora_model(spec: ModelSpec, cfg: Config, opts: LoadOptions, memory: MemoryRuntime) -> tuple[Any, Any]:
-    """Transformer with a fresh float32 LoRA (seeded), fitted to the device by ``memory``."""
-    from accelerate.utils import set_seed
-
-    transformer = spec.load_transformer(opts)
-    targets = resolve_targets(spec, transformer, cfg.lora.targets)
-    check_save_formats(spec, targets, cfg.save.formats)  # before any step (see check_export_layouts)
-    lora_cfg = peft_config(cfg.lora, targets, [n for n, _ in transformer.named_modules()])
-    set_seed(cfg.training.seed)
-    add_lora(transformer, lora_cfg)
-    if cfg.training.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.train()
-    return memory.prepare(spec, transformer), lora_cfg
-
-
-def restore(
-    ckpt: Checkpoint, cfg: Config, accelerator: Any, transformer: Any, optimizer: Any, scheduler: Any,
-    changes: list[str],
-) -> TrainerState:
+def restore(ckpt: Checkpoint, run: TrainingRun, changes: list[str]) -> TrainerState:
     """Put adapter, optimizer, schedule, RNG and data position back from a checkpoint.
 
     ``changes`` (accepted with --resume-anyway) make the config's values take effect and
     mark the run as not exact.
     """
-    load_lora_state_dict(accelerator.unwrap_model(transformer), ckpt.adapter)
+    cfg, accelerator, optimizer, scheduler = run.cfg, run.accelerator, run.optimizer, run.scheduler
+    load_lora_state_dict(accelerator.unwrap_model(run.transformer), ckpt.adapter)
     optimizer.load_state_dict(ckpt.optimizer)
     scheduler.load_state_dict(ckpt.scheduler)
     set_rng_state(ckpt.rng)
@@ -248,14 +194,14 @@ def finish(
 class TrainLoop:
     """Runs optimizer steps from a ``TrainerState`` to ``training.max_steps``."""
 
-    def __init__(self, cfg, spec, accelerator, transformer, optimizer, scheduler, dataset, opts, memory=None):
-        self.cfg, self.spec, self.acc = cfg, spec, accelerator
-        self.memory = memory or MemoryRuntime.from_config(cfg, accelerator.device, accelerator.num_processes)
-        self.model, self.optimizer, self.scheduler = transformer, optimizer, scheduler
-        self.dataset = dataset
+    def __init__(self, run: TrainingRun):
+        cfg, spec, accelerator, opts = run.cfg, run.spec, run.accelerator, run.opts
+        self.cfg, self.spec, self.acc, self.memory = cfg, spec, accelerator, run.memory
+        self.model, self.optimizer, self.scheduler = run.transformer, run.optimizer, run.scheduler
+        self.dataset = run.dataset
         self.vae_config = spec.load_vae_config(opts)
         self.model_dtype = opts.dtype
-        self.params = lora_parameters(accelerator.unwrap_model(transformer))
+        self.params = lora_parameters(accelerator.unwrap_model(run.transformer))
         self.ckpt_root = Path(cfg.output_dir) / "checkpoints"
         self._epoch_iter: Any = None
         self.validator = Validator(cfg, spec, accelerator, opts, self.vae_config)

@@ -31,7 +31,7 @@ from hv_tune.data.cache import CachedDataset, collate
 from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, sigma_quantiles
 from hv_tune.io import atomic_save_safetensors
 from hv_tune.media import replace_placeholder
-from hv_tune.models.base import LoadOptions, ModelSpec, condition_fields
+from hv_tune.models.base import LoadOptions, ModelSpec
 from hv_tune.sampling import SampleRequest, generate, read_first_frame, write_video
 from hv_tune.training.step import text_inputs
 
@@ -68,7 +68,7 @@ def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
     v = cfg.validation
     if not v.every or not v.prompts:
         return []
-    if not condition_fields(spec):
+    if spec.sample_input != "image":
         if v.images:
             raise ConfigError(f"config key 'validation.images': {spec.name} is a text-to-video model; "
                               "remove the images or use an image-to-video model")
@@ -205,7 +205,7 @@ class Validator:
                 image = self.images[i] if self.images else None
                 req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed,
                                     image=image)
-                frames = generate(pipe, req, {k: t.to(device) for k, t in emb.items()})
+                frames = generate(self.spec, pipe, req, {k: t.to(device) for k, t in emb.items()})
                 ext = "png" if v.frames == 1 else "mp4"
                 written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", self.spec.video.fps))
                 self._log_image(i, prompt, frames, step)

@@ -19,8 +19,10 @@ from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
 from hv_tune.models.base import (
     LORA_FILE,
+    ItemEncoder,
+    KeyLayout,
     LoadOptions,
-    Part,
+    TextEncoder,
     TextEncoders,
     VideoRules,
     scaled_posterior_sample,
@@ -82,13 +84,14 @@ class HunyuanVideoSpec:
     #: sides: 8x VAE x patch 2; frames 4k+1; trained at 24 fps (docs/hunyuan_video.md)
     video = VideoRules(pixel_multiple=vae_scale_factor_spatial * 2, frame_step=vae_scale_factor_temporal, fps=24.0)
     memory_presets: Mapping[str, Mapping[str, Any]] = presets.PRESETS
-    own_module_markers = hv_keys.OWN_MODULE_MARKERS
-    lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
     lora_compatible: tuple[str, ...] = ()
     text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
     pipeline_class = "HunyuanVideoPipeline"
     meta_step_unavailable: str | None = None
-    lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
+    #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
+    item_encoders: tuple[ItemEncoder, ...] = ()
+    #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
+    keys: KeyLayout = hv_keys.LAYOUT
     transformer_subfolder = "transformer"
 
     # ------------------------------------------------------------------ loading
@@ -149,12 +152,12 @@ class HunyuanVideoSpec:
 
         kw = {"revision": opts.revision}
         return TextEncoders(
-            tokenizer=AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
-            text_encoder=LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
-            tokenizer_2=AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
-            text_encoder_2=CLIPTextModel.from_pretrained(
-                opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw
-            ),
+            text_encoder=TextEncoder(
+                AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+                LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw), fp8=True),
+            text_encoder_2=TextEncoder(
+                AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+                CLIPTextModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
         )
 
     # ------------------------------------------------------------------ encoding
@@ -232,10 +235,10 @@ class HunyuanVideoSpec:
         sort_safetensors_metadata(path)  # same training -> same bytes (exact resume is checked byte for byte)
         return path
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video.tiny import build_tiny_hunyuan_video
 
-        return build_tiny_hunyuan_video(Path(out_dir), seed=seed)
+        return build_tiny_hunyuan_video(Path(out_dir), seed=seed, small=small)
 
 
     # ------------------------------------------------------------------ pipelines
@@ -283,26 +286,22 @@ class HunyuanVideoSpec:
         embeds, pooled, mask = pipe.encode_prompt(prompt=prompt, device=device)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
 
-    # ------------------------------------------------------------------ key names
+    #: what a sampling request gives besides the prompt: the output ``size`` (text-to-video)
+    sample_input = "size"
 
-    def original_module(self, module: str) -> str | None:
-        return hv_keys.original_module(module)
+    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
+        """A diffusers-format LoRA file into ``pipe`` through its LoRA loader (alpha read from the metadata)."""
+        pipe.load_lora_weights(file, adapter_name=name)
 
-    def original_parts(self, original: str) -> tuple[Part, ...] | None:
-        return hv_keys.original_parts(original)
+    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
+        """Activate the named adapters with these strengths."""
+        pipe.set_adapters(names, scales)
 
-    def kohya_module(self, module: str) -> str | None:
-        return hv_keys.original_module(module)  # musubi's v1 network has Tencent's fused layers
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """The pipeline call's size and guidance arguments (v1: embedded guidance as ``guidance_scale``)."""
+        return {"height": height, "width": width, "guidance_scale": guidance}
 
-    def original_from_flat(self, flat: str) -> str | None:
-        return hv_keys.original_from_flat(flat)
-
-    def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
-        return hv_keys.original_from_comfy(name, form)
-
-    def comfy_name(self, original: str, form: str = "internal") -> str:
-        internal = hv_keys.comfy_internal(original)
-        return hv_keys.comfy_lora_name(internal) if form == "lora" else internal
+    # ------------------------------------------------------------------ shapes
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """Linear layer shapes from the config alone (meta device: no weights, no memory).

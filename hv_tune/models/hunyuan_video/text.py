@@ -54,8 +54,9 @@ def encode_prompts(enc: TextEncoders, prompts: list[str], num_frames: int) -> di
     """
     tpl = template_for(num_frames)
     crop = tpl["crop_start"]
-    device = enc.text_encoder.device
-    llm_in = enc.tokenizer(
+    llm, clip = enc["text_encoder"], enc["text_encoder_2"]  # Llama, CLIP-L
+    device = llm.model.device
+    llm_in = llm.tokenizer(
         [tpl["template"].format(p) for p in prompts],
         max_length=LLM_MAX_TOKENS + crop,
         padding="max_length",
@@ -63,15 +64,15 @@ def encode_prompts(enc: TextEncoders, prompts: list[str], num_frames: int) -> di
         return_tensors="pt",
         return_attention_mask=True,
     )
-    hidden = enc.text_encoder(
+    hidden = llm.model(
         input_ids=llm_in.input_ids.to(device),
         attention_mask=llm_in.attention_mask.to(device),
         output_hidden_states=True,
     ).hidden_states[-(LLM_SKIP_LAYERS + 1)]
-    clip_ids = enc.tokenizer_2(
+    clip_ids = clip.tokenizer(
         prompts, padding="max_length", max_length=CLIP_MAX_TOKENS, truncation=True, return_tensors="pt"
     ).input_ids
-    pooled = enc.text_encoder_2(clip_ids.to(enc.text_encoder_2.device), output_hidden_states=False).pooler_output
+    pooled = clip.model(clip_ids.to(clip.model.device), output_hidden_states=False).pooler_output
     return {
         "prompt_embeds": hidden[:, crop:],  # [B, crop + 256, D] -> [B, 256, D]
         "prompt_attention_mask": llm_in.attention_mask[:, crop:],
@@ -87,6 +88,7 @@ def dropped_tokens(enc: TextEncoders, prompts: list[str], num_frames: int) -> li
     """
     tpl = template_for(num_frames)
     suffix = tpl["template"].split("{}")[1]
-    n_suffix = len(enc.tokenizer(suffix, add_special_tokens=False).input_ids)
-    ids = enc.tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
+    tokenizer = enc["text_encoder"].tokenizer
+    n_suffix = len(tokenizer(suffix, add_special_tokens=False).input_ids)
+    ids = tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
     return [max(0, len(x) - tpl["crop_start"] - n_suffix - LLM_MAX_TOKENS) for x in ids]

@@ -43,6 +43,9 @@ TRANSFORMER_CONFIG = dict(
     rope_theta=256.0,
     rope_axes_dim=(4, 6, 6),
 )
+#: ``build_tiny(small=True)``: a wider, deeper transformer (bench/train_step.py --size small times its step)
+SMALL_TRANSFORMER_CONFIG = dict(TRANSFORMER_CONFIG, num_attention_heads=6, attention_head_dim=32,
+                                num_single_layers=4, mlp_ratio=4.0, rope_axes_dim=(8, 12, 12))
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
@@ -95,8 +98,9 @@ def _text_encoders(tokenizer, tokenizer_2):
     return llama, clip
 
 
-def build_tiny_hunyuan_video(out_dir: Path, seed: int = 0) -> Path:
-    """Write a tiny random diffusers-format HunyuanVideo folder to ``out_dir``.
+def build_tiny_hunyuan_video(out_dir: Path, seed: int = 0, small: bool = False) -> Path:
+    """Write a tiny random diffusers-format HunyuanVideo folder to ``out_dir`` (``small``: with
+    ``SMALL_TRANSFORMER_CONFIG``'s transformer, seeded with ``seed`` on its own).
 
     ``diffusers.HunyuanVideoPipeline.from_pretrained(out_dir)`` loads and runs it. The tokenizer
     folders are written by ``hv_tune.models.tokenizers`` and named in ``model_index.json`` as the
@@ -137,6 +141,9 @@ def build_tiny_hunyuan_video(out_dir: Path, seed: int = 0) -> Path:
         for name, folder in folders.items():  # the hub's files, not transformers 5's re-serialisation
             shutil.rmtree(out_dir / name)
             shutil.move(str(folder), out_dir / name)
+    if small:
+        torch.manual_seed(seed)
+        HunyuanVideoTransformer3DModel(**SMALL_TRANSFORMER_CONFIG).save_pretrained(out_dir / "transformer")
     index_path = out_dir / "model_index.json"
     index = {**json.loads(index_path.read_text()), **TOKENIZER_CLASSES}
     index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hv_tune.models.base import LoadOptions
+from hv_tune.models.base import ItemEncoder, LoadOptions
 from hv_tune.models.hunyuan_video_1_5.spec import HunyuanVideo15Spec
 
 #: per-item conditioning the cache stores and a batch feeds ``transformer_inputs`` (no batch dim in the cache)
@@ -37,8 +37,13 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
     name = "hunyuan-video-1.5-i2v"
     pipeline_class = "HunyuanVideo15ImageToVideoPipeline"
-    condition_fields = CONDITION_FIELDS
     lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5",)
+
+    @property
+    def item_encoders(self) -> tuple[ItemEncoder, ...]:
+        """The first-frame condition: VAE latent + mask and SigLIP embedding, through the I2V pipeline."""
+        return (ItemEncoder("first frames", "first_frame", CONDITION_FIELDS, self.load_condition_encoders,
+                            self.encode_condition),)
 
     # ------------------------------------------------------------------ the first-frame condition
 
@@ -111,6 +116,14 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
     # ------------------------------------------------------------------ pipelines
 
+    #: a sampling request gives the first frame; the pipeline takes the size from it and its target_size
+    sample_input = "image"
+
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """The first frame (the I2V pipeline picks the output size from it); guidance through the guider."""
+        pipe.guider = pipe.guider.new(guidance_scale=guidance)
+        return {"image": image}
+
     def load_pipeline(self, opts: LoadOptions) -> Any:
         """``HunyuanVideo15ImageToVideoPipeline`` of the folder, every component."""
         from diffusers import HunyuanVideo15ImageToVideoPipeline
@@ -137,7 +150,7 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
             raise HvTuneError("single-file transformer/VAE paths are not supported for hunyuan-video-1.5-i2v")
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video_1_5.tiny import build_tiny_hunyuan_video_1_5_i2v
 
-        return build_tiny_hunyuan_video_1_5_i2v(Path(out_dir), seed=seed)
+        return build_tiny_hunyuan_video_1_5_i2v(Path(out_dir), seed=seed, small=small)

@@ -20,8 +20,17 @@ from __future__ import annotations
 
 import functools
 
-from hv_tune.models.base import Part
-from hv_tune.models.hunyuan_video.keys import COMFY_INTERNAL, comfy_lora_name, fill_name, name_pattern
+from hv_tune.models.base import KeyLayout, Part
+from hv_tune.models.hunyuan_shared import (
+    BLOCK_PATTERNS,
+    COMFY_INTERNAL,
+    LOOKALIKE_BLOCKS,
+    LORA_PREFIXES,
+    OWN_MODULE_MARKERS,
+    comfy_lora_name,
+    fill_name,
+    name_pattern,
+)
 
 _B = "transformer_blocks.{i}."
 _IMG_QKV = (Part(_B + "attn.to_q"), Part(_B + "attn.to_k"), Part(_B + "attn.to_v"))
@@ -123,3 +132,9 @@ def comfy_name(original: str, form: str = "internal") -> str:
             internal = fill_name(row.internal, m)
             return comfy_lora_name(internal) if form == "lora" else internal
     return original
+
+
+#: HunyuanVideo 1.5's key layout (the spec's ``keys`` facet): ComfyUI loads 1.5 as a HunyuanVideo, so
+#: the same prefixes, family markers and look-alikes apply
+LAYOUT = KeyLayout(LORA_PREFIXES, OWN_MODULE_MARKERS, LOOKALIKE_BLOCKS, BLOCK_PATTERNS, original_module,
+                   original_parts, kohya_module, original_from_flat, original_from_comfy, comfy_name)

@@ -22,14 +22,15 @@ from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
 from hv_tune.models.base import (
     LORA_FILE,
+    ItemEncoder,
+    KeyLayout,
     LoadOptions,
-    Part,
+    TextEncoder,
     TextEncoders,
     VideoRules,
     scaled_posterior_sample,
     vae_posterior,
 )
-from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import presets as hv15_presets
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
@@ -94,9 +95,6 @@ class HunyuanVideo15Spec:
     #: sides: 16x VAE x patch 1; frames 4k+1; 24 fps (docs/hunyuan_video_1_5.md)
     video = VideoRules(pixel_multiple=vae_scale_factor_spatial, frame_step=vae_scale_factor_temporal, fps=24.0)
     memory_presets: Mapping[str, Mapping[str, Any]] = hv15_presets.PRESETS
-    #: ComfyUI loads 1.5 as a HunyuanVideo: the same family markers and look-alikes apply
-    own_module_markers = hv_keys.OWN_MODULE_MARKERS
-    lookalike_blocks: Mapping[str, tuple[int, int]] = hv_keys.LOOKALIKE_BLOCKS
     #: the image-to-video model has the same layers and sizes: a LoRA of either variant applies to both
     #: (docs/lora-formats.md, "Model families")
     lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5-i2v",)
@@ -106,7 +104,10 @@ class HunyuanVideo15Spec:
     meta_step_unavailable: str | None = (
         "the HunyuanVideo 1.5 forward reads tensor values (it tests whether image_embeds is all zero and "
         "reorders text tokens by the mask), so it cannot run on the meta device")
-    lora_prefixes: Mapping[str, str] = {"diffusers": "transformer.", "comfyui": "diffusion_model.", "kohya": "lora_unet_"}
+    #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
+    item_encoders: tuple[ItemEncoder, ...] = ()
+    #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
+    keys: KeyLayout = hv15_keys.LAYOUT
     transformer_subfolder = "transformer"
 
     # ------------------------------------------------------------------ loading
@@ -140,12 +141,13 @@ class HunyuanVideo15Spec:
 
         kw = {"revision": opts.revision}
         return TextEncoders(
-            tokenizer=Qwen2Tokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
-            text_encoder=Qwen2_5_VLTextModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype,
-                                                             **kw),
-            tokenizer_2=ByT5Tokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
-            text_encoder_2=T5EncoderModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype,
-                                                          **kw),
+            text_encoder=TextEncoder(
+                Qwen2Tokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+                Qwen2_5_VLTextModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
+                fp8=True),
+            text_encoder_2=TextEncoder(
+                ByT5Tokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+                T5EncoderModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
         )
 
     # ------------------------------------------------------------------ encoding
@@ -161,7 +163,7 @@ class HunyuanVideo15Spec:
 
         byT5 reads only quoted text (256 bytes); what it cuts is not counted here.
         """
-        return hv15_text.dropped_llm_tokens(enc.tokenizer, prompts)
+        return hv15_text.dropped_llm_tokens(enc["text_encoder"].tokenizer, prompts)
 
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
@@ -237,10 +239,10 @@ class HunyuanVideo15Spec:
         sort_safetensors_metadata(path)
         return path
 
-    def build_tiny(self, out_dir: Path, seed: int = 0) -> Path:
+    def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video_1_5.tiny import build_tiny_hunyuan_video_1_5
 
-        return build_tiny_hunyuan_video_1_5(Path(out_dir), seed=seed)
+        return build_tiny_hunyuan_video_1_5(Path(out_dir), seed=seed, small=small)
 
 
     # ------------------------------------------------------------------ pipelines
@@ -286,25 +288,24 @@ class HunyuanVideo15Spec:
             out |= {f"negative_{k}": v for k, v in zip(keys, uncond)}
         return out
 
-    # ------------------------------------------------------------------ key names (LoRA layouts)
+    #: what a sampling request gives besides the prompt: the output ``size`` (text-to-video)
+    sample_input = "size"
 
-    def original_module(self, module: str) -> str | None:
-        return hv15_keys.original_module(module)
+    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
+        """A diffusers-format LoRA into ``pipe``: 1.5's pipelines have no LoRA loader, so the transformer's
+        ``load_lora_adapter`` (our files for 1.5 carry alpha folded into ``lora_B``)."""
+        pipe.transformer.load_lora_adapter(file, adapter_name=name)
 
-    def original_parts(self, original: str) -> tuple[Part, ...] | None:
-        return hv15_keys.original_parts(original)
+    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
+        """Activate the named adapters with these strengths (the transformer's own PEFT API)."""
+        pipe.transformer.set_adapters(names, scales)
 
-    def kohya_module(self, module: str) -> str | None:
-        return hv15_keys.kohya_module(module)
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """The pipeline call's size arguments; classifier-free guidance is the pipeline's guider, given ``guidance``."""
+        pipe.guider = pipe.guider.new(guidance_scale=guidance)
+        return {"height": height, "width": width}
 
-    def original_from_flat(self, flat: str) -> str | None:
-        return hv15_keys.original_from_flat(flat)
-
-    def original_from_comfy(self, name: str, form: str = "internal") -> str | None:
-        return hv15_keys.original_from_comfy(name, form)
-
-    def comfy_name(self, original: str, form: str = "internal") -> str:
-        return hv15_keys.comfy_name(original, form)
+    # ------------------------------------------------------------------ shapes
 
     def linear_shapes(self, model_path: str | None) -> dict[str, tuple[int, int]]:
         """Linear layer shapes from the config alone (meta device; full size when ``model_path`` is None)."""

@@ -102,7 +102,8 @@ def dropped_llm_tokens(tokenizer: Any, prompts: list[str]) -> list[int]:
 
 def encode_prompts(enc: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Both encoders' outputs under ``TEXT_FIELDS`` (``enc`` is a ``TextEncoders``)."""
-    llm, mask = encode_llm(enc.tokenizer, enc.text_encoder, prompts)
-    glyph, glyph_mask = encode_glyphs(enc.tokenizer_2, enc.text_encoder_2, prompts)
+    llm, glyphs = enc["text_encoder"], enc["text_encoder_2"]  # Qwen2.5-VL, byT5
+    llm, mask = encode_llm(llm.tokenizer, llm.model, prompts)
+    glyph, glyph_mask = encode_glyphs(glyphs.tokenizer, glyphs.model, prompts)
     return dict(zip(TEXT_FIELDS, (llm, mask, glyph, glyph_mask)))
 

@@ -45,6 +45,9 @@ TRANSFORMER_CONFIG = dict(
     target_size=32,
     task_type="t2v",
 )
+#: ``build_tiny(small=True)``: a wider, deeper transformer (bench/train_step.py --size small times its step)
+SMALL_TRANSFORMER_CONFIG = dict(num_attention_heads=6, attention_head_dim=32, num_layers=6, mlp_ratio=4.0,
+                                rope_axes_dim=(8, 12, 12))
 VAE_CONFIG = dict(
     in_channels=3,
     out_channels=3,
@@ -106,13 +109,14 @@ def _image_parts() -> dict:
             "feature_extractor": SiglipImageProcessor(size={"height": size, "width": size})}
 
 
-def build_tiny_hunyuan_video_1_5_i2v(out_dir: Path, seed: int = 0) -> Path:
+def build_tiny_hunyuan_video_1_5_i2v(out_dir: Path, seed: int = 0, small: bool = False) -> Path:
     """Write a tiny random HunyuanVideo 1.5 image-to-video folder (``HunyuanVideo15ImageToVideoPipeline``)."""
-    return build_tiny_hunyuan_video_1_5(out_dir, seed, i2v=True)
+    return build_tiny_hunyuan_video_1_5(out_dir, seed, i2v=True, small=small)
 
 
-def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0, i2v: bool = False) -> Path:
-    """Write a tiny random diffusers-format HunyuanVideo 1.5 text-to-video (or ``i2v``) folder to ``out_dir``.
+def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0, i2v: bool = False, small: bool = False) -> Path:
+    """Write a tiny random diffusers-format HunyuanVideo 1.5 text-to-video (or ``i2v``) folder to ``out_dir``
+    (``small``: its transformer widened and deepened by ``SMALL_TRANSFORMER_CONFIG``).
 
     Raises:
         HvTuneError: the Qwen vocabulary package (a dev dependency) is not installed.
@@ -141,7 +145,8 @@ def build_tiny_hunyuan_video_1_5(out_dir: Path, seed: int = 0, i2v: bool = False
         pipe = pipeline(
             text_encoder=qwen,
             tokenizer=tokenizer,
-            transformer=HunyuanVideo15Transformer3DModel(**(I2V_TRANSFORMER_CONFIG if i2v else TRANSFORMER_CONFIG)),
+            transformer=HunyuanVideo15Transformer3DModel(**{**(I2V_TRANSFORMER_CONFIG if i2v else TRANSFORMER_CONFIG),
+                                                            **(SMALL_TRANSFORMER_CONFIG if small else {})}),
             vae=AutoencoderKLHunyuanVideo15(**VAE_CONFIG),
             scheduler=FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT),
             text_encoder_2=byt5,
