@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ import torch
 
 from hv_tune.errors import ConfigError
 from hv_tune.export.lora_math import LoraModule
+from hv_tune.export.safetensors_stream import tensor_bytes
 
 RECORD_KEY = "hv_tune.merged_loras"
 RECORD_VERSION = 1
@@ -61,25 +61,18 @@ def tensors_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a safetensors file's tensors (name, dtype, shape, data; metadata left out), or of
     the whole file for other formats."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if Path(path).suffix != ".safetensors":
+    if Path(path).suffix != ".safetensors":
+        with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(CHUNK), b""):
                 h.update(block)
-            return h.hexdigest()
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
-        start = 8 + n
-        for name in sorted(k for k in header if k != "__metadata__"):
-            info = header[name]
-            h.update(json.dumps([name, info["dtype"], info["shape"]]).encode())
-            begin, end = info["data_offsets"]
-            fh.seek(start + begin)
-            while begin < end:
-                block = fh.read(min(CHUNK, end - begin))
-                if not block:
-                    break
-                h.update(block)
-                begin += len(block)
+        return h.hexdigest()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        for name in sorted(f.keys()):
+            sl = f.get_slice(name)
+            h.update(json.dumps([name, sl.get_dtype(), list(sl.get_shape())]).encode())
+            h.update(tensor_bytes(f.get_tensor(name)))  # one LoRA tensor at a time
     return h.hexdigest()
 
 
