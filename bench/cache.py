@@ -48,9 +48,9 @@ def bare_time(spec, model: Path, cfg) -> float:
     pixels = [load_pixels(p) for p in planned]  # decode outside the timed region
     captions = sorted({(c, p.template) for p in planned for c in p.media.captions})  # unique, as cached
     t0 = time.perf_counter()
-    enc = spec.load_text_encoders(LoadOptions(str(model)))
+    enc = spec.text.load(LoadOptions(str(model)))
     for caption, template in captions + [("", "video")]:
-        spec.encode_text(enc, [caption], 1 if template == "image" else 2)
+        spec.text.encode(enc, [caption], 1 if template == "image" else 2)
     del enc
     vae = spec.load_vae(LoadOptions(str(model)))
     for px in pixels:

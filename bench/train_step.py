@@ -95,14 +95,13 @@ def our_loop(cfg):
 def bare_step_fn(loop):
     """A plain forward + MSE + backward + AdamW step of the same model on one prepared batch."""
     from hv_tune.data.cache import collate
-    from hv_tune.training.step import text_inputs
 
     spec, model = loop.spec, loop.acc.unwrap_model(loop.model)
     batch = collate([loop.dataset[(0, 0)]])
     x0 = batch["latent_mean"] * float(loop.vae_config["scaling_factor"])
     noise, sigma = torch.randn_like(x0), torch.full((1,), 0.5)
-    text = text_inputs(spec, batch, loop.model_dtype)  # the spec's fields of the batch, as the real step reads them
-    inputs = spec.transformer_inputs((1 - sigma) * x0 + sigma * noise, sigma, text, 1.0)
+    # the whole batch, as the real step hands it to the spec
+    inputs = spec.transformer_inputs((1 - sigma) * x0 + sigma * noise, sigma, batch, 1.0, loop.model_dtype)
     target = noise - x0
     params = lora_parameters(model)
     opt = torch.optim.AdamW(params, lr=1e-4)

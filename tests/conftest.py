@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from hv_tune.config import load_config  # noqa: E402
-from hv_tune.data.cache import CacheEntry, write_index, write_latent, write_text  # noqa: E402
+from hv_tune.data.cache import CacheEntry, Group, write_group, write_index  # noqa: E402
 from hv_tune.data.demo import write_demo_folder  # noqa: E402
 from hv_tune.data.encode import build_cache  # noqa: E402
 from hv_tune.models import LoadOptions, get_spec  # noqa: E402
@@ -102,17 +102,19 @@ def write_fixed_latent_cache(spec, model: Path, out: Path, latents: list[torch.T
     """A cache whose posteriors are (almost) deterministic: mean = latent [C, F, H, W], logvar = -30;
     pixel frames and sizes from the spec's VAE factors (v1 4x/8x, 1.5 4x/16x). ``text_fn`` maps the
     encoded text fields before they are written (e.g. to drop padding)."""
-    enc = spec.load_text_encoders(LoadOptions(str(model)))
+    enc = spec.text.load(LoadOptions(str(model)))
     entries = []
     t, s = spec.vae_scale_factor_temporal, spec.vae_scale_factor_spatial
     for i, (lat, prompt) in enumerate(zip(latents, prompts)):
         frames = (lat.shape[1] - 1) * t + 1
-        text = spec.encode_text(enc, [prompt], frames)
+        text = spec.text.encode(enc, [prompt], frames)
         text = text_fn(text) if text_fn else text
-        t_rel = write_text(out, f"t{i}", {k: v[0] for k, v in text.items()})
-        l_rel = write_latent(out, f"l{i}", {"latent_mean": lat, "latent_logvar": torch.full_like(lat, -30.0)})
-        entries.append(CacheEntry(f"item{i}", l_rel, [t_rel], frames, lat.shape[2] * s, lat.shape[3] * s, [prompt]))
-    write_index(out, entries)
+        t_rel = write_group(out, "text", f"t{i}", {k: v[0] for k, v in text.items()})
+        l_rel = write_group(out, "latents", f"l{i}", {"latent_mean": lat, "latent_logvar": torch.full_like(lat, -30.0)})
+        entries.append(CacheEntry(f"item{i}", frames, lat.shape[2] * s, lat.shape[3] * s, [prompt],
+                                  files={"latents": l_rel}, caption_files={"text": [t_rel]}))
+    groups = {g.name: Group(g.fields, g.role == "text") for g in spec.item_encoders if g.role != "condition"}
+    write_index(out, entries, groups)
     return out
 
 

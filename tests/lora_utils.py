@@ -27,8 +27,8 @@ def random_lora(spec, model: Path, out: Path, rank: int, alpha: float, targets="
 
 
 def transformer_inputs(spec, model: Path, seed: int = 5) -> dict:
-    enc = spec.load_text_encoders(LoadOptions(str(model)))
-    text = spec.encode_text(enc, ["a green square moves up on a light background"], 5)
+    enc = spec.text.load(LoadOptions(str(model)))
+    text = spec.text.encode(enc, ["a green square moves up on a light background"], 5)
     noisy = torch.randn(1, 4, 2, 4, 4, generator=torch.Generator().manual_seed(seed))
     return spec.transformer_inputs(noisy, torch.tensor([0.6]), text, guidance_scale=1.0)
 

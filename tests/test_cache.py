@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from hv_tune.data.cache import read_index
-from hv_tune.data.encode import build_cache, encode_latents, load_pixels
+from hv_tune.data.encode import build_cache, encode_items, load_pixels
 from hv_tune.data.plan import model_identity, plan_items
 from hv_tune.data.sources import scan_sources
 from hv_tune.media.writer import frame_times, write_h264
@@ -190,7 +190,7 @@ def test_rerun_reuses_everything_and_caption_change_reencodes_only_text(spec, ti
     assert (third.latents_encoded, third.texts_encoded) == (0, 1)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # nothing rewritten
     entry = next(e for e in read_index(cache) if e.id.startswith("clip003"))
-    assert entry.captions == ["a new caption and a second one"] and len(entry.texts) == 1  # one caption per file
+    assert entry.captions == ["a new caption and a second one"] and len(entry.caption_files["text"]) == 1  # one caption per file
 
 
 def _bad_folder(root: Path, good: Path) -> Path:
@@ -250,13 +250,15 @@ def test_file_vanishing_mid_run_is_skipped(spec, tiny_model, tmp_path, demo_fold
 
     from hv_tune.data.encode import CacheSummary
     from hv_tune.models import LoadOptions
+    from hv_tune.models.base import EncodeSetup
 
     folder = tmp_path / "clips"
     shutil.copytree(demo_folder, folder)
     cfg, scan, planned = _plan(tiny_model, folder, tmp_path / "cache")
     (folder / "clip004.mp4").unlink()  # after planning, before decoding
     summary = CacheSummary()
-    done = encode_latents(spec, LoadOptions(str(tiny_model)), "cpu", tmp_path / "cache", planned, cfg, summary)
+    latents = next(enc for enc in spec.item_encoders if enc.role == "latents")
+    done = encode_items(latents, EncodeSetup(LoadOptions(str(tiny_model))), tmp_path / "cache", planned, summary)
     assert len(done) == len(planned) - 1
     assert [(Path(s.path).name, s.reason) for s in summary.skipped] == [("clip004.mp4", "file vanished")]
 
@@ -274,8 +276,9 @@ def test_image_modes_convert_without_clipping():
 
 @pytest.mark.slow
 def test_sigkill_mid_cache_then_rerun_encodes_only_missing(tiny_model, tmp_path):
-    from hv_tune.data.cache import LATENT_KEYS, is_valid
+    from hv_tune.data.cache import is_valid
     from hv_tune.data.demo import write_demo_folder
+    from hv_tune.models.base import LATENT_FIELDS as LATENT_KEYS
 
     folder = tmp_path / "clips"
     write_demo_folder(folder, 24, 17, 64, 64)
@@ -376,3 +379,34 @@ def test_index_changes_name_each_way_an_item_left():
         "2 source file(s) gone (b-1, x.mp4): dropped from the index"]
     del old["files"]["/f/x.mp4"]
     assert fingerprint_changes(old, new, {})[-1] == "2 clip(s) no longer in the manifest (a-2, b-1): dropped from the index"
+
+
+def test_old_cache_format_names_the_rebuild_and_train_rebuilds_it(spec, tiny_model, demo_folder, tmp_path, capsys):
+    """A cache of format 1 (fixed latents/, text/, cond/ folders, before one group per item encoder) is
+    refused with the rebuild command; with sources, the training's cache check rebuilds it and reuses the
+    files whose inputs did not change (the latents and text keep their content keys)."""
+    from hv_tune.data.cache import INDEX_FILE
+    from hv_tune.errors import DataError
+    from hv_tune.training.cache_check import prepare_cache
+
+    cache = tmp_path / "cache"
+    cfg = cache_config(tiny_model, demo_folder, cache)
+    build_cache(spec, cfg, "cpu")
+    lines = (cache / INDEX_FILE).read_text().splitlines()
+    head = json.loads(lines[0])
+    old = [json.dumps({"cache_version": 1, "fingerprint": head["fingerprint"]})]
+    for line in lines[1:]:  # the format-1 entry: latent, texts, empty_text, condition
+        e = json.loads(line)
+        old.append(json.dumps({"id": e["id"], "latent": e["files"]["latents"], "texts": e["caption_files"]["text"],
+                               "frames": e["frames"], "height": e["height"], "width": e["width"],
+                               "captions": e["captions"], "empty_text": e["empty_files"]["text"], "condition": None}))
+    (cache / INDEX_FILE).write_text("\n".join(old) + "\n")
+    with pytest.raises(DataError, match=r"index.jsonl: the cache is in format 1, this hv-tune reads format 2 .*"
+                                        r"rebuild it with `finetune.py cache --config YOUR_CONFIG`"):
+        read_index(cache)
+    prepare_cache(spec, cfg, "cpu")
+    out = capsys.readouterr().out
+    assert "cache format 1 -> 2" in out
+    summary = json.loads((cache / "summary.json").read_text())
+    assert (summary["latents_encoded"], summary["texts_encoded"], summary["latents_reused"]) == (0, 0, 7)
+    assert len(read_index(cache)) == 7

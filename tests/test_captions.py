@@ -103,4 +103,4 @@ def test_rule_change_rebuilds_only_the_text(spec, tiny_model, tmp_path, demo_fol
     assert any("captions of 1 file(s) changed (clip003.mp4)" in c for c in joined.changes)
     assert "captions: 1 joined from several lines" in joined.table()
     entry = next(e for e in read_index(cache) if e.id.startswith("clip003"))
-    assert entry.captions == ["a new caption and a second one"] and len(entry.texts) == 1
+    assert entry.captions == ["a new caption and a second one"] and len(entry.caption_files["text"]) == 1

@@ -43,10 +43,10 @@ def _run(spec, model: Path, cache: Path, out: Path, steps: int, formats: list[st
 
 
 def _inputs(spec, model: Path) -> dict:
-    enc = spec.load_text_encoders(LoadOptions(str(model)))
+    enc = spec.text.load(LoadOptions(str(model)))
     channels = spec.load_vae_config(LoadOptions(str(model)))["latent_channels"]
     noisy = torch.randn(1, channels, 1, 2, 2, generator=torch.Generator().manual_seed(5))
-    text = spec.encode_text(enc, ["a red ball"], 1)
+    text = spec.text.encode(enc, ["a red ball"], 1)
     return spec.transformer_inputs(noisy, torch.tensor([0.6]), text, guidance_scale=1.0)
 
 

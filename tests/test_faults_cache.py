@@ -141,14 +141,14 @@ def test_broken_cache_file_is_named_and_reencoded_from_its_source(spec, tiny_mod
     cache = tmp_path / "cache"
     shutil.copytree(small_cache, cache)
     entry = next(e for e in read_index(cache) if e.id.startswith("clip000"))
-    _truncate(cache / entry.latent)
+    _truncate(cache / entry.files["latents"])
     code = main(["cache", "--verify", "--config", str(REPO / "configs" / "demo_tiny.yaml"), f"model.path={tiny_model}",
                  f"data.cache_dir={cache}"])
     err = capsys.readouterr().err
-    assert code == 2 and entry.id in err and entry.latent in err and "clip000.mp4" in err
+    assert code == 2 and entry.id in err and entry.files["latents"] in err and "clip000.mp4" in err
     assert "finetune.py cache --config" in err
     # train without sources cannot re-encode it: named, with the fix
-    with pytest.raises(DataError, match=f"item {entry.id}.*{entry.latent}.*clip000.mp4.*finetune.py cache"):
+    with pytest.raises(DataError, match=f"item {entry.id}.*{entry.files['latents']}.*clip000.mp4.*finetune.py cache"):
         _train_cache(spec, cache_config(tiny_model, small_folder, cache, "data.sources=[]"), capsys)
     # a read during training names it the same way (no raw SafetensorError)
     with pytest.raises(DataError, match=f"item {entry.id}.*clip000.mp4"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hv_tune.cli import main
+from hv_tune.data.cache import CACHE_VERSION
 
 from .conftest import REPO
 
@@ -35,7 +36,7 @@ def bad(tmp_path, tiny_model, lora_file) -> dict[str, str]:
     blocker.write_text("x")
     broken_cache = tmp_path / "brokencache"
     broken_cache.mkdir()
-    (broken_cache / "index.jsonl").write_text('{"cache_version": 1}\n{"id": 3, "oops": true}\n')
+    (broken_cache / "index.jsonl").write_text(f'{{"cache_version": {CACHE_VERSION}}}\n{{"id": 3, "oops": true}}\n')
     (tmp_path / "folder.yaml").mkdir()
     return {"missing": str(tmp_path / "nope" / "thing"), "folder": str(tmp_path / "folder.yaml"),
             "garbage": str(garbage), "binary_yaml": str(binary_yaml), "blocker": str(blocker),

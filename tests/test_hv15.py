@@ -48,11 +48,11 @@ def test_tiny_model_loads_and_runs_in_the_pipeline(pipe):
 @pytest.mark.parametrize("prompt", ["a cat on grass", 'a sign that says "OPEN" and “café”', ""])
 def test_encode_text_equals_encode_prompt(pipe, hv15_model, prompt):
     """Plain, glyph (quoted text, both quote styles) and the empty prompt of the unconditional side."""
-    enc = SPEC.load_text_encoders(LoadOptions(str(hv15_model)))
-    ours = SPEC.encode_text(enc, [prompt], 33)
+    enc = SPEC.text.load(LoadOptions(str(hv15_model)))
+    ours = SPEC.text.encode(enc, [prompt], 33)
     with torch.no_grad():  # as __call__ runs it
         ref = pipe.encode_prompt(prompt=prompt or None, device="cpu", dtype=torch.float32)
-    for key, want in zip(SPEC.text_fields, ref):
+    for key, want in zip(SPEC.text.fields, ref):
         assert ours[key].shape == want.shape, key
         torch.testing.assert_close(ours[key].to(want.dtype), want, rtol=0, atol=0, msg=key)
     has_glyph = '"' in prompt
@@ -62,24 +62,24 @@ def test_encode_text_equals_encode_prompt(pipe, hv15_model, prompt):
 
 def test_empty_prompt_is_the_pipelines_unconditional_side(pipe, hv15_model):
     """encode_prompt(None) (the negative side when no negative prompt is given) == our empty caption."""
-    enc = SPEC.load_text_encoders(LoadOptions(str(hv15_model)))
-    ours = SPEC.encode_text(enc, [""], 33)
+    enc = SPEC.text.load(LoadOptions(str(hv15_model)))
+    ours = SPEC.text.encode(enc, [""], 33)
     with torch.no_grad():
         uncond = pipe.encode_prompt(prompt=None, device="cpu", dtype=torch.float32)
-    plain = SPEC.encode_text(enc, ["x"], 33)
-    for key, want in zip(SPEC.text_fields, uncond):
+    plain = SPEC.text.encode(enc, ["x"], 33)
+    for key, want in zip(SPEC.text.fields, uncond):
         torch.testing.assert_close(ours[key].to(want.dtype), want, rtol=0, atol=0)
     assert not torch.equal(plain["prompt_embeds"], ours["prompt_embeds"])
 
 
 def test_dropped_text_tokens_are_the_real_qwen_counts(hv15_model):
     """A caption over the 1000-token limit loses exactly its tokens past 1000; one at the limit loses none."""
-    enc = SPEC.load_text_encoders(LoadOptions(str(hv15_model)))
+    enc = SPEC.text.load(LoadOptions(str(hv15_model)))
     words = " ".join(f"w{i}" for i in range(1200))
     tokenizer = enc["text_encoder"].tokenizer
     n = len(tokenizer(words, add_special_tokens=False).input_ids)  # real Qwen2.5 tokens of the caption
     fits = tokenizer.decode(tokenizer(words, add_special_tokens=False).input_ids[:1000])
     assert n > 1000
-    assert SPEC.dropped_text_tokens(enc, [words, fits, "a cat"], 33) == [n - 1000, 0, 0]
-    kept = SPEC.encode_text(enc, [fits], 33)["prompt_attention_mask"][0]
+    assert SPEC.text.dropped_tokens(enc, [words, fits, "a cat"], 33) == [n - 1000, 0, 0]
+    kept = SPEC.text.encode(enc, [fits], 33)["prompt_attention_mask"][0]
     assert int(kept.sum()) == 1000  # at the limit the mask is full, and nothing of the caption is cut

@@ -70,10 +70,9 @@ def test_cached_condition_is_what_the_i2v_pipeline_builds(hv15_i2v_tiny, hv15_i2
         assert torch.equal(call["hidden_states"][:, 64:], batch["cond_mask"])
         torch.testing.assert_close(call["image_embeds"], batch["image_embeds"], rtol=0, atol=1e-6)
 
-    from hv_tune.training.step import text_inputs
 
     noisy, sigma = calls[0]["hidden_states"][:, :32], torch.tensor([1.0])  # one step: sigma 1, timestep 1000
-    ours = SPEC.transformer_inputs(noisy, sigma, text_inputs(SPEC, batch, torch.float32), 1.0)
+    ours = SPEC.transformer_inputs(noisy, sigma, batch, 1.0, torch.float32)
     for key in ("hidden_states", "image_embeds", "timestep", "encoder_hidden_states", "encoder_attention_mask",
                 "encoder_hidden_states_2", "encoder_attention_mask_2"):
         torch.testing.assert_close(ours[key], calls[0][key].to(ours[key].dtype), rtol=0, atol=1e-6, msg=key)
@@ -88,12 +87,13 @@ def test_missing_condition_file_is_rebuilt(hv15_i2v_tiny, demo_folder, tmp_path)
                        "data.frame_buckets=[5]")
     build_cache(SPEC, cfg, "cpu")
     entries = read_index(tmp_path / "c")
-    assert all(e.condition and (tmp_path / "c" / e.condition).is_file() for e in entries)
-    (tmp_path / "c" / entries[2].condition).unlink()
+    cond = next(enc.name for enc in SPEC.item_encoders if enc.role == "condition")
+    assert all(e.files.get(cond) and (tmp_path / "c" / e.files[cond]).is_file() for e in entries)
+    (tmp_path / "c" / entries[2].files[cond]).unlink()
     prepare_cache(SPEC, cfg, "cpu")
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["conditions_encoded"] == 1 and summary["latents_encoded"] == 0
-    assert (tmp_path / "c" / entries[2].condition).is_file()
+    assert (tmp_path / "c" / entries[2].files[cond]).is_file()
 
 
 def test_stills_conditioned_on_themselves_are_counted_and_explained(hv15_i2v_tiny, hv15_tiny, tmp_path, capsys):
@@ -138,11 +138,10 @@ def trained(hv15_i2v_tiny, hv15_i2v_cache, tmp_path_factory):
 
 
 def _cached_inputs(cache: Path) -> dict:
-    from hv_tune.training.step import text_inputs
 
     batch = collate([CachedDataset(cache)[(1, 0)]])
     noisy = torch.randn(1, 32, 2, 2, 2, generator=torch.Generator().manual_seed(5))
-    return SPEC.transformer_inputs(noisy, torch.tensor([0.6]), text_inputs(SPEC, batch, torch.float32), 1.0)
+    return SPEC.transformer_inputs(noisy, torch.tensor([0.6]), batch, 1.0, torch.float32)
 
 
 def test_trained_lora_loads_with_load_lora_adapter_no_args(hv15_i2v_tiny, hv15_i2v_cache, trained):
@@ -275,7 +274,7 @@ def test_memorises_a_clip_from_its_first_frame(hv15_i2v_tiny, tmp_path, one_thre
     ~60 s. Runs differ a little (untrained 2.42 or 2.48: the encoded demo clip is not bit-stable);
     lr 3e-3 gave 0.43-0.54, 2e-3 0.52; 150 steps or clipping at 1.0 leave it above 0.6.
     """
-    from hv_tune.data.cache import write_latent
+    from hv_tune.data.cache import write_group
     from hv_tune.data.demo import write_demo_folder
     from hv_tune.data.encode import build_cache
     from hv_tune.sampling import load_pipeline
@@ -287,7 +286,8 @@ def test_memorises_a_clip_from_its_first_frame(hv15_i2v_tiny, tmp_path, one_thre
                                    "data.frame_buckets=[5]"), "cpu")
     entry, frame = _item_and_first_frame(hv15_i2v_tiny, clips, cache)
     mean = CachedDataset(cache)[(0, 0)]["latent_mean"]
-    write_latent(cache, Path(entry.latent).stem, {"latent_mean": mean, "latent_logvar": torch.full_like(mean, -30.0)})
+    write_group(cache, "latents", Path(entry.files["latents"]).stem,
+                {"latent_mean": mean, "latent_logvar": torch.full_like(mean, -30.0)})
     cfg = load_config(None, train_overrides(hv15_i2v_tiny, cache, tmp_path / "run", **NAME, **{
         "lora.rank": 32, "lora.alpha": 32, "lora.targets": ["transformer_blocks.*", "proj_out"], "training.batch_size": 1,
         "training.max_steps": MEMO_STEPS, "training.learning_rate": MEMO_LR, "training.max_grad_norm": 0.0,

@@ -35,8 +35,8 @@ def hv15_cache(hv15_tiny, demo_folder, tmp_path_factory) -> Path:
 
 
 def _inputs(model: Path, prompt: str = 'a sign that says "HI"'):
-    enc = SPEC.load_text_encoders(LoadOptions(str(model)))
-    text = SPEC.encode_text(enc, [prompt], 5)
+    enc = SPEC.text.load(LoadOptions(str(model)))
+    text = SPEC.text.encode(enc, [prompt], 5)
     noisy = torch.randn(1, 32, 2, 2, 2, generator=torch.Generator().manual_seed(5))
     return SPEC.transformer_inputs(noisy, torch.tensor([0.6]), text, guidance_scale=1.0)
 
@@ -239,7 +239,7 @@ def test_objective_memorises_one_latent_and_the_pipeline_samples_it(hv15_tiny, t
     pipe = HunyuanVideo15Pipeline.from_pretrained(str(hv15_tiny))
     pipe.guider = pipe.guider.new(guidance_scale=1.0)  # trained without caption dropout: no CFG
     pipe.set_progress_bar_config(disable=True)
-    full = SPEC.encode_text(SPEC.load_text_encoders(LoadOptions(str(hv15_tiny))), [prompt], 1)
+    full = SPEC.text.encode(SPEC.text.load(LoadOptions(str(hv15_tiny))), [prompt], 1)
     probe = torch.randn(1, 32, 1, 2, 2, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():  # dropping the padding does not change the transformer's output
         a, b = (pipe.transformer(**SPEC.transformer_inputs(probe, torch.tensor([0.7]), t, 1.0))[0]

@@ -109,7 +109,7 @@ def test_cache_encodes_with_the_single_file_vae(spec, tiny_model, demo_folder, t
     def latents(cache, *extra):
         build_cache(spec, cache_config(tiny_model, demo_folder, cache, *extra), "cpu")
         entries = read_index(cache)
-        return {e.id: load_file(str(cache / e.latent))["latent_mean"] for e in entries}
+        return {e.id: load_file(str(cache / e.files["latents"]))["latent_mean"] for e in entries}
 
     folder = latents(tmp_path / "c1")
     single = latents(tmp_path / "c1", f"model.vae_path={tmp_path / 'vae.safetensors'}")  # same cache dir: rebuilt

@@ -16,8 +16,8 @@ from .conftest import train_overrides, write_fixed_latent_cache
 
 
 def _inputs(spec, tiny_model, frames=5):
-    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
-    text = spec.encode_text(enc, ["a green square moves up on a light background"], frames)
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
+    text = spec.text.encode(enc, ["a green square moves up on a light background"], frames)
     g = torch.Generator().manual_seed(5)
     noisy = torch.randn(1, 4, 2, 4, 4, generator=g)
     return spec.transformer_inputs(noisy, torch.tensor([0.6]), text, guidance_scale=1.0)

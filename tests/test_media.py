@@ -194,7 +194,7 @@ def test_cache_summary_reports_tokens_dropped_from_a_long_caption(spec, tiny_mod
     (folder / "long.txt").write_text(words)
     write_video(folder / "short.mp4", marked_frames(12, 32, 32, seed=11), fps=24)
     (folder / "short.txt").write_text("a short caption")
-    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
     n = len(enc["text_encoder"].tokenizer(words, add_special_tokens=False).input_ids)  # the caption alone, Llama 3
     summary = build_cache(spec, cache_config(tiny_model, folder, tmp_path / "cache"), "cpu")
     notes = [s.reason for s in summary.notes if s.path.startswith("caption")]

@@ -118,12 +118,12 @@ def test_fp8_storage_is_within_stated_tolerance_of_bf16(spec, tiny_model):
 
 
 def test_fp8_text_encoder_embeddings_close(spec, tiny_model):
-    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
-    ref = spec.encode_text(enc, ["a red ball bounces"], 33)
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
+    ref = spec.text.encode(enc, ["a red ball bounces"], 33)
     llm = enc["text_encoder"].model.requires_grad_(False)
     cast = apply_fp8_storage(llm, spec.fp8_keep_patterns("text_encoder", llm), torch.float32)
     assert cast and not any("embed_tokens" in n or "norm" in n for n in cast)
-    out = spec.encode_text(enc, ["a red ball bounces"], 33)
+    out = spec.text.encode(enc, ["a red ball bounces"], 33)
     # measured: 2.2 % relative L2 error on the tiny Llama; CLIP is untouched
     assert rel(out["prompt_embeds"], ref["prompt_embeds"]) < 0.06
     assert torch.equal(out["pooled_prompt_embeds"], ref["pooled_prompt_embeds"])

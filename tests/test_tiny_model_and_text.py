@@ -50,9 +50,9 @@ def test_tokenizer_template_prefix_lengths_match_llama3(tiny_model):
 
 def test_text_embeddings_equal_pipeline_encode_prompt(spec, tiny_model):
     pipe = reference_pipeline(tiny_model)
-    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
     for frames, template in [(33, VIDEO_TEMPLATE), (1, IMAGE_TEMPLATE)]:
-        ours = spec.encode_text(enc, PROMPTS, frames)
+        ours = spec.text.encode(enc, PROMPTS, frames)
         ref_embeds, ref_pooled, ref_mask = pipe.encode_prompt(PROMPTS, prompt_template=template, device="cpu")
         assert torch.equal(ours["prompt_embeds"], ref_embeds)
         assert torch.equal(ours["pooled_prompt_embeds"], ref_pooled)
@@ -60,8 +60,8 @@ def test_text_embeddings_equal_pipeline_encode_prompt(spec, tiny_model):
         assert ours["prompt_embeds"].shape[1] == 256
         # the prompt survives the crop: its tokens are the first unmasked positions
         assert ours["prompt_attention_mask"][:, 0].all() and (ours["prompt_attention_mask"].sum(1) > 3).all()
-    video = spec.encode_text(enc, PROMPTS[:1], 33)["prompt_embeds"]
-    image = spec.encode_text(enc, PROMPTS[:1], 1)["prompt_embeds"]
+    video = spec.text.encode(enc, PROMPTS[:1], 33)["prompt_embeds"]
+    image = spec.text.encode(enc, PROMPTS[:1], 1)["prompt_embeds"]
     assert not torch.equal(video, image)  # 1-frame items use the image template
 
 
@@ -75,7 +75,7 @@ def test_cached_latents_are_the_vae_posterior(spec, tiny_model, demo_cache, demo
 
     vae = spec.load_vae(LoadOptions(str(tiny_model)))
     entry = next(e for e in read_index(demo_cache) if e.id.startswith("clip002"))
-    cached = load_file(str(demo_cache / entry.latent))
+    cached = load_file(str(demo_cache / entry.files["latents"]))
     path = demo_folder / "clip002.mp4"
     ours = read_video(path, [0, 1, 2, 3, 4], probe_video(path), (32, 32))  # head window, 24 fps source
     with av.open(str(path)) as c:  # an independent decoder agrees on the frames
@@ -95,7 +95,7 @@ def test_cached_text_is_encode_prompt_with_the_item_template(spec, tiny_model, d
     pipe = reference_pipeline(tiny_model)
     for entry in read_index(demo_cache):
         template = IMAGE_TEMPLATE if entry.frames == 1 else VIDEO_TEMPLATE
-        cached = load_file(str(demo_cache / entry.texts[0]))
+        cached = load_file(str(demo_cache / entry.caption_files["text"][0]))
         embeds, pooled, mask = pipe.encode_prompt(entry.captions[0], prompt_template=template, device="cpu")
         assert torch.equal(cached["prompt_embeds"], embeds[0]), entry.id
         assert torch.equal(cached["pooled_prompt_embeds"], pooled[0])

@@ -97,8 +97,8 @@ def test_pipeline_loaded_by_its_model_index_class_crops_wrongly_and_ours_does_no
     assert len(plain.tokenizer(prefix).input_ids) != 95  # its fixed crop_start would cut the caption
     ours = spec.load_pipeline(LoadOptions(str(tiny_model)))  # what `sample` and validation use
     assert ours.tokenizer(prefix).input_ids == _llama_ref_ids(llama_reference, prefix)
-    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
-    mine = spec.encode_text(enc, CAPTIONS[:2], 33)["prompt_embeds"]
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
+    mine = spec.text.encode(enc, CAPTIONS[:2], 33)["prompt_embeds"]
     theirs, _, _ = plain.encode_prompt(CAPTIONS[:2], device="cpu")
     assert not torch.equal(mine, theirs)
 
@@ -118,7 +118,7 @@ def test_clip_tokenizer_is_open_clips_token_for_token(tiny_model):
 
 @pytest.mark.parametrize("frames", [33, 1])
 def test_dropped_text_tokens_are_the_real_token_counts(spec, tiny_model, llama_reference, frames):
-    enc = spec.load_text_encoders(LoadOptions(str(tiny_model)))
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
     words = "a slow dolly shot of a misty forest at dawn " * 40
     cjk = "霧の森を夜明けにゆっくり進むカメラ、" * 40
     emoji = "🌲🌫️🌅 " * 120
@@ -126,13 +126,13 @@ def test_dropped_text_tokens_are_the_real_token_counts(spec, tiny_model, llama_r
     captions = [words, cjk, emoji, short]
     counts = [len(llama_reference.encode(c, bos=False, eos=False)) for c in captions]
     assert counts[-1] < LLM_MAX_TOKENS and min(counts[:3]) > LLM_MAX_TOKENS
-    assert spec.dropped_text_tokens(enc, captions, frames) == [max(0, n - LLM_MAX_TOKENS) for n in counts]
+    assert spec.text.dropped_tokens(enc, captions, frames) == [max(0, n - LLM_MAX_TOKENS) for n in counts]
     # at the limit: 256 caption tokens keep everything, 257 drop one
     unit = " forest"  # one token
     assert len(llama_reference.encode(unit, bos=False, eos=False)) == 1
     edge = ["mist" + unit * 255, "mist" + unit * 256]
-    assert spec.dropped_text_tokens(enc, edge, frames) == [0, 1]
-    mask = spec.encode_text(enc, [words, short], frames)["prompt_attention_mask"]
+    assert spec.text.dropped_tokens(enc, edge, frames) == [0, 1]
+    mask = spec.text.encode(enc, [words, short], frames)["prompt_attention_mask"]
     assert mask[0].sum() == LLM_MAX_TOKENS and mask[1].sum() == counts[-1] + 1  # caption + <|eot_id|>
 
 

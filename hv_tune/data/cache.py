@@ -1,24 +1,24 @@
-"""The training cache: VAE posteriors and text embeddings in safetensors, plus an index.
+"""The training cache: one group of safetensors files per item encoder the spec declares, plus an index.
 
 Layout (``docs/formats.md`` has the full description)::
 
-    CACHE_DIR/index.jsonl            one JSON line per item (written atomically, last)
-    CACHE_DIR/latents/<key>.safetensors   latent_mean, latent_logvar  [C, F', H', W'] fp32
-    CACHE_DIR/text/<key>.safetensors      prompt_embeds [L, D], prompt_attention_mask [L], and the
-                                          spec's other ``text_fields`` (v1: pooled_prompt_embeds [D2])
-    CACHE_DIR/cond/<key>.safetensors      specs with item encoders: their fields, built from the
-                                          item's first frame (1.5 I2V: cond_latents, cond_mask, image_embeds)
+    CACHE_DIR/index.jsonl               one JSON line per item (written atomically, last); the header
+                                        line names the cache version and every group with its fields
+    CACHE_DIR/<group>/<key>.safetensors one file per item and group (per caption, plus the empty
+                                        prompt's, for a ``text`` group): the fields of the spec's item
+                                        encoder of that name (``ModelSpec.item_encoders``)
 
-Training reads only this folder. An item's bucket is its pixel size (frames, height, width);
-batches never mix buckets.
+This module owns every path; it knows no group by name. Training reads only this folder: a batch is
+the union of an item's groups. An item's bucket is its pixel size (frames, height, width); batches
+never mix buckets.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,33 +27,51 @@ from safetensors.torch import load_file
 from hv_tune.errors import DataError
 from hv_tune.io import atomic_save_safetensors, atomic_write_text, safetensors_problem
 
-CACHE_VERSION = 1
+#: 2: one folder per declared item encoder (1 had fixed latents/, text/ and cond/ folders)
+CACHE_VERSION = 2
 INDEX_FILE = "index.jsonl"
-LATENT_KEYS = ("latent_mean", "latent_logvar")
-#: keys every family's text file holds; a file holds whatever else its spec's ``encode_text`` returns
-TEXT_KEYS = ("prompt_embeds", "prompt_attention_mask")
+#: what to do about a cache this version cannot read
+REBUILD = "rebuild it with `finetune.py cache --config YOUR_CONFIG` (files whose inputs did not change are reused)"
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group as the index header records it: its fields and whether it has one file per caption."""
+
+    fields: tuple[str, ...]
+    per_caption: bool = False
 
 
 @dataclass
 class CacheEntry:
-    """One cached training item; paths are relative to the cache folder."""
+    """One cached training item; paths are relative to the cache folder.
+
+    Attributes:
+        files: group -> the item's file of that group (per-item groups).
+        caption_files: group -> one file per caption, in ``captions``' order (``text`` groups).
+        empty_files: group -> the empty prompt's file with this item's template (caption dropout).
+    """
 
     id: str
-    latent: str
-    texts: list[str]
     frames: int
     height: int
     width: int
     captions: list[str]
+    files: dict[str, str] = field(default_factory=dict)
+    caption_files: dict[str, list[str]] = field(default_factory=dict)
+    empty_files: dict[str, str] = field(default_factory=dict)
     repeats: int = 1
     caption_dropout: float = 0.0
-    empty_text: str | None = None  # embedding of "" with this item's template (caption dropout)
     source: str = ""  # the media file it was encoded from (named when a cache file is broken)
-    condition: str | None = None  # the item encoders' fields (spec.item_encoders), one file
 
     @property
     def bucket(self) -> tuple[int, int, int]:
         return (self.frames, self.height, self.width)
+
+
+def group_path(group: str, key: str) -> str:
+    """The relative path of a group's file with content key ``key``."""
+    return f"{group}/{key}.safetensors"
 
 
 def content_key(*parts: object) -> str:
@@ -66,27 +84,18 @@ def is_valid(path: Path, keys: tuple[str, ...]) -> bool:
     return safetensors_problem(path, keys) is None
 
 
-def write_latent(cache_dir: Path, key: str, posterior: dict[str, torch.Tensor]) -> str:
-    rel = f"latents/{key}.safetensors"
-    atomic_save_safetensors(cache_dir / rel, {k: posterior[k] for k in LATENT_KEYS})
+def write_group(cache_dir: Path, group: str, key: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Write one group file atomically; returns its relative path."""
+    rel = group_path(group, key)
+    atomic_save_safetensors(Path(cache_dir) / rel, dict(tensors))
     return rel
 
 
-def write_text(cache_dir: Path, key: str, text: dict[str, torch.Tensor]) -> str:
-    rel = f"text/{key}.safetensors"
-    atomic_save_safetensors(cache_dir / rel, dict(text))
-    return rel
-
-
-def write_condition(cache_dir: Path, key: str, tensors: dict[str, torch.Tensor]) -> str:
-    rel = f"cond/{key}.safetensors"
-    atomic_save_safetensors(cache_dir / rel, dict(tensors))
-    return rel
-
-
-def write_index(cache_dir: Path, entries: Iterable[CacheEntry], fingerprint: dict | None = None) -> Path:
+def write_index(cache_dir: Path, entries: Iterable[CacheEntry], groups: Mapping[str, Group],
+                fingerprint: dict | None = None) -> Path:
     """Write the index (header line, then one line per item); an empty list is a valid, empty cache."""
-    head = {"cache_version": CACHE_VERSION} | ({"fingerprint": fingerprint} if fingerprint else {})
+    head = {"cache_version": CACHE_VERSION, "groups": {k: asdict(g) for k, g in groups.items()}}
+    head |= {"fingerprint": fingerprint} if fingerprint else {}
     lines = [json.dumps(head, ensure_ascii=False)] + [json.dumps(asdict(e), ensure_ascii=False) for e in entries]
     return atomic_write_text(Path(cache_dir) / INDEX_FILE, "\n".join(lines) + "\n")
 
@@ -113,6 +122,20 @@ def _skip_reasons(cache_dir: Path) -> str:
     return f"all {len(skipped)} source items were skipped: {listed}{more}"
 
 
+def check_version(path: Path, header: Mapping) -> None:
+    """Raises DataError naming ``path`` and the rebuild when its header is not this version's."""
+    version = header.get("cache_version")
+    if version != CACHE_VERSION:
+        raise DataError(f"{path}: the cache is in format {version}, this hv-tune reads format {CACHE_VERSION} "
+                        f"(one folder per item encoder of the model); {REBUILD}")
+
+
+def read_groups(cache_dir: str | Path) -> dict[str, Group]:
+    """The groups the index header records (name -> fields, per caption); {} without a readable header."""
+    head = read_header(cache_dir) or {}
+    return {k: Group(tuple(g["fields"]), bool(g.get("per_caption"))) for k, g in (head.get("groups") or {}).items()}
+
+
 def read_index(cache_dir: str | Path) -> list[CacheEntry]:
     """Entries of a cache folder.
 
@@ -128,8 +151,7 @@ def read_index(cache_dir: str | Path) -> list[CacheEntry]:
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     try:
         header = json.loads(lines[0]) if lines else {}
-        if header.get("cache_version") != CACHE_VERSION:
-            raise DataError(f"{path}: cache version {header.get('cache_version')} != {CACHE_VERSION}; re-run `cache`")
+        check_version(path, header)
         entries = [CacheEntry(**json.loads(ln)) for ln in lines[1:]]
     except (json.JSONDecodeError, TypeError) as e:
         raise DataError(f"{path} is malformed ({e}); delete it and re-run `cache`") from e
@@ -139,11 +161,13 @@ def read_index(cache_dir: str | Path) -> list[CacheEntry]:
     return entries
 
 
-def item_files(e: CacheEntry) -> list[tuple[str, tuple[str, ...]]]:
+def item_files(e: CacheEntry, groups: Mapping[str, Group]) -> list[tuple[str, tuple[str, ...]]]:
     """(relative path, expected keys) of every file an item reads."""
-    texts = e.texts + ([e.empty_text] if e.empty_text else [])
-    cond = [(e.condition, ())] if e.condition else []
-    return [(e.latent, LATENT_KEYS)] + [(t, TEXT_KEYS) for t in texts] + cond
+    out = [(rel, groups[g].fields if g in groups else ()) for g, rel in e.files.items()]
+    for g, rels in e.caption_files.items():
+        empty = [e.empty_files[g]] if g in e.empty_files else []
+        out += [(rel, groups[g].fields if g in groups else ()) for rel in rels + empty]
+    return out
 
 
 def broken_files(cache_dir: str | Path, entries: list[CacheEntry], full: bool = False) -> list[tuple[CacheEntry, str, str]]:
@@ -153,8 +177,9 @@ def broken_files(cache_dir: str | Path, entries: list[CacheEntry], full: bool = 
     ``full`` also loads every tensor and checks it is finite.
     """
     root, seen, out = Path(cache_dir), set(), []
+    groups = read_groups(root)
     for e in entries:
-        for rel, keys in item_files(e):
+        for rel, keys in item_files(e, groups):
             if rel in seen:
                 continue
             seen.add(rel)
@@ -186,23 +211,27 @@ class CachedDataset(torch.utils.data.Dataset):
     def __init__(self, cache_dir: str | Path):
         self.root = Path(cache_dir)
         self.entries = read_index(self.root)
+        self.groups = read_groups(self.root)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """``(item, caption)``; caption -1 means the empty prompt (caption dropout)."""
+        """The union of the item's groups; ``(item, caption)`` picks the file of each per-caption group
+        (caption -1: the empty prompt, caption dropout). Per-item conditions stay under dropout."""
         item, caption = index
         e = self.entries[item]
-        text = e.empty_text if caption < 0 else e.texts[caption]
-        out = {**self._load(e, e.latent, LATENT_KEYS), **self._load(e, text, TEXT_KEYS, every=True)}
-        if e.condition:  # the first-frame condition stays under caption dropout (the pipeline keeps it)
-            out.update(self._load(e, e.condition, (), every=True))
+        out: dict[str, torch.Tensor] = {}
+        for g, rel in e.files.items():
+            out.update(self._load(e, rel, self.groups[g].fields if g in self.groups else ()))
+        for g, rels in e.caption_files.items():
+            rel = e.empty_files[g] if caption < 0 else rels[caption]
+            out.update(self._load(e, rel, self.groups[g].fields if g in self.groups else ()))
         out["index"] = torch.tensor(item)
         return out
 
-    def _load(self, e: CacheEntry, rel: str, keys: tuple[str, ...], every: bool = False) -> dict[str, torch.Tensor]:
-        """``keys`` of one file (``every``: all its tensors, which must include ``keys``)."""
+    def _load(self, e: CacheEntry, rel: str, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """All tensors of one file, which must include ``keys``."""
         path = self.root / rel
         try:
             tensors = load_file(str(path))
@@ -214,7 +243,7 @@ class CachedDataset(torch.utils.data.Dataset):
                 f"{describe_broken(self.root, e, rel, str(err))}; re-encode it with "
                 "`finetune.py cache --config YOUR_CONFIG` (with that source in data.sources)"
             ) from err
-        return dict(tensors) if every else {k: tensors[k] for k in keys}
+        return dict(tensors)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

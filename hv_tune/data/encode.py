@@ -1,9 +1,9 @@
-"""The cache stage: scan sources, plan items, encode text, then video, then write the index.
+"""The cache stage: scan sources, plan items, run the spec's item encoders in turn, write the index.
 
-Text encoders and the VAE are loaded one at a time and freed before the next, so peak
-memory is one model's worth. Every cache file is content-addressed and written
-atomically: a re-run (also after SIGKILL) encodes only what is missing, and a changed
-caption re-encodes only its text.
+One loop over ``spec.item_encoders`` (text, the clip's latents, any conditioning): each group's models
+are loaded, used for every item missing its file and freed before the next group, so peak memory is
+one group's models. Every cache file is content-addressed and written atomically: a re-run (also after
+SIGKILL) encodes only what is missing, and a changed caption re-encodes only its text.
 """
 
 from __future__ import annotations
@@ -12,28 +12,29 @@ import gc
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from hv_tune.config import Config
 from hv_tune.data.cache import (
-    LATENT_KEYS,
     CacheEntry,
+    Group,
     broken_files,
     content_key,
     describe_broken,
+    group_path,
     is_valid,
     read_header,
     read_index,
-    write_condition,
+    write_group,
     write_index,
-    write_latent,
-    write_text,
 )
 from hv_tune.data.decode import MediaError, read_image, read_video, resize_cover, to_pixels
 from hv_tune.data.fingerprint import cache_fingerprint, fingerprint_changes, model_key
@@ -43,7 +44,15 @@ from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text, count
 from hv_tune.media import caption_edit_counts
 from hv_tune.memory.fp8 import apply_fp8_storage
-from hv_tune.models.base import LoadOptions, ModelSpec, TextEncoders, condition_fields, resolve_dtype
+from hv_tune.models.base import (
+    ITEM_READS,
+    EncodeSetup,
+    ItemEncoder,
+    LoadOptions,
+    ModelSpec,
+    condition_fields,
+    resolve_dtype,
+)
 
 SUMMARY_FILE = "summary.json"
 #: the summary lists the sources whose centre crop keeps less than this share of their picture's area
@@ -125,31 +134,51 @@ def _free() -> None:
 
 
 def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
-    """Encode every item of ``cfg.data.sources`` into ``cfg.data.cache_dir``."""
+    """Encode every item of ``cfg.data.sources`` into ``cfg.data.cache_dir``: one group per item encoder
+    of ``spec`` (``ModelSpec.item_encoders``), in the order declared."""
     t0 = time.time()
     root = Path(cfg.data.cache_dir)
     opts = LoadOptions.from_config(cfg.model, resolve_dtype(cfg.model.base_dtype, device),
                                    text_encoder_fp8=cfg.model.text_encoder_dtype == "fp8")
+    setup = EncodeSetup(opts, device, cfg.data.vae_tiling, cfg.data.vae_slicing,
+                        lambda module, keep: apply_fp8_storage(module, keep, opts.dtype))
+    encoders = checked_encoders(spec)
     scan = scan_sources(cfg.data)
-    fields = condition_fields(spec)
-    fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan, fields)
+    fingerprint = cache_fingerprint(cfg, spec.name, spec.transformer_subfolder, scan, condition_fields(spec))
     model_id = model_key(fingerprint["model"])
     planned = plan_items(scan, cfg.data, model_id, spec.video)
     summary = CacheSummary(skipped=scan.skipped, notes=scan.notes, captions=dict(scan.caption_edits))
     summary.changes, summary.repaired = _previous_build(root, fingerprint, scan.not_accepted)
-    texts = text_jobs(planned, model_id)
-    encode_texts(spec, opts, device, root, texts, summary)
-    done = encode_latents(spec, opts, device, root, planned, cfg, summary)
-    done = encode_conditions(spec, opts, device, root, done, summary)
-    entries = [_entry(p, model_id, fields) for p in done]
+    done = planned
+    for enc in encoders:
+        if enc.role == "text":
+            encode_texts(enc, setup, root, text_jobs(planned, model_id), summary)
+        else:
+            done = encode_items(enc, setup, root, done, summary, {e.name: e for e in encoders})
+    entries = [_entry(p, model_id, encoders) for p in done]
     summary.items = len(entries)
     summary.buckets = dict(Counter("x".join(map(str, e.bucket)) for e in entries))
     summary.cropped = cropped_sources(done)
-    summary.i2v_stills = sum(1 for e in entries if e.condition and e.frames == 1)
+    conditions = {enc.name for enc in encoders if enc.role == "condition"}
+    summary.i2v_stills = sum(1 for e in entries if conditions & set(e.files) and e.frames == 1)
     summary.seconds = time.time() - t0
-    write_index(root, entries, fingerprint)  # also when empty: a stale index must never stay in place
+    groups = {enc.name: Group(enc.fields, enc.role == "text") for enc in encoders}
+    write_index(root, entries, groups, fingerprint)  # also when empty: a stale index must never stay in place
     atomic_write_text(root / SUMMARY_FILE, json.dumps(asdict(summary), indent=2, ensure_ascii=False))
     return summary
+
+
+def checked_encoders(spec: ModelSpec) -> tuple[ItemEncoder, ...]:
+    """The spec's item encoders, each reading only what the cache provides (``ITEM_READS`` or an earlier
+    group); raises ValueError naming the spec otherwise (a family's bug, not the user's)."""
+    seen: set[str] = set()
+    for enc in spec.item_encoders:
+        unknown = sorted(set(enc.reads) - set(ITEM_READS) - seen)
+        if unknown or (enc.role == "text") != ("caption" in enc.reads):
+            raise ValueError(f"{spec.name}: item encoder {enc.name!r} reads {list(enc.reads)}; the cache provides "
+                             f"{list(ITEM_READS)} and earlier groups {sorted(seen)} (captions for text groups only)")
+        seen.add(enc.name)
+    return tuple(spec.item_encoders)
 
 
 def cropped_sources(items: list[PlannedItem], below: float = CROP_NOTE_BELOW) -> list[Cropped]:
@@ -185,126 +214,82 @@ def text_jobs(planned: list[PlannedItem], model_id: str) -> dict[str, tuple[str,
     return jobs
 
 
-def encode_texts(spec, opts, device, root: Path, jobs: dict[str, tuple[str, str]], summary: CacheSummary) -> None:
-    missing = {k: v for k, v in jobs.items() if not is_valid(root / f"text/{k}.safetensors", tuple(spec.text_fields))}
-    summary.texts_reused = len(jobs) - len(missing)
+#: the summary's counters of each role (``<prefix>_encoded``, ``<prefix>_reused``)
+COUNTERS = {"latents": "latents", "text": "texts", "condition": "conditions"}
+
+
+def _count(summary: CacheSummary, role: str, what: str, n: int) -> None:
+    attr = f"{COUNTERS.get(role, 'conditions')}_{what}"
+    setattr(summary, attr, getattr(summary, attr) + n)
+
+
+def encode_texts(enc: ItemEncoder, setup: EncodeSetup, root: Path, jobs: dict[str, tuple[str, str]],
+                 summary: CacheSummary) -> None:
+    """Encode the missing caption files of text group ``enc`` (one per caption and template)."""
+    missing = {k: v for k, v in jobs.items() if not is_valid(root / group_path(enc.name, k), enc.fields)}
+    _count(summary, enc.role, "reused", len(jobs) - len(missing))
     if not missing:
         return
-    enc = spec.load_text_encoders(opts)
-    for encoder in enc:  # however many the family's text stack has
-        if opts.text_encoder_fp8 and encoder.fp8:
-            keep = spec.fp8_keep_patterns("text_encoder", encoder.model)
-            apply_fp8_storage(encoder.model.requires_grad_(False), keep, opts.dtype)
-        encoder.model.to(device)
-    for key, (caption, template) in tqdm(missing.items(), desc="encode text", unit="caption"):
-        frames = 1 if template == "image" else 2  # any count > 1 selects the video template
-        out = spec.encode_text(enc, [caption], frames)
-        write_text(root, key, {k: v[0].cpu() for k, v in out.items()})
-        summary.texts_encoded += 1
-        note = truncation_note(spec, enc, caption, frames)
+    models = enc.load(setup)
+    for key, (caption, template) in tqdm(missing.items(), desc=f"encode {enc.name}", unit="caption"):
+        inputs = {"caption": caption, "frames": 1 if template == "image" else 2}  # > 1 selects a video template
+        write_group(root, enc.name, key, enc.encode(models, inputs))
+        _count(summary, enc.role, "encoded", 1)
+        note = enc.note(models, inputs) if enc.note else None
         if note:
             summary.notes.append(Skip(f"caption {caption[:40]!r}", note))
-    del enc
+    del models
     _free()
 
 
-def truncation_note(spec: ModelSpec, enc: TextEncoders, caption: str, frames: int) -> str | None:
-    """A summary note when the text encoder cuts ``caption`` short (counted by the spec's tokenizer), else None."""
-    dropped = spec.dropped_text_tokens(enc, [caption], frames)[0]
-    return f"{dropped} caption tokens dropped: longer than the text encoder's limit" if dropped else None
+def group_key(enc: ItemEncoder, item: PlannedItem) -> str:
+    """Content key of an item's file of per-item group ``enc``: the latents' is the plan's (clip, window,
+    bucket, model); a condition's is that plus the group's name and fields."""
+    return item.latent_key if enc.role == "latents" else content_key(enc.name, item.latent_key, *enc.fields)
 
 
-def encode_latents(spec, opts, device, root: Path, planned, cfg: Config, summary) -> list[PlannedItem]:
-    """Encode missing latents (decode of the next item overlaps the VAE); returns usable items."""
-    todo = [p for p in planned if not is_valid(root / f"latents/{p.latent_key}.safetensors", LATENT_KEYS)]
-    summary.latents_reused = len(planned) - len(todo)
+def encode_items(enc: ItemEncoder, setup: EncodeSetup, root: Path, planned: list[PlannedItem],
+                 summary: CacheSummary, earlier: Mapping[str, ItemEncoder] = {}) -> list[PlannedItem]:
+    """Encode the missing files of per-item group ``enc`` (reading the next item's media overlaps the
+    encoder; ``earlier``: the groups encoded before, by name); returns the usable items (an unreadable
+    one is skipped, with its reason)."""
+    todo = [p for p in planned if not is_valid(root / group_path(enc.name, group_key(enc, p)), enc.fields)]
+    _count(summary, enc.role, "reused", len(planned) - len(todo))
     failed: set[str] = set()
     if todo:
-        vae = spec.load_vae(opts).to(device)
-        if cfg.data.vae_tiling:
-            vae.enable_tiling()
-        if cfg.data.vae_slicing:
-            vae.enable_slicing()
+        models = enc.load(setup)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures = [pool.submit(load_pixels, todo[0])]
-            for i, item in enumerate(tqdm(todo, desc="encode video", unit="item")):
+            futures = [pool.submit(item_inputs, enc, root, todo[0], earlier)]
+            for i, item in enumerate(tqdm(todo, desc=f"encode {enc.name}", unit="item")):
                 if i + 1 < len(todo):
-                    futures.append(pool.submit(load_pixels, todo[i + 1]))
+                    futures.append(pool.submit(item_inputs, enc, root, todo[i + 1], earlier))
                 try:
-                    pixels = futures[i].result()
+                    inputs = futures[i].result()
                 except MediaError as e:
                     summary.skipped.append(Skip(str(item.media.path), str(e)))
                     failed.add(item.id)
                     continue
                 futures[i] = None  # release the decoded frames
-                post = spec.encode_pixels(vae, pixels.unsqueeze(0))  # [3, F, H, W] -> [1, 3, F, H, W]
-                write_latent(root, item.latent_key, {k: v[0].cpu() for k, v in post.items()})
-                summary.latents_encoded += 1
-        del vae
+                write_group(root, enc.name, group_key(enc, item), enc.encode(models, inputs))
+                _count(summary, enc.role, "encoded", 1)
+        del models
         _free()
     return [p for p in planned if p.id not in failed]
 
 
-def condition_key(item: PlannedItem, fields: tuple[str, ...]) -> str:
-    """Content key of an item's first-frame condition: its latent's inputs and the spec's fields."""
-    return content_key("condition", item.latent_key, *fields)
+def item_inputs(enc: ItemEncoder, root: Path, item: PlannedItem, earlier: Mapping[str, ItemEncoder]) -> dict[str, object]:
+    """What ``enc`` reads of ``item``: decoded media, or an earlier group's cached tensors.
 
-
-def encode_conditions(spec, opts, device, root: Path, planned: list[PlannedItem], summary) -> list[PlannedItem]:
-    """Encode the missing per-item conditions of ``planned``: one loop over the spec's declared
-    ``item_encoders`` (their models loaded once, beside the VAE), all their fields in the item's
-    condition file; returns the usable items (all of them when the spec declares none)."""
-    encoders, fields = spec.item_encoders, condition_fields(spec)
-    if not encoders:
-        return planned
-    unknown = sorted({e.reads for e in encoders} - set(ITEM_INPUTS))
-    if unknown:
-        raise ValueError(f"{spec.name}: item encoders read {unknown}; the cache provides {sorted(ITEM_INPUTS)}")
-    todo = [p for p in planned if not is_valid(root / f"cond/{condition_key(p, fields)}.safetensors", fields)]
-    summary.conditions_reused = len(planned) - len(todo)
-    failed: set[str] = set()
-    if todo:
-        vae = spec.load_vae(opts).to(device)
-        models = [e.load(opts, vae) for e in encoders]
-        desc = "encode " + ", ".join(e.name for e in encoders)
-        for item in tqdm(todo, desc=desc, unit="item"):
-            try:
-                inputs = {name: ITEM_INPUTS[name](item) for name in {e.reads for e in encoders}}
-            except MediaError as e:
-                summary.skipped.append(Skip(str(item.media.path), str(e)))
-                failed.add(item.id)
-                continue
-            shape = cached_latent_shape(root, item)
-            out: dict[str, torch.Tensor] = {}
-            for enc, model in zip(encoders, models):
-                out |= enc.encode(model, inputs[enc.reads], shape)
-            write_condition(root, condition_key(item, fields), out)
-            summary.conditions_encoded += 1
-        del models, vae
-        _free()
-    return [p for p in planned if p.id not in failed]
-
-
-def cached_latent_shape(root: Path, item: PlannedItem) -> tuple[int, ...]:
-    """[C, F', H', W'] of the item's cached latent (encoded before its condition; header read only)."""
-    from safetensors import safe_open
-
-    with safe_open(str(root / f"latents/{item.latent_key}.safetensors"), framework="pt") as f:
-        return tuple(f.get_slice("latent_mean").get_shape())
-
-
-def first_frame(item: PlannedItem) -> np.ndarray:
-    """The item's first frame, uint8 [H, W, 3] at its bucket size (decoded as ``load_pixels`` decodes it)."""
-    try:
-        if item.template == "image":
-            return resize_cover(read_image(item.media.path), (item.height, item.width))[0]
-        return read_video(item.media.path, item.indices[:1], item.info, (item.height, item.width))[0]
-    except FileNotFoundError as e:
-        raise MediaError("file vanished") from e
-
-
-#: what an item encoder can read (``ItemEncoder.reads``) -> how the cache stage gets it from an item
-ITEM_INPUTS = {"first_frame": first_frame}
+    Raises:
+        MediaError: the item's media cannot be read.
+    """
+    out: dict[str, object] = {"frames": item.frames}
+    for name in enc.reads:
+        if name in ITEM_INPUTS:
+            out[name] = ITEM_INPUTS[name](item)
+        else:  # an earlier group, encoded before this one (checked_encoders)
+            out[name] = load_file(str(root / group_path(name, group_key(earlier[name], item))))
+    return out
 
 
 def load_pixels(item: PlannedItem) -> torch.Tensor:
@@ -319,19 +304,33 @@ def load_pixels(item: PlannedItem) -> torch.Tensor:
     return to_pixels(frames)
 
 
-def _entry(p: PlannedItem, model_id: str, fields: tuple[str, ...] = ()) -> CacheEntry:
-    s = p.media.settings
+def first_frame(item: PlannedItem) -> np.ndarray:
+    """The item's first frame, uint8 [H, W, 3] at its bucket size (decoded as ``load_pixels`` decodes it)."""
+    try:
+        if item.template == "image":
+            return resize_cover(read_image(item.media.path), (item.height, item.width))[0]
+        return read_video(item.media.path, item.indices[:1], item.info, (item.height, item.width))[0]
+    except FileNotFoundError as e:
+        raise MediaError("file vanished") from e
+
+
+#: the media an item encoder can read (``ItemEncoder.reads``; ``caption`` is a text group's) -> how it is read
+ITEM_INPUTS = {"clip": load_pixels, "first_frame": first_frame}
+
+
+def _entry(p: PlannedItem, model_id: str, encoders: tuple[ItemEncoder, ...]) -> CacheEntry:
+    """The index line of an encoded item: its file of every group."""
+    s, texts = p.media.settings, [e for e in encoders if e.role == "text"]
     return CacheEntry(
         id=p.id,
-        latent=f"latents/{p.latent_key}.safetensors",
-        texts=[f"text/{k}.safetensors" for k in p.text_keys],
         frames=p.frames,
         height=p.height,
         width=p.width,
         captions=p.media.captions,
+        files={e.name: group_path(e.name, group_key(e, p)) for e in encoders if e.role != "text"},
+        caption_files={e.name: [group_path(e.name, k) for k in p.text_keys] for e in texts},
+        empty_files={e.name: group_path(e.name, text_key(model_id, p.template, "")) for e in texts},
         repeats=s.repeats,
         caption_dropout=s.caption_dropout,
-        empty_text=f"text/{text_key(model_id, p.template, '')}.safetensors",
         source=str(p.media.path),
-        condition=f"cond/{condition_key(p, fields)}.safetensors" if fields else None,
     )

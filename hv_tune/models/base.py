@@ -81,6 +81,26 @@ class TextEncoders:
 
 
 @dataclass(frozen=True)
+class TextStack:
+    """A family's text stack (facet ``ModelSpec.text``): how its encoders load and what they give.
+
+    Attributes:
+        fields: keys of ``encode``'s result: what the cache's text group stores and a batch hands
+            ``transformer_inputs``.
+        load: ``(LoadOptions) -> TextEncoders``: every tokenizer and encoder of the stack.
+        encode: ``(enc, prompts, num_frames) -> {field: [B, ...]}``: prompt embeddings exactly as the
+            reference pipeline computes them (``num_frames`` 1 picks an image template where there is one).
+        dropped_tokens: ``(enc, prompts, num_frames) -> [int]``: caption tokens ``encode`` cuts off per
+            prompt (0 when it fits), counted by the real tokenizer.
+    """
+
+    fields: tuple[str, ...]
+    load: Callable[[LoadOptions], TextEncoders]
+    encode: Callable[[TextEncoders, list[str], int], dict[str, torch.Tensor]]
+    dropped_tokens: Callable[[TextEncoders, list[str], int], list[int]]
+
+
+@dataclass(frozen=True)
 class Part:
     """Rows of a fused tensor that come from one module (or one tensor) of another layout.
 
@@ -170,33 +190,108 @@ def scaled_posterior_sample(
     return (mean + torch.exp(0.5 * logvar) * eps) * float(vae_config["scaling_factor"])
 
 
-@dataclass(frozen=True)
-class ItemEncoder:
-    """Per-item conditioning a spec declares (``ModelSpec.item_encoders``): what it reads, which fields
-    it writes, how its models are loaded. The cache stores the fields of every declared encoder in the
-    item's condition file, a batch hands them to ``transformer_inputs`` with the text fields, and the
-    encoders' models are loaded when items need encoding and freed after.
+#: the fields of a VAE posterior, what the training target's latents group holds ([C, F', H', W'] float32)
+LATENT_FIELDS = ("latent_mean", "latent_logvar")
+#: what an item encoder may read (``ItemEncoder.reads``), besides any earlier group's tensors by its name
+ITEM_READS = ("caption", "clip", "first_frame")
+
+
+@dataclass
+class EncodeSetup:
+    """What an item encoder's ``load`` gets: where models come from and where they run.
 
     Attributes:
-        name: what the cache stage's progress bar and notes call it.
-        reads: the item input it is built from; ``first_frame`` (uint8 [H, W, 3] at the bucket size).
-        fields: keys of ``encode``'s result (no batch dim).
-        load: ``(opts, vae) -> models`` (the VAE is loaded already and shared).
-        encode: ``(models, frame, latent_shape) -> {field: tensor}``; ``latent_shape`` is the item's
-            cached latent's [C, F', H', W'].
+        opts: model folder, dtype, single-file paths, ``text_encoder_fp8``.
+        device: where the models run while the cache stage encodes.
+        vae_tiling: ``data.vae_tiling`` (encode in tiles).
+        vae_slicing: ``data.vae_slicing`` (encode the batch one clip at a time).
+        store_fp8: ``(module, keep_patterns)`` stores a frozen module's weights in fp8 (the memory
+            layer's, handed in so that models/ does not import it); None: no fp8 storage.
+    """
+
+    opts: LoadOptions
+    device: str = "cpu"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    store_fp8: Callable[[nn.Module, tuple[str, ...]], None] | None = None
+
+
+@dataclass(frozen=True)
+class ItemEncoder:
+    """One group of a cache item, as a spec declares it (``ModelSpec.item_encoders``): what it reads,
+    which fields it writes, how its models load. The cache stores one file per item (per caption for
+    ``role == "text"``) under the group's name, and a batch is the union of an item's groups.
+
+    Attributes:
+        name: the group's name: its folder in the cache and its name in progress bars.
+        reads: what ``encode`` gets: ``caption`` (with ``frames``, 1 for a still), ``clip`` (pixels
+            [3, F, H, W] in [-1, 1] at the bucket size), ``first_frame`` (uint8 [H, W, 3] at the
+            bucket size), or an earlier group's name (that group's tensors of the item).
+        fields: keys of ``encode``'s result (tensors without a batch dim).
+        load: ``(EncodeSetup) -> models`` placed on ``setup.device``; freed after the group is done.
+        encode: ``(models, inputs) -> {field: tensor}``; ``inputs`` maps each of ``reads`` to its value.
+        role: ``latents`` (the training target: ``LATENT_FIELDS``), ``text`` (one file per caption plus
+            the empty prompt's, which caption dropout picks) or ``condition`` (an extra per-item input;
+            it stays under caption dropout).
+        note: ``(models, inputs) -> str | None``: a line for the cache summary (e.g. a caption cut short).
     """
 
     name: str
-    reads: str
+    reads: tuple[str, ...]
     fields: tuple[str, ...]
-    load: Callable[[Any, nn.Module], Any]
-    encode: Callable[[Any, Any, tuple[int, ...]], dict[str, torch.Tensor]]
+    load: Callable[[EncodeSetup], Any]
+    encode: Callable[[Any, Mapping[str, Any]], dict[str, torch.Tensor]]
+    role: str = "condition"
+    note: Callable[[Any, Mapping[str, Any]], str | None] | None = None
 
 
 def condition_fields(spec: Any) -> tuple[str, ...]:
-    """Keys of a spec's per-item conditioning: the fields of its declared ``item_encoders`` (() for a
-    text-to-video spec). The cache stores them per item and a batch feeds them to ``transformer_inputs``."""
-    return tuple(f for enc in spec.item_encoders for f in enc.fields)
+    """Keys of a spec's extra per-item conditioning: the fields of its ``condition`` item encoders (()
+    for a text-to-video spec)."""
+    return tuple(f for enc in spec.item_encoders if enc.role == "condition" for f in enc.fields)
+
+
+def latents_group(spec: Any, name: str = "latents") -> ItemEncoder:
+    """The training target's group: the item's clip through ``spec.load_vae`` / ``spec.encode_pixels``."""
+
+    def load(setup: EncodeSetup) -> nn.Module:
+        vae = spec.load_vae(setup.opts).to(setup.device)
+        if setup.vae_tiling:
+            vae.enable_tiling()
+        if setup.vae_slicing:
+            vae.enable_slicing()
+        return vae
+
+    def encode(vae: nn.Module, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        post = spec.encode_pixels(vae, inputs["clip"].unsqueeze(0))  # [3, F, H, W] -> [1, 3, F, H, W]
+        return {k: post[k][0].cpu() for k in LATENT_FIELDS}
+
+    return ItemEncoder(name, ("clip",), LATENT_FIELDS, load, encode, role="latents")
+
+
+def text_group(spec: Any, name: str = "text") -> ItemEncoder:
+    """The captions' group from the spec's text stack (``spec.text``): its encoders loaded together (the
+    fp8-marked ones stored in fp8 when ``text_encoder_fp8`` is set), one file per caption."""
+    text = spec.text
+
+    def load(setup: EncodeSetup) -> TextEncoders:
+        enc = text.load(setup.opts)
+        for encoder in enc:  # however many the family's text stack has
+            if setup.store_fp8 is not None and setup.opts.text_encoder_fp8 and encoder.fp8:
+                keep = spec.fp8_keep_patterns("text_encoder", encoder.model)
+                setup.store_fp8(encoder.model.requires_grad_(False), keep)
+            encoder.model.to(setup.device)
+        return enc
+
+    def encode(enc: TextEncoders, inputs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        out = text.encode(enc, [inputs["caption"]], inputs["frames"])
+        return {k: v[0].cpu() for k, v in out.items()}
+
+    def note(enc: TextEncoders, inputs: Mapping[str, Any]) -> str | None:
+        dropped = text.dropped_tokens(enc, [inputs["caption"]], inputs["frames"])[0]
+        return f"{dropped} caption tokens dropped: longer than the text encoder's limit" if dropped else None
+
+    return ItemEncoder(name, ("caption",), tuple(text.fields), load, encode, role="text", note=note)
 
 
 class ModelSpec(Protocol):
@@ -225,24 +320,17 @@ class ModelSpec(Protocol):
 
     def load_vae(self, opts: LoadOptions) -> nn.Module: ...
 
-    def load_text_encoders(self, opts: LoadOptions) -> TextEncoders: ...
-
     def load_vae_config(self, opts: LoadOptions) -> Mapping[str, Any]:
         """The VAE's config (its ``scaling_factor`` maps posteriors to training latents)."""
         ...
 
-    # -- encoding (the cache) and training inputs
+    # -- the cache's groups and training inputs
 
-    #: keys of ``encode_text``'s result: what the cache stores and a batch feeds ``transformer_inputs``
-    text_fields: tuple[str, ...]
-
-    def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
-        """Prompt embeddings exactly as the reference pipeline computes them."""
-        ...
-
-    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
-        """Caption tokens ``encode_text`` cuts off per prompt (0 when it fits), counted by the real tokenizer."""
-        ...
+    #: the text stack: its encoders, what they give (``fields``), how captions are cut short
+    text: TextStack
+    #: what the cache stores per item, one group each (text, the clip's latents, any conditioning: an
+    #: image-to-video spec adds its first-frame condition); a batch is the union of an item's groups
+    item_encoders: tuple[ItemEncoder, ...]
 
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """VAE posterior (``latent_mean``, ``latent_logvar``) of pixels in [-1, 1]."""
@@ -254,14 +342,11 @@ class ModelSpec(Protocol):
         """A fresh posterior sample, scaled into the transformer's latent space."""
         ...
 
-    def transformer_inputs(
-        self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
-    ) -> dict[str, torch.Tensor]:
-        """Keyword arguments of the transformer's forward for one training batch."""
+    def transformer_inputs(self, noisy: torch.Tensor, sigma: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                           guidance_scale: float = 1.0, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the transformer's forward for one training batch: ``batch`` is the whole
+        batch (every group's fields); floating inputs in ``dtype`` (the text embeddings' when None)."""
         ...
-
-    #: per-item conditioning (image-to-video: the first frame's latent and image embedding); () for none
-    item_encoders: tuple[ItemEncoder, ...]
 
     # -- memory (fp8 storage, block swap, compile)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from hv_tune.config import Config
-from hv_tune.data.cache import INDEX_FILE, broken_files, describe_broken, read_header, read_index
+from hv_tune.data.cache import (
+    CACHE_VERSION,
+    INDEX_FILE,
+    broken_files,
+    describe_broken,
+    read_header,
+    read_index,
+)
 from hv_tune.data.encode import build_cache, i2v_stills_note
 from hv_tune.data.fingerprint import stale_reasons
 from hv_tune.errors import DataError
@@ -30,6 +37,8 @@ def prepare_cache(spec: ModelSpec, cfg: Config, device: str) -> None:
             print(build_cache(spec, cfg, device).table())
         return  # without sources, reading the index names the problem
     reasons = stale_reasons(cfg, spec.name, spec.transformer_subfolder, head.get("fingerprint"), condition_fields(spec))
+    if head.get("cache_version") != CACHE_VERSION:  # reading the index names the rebuild when there are no sources
+        reasons.insert(0, f"cache format {head.get('cache_version')} -> {CACHE_VERSION} (one folder per item encoder)")
     if not cfg.data.sources:
         for r in reasons:
             print(f"warning: cache {root}: {r} (no data.sources to rebuild it from)")
@@ -40,16 +49,17 @@ def prepare_cache(spec: ModelSpec, cfg: Config, device: str) -> None:
         print("\n".join(f"  {r}" for r in reasons))
         print(build_cache(spec, cfg, device).table())
     else:
-        _note_i2v_stills(root)
+        _note_i2v_stills(spec, root)
 
 
-def _note_i2v_stills(root: Path) -> None:
+def _note_i2v_stills(spec: ModelSpec, root: Path) -> None:
     """Repeat the cache summary's note on image-to-video stills when a cache is used as it is."""
     try:
         entries = read_index(root)
     except DataError:
         return
-    stills = sum(1 for e in entries if e.condition and e.frames == 1)
+    conditions = {enc.name for enc in spec.item_encoders if enc.role == "condition"}
+    stills = sum(1 for e in entries if conditions & set(e.files) and e.frames == 1)
     if stills:
         print(f"note: cache {root}: {i2v_stills_note(stills, len(entries))}")
 

@@ -11,14 +11,7 @@ from torch import nn
 
 from hv_tune.config import ObjectiveConfig
 from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, loss_weights, sample_sigmas
-from hv_tune.models.base import ModelSpec, condition_fields
-
-
-def text_inputs(spec: ModelSpec, batch: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The spec's text (and per-item condition) fields of a batch, floating ones in the model dtype
-    (masks keep theirs): what ``spec.transformer_inputs`` reads besides the noisy latents."""
-    keys = (*spec.text_fields, *condition_fields(spec))
-    return {k: batch[k].to(dtype) if batch[k].is_floating_point() else batch[k] for k in keys}
+from hv_tune.models.base import ModelSpec
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
@@ -50,7 +43,6 @@ def training_loss(
     )
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(device)
     noisy = add_noise(x0, noise, sigma.to(device))
-    text = text_inputs(spec, batch, model_dtype)
-    pred = transformer(**spec.transformer_inputs(noisy, sigma.to(device), text, guidance_scale))[0]
+    pred = transformer(**spec.transformer_inputs(noisy, sigma.to(device), batch, guidance_scale, model_dtype))[0]
     weights = loss_weights(sigma, objective.loss_weighting, objective.mode_scale).to(device)
     return flow_matching_loss(pred, flow_target(x0, noise), weights)

@@ -280,7 +280,7 @@ class TrainLoop:
         t, d = self.cfg.training, self.cfg.data
         entries = self.dataset.entries
         all_batches = epoch_batches(
-            [e.bucket for e in entries], [len(e.texts) for e in entries],
+            [e.bucket for e in entries], [len(e.captions) for e in entries],
             t.batch_size, t.seed, data.epoch, self.acc.num_processes,
             repeats=[e.repeats for e in entries], caption_dropout=[e.caption_dropout for e in entries],
         )

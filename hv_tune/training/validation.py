@@ -33,7 +33,6 @@ from hv_tune.io import atomic_save_safetensors
 from hv_tune.media import replace_placeholder
 from hv_tune.models.base import LoadOptions, ModelSpec
 from hv_tune.sampling import SampleRequest, generate, read_first_frame, write_video
-from hv_tune.training.step import text_inputs
 
 SAMPLES_DIR = "samples"
 PROMPT_CACHE = "prompt_embeds.safetensors"
@@ -132,7 +131,7 @@ class Validator:
                     parts = [k.split(".", 1) for k in flat]
                     return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
-        enc = self.spec.load_text_encoders(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
+        enc = self.spec.text.load(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
         embeds = [self.spec.preview_embeds(enc, p, self.v.frames) for p in self.prompts]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
@@ -174,10 +173,10 @@ class Validator:
             gen = eval_generator(self.v.eval_seed, i)
             x0 = self.spec.sample_latents(self.vae_config, batch["latent_mean"], batch["latent_logvar"], gen)
             noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32).to(device)
-            text = text_inputs(self.spec, batch, dtype)
             for j, sigma in enumerate(self.sigmas.tolist()):
                 s = torch.tensor([sigma], device=device)
-                inputs = self.spec.transformer_inputs(add_noise(x0, noise, s), s, text, self.cfg.training.guidance_scale)
+                inputs = self.spec.transformer_inputs(add_noise(x0, noise, s), s, batch, self.cfg.training.guidance_scale,
+                                                      dtype)
                 pred = model(**inputs)[0]
                 totals[j] += flow_matching_loss(pred, flow_target(x0, noise), torch.ones(1, device=device)).item()
         per_q = totals / n

@@ -22,10 +22,12 @@ from hv_tune.models.base import (
     ItemEncoder,
     KeyLayout,
     LoadOptions,
-    TextEncoder,
     TextEncoders,
+    TextStack,
     VideoRules,
+    latents_group,
     scaled_posterior_sample,
+    text_group,
     vae_posterior,
 )
 from hv_tune.models.hunyuan_video import keys as hv_keys
@@ -85,14 +87,18 @@ class HunyuanVideoSpec:
     video = VideoRules(pixel_multiple=vae_scale_factor_spatial * 2, frame_step=vae_scale_factor_temporal, fps=24.0)
     memory_presets: Mapping[str, Mapping[str, Any]] = presets.PRESETS
     lora_compatible: tuple[str, ...] = ()
-    text_fields = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
+    #: Llama + CLIP-L (``text.py``): what the text group stores, under the pipeline's argument names
+    text: TextStack = hv_text.STACK
     pipeline_class = "HunyuanVideoPipeline"
     meta_step_unavailable: str | None = None
-    #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
-    item_encoders: tuple[ItemEncoder, ...] = ()
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv_keys.LAYOUT
     transformer_subfolder = "transformer"
+
+    @property
+    def item_encoders(self) -> tuple[ItemEncoder, ...]:
+        """What the cache stores per item: the captions' text, the clip's latents (text-to-video: nothing else)."""
+        return (text_group(self), latents_group(self))
 
     # ------------------------------------------------------------------ loading
 
@@ -144,31 +150,7 @@ class HunyuanVideoSpec:
 
         return dict(AutoencoderKLHunyuanVideo.load_config(opts.path, subfolder="vae", revision=opts.revision))
 
-    def load_text_encoders(self, opts: LoadOptions) -> TextEncoders:
-        # AutoTokenizer keeps tokenizer.json's byte-level BPE (Llama 3, as Tencent's code loads it);
-        # the hub's model_index.json says LlamaTokenizerFast, which transformers 5 rebuilds as a
-        # Metaspace tokenizer (docs/decisions.md, tokenizers).
-        from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
-
-        kw = {"revision": opts.revision}
-        return TextEncoders(
-            text_encoder=TextEncoder(
-                AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
-                LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw), fp8=True),
-            text_encoder_2=TextEncoder(
-                AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
-                CLIPTextModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
-        )
-
     # ------------------------------------------------------------------ encoding
-
-    def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
-        """LLM hidden states + mask (video or image template) and CLIP pooled output (``text.encode_prompts``)."""
-        return hv_text.encode_prompts(enc, prompts, num_frames)
-
-    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
-        """Caption tokens ``encode_text`` cuts off per prompt (``text.dropped_tokens``)."""
-        return hv_text.dropped_tokens(enc, prompts, num_frames)
 
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
@@ -180,18 +162,18 @@ class HunyuanVideoSpec:
         """``(mean + exp(logvar / 2) * eps) * scaling_factor``, eps drawn on the CPU."""
         return scaled_posterior_sample(vae_config, mean, logvar, generator)
 
-    def transformer_inputs(
-        self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
-    ) -> dict[str, torch.Tensor]:
-        """Inputs as ``HunyuanVideoPipeline`` builds them (mask and guidance in the model dtype)."""
-        dtype = text["prompt_embeds"].dtype
+    def transformer_inputs(self, noisy: torch.Tensor, sigma: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                           guidance_scale: float = 1.0, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Inputs as ``HunyuanVideoPipeline`` builds them, from a batch (the union of its cache groups):
+        text and mask in ``dtype`` (the prompt embeddings' when None), embedded guidance ``guidance_scale``."""
+        dtype = dtype or batch["prompt_embeds"].dtype
         b = noisy.shape[0]
         return {
             "hidden_states": noisy.to(dtype),
             "timestep": timesteps_from_sigmas(sigma).to(noisy.device, torch.float32),
-            "encoder_hidden_states": text["prompt_embeds"],
-            "encoder_attention_mask": text["prompt_attention_mask"].to(dtype),
-            "pooled_projections": text["pooled_prompt_embeds"],
+            "encoder_hidden_states": batch["prompt_embeds"].to(dtype),
+            "encoder_attention_mask": batch["prompt_attention_mask"].to(dtype),
+            "pooled_projections": batch["pooled_prompt_embeds"].to(dtype),
             "guidance": guidance_tensor(guidance_scale, b).to(noisy.device, dtype),
             "return_dict": False,
         }
@@ -279,7 +261,7 @@ class HunyuanVideoSpec:
 
     def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
         """``encode_text``'s fields are already ``HunyuanVideoPipeline.__call__``'s argument names."""
-        return self.encode_text(enc, [prompt], num_frames)
+        return self.text.encode(enc, [prompt], num_frames)
 
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The pipeline's own prompt encoding, as keyword arguments of its ``__call__``."""

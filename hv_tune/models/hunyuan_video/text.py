@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from hv_tune.models.base import TextEncoders
+from hv_tune.models.base import LoadOptions, TextEncoder, TextEncoders, TextStack
 
 VIDEO_TEMPLATE = {
     "template": (
@@ -34,6 +34,8 @@ IMAGE_TEMPLATE = {
     ),
     "crop_start": 36,
 }
+#: what ``encode_prompts`` gives, under ``HunyuanVideoPipeline.__call__``'s argument names
+TEXT_FIELDS = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds")
 LLM_MAX_TOKENS = 256
 LLM_SKIP_LAYERS = 2
 CLIP_MAX_TOKENS = 77
@@ -42,6 +44,26 @@ CLIP_MAX_TOKENS = 77
 def template_for(num_frames: int) -> dict[str, Any]:
     """Video template for clips, image template for 1-frame items."""
     return IMAGE_TEMPLATE if num_frames == 1 else VIDEO_TEMPLATE
+
+
+def load_encoders(opts: LoadOptions) -> TextEncoders:
+    """Llama (``text_encoder``, fp8-eligible) and CLIP-L (``text_encoder_2``) with their tokenizers.
+
+    AutoTokenizer keeps tokenizer.json's byte-level BPE (Llama 3, as Tencent's code loads it); the
+    hub's model_index.json says LlamaTokenizerFast, which transformers 5 rebuilds as a Metaspace
+    tokenizer (docs/decisions.md, tokenizers).
+    """
+    from transformers import AutoTokenizer, CLIPTextModel, LlamaModel
+
+    kw = {"revision": opts.revision}
+    return TextEncoders(
+        text_encoder=TextEncoder(
+            AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+            LlamaModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw), fp8=True),
+        text_encoder_2=TextEncoder(
+            AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+            CLIPTextModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
+    )
 
 
 @torch.no_grad()
@@ -92,3 +114,7 @@ def dropped_tokens(enc: TextEncoders, prompts: list[str], num_frames: int) -> li
     n_suffix = len(tokenizer(suffix, add_special_tokens=False).input_ids)
     ids = tokenizer([tpl["template"].format(p) for p in prompts]).input_ids
     return [max(0, len(x) - tpl["crop_start"] - n_suffix - LLM_MAX_TOKENS) for x in ids]
+
+
+#: the v1 text stack (facet ``ModelSpec.text``)
+STACK = TextStack(TEXT_FIELDS, load_encoders, encode_prompts, dropped_tokens)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hv_tune.models.base import ItemEncoder, LoadOptions
+from hv_tune.models.base import EncodeSetup, ItemEncoder, LoadOptions
 from hv_tune.models.hunyuan_video_1_5.spec import HunyuanVideo15Spec
 
 #: per-item conditioning the cache stores and a batch feeds ``transformer_inputs`` (no batch dim in the cache)
@@ -41,16 +41,19 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
 
     @property
     def item_encoders(self) -> tuple[ItemEncoder, ...]:
-        """The first-frame condition: VAE latent + mask and SigLIP embedding, through the I2V pipeline."""
-        return (ItemEncoder("first frames", "first_frame", CONDITION_FIELDS, self.load_condition_encoders,
-                            self.encode_condition),)
+        """Text and latents as text-to-video, then the first-frame condition: VAE latent + mask and SigLIP
+        embedding through the I2V pipeline (it reads the item's first frame and its latents' shape)."""
+        return (*super().item_encoders, ItemEncoder(
+            "first_frame_condition", ("first_frame", "latents"), CONDITION_FIELDS, self.load_condition_encoders,
+            lambda pipe, inputs: self.encode_condition(pipe, inputs["first_frame"],
+                                                       tuple(inputs["latents"]["latent_mean"].shape))))
 
     # ------------------------------------------------------------------ the first-frame condition
 
-    def load_condition_encoders(self, opts: LoadOptions, vae: nn.Module) -> Any:
-        """The I2V pipeline around ``vae`` and the SigLIP encoder (no transformer, no text encoders):
-        what ``encode_condition`` calls the pipeline's own methods on."""
-        return self._pipeline(opts, vae)
+    def load_condition_encoders(self, setup: EncodeSetup) -> Any:
+        """The I2V pipeline around the VAE and the SigLIP encoder (no transformer, no text encoders), on
+        ``setup.device``: what ``encode_condition`` calls the pipeline's own methods on."""
+        return self._pipeline(setup.opts, self.load_vae(setup.opts).to(setup.device))
 
     @staticmethod
     def _pipeline(opts: LoadOptions, vae: nn.Module, **parts: Any) -> Any:
@@ -91,17 +94,16 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
         embeds = pipe.encode_image(image=image, batch_size=1, device=device, dtype=torch.float32)
         return {"cond_latents": cond[0].cpu(), "cond_mask": mask[0].cpu(), "image_embeds": embeds[0].cpu()}
 
-    def transformer_inputs(
-        self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
-    ) -> dict[str, torch.Tensor]:
+    def transformer_inputs(self, noisy: torch.Tensor, sigma: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                           guidance_scale: float = 1.0, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """As ``HunyuanVideo15ImageToVideoPipeline`` builds them: ``hidden_states`` = concat(noisy [32],
         ``cond_latents`` [32], ``cond_mask`` [1]) on channels, ``image_embeds`` from SigLIP; the rest
-        as text-to-video. ``text`` holds the batch's text and condition fields."""
-        inputs = super().transformer_inputs(noisy, sigma, text, guidance_scale)
+        as text-to-video. ``batch`` holds the item's text and condition groups."""
+        inputs = super().transformer_inputs(noisy, sigma, batch, guidance_scale, dtype)
         dtype = inputs["hidden_states"].dtype
-        cond = [noisy.to(dtype), text["cond_latents"].to(dtype), text["cond_mask"].to(dtype)]
+        cond = [noisy.to(dtype), batch["cond_latents"].to(dtype), batch["cond_mask"].to(dtype)]
         inputs["hidden_states"] = torch.cat(cond, dim=1)  # [B, 32 + 32 + 1, F', H', W']
-        inputs["image_embeds"] = text["image_embeds"].to(dtype)
+        inputs["image_embeds"] = batch["image_embeds"].to(dtype)
         return inputs
 
     def plan_conditions(self, latent: tuple[int, ...], image_embed_dim: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:

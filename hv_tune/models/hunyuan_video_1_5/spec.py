@@ -25,10 +25,12 @@ from hv_tune.models.base import (
     ItemEncoder,
     KeyLayout,
     LoadOptions,
-    TextEncoder,
     TextEncoders,
+    TextStack,
     VideoRules,
+    latents_group,
     scaled_posterior_sample,
+    text_group,
     vae_posterior,
 )
 from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
@@ -98,17 +100,21 @@ class HunyuanVideo15Spec:
     #: the image-to-video model has the same layers and sizes: a LoRA of either variant applies to both
     #: (docs/lora-formats.md, "Model families")
     lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5-i2v",)
-    text_fields = hv15_text.TEXT_FIELDS
+    #: Qwen2.5-VL + byT5 (``text.py``): what the text group stores
+    text: TextStack = hv15_text.STACK
     #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
     pipeline_class = "HunyuanVideo15Pipeline"
     meta_step_unavailable: str | None = (
         "the HunyuanVideo 1.5 forward reads tensor values (it tests whether image_embeds is all zero and "
         "reorders text tokens by the mask), so it cannot run on the meta device")
-    #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
-    item_encoders: tuple[ItemEncoder, ...] = ()
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv15_keys.LAYOUT
     transformer_subfolder = "transformer"
+
+    @property
+    def item_encoders(self) -> tuple[ItemEncoder, ...]:
+        """What the cache stores per item: the captions' text, the clip's latents (text-to-video: nothing else)."""
+        return (text_group(self), latents_group(self))
 
     # ------------------------------------------------------------------ loading
 
@@ -136,34 +142,7 @@ class HunyuanVideo15Spec:
 
         return dict(AutoencoderKLHunyuanVideo15.load_config(opts.path, subfolder="vae", revision=opts.revision))
 
-    def load_text_encoders(self, opts: LoadOptions) -> TextEncoders:
-        from transformers import ByT5Tokenizer, Qwen2_5_VLTextModel, Qwen2Tokenizer, T5EncoderModel
-
-        kw = {"revision": opts.revision}
-        return TextEncoders(
-            text_encoder=TextEncoder(
-                Qwen2Tokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
-                Qwen2_5_VLTextModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
-                fp8=True),
-            text_encoder_2=TextEncoder(
-                ByT5Tokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
-                T5EncoderModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
-        )
-
     # ------------------------------------------------------------------ encoding
-
-    def encode_text(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
-        """``prompt_embeds`` [B, 1000, D], ``prompt_attention_mask`` [B, 1000], ``prompt_embeds_2``
-        [B, 256, D2] (byT5, zeros without quoted text), ``prompt_attention_mask_2`` [B, 256]; masks int64.
-        One template for videos and images (the pipeline has one)."""
-        return hv15_text.encode_prompts(enc, prompts)
-
-    def dropped_text_tokens(self, enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
-        """Caption tokens the Qwen2.5-VL encoder cuts off per prompt (1000 kept after the crop).
-
-        byT5 reads only quoted text (256 bytes); what it cuts is not counted here.
-        """
-        return hv15_text.dropped_llm_tokens(enc["text_encoder"].tokenizer, prompts)
 
     def encode_pixels(self, vae: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Posterior of ``pixels`` [B, 3, F, H, W] in [-1, 1] (unscaled, as the VAE gives it)."""
@@ -175,25 +154,25 @@ class HunyuanVideo15Spec:
         """``(mean + exp(logvar / 2) * eps) * scaling_factor``, eps drawn on the CPU."""
         return scaled_posterior_sample(vae_config, mean, logvar, generator)
 
-    def transformer_inputs(
-        self, noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance_scale: float
-    ) -> dict[str, torch.Tensor]:
-        """Inputs as ``HunyuanVideo15Pipeline`` builds them for text-to-video.
+    def transformer_inputs(self, noisy: torch.Tensor, sigma: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                           guidance_scale: float = 1.0, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Inputs as ``HunyuanVideo15Pipeline`` builds them for text-to-video, from a batch (the union of
+        its cache groups), floating inputs in ``dtype`` (the prompt embeddings' when None).
 
-        ``guidance_scale`` is unused: 1.5 has no guidance embedding (classifier-free guidance
-        runs at sampling time). The image-condition width is read from nothing: the released
-        and the tiny models both use SigLIP's 1152 (``image_embed_dim``).
+        ``guidance_scale`` is unused: 1.5 has no guidance embedding (classifier-free guidance runs at
+        sampling time). The image-condition width is read from nothing: the released and the tiny models
+        both use SigLIP's 1152 (``image_embed_dim``).
         """
-        dtype = text["prompt_embeds"].dtype
+        dtype = dtype or batch["prompt_embeds"].dtype
         b, c, f, h, w = noisy.shape
         cond = torch.zeros(b, c + 1, f, h, w, dtype=dtype, device=noisy.device)  # 32 latent + 1 mask channels
         return {
             "hidden_states": torch.cat([noisy.to(dtype), cond], dim=1),  # [B, 32, F, H, W] -> [B, 65, F, H, W]
             "timestep": timesteps_from_sigmas(sigma).to(noisy.device, dtype),
-            "encoder_hidden_states": text["prompt_embeds"],
-            "encoder_attention_mask": text["prompt_attention_mask"].to(dtype),
-            "encoder_hidden_states_2": text["prompt_embeds_2"].to(dtype),
-            "encoder_attention_mask_2": text["prompt_attention_mask_2"].to(dtype),
+            "encoder_hidden_states": batch["prompt_embeds"].to(dtype),
+            "encoder_attention_mask": batch["prompt_attention_mask"].to(dtype),
+            "encoder_hidden_states_2": batch["prompt_embeds_2"].to(dtype),
+            "encoder_attention_mask_2": batch["prompt_attention_mask_2"].to(dtype),
             "image_embeds": torch.zeros(b, VISION_TOKENS, IMAGE_EMBED_DIM, dtype=dtype, device=noisy.device),
             "return_dict": False,
         }
@@ -273,10 +252,10 @@ class HunyuanVideo15Spec:
         """The prompt's and the empty prompt's (the unconditional side) embeddings under
         ``HunyuanVideo15Pipeline.__call__``'s names."""
         names = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
-        cond = self.encode_text(enc, [prompt], num_frames)
-        uncond = self.encode_text(enc, [""], num_frames)
-        out = {n: cond[k] for n, k in zip(names, self.text_fields)}
-        return out | {f"negative_{n}": uncond[k] for n, k in zip(names, self.text_fields)}
+        cond = self.text.encode(enc, [prompt], num_frames)
+        uncond = self.text.encode(enc, [""], num_frames)
+        out = {n: cond[k] for n, k in zip(names, self.text.fields)}
+        return out | {f"negative_{n}": uncond[k] for n, k in zip(names, self.text.fields)}
 
     def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
         """The pipeline's own encoding of ``prompt`` and of the unconditional (empty) prompt."""

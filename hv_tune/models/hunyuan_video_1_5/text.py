@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from hv_tune.models.base import LoadOptions, TextEncoder, TextEncoders, TextStack
+
 SYSTEM_MESSAGE = (
     "You are a helpful assistant. Describe the video by detailing the following aspects: \
         1. The main content and theme of the video. \
@@ -107,3 +109,35 @@ def encode_prompts(enc: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     glyph, glyph_mask = encode_glyphs(glyphs.tokenizer, glyphs.model, prompts)
     return dict(zip(TEXT_FIELDS, (llm, mask, glyph, glyph_mask)))
 
+
+def load_encoders(opts: LoadOptions) -> TextEncoders:
+    """Qwen2.5-VL (``text_encoder``, fp8-eligible) and byT5 (``text_encoder_2``) with their tokenizers."""
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextModel, Qwen2Tokenizer, T5EncoderModel
+
+    kw = {"revision": opts.revision}
+    return TextEncoders(
+        text_encoder=TextEncoder(
+            Qwen2Tokenizer.from_pretrained(opts.path, subfolder="tokenizer", **kw),
+            Qwen2_5_VLTextModel.from_pretrained(opts.path, subfolder="text_encoder", dtype=opts.dtype, **kw),
+            fp8=True),
+        text_encoder_2=TextEncoder(
+            ByT5Tokenizer.from_pretrained(opts.path, subfolder="tokenizer_2", **kw),
+            T5EncoderModel.from_pretrained(opts.path, subfolder="text_encoder_2", dtype=opts.dtype, **kw)),
+    )
+
+
+def encode(enc: TextEncoders, prompts: list[str], num_frames: int) -> dict[str, torch.Tensor]:
+    """``prompt_embeds`` [B, 1000, D], ``prompt_attention_mask`` [B, 1000], ``prompt_embeds_2`` [B, 256, D2]
+    (byT5, zeros without quoted text), ``prompt_attention_mask_2`` [B, 256]; masks int64. One template for
+    videos and images (the pipeline has one), so ``num_frames`` is unused."""
+    return encode_prompts(enc, prompts)
+
+
+def dropped_tokens(enc: TextEncoders, prompts: list[str], num_frames: int) -> list[int]:
+    """Caption tokens the Qwen2.5-VL encoder cuts off per prompt (1000 kept after the crop); byT5 reads only
+    quoted text (256 bytes) and what it cuts is not counted."""
+    return dropped_llm_tokens(enc["text_encoder"].tokenizer, prompts)
+
+
+#: the 1.5 text stack (facet ``ModelSpec.text``)
+STACK = TextStack(TEXT_FIELDS, load_encoders, encode, dropped_tokens)
