@@ -327,7 +327,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     embeds = None
     if args.offload == "text-encoders":
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
-        pipe = spec.pipeline_from(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
+        pipe = spec.pipeline.from_parts(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
     print(f"sample written to {write_video(generate(spec, pipe, req, embeds), args.out, fps)}")
 
 
@@ -349,7 +349,7 @@ def _first_frame(spec, args: argparse.Namespace):
     """
     from hv_tune.sampling import read_first_frame
 
-    if spec.sample_input != "image":
+    if spec.pipeline.sample_input != "image":
         if args.image:
             raise HvTuneError(f"--image: {spec.name} is a text-to-video model; use an image-to-video model "
                               "or leave --image out")

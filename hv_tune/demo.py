@@ -40,7 +40,7 @@ def run_demo(out: Path, config: Path, overrides: list[str], source: Path | None 
     pipe = load_pipeline(spec, str(model_dir), [(str(lora), 1.0)], device, torch.float32)
     first = read_index(cfg.data.cache_dir)[0]
     req = SampleRequest(first.captions[0], 9, DEMO_SIZE, DEMO_SIZE, steps=8, guidance=cfg.training.guidance_scale,
-                        image=demo_image(first) if spec.sample_input == "image" else None)
+                        image=demo_image(first) if spec.pipeline.sample_input == "image" else None)
     sample = write_video(generate(spec, pipe, req), out / "sample.mp4", spec.video.fps)
     print(f"\nmodel:  {model_dir}\ncache:  {cfg.data.cache_dir}\nLoRA:   {lora}\nsample: {sample}")
     print(f"prompt: {readable_prompt(req.prompt)}")

@@ -82,18 +82,18 @@ def load_pipeline(
     """
     if offload not in OFFLOAD_MODES:
         raise HvTuneError(f"--offload {offload}: use one of {', '.join(OFFLOAD_MODES)}")
-    pipe = spec.load_pipeline(opts if opts is not None else LoadOptions(model, dtype))
+    pipe = spec.pipeline.load(opts if opts is not None else LoadOptions(model, dtype))
     names, scales = [], []
     with tempfile.TemporaryDirectory(prefix="hv-tune-lora-") as tmp:
         for i, (path, scale) in enumerate(loras):
             file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
             apply_deltas(pipe.transformer, diffs, scale)
             if file is not None:
-                spec.load_lora_adapter(pipe, file, f"lora{i}")
+                spec.pipeline.load_lora(pipe, file, f"lora{i}")
                 names.append(f"lora{i}")
                 scales.append(scale)
     if names:
-        spec.set_lora_scales(pipe, names, scales)
+        spec.pipeline.set_lora_scales(pipe, names, scales)
     if vae_tiling:
         pipe.vae.enable_tiling()
     if offload == "model":
@@ -155,7 +155,7 @@ def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str
     for enc in encoders:
         enc.to(device)
     try:
-        return spec.pipeline_prompt_embeds(pipe, prompt, device)
+        return spec.pipeline.prompt_embeds(pipe, prompt, device)
     finally:
         for enc in encoders:
             enc.to("cpu")
@@ -177,7 +177,7 @@ def generate(
     prompt: dict[str, Any] = dict(embeds) if embeds is not None else {"prompt": req.prompt}
     out = pipe(
         **prompt,
-        **spec.call_arguments(pipe, req.height, req.width, req.image, req.guidance),  # size or first frame
+        **spec.pipeline.call_arguments(pipe, req.height, req.width, req.image, req.guidance),  # size or first frame
         num_frames=req.frames,
         num_inference_steps=req.steps,
         generator=torch.Generator("cpu").manual_seed(req.seed),

@@ -21,7 +21,7 @@ from hv_tune.data.plan import plan_items
 from hv_tune.data.sources import scan_sources
 from hv_tune.errors import ConfigError
 from hv_tune.models import MODEL_SPECS, get_spec
-from hv_tune.models.base import ModelSpec, VideoRules
+from hv_tune.models.base import ModelSpec, VideoRules, condition_fields
 from hv_tune.models.hunyuan_video import HunyuanVideoSpec
 from tests.media_files import marked_frames, write_video
 
@@ -88,7 +88,7 @@ def test_no_module_outside_models_names_a_family():
     """Family names, pipeline classes, family folders and the families' condition fields appear only
     under hv_tune/models/ (bench/ included: its defaults come from the registry)."""
     names = {s.name for s in MODEL_SPECS.values()} | {s.pipeline_class for s in MODEL_SPECS.values()}
-    names |= {f for s in MODEL_SPECS.values() for e in s.item_encoders for f in e.fields}
+    names |= {f for s in MODEL_SPECS.values() for f in condition_fields(s)}
     modules = _modules()
     offences = []
     for name, path in {**modules, **_bench()}.items():
@@ -320,11 +320,23 @@ def test_one_video_writer():
 # ----------------------------------------------------------------------------- a new family is one folder
 
 
-def test_a_made_up_family_in_its_own_folder_trains_one_step_and_round_trips_its_lora(tmp_path, monkeypatch):
-    """tests/made_up_family (one text encoder, its own key table with a fused row and its own prefixes,
-    a reference-image condition) is registered by one registry line and nothing else: the cache stores
-    its condition, training feeds it to its ``transformer_inputs``, and its LoRA goes through its key
-    table into the original layout and back unchanged."""
+@pytest.fixture
+def made_up_family():
+    """The made-up family, registered by the one line in its own folder (importing it); removed after."""
+    from hv_tune.models import unregister
+    from tests.made_up_family import SPEC
+
+    assert MODEL_SPECS.get(SPEC.name) is SPEC, "importing the family's folder registers it"
+    yield SPEC
+    unregister(SPEC.name)
+
+
+def test_a_made_up_family_in_its_own_folder_trains_one_step_and_round_trips_its_lora(tmp_path, made_up_family):
+    """tests/made_up_family (one text encoder whose fields have their own names, its own key table with a
+    fused row and its own prefixes, a reference-image condition) is registered by one line in its own
+    folder and nothing else: the cache stores its groups, training feeds the batch to its
+    ``transformer_inputs``, and its LoRA goes through its key table into the original layout and back
+    unchanged."""
     import torch
 
     from hv_tune.data.demo import write_demo_folder
@@ -332,10 +344,8 @@ def test_a_made_up_family_in_its_own_folder_trains_one_step_and_round_trips_its_
     from hv_tune.export.lora_math import delta_weight
     from hv_tune.training.trainer import train
     from tests.conftest import train_overrides
-    from tests.made_up_family import MadeUpSpec
 
-    spec = MadeUpSpec()
-    monkeypatch.setitem(MODEL_SPECS, spec.name, spec)  # the registry line
+    spec = made_up_family
     model = spec.build_tiny(tmp_path / "model")
     assert not (model / "text_encoder_2").exists()  # one text encoder
     write_demo_folder(tmp_path / "clips", 2, 8, 32, 32)
@@ -347,6 +357,11 @@ def test_a_made_up_family_in_its_own_folder_trains_one_step_and_round_trips_its_
     assert result.steps == 1
     cond = list((tmp_path / "cache" / "cond").glob("*.safetensors"))
     assert cond, "the cache stores the family's reference-image condition"
+    from hv_tune.data.cache import CachedDataset
+
+    item = CachedDataset(tmp_path / "cache")[(0, 0)]  # the union of its groups, under its own field names
+    assert {"made_up_tokens", "made_up_token_mask", "made_up_summary", "reference_latents"} <= set(item)
+    assert not {"prompt_embeds", "pooled_prompt_embeds"} & set(item)
 
     shapes = spec.linear_shapes(str(model))
     ours = read_lora(spec, result.lora_path, shapes)

@@ -95,7 +95,7 @@ def test_pipeline_loaded_by_its_model_index_class_crops_wrongly_and_ours_does_no
     plain = HunyuanVideoPipeline.from_pretrained(tiny_model)
     assert plain.tokenizer(prefix).input_ids != _llama_ref_ids(llama_reference, prefix)
     assert len(plain.tokenizer(prefix).input_ids) != 95  # its fixed crop_start would cut the caption
-    ours = spec.load_pipeline(LoadOptions(str(tiny_model)))  # what `sample` and validation use
+    ours = spec.pipeline.load(LoadOptions(str(tiny_model)))  # what `sample` and validation use
     assert ours.tokenizer(prefix).input_ids == _llama_ref_ids(llama_reference, prefix)
     enc = spec.text.load(LoadOptions(str(tiny_model)))
     mine = spec.text.encode(enc, CAPTIONS[:2], 33)["prompt_embeds"]

@@ -19,6 +19,31 @@ MODEL_SPECS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = HunyuanVideoSpec.name
 
 
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a family to the registry: the one line a family folder outside this package needs
+    (``SPEC = register(MySpec())`` in its ``__init__.py``); registering the same spec again is a no-op.
+
+    Raises:
+        ConfigError: another spec already has ``spec.name`` or ``spec.pipeline_class``.
+    """
+    taken = [s for s in MODEL_SPECS.values() if s is not spec and spec_clash(s, spec)]
+    if taken:
+        raise ConfigError(f"model family {spec.name!r} ({spec.pipeline_class}) clashes with the registered "
+                          f"{taken[0].name!r} ({taken[0].pipeline_class}): give it its own name and pipeline class")
+    MODEL_SPECS[spec.name] = spec
+    return spec
+
+
+def spec_clash(a: ModelSpec, b: ModelSpec) -> bool:
+    """Two specs a folder or a config could not tell apart (same name or pipeline class)."""
+    return a.name == b.name or a.pipeline_class == b.pipeline_class
+
+
+def unregister(name: str) -> None:
+    """Remove a family registered with ``register`` (no error when it is not registered)."""
+    MODEL_SPECS.pop(name, None)
+
+
 def get_spec(name: str, where: str = "config key 'model.name'") -> ModelSpec:
     """The spec registered under ``name``, or a ConfigError naming ``where`` (the key or option
     that gave the name) and the valid names."""
@@ -80,4 +105,5 @@ def spec_for(name: str | None, folder: str | None, where: str = "config key 'mod
     return spec
 
 
-__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "OTHER_FAMILIES", "folder_spec", "LoadOptions", "ModelSpec", "TextEncoders", "VideoRules", "get_spec", "memory_preset", "spec_for"]
+__all__ = ["DEFAULT_MODEL", "MODEL_SPECS", "OTHER_FAMILIES", "folder_spec", "LoadOptions", "ModelSpec", "TextEncoders",
+           "VideoRules", "get_spec", "memory_preset", "register", "spec_for", "unregister"]

@@ -100,6 +100,47 @@ class TextStack:
     dropped_tokens: Callable[[TextEncoders, list[str], int], list[int]]
 
 
+class PipelineAdapter(Protocol):
+    """How hv-tune drives a family's diffusers pipeline (facet ``ModelSpec.pipeline``): sampling, the
+    validation previews and the demo ask only this, never the pipeline's class or attributes.
+
+    Attributes:
+        sample_input: what a sampling request gives besides the prompt: ``size`` (height and width) or
+            ``image`` (the first frame; the pipeline takes the size from it).
+    """
+
+    sample_input: str
+
+    def load(self, opts: LoadOptions) -> Any:
+        """The pipeline with every component, from a model folder (single-file parts where the family has them)."""
+        ...
+
+    def from_parts(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
+        """A pipeline around already-loaded parts and no text encoders (pass prompt embeddings)."""
+        ...
+
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+        """Prompt embeddings from ``enc`` as keyword arguments of the pipeline's call, unconditional side
+        included where it needs one (previews run a pipeline without text encoders)."""
+        ...
+
+    def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
+        ...
+
+    def load_lora(self, pipe: Any, file: str, name: str) -> None:
+        """Load a diffusers-format LoRA file (``ModelSpec.save_lora``'s) into ``pipe`` as adapter ``name``."""
+        ...
+
+    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
+        """Activate the adapters ``names`` of ``pipe`` with ``scales``."""
+        ...
+
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """Keyword arguments of ``pipe``'s call for the size (or first frame) and guidance; may set its guider."""
+        ...
+
+
 @dataclass(frozen=True)
 class Part:
     """Rows of a fused tensor that come from one module (or one tensor) of another layout.
@@ -374,41 +415,10 @@ class ModelSpec(Protocol):
         what bench/train_step.py --size small times)."""
         ...
 
-    # -- pipelines (sampling, validation previews)
+    # -- pipelines (sampling, validation previews, the demo)
 
-    def load_pipeline(self, opts: LoadOptions) -> Any:
-        """The family's diffusers pipeline with every component, from a model folder."""
-        ...
-
-    def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
-        """A pipeline around already-loaded parts and no text encoders (pass prompt embeddings)."""
-        ...
-
-    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
-        """Prompt embeddings from ``enc`` as keyword arguments of the pipeline's call (previews
-        run a pipeline without text encoders), unconditional side included where it needs one."""
-        ...
-
-    def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
-        ...
-
-    #: what a sampling request (``sample``, previews, the demo) gives besides the prompt: ``size`` (height
-    #: and width) or ``image`` (the first frame; the pipeline takes the size from it)
-    sample_input: str
-
-    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
-        """Load a diffusers-format LoRA file (``save_lora``'s) into ``pipe`` as adapter ``name``."""
-        ...
-
-    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
-        """Activate the adapters ``names`` of ``pipe`` with ``scales``."""
-        ...
-
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """Keyword arguments of ``pipe``'s call for the size (or first frame) and guidance scale; may set
-        ``pipe``'s guider."""
-        ...
+    #: the family's pipeline adapter: loading, LoRA loading, call arguments, what a request gives
+    pipeline: PipelineAdapter
 
     # -- key names (merge, convert): the original checkpoint's layout and LoRA file prefixes
 

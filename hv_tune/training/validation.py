@@ -67,7 +67,7 @@ def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
     v = cfg.validation
     if not v.every or not v.prompts:
         return []
-    if spec.sample_input != "image":
+    if spec.pipeline.sample_input != "image":
         if v.images:
             raise ConfigError(f"config key 'validation.images': {spec.name} is a text-to-video model; "
                               "remove the images or use an image-to-video model")
@@ -132,7 +132,7 @@ class Validator:
                     return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
         enc = self.spec.text.load(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
-        embeds = [self.spec.preview_embeds(enc, p, self.v.frames) for p in self.prompts]
+        embeds = [self.spec.pipeline.preview_embeds(enc, p, self.v.frames) for p in self.prompts]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
         atomic_save_safetensors(cache, flat, {"key": key})
@@ -195,7 +195,7 @@ class Validator:
         device = self.acc.device
         self.vae.to(device)
         try:
-            pipe = self.spec.pipeline_from(self.opts, model, self.vae)
+            pipe = self.spec.pipeline.from_parts(self.opts, model, self.vae)
             v, written = self.v, []
             for i, (prompt, emb) in enumerate(zip(self.prompts, self.embeds)):
                 # the pipeline's bar over the denoising steps, one per preview

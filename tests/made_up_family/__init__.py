@@ -1,6 +1,10 @@
-"""A made-up model family that lives only in this folder (tests/test_architecture.py registers it):
-one text encoder, its own key table, and an extra conditioning input (a reference image)."""
+"""A made-up model family that lives only in this folder: one text encoder with its own field names,
+its own key table, and an extra conditioning input (a reference image). Importing the folder registers
+it: the line below is the only registry line the family needs."""
 
+from hv_tune.models import register
 from tests.made_up_family.spec import MadeUpSpec
 
-__all__ = ["MadeUpSpec"]
+SPEC = register(MadeUpSpec())
+
+__all__ = ["MadeUpSpec", "SPEC"]

@@ -9,6 +9,7 @@ importing the registry stays cheap (config checks run before any of this).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from hv_tune.models.base import (
     ItemEncoder,
     KeyLayout,
     LoadOptions,
-    TextEncoders,
+    PipelineAdapter,
     TextStack,
     VideoRules,
     latents_group,
@@ -33,6 +34,7 @@ from hv_tune.models.base import (
 from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video import presets
 from hv_tune.models.hunyuan_video import text as hv_text
+from hv_tune.models.hunyuan_video.pipeline import HunyuanVideoPipelines
 
 #: key prefixes single-file checkpoints carry (ComfyUI's saved models, Tencent's VAE in a checkpoint)
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "first_stage_model.", "vae.")
@@ -93,6 +95,11 @@ class HunyuanVideoSpec:
     meta_step_unavailable: str | None = None
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv_keys.LAYOUT
+
+    @cached_property
+    def pipeline(self) -> PipelineAdapter:
+        """``HunyuanVideoPipeline``: loading, LoRA loading, call arguments (``pipeline.py``)."""
+        return HunyuanVideoPipelines(self)
     transformer_subfolder = "transformer"
 
     @property
@@ -222,66 +229,6 @@ class HunyuanVideoSpec:
 
         return build_tiny_hunyuan_video(Path(out_dir), seed=seed, small=small)
 
-
-    # ------------------------------------------------------------------ pipelines
-
-    def load_pipeline(self, opts: LoadOptions) -> Any:
-        """``HunyuanVideoPipeline`` of the folder, with the single-file components of ``opts`` and
-        the Llama tokenizer loaded as ``load_text_encoders`` does.
-
-        The class the hub's ``model_index.json`` names would crop the template wrongly under
-        transformers 5 (docs/decisions.md, tokenizers).
-        """
-        from diffusers import HunyuanVideoPipeline
-        from transformers import AutoTokenizer
-
-        parts = {"tokenizer": AutoTokenizer.from_pretrained(opts.path, subfolder="tokenizer", revision=opts.revision)}
-        if opts.transformer_path:
-            parts["transformer"] = self.load_transformer(opts)
-        if opts.vae_path:
-            parts["vae"] = self.load_vae(opts)
-        return HunyuanVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision, **parts)
-
-    def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
-        """``HunyuanVideoPipeline`` around loaded parts, without text encoders (pass embeddings)."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
-
-        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(
-            opts.path, subfolder="scheduler", revision=opts.revision
-        )
-        return HunyuanVideoPipeline(
-            transformer=transformer,
-            vae=vae,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            scheduler=scheduler,
-        )
-
-    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
-        """``encode_text``'s fields are already ``HunyuanVideoPipeline.__call__``'s argument names."""
-        return self.text.encode(enc, [prompt], num_frames)
-
-    def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """The pipeline's own prompt encoding, as keyword arguments of its ``__call__``."""
-        embeds, pooled, mask = pipe.encode_prompt(prompt=prompt, device=device)
-        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
-
-    #: what a sampling request gives besides the prompt: the output ``size`` (text-to-video)
-    sample_input = "size"
-
-    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
-        """A diffusers-format LoRA file into ``pipe`` through its LoRA loader (alpha read from the metadata)."""
-        pipe.load_lora_weights(file, adapter_name=name)
-
-    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
-        """Activate the named adapters with these strengths."""
-        pipe.set_adapters(names, scales)
-
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """The pipeline call's size and guidance arguments (v1: embedded guidance as ``guidance_scale``)."""
-        return {"height": height, "width": width, "guidance_scale": guidance}
 
     # ------------------------------------------------------------------ shapes
 

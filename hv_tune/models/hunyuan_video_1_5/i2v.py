@@ -18,6 +18,7 @@ pipeline's own methods (``prepare_cond_latents_and_mask``, ``encode_image``), no
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,63 @@ import numpy as np
 import torch
 from torch import nn
 
-from hv_tune.models.base import EncodeSetup, ItemEncoder, LoadOptions
+from hv_tune.models.base import EncodeSetup, ItemEncoder, LoadOptions, PipelineAdapter
+from hv_tune.models.hunyuan_video_1_5.pipeline import HunyuanVideo15Pipelines
 from hv_tune.models.hunyuan_video_1_5.spec import HunyuanVideo15Spec
 
 #: per-item conditioning the cache stores and a batch feeds ``transformer_inputs`` (no batch dim in the cache)
 CONDITION_FIELDS = ("cond_latents", "cond_mask", "image_embeds")
+
+
+class HunyuanVideo15I2VPipelines(HunyuanVideo15Pipelines):
+    """``HunyuanVideo15ImageToVideoPipeline``: the T2V adapter's LoRA loading and prompt embeddings, the
+    first frame in the call."""
+
+    #: a sampling request gives the first frame; the pipeline takes the size from it and its target_size
+    sample_input = "image"
+
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
+        """The first frame (the I2V pipeline picks the output size from it); guidance through the guider."""
+        pipe.guider = pipe.guider.new(guidance_scale=guidance)
+        return {"image": image}
+
+    def load(self, opts: LoadOptions) -> Any:
+        """``HunyuanVideo15ImageToVideoPipeline`` of the folder, every component."""
+        from diffusers import HunyuanVideo15ImageToVideoPipeline
+
+        if opts.transformer_path or opts.vae_path:
+            from hv_tune.errors import HvTuneError
+
+            raise HvTuneError(f"single-file transformer/VAE paths are not supported for {self.spec.name}")
+        return HunyuanVideo15ImageToVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision)
+
+    def from_parts(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
+        """The I2V pipeline around loaded parts, without text encoders (pass embeddings); the SigLIP
+        encoder is loaded from ``opts.path`` onto ``vae.device``."""
+        from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler
+
+        kw = {"revision": opts.revision}
+        return i2v_pipeline(
+            opts, vae, transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(opts.path, subfolder="scheduler", **kw),
+            guider=ClassifierFreeGuidance.from_pretrained(opts.path, subfolder="guider", **kw),
+        )
+
+
+def i2v_pipeline(opts: LoadOptions, vae: nn.Module, **parts: Any) -> Any:
+    """``HunyuanVideo15ImageToVideoPipeline`` of ``vae``, ``parts`` and the folder's SigLIP encoder
+    (placed on ``vae.device``); components not given are None."""
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+    from transformers import SiglipImageProcessor, SiglipVisionModel
+
+    kw = {"revision": opts.revision}
+    encoder = SiglipVisionModel.from_pretrained(opts.path, subfolder="image_encoder", dtype=opts.dtype, **kw)
+    none = dict.fromkeys(("text_encoder", "tokenizer", "transformer", "scheduler", "text_encoder_2",
+                          "tokenizer_2", "guider"))
+    return HunyuanVideo15ImageToVideoPipeline(
+        **(none | parts), vae=vae, image_encoder=encoder.to(vae.device),
+        feature_extractor=SiglipImageProcessor.from_pretrained(opts.path, subfolder="feature_extractor", **kw),
+    )
 
 
 class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
@@ -38,6 +91,11 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
     name = "hunyuan-video-1.5-i2v"
     pipeline_class = "HunyuanVideo15ImageToVideoPipeline"
     lora_compatible: tuple[str, ...] = ("hunyuan-video-1.5",)
+
+    @cached_property
+    def pipeline(self) -> PipelineAdapter:
+        """``HunyuanVideo15ImageToVideoPipeline``: the first frame in the call (``HunyuanVideo15I2VPipelines``)."""
+        return HunyuanVideo15I2VPipelines(self)
 
     @property
     def item_encoders(self) -> tuple[ItemEncoder, ...]:
@@ -53,23 +111,7 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
     def load_condition_encoders(self, setup: EncodeSetup) -> Any:
         """The I2V pipeline around the VAE and the SigLIP encoder (no transformer, no text encoders), on
         ``setup.device``: what ``encode_condition`` calls the pipeline's own methods on."""
-        return self._pipeline(setup.opts, self.load_vae(setup.opts).to(setup.device))
-
-    @staticmethod
-    def _pipeline(opts: LoadOptions, vae: nn.Module, **parts: Any) -> Any:
-        """``HunyuanVideo15ImageToVideoPipeline`` of ``vae``, ``parts`` and the folder's SigLIP encoder
-        (placed on ``vae.device``); components not given are None."""
-        from diffusers import HunyuanVideo15ImageToVideoPipeline
-        from transformers import SiglipImageProcessor, SiglipVisionModel
-
-        kw = {"revision": opts.revision}
-        encoder = SiglipVisionModel.from_pretrained(opts.path, subfolder="image_encoder", dtype=opts.dtype, **kw)
-        none = dict.fromkeys(("text_encoder", "tokenizer", "transformer", "scheduler", "text_encoder_2",
-                              "tokenizer_2", "guider"))
-        return HunyuanVideo15ImageToVideoPipeline(
-            **(none | parts), vae=vae, image_encoder=encoder.to(vae.device),
-            feature_extractor=SiglipImageProcessor.from_pretrained(opts.path, subfolder="feature_extractor", **kw),
-        )
+        return i2v_pipeline(setup.opts, self.load_vae(setup.opts).to(setup.device))
 
     @torch.no_grad()
     def encode_condition(self, encoders: Any, frame: np.ndarray, latent_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
@@ -115,42 +157,6 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
         meta = {"dtype": dtype, "device": "meta"}
         return {"cond_latents": torch.empty(latent, **meta), "cond_mask": torch.empty(b, 1, *rest, **meta),
                 "image_embeds": torch.empty(b, VISION_TOKENS, image_embed_dim, **meta)}
-
-    # ------------------------------------------------------------------ pipelines
-
-    #: a sampling request gives the first frame; the pipeline takes the size from it and its target_size
-    sample_input = "image"
-
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """The first frame (the I2V pipeline picks the output size from it); guidance through the guider."""
-        pipe.guider = pipe.guider.new(guidance_scale=guidance)
-        return {"image": image}
-
-    def load_pipeline(self, opts: LoadOptions) -> Any:
-        """``HunyuanVideo15ImageToVideoPipeline`` of the folder, every component."""
-        from diffusers import HunyuanVideo15ImageToVideoPipeline
-
-        self._no_single_files(opts)
-        return HunyuanVideo15ImageToVideoPipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision)
-
-    def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
-        """The I2V pipeline around loaded parts, without text encoders (pass embeddings); the SigLIP
-        encoder is loaded from ``opts.path`` onto ``vae.device``."""
-        from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler
-
-        kw = {"revision": opts.revision}
-        return self._pipeline(
-            opts, vae, transformer=transformer,
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(opts.path, subfolder="scheduler", **kw),
-            guider=ClassifierFreeGuidance.from_pretrained(opts.path, subfolder="guider", **kw),
-        )
-
-    @staticmethod
-    def _no_single_files(opts: LoadOptions) -> None:
-        if opts.transformer_path or opts.vae_path:
-            from hv_tune.errors import HvTuneError
-
-            raise HvTuneError("single-file transformer/VAE paths are not supported for hunyuan-video-1.5-i2v")
 
     def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video_1_5.tiny import build_tiny_hunyuan_video_1_5_i2v

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hv_tune.models.base import (
     ItemEncoder,
     KeyLayout,
     LoadOptions,
-    TextEncoders,
+    PipelineAdapter,
     TextStack,
     VideoRules,
     latents_group,
@@ -36,6 +37,7 @@ from hv_tune.models.base import (
 from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import presets as hv15_presets
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
+from hv_tune.models.hunyuan_video_1_5.pipeline import HunyuanVideo15Pipelines
 
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
@@ -109,6 +111,11 @@ class HunyuanVideo15Spec:
         "reorders text tokens by the mask), so it cannot run on the meta device")
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv15_keys.LAYOUT
+
+    @cached_property
+    def pipeline(self) -> PipelineAdapter:
+        """``HunyuanVideo15Pipeline``: loading, LoRA loading, call arguments (``pipeline.py``)."""
+        return HunyuanVideo15Pipelines(self)
     transformer_subfolder = "transformer"
 
     @property
@@ -223,66 +230,6 @@ class HunyuanVideo15Spec:
 
         return build_tiny_hunyuan_video_1_5(Path(out_dir), seed=seed, small=small)
 
-
-    # ------------------------------------------------------------------ pipelines
-
-    def load_pipeline(self, opts: LoadOptions) -> Any:
-        """``HunyuanVideo15Pipeline`` of the folder, every component."""
-        from diffusers import HunyuanVideo15Pipeline
-
-        if opts.transformer_path or opts.vae_path:
-            from hv_tune.errors import HvTuneError
-
-            raise HvTuneError("single-file transformer/VAE paths are not supported for hunyuan-video-1.5")
-        return HunyuanVideo15Pipeline.from_pretrained(opts.path, dtype=opts.dtype, revision=opts.revision)
-
-    def pipeline_from(self, opts: LoadOptions, transformer: nn.Module, vae: nn.Module) -> Any:
-        """``HunyuanVideo15Pipeline`` around loaded parts, without text encoders (pass embeddings)."""
-        from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
-
-        kw = {"revision": opts.revision}
-        return HunyuanVideo15Pipeline(
-            text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-            transformer=transformer, vae=vae,
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(opts.path, subfolder="scheduler", **kw),
-            guider=ClassifierFreeGuidance.from_pretrained(opts.path, subfolder="guider", **kw),
-        )
-
-    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
-        """The prompt's and the empty prompt's (the unconditional side) embeddings under
-        ``HunyuanVideo15Pipeline.__call__``'s names."""
-        names = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
-        cond = self.text.encode(enc, [prompt], num_frames)
-        uncond = self.text.encode(enc, [""], num_frames)
-        out = {n: cond[k] for n, k in zip(names, self.text.fields)}
-        return out | {f"negative_{n}": uncond[k] for n, k in zip(names, self.text.fields)}
-
-    def pipeline_prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """The pipeline's own encoding of ``prompt`` and of the unconditional (empty) prompt."""
-        keys = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
-        cond = pipe.encode_prompt(prompt=prompt, device=device)
-        out = dict(zip(keys, cond))
-        if pipe.guider._enabled and pipe.guider.num_conditions > 1:
-            uncond = pipe.encode_prompt(prompt=None, device=device)
-            out |= {f"negative_{k}": v for k, v in zip(keys, uncond)}
-        return out
-
-    #: what a sampling request gives besides the prompt: the output ``size`` (text-to-video)
-    sample_input = "size"
-
-    def load_lora_adapter(self, pipe: Any, file: str, name: str) -> None:
-        """A diffusers-format LoRA into ``pipe``: 1.5's pipelines have no LoRA loader, so the transformer's
-        ``load_lora_adapter`` (our files for 1.5 carry alpha folded into ``lora_B``)."""
-        pipe.transformer.load_lora_adapter(file, adapter_name=name)
-
-    def set_lora_scales(self, pipe: Any, names: list[str], scales: list[float]) -> None:
-        """Activate the named adapters with these strengths (the transformer's own PEFT API)."""
-        pipe.transformer.set_adapters(names, scales)
-
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """The pipeline call's size arguments; classifier-free guidance is the pipeline's guider, given ``guidance``."""
-        pipe.guider = pipe.guider.new(guidance_scale=guidance)
-        return {"height": height, "width": width}
 
     # ------------------------------------------------------------------ shapes
 
