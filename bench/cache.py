@@ -33,11 +33,8 @@ def make_model(root: Path, vae: str) -> Path:
     spec = get_spec(DEFAULT_MODEL)
     model = spec.build_tiny(root / "model")
     if vae == "full":
-        from diffusers import AutoencoderKLHunyuanVideo
-
-        torch.manual_seed(0)
         shutil.rmtree(model / "vae")
-        AutoencoderKLHunyuanVideo().save_pretrained(model / "vae")  # default = full-size architecture
+        spec.build_full_width(model, "vae")  # the family's full-size VAE, random weights
     return model
 
 

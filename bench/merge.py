@@ -1,17 +1,16 @@
 """Peak memory of `finetune.py merge` against the size of the transformer it merges into.
 
-Builds a HunyuanVideo transformer at the real width (3072; 1 double, 1 single and 1
-refiner block: about 1.4 GB in bf16) with random weights, saved as diffusers shards,
-plus a random rank-32 LoRA on every `all-linear` layer. Then runs the merge verb in a
+Builds the default family's transformer at the released width with one block of each kind
+(``spec.build_full_width``; HunyuanVideo: 3072, about 1.4 GB in bf16) with random weights, saved as
+diffusers shards, plus a random rank-32 LoRA on every `all-linear` layer. Then runs the merge verb in a
 fresh process per output format; that process reports its own peak RSS (``VmHWM`` of
 /proc/self/status, Linux: unlike ``ru_maxrss`` it does not inherit the parent's peak
 across fork+exec). The import baseline (a process that only imports what merge
 imports) is reported too.
 
-With ``--check`` (default), the original-format output is loaded with diffusers'
-``HunyuanVideoTransformer3DModel.from_single_file`` (its own converter of Tencent's
-layout, which needs the real width) and compared tensor by tensor with the
-diffusers-format output.
+With ``--check`` (default), the original-format output is loaded through the family's independent
+converter (``spec.reference_transformer``: diffusers' ``from_single_file``, which needs the real width)
+and compared tensor by tensor with the diffusers-format output.
 
     python bench/merge.py --work runs/bench-merge            # JSON on stdout
 """
@@ -30,21 +29,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_RATIO = 1.3
-MODEL_CONFIG = dict(num_layers=1, num_single_layers=1, num_refiner_layers=1)  # width 3072 as the 13B model
 
 
-def build_model(folder: Path, shard_size: str) -> int:
-    """Random-weight transformer (bf16 shards) + model_index.json; returns the weights' bytes."""
-    import torch
-    from diffusers import HunyuanVideoTransformer3DModel
-
-    torch.manual_seed(0)
-    model = HunyuanVideoTransformer3DModel(**MODEL_CONFIG).to(torch.bfloat16)
-    model.save_pretrained(folder / "transformer", max_shard_size=shard_size)
+def build_model(folder: Path, shard_size: str) -> tuple[int, dict]:
+    """Random-weight transformer (bf16 shards) + model_index.json, built by the default family's spec;
+    returns the weights' bytes and what was built."""
     from hv_tune.models import DEFAULT_MODEL, get_spec
 
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": get_spec(DEFAULT_MODEL).pipeline_class}))
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    model = get_spec(DEFAULT_MODEL).build_full_width(folder, "transformer", shard_size)
+    config = {k: model.config[k] for k in ("num_attention_heads", "attention_head_dim") if k in model.config}
+    config |= {"blocks": "one of each kind", "dtype": "bf16", "family": DEFAULT_MODEL}
+    return sum(p.numel() * p.element_size() for p in model.parameters()), config
 
 
 def build_lora(model: Path, out: Path, rank: int) -> int:
@@ -100,14 +95,16 @@ def peak_rss(argv: list[str]) -> tuple[int, float]:
 
 
 def check_original(model: Path, merged_dir: Path, original: Path) -> dict:
-    """Load the original-format file with diffusers' single-file loader; compare with our diffusers output."""
+    """Load the original-format file with the family's independent converter; compare with our diffusers output."""
     import torch
-    from diffusers import HunyuanVideoTransformer3DModel
     from safetensors import safe_open
 
-    loaded = HunyuanVideoTransformer3DModel.from_single_file(
-        str(original), config=str(model), subfolder="transformer", torch_dtype=torch.bfloat16
-    ).state_dict()
+    from hv_tune.models import DEFAULT_MODEL, get_spec
+
+    reference = get_spec(DEFAULT_MODEL).reference_transformer(str(original), str(model), torch.bfloat16)
+    if reference is None:
+        return {"skipped": f"{DEFAULT_MODEL} has no independent converter of its original layout"}
+    loaded = reference.state_dict()
     index = json.loads((merged_dir / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
     mismatched = []
     for name, shard in index["weight_map"].items():
@@ -124,13 +121,13 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench-merge", help="scratch folder (rebuilt)")
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--shard-size", default="500MB", help="shards of the base and the merged output")
-    p.add_argument("--no-check", dest="check", action="store_false", help="skip the from_single_file check")
+    p.add_argument("--no-check", dest="check", action="store_false", help="skip the independent converter's check")
     args = p.parse_args()
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     model, lora = args.work / "model", args.work / "lora.safetensors"
-    size = build_model(model, args.shard_size)
+    size, config = build_model(model, args.shard_size)
     layers = build_lora(model, lora, args.rank)
     baseline, _ = peak_rss([])
     runs = []
@@ -141,7 +138,7 @@ def main() -> None:
                      "ratio_above_import_baseline": round((rss - baseline) / size, 3), "wall_s": round(wall, 1)})
     result = {
         "transformer_bytes": size,
-        "transformer_config": MODEL_CONFIG | {"hidden": 3072, "dtype": "bf16"},
+        "transformer_config": config,
         "lora": {"rank": args.rank, "layers": layers, "preset": "all-linear"},
         "import_baseline_rss_bytes": baseline,
         "runs": runs,

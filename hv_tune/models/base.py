@@ -415,6 +415,16 @@ class ModelSpec(Protocol):
         what bench/train_step.py --size small times)."""
         ...
 
+    def build_full_width(self, out_dir: Path, component: str, max_shard_size: str = "10GB") -> nn.Module:
+        """A random-weight ``transformer`` (the released width, one block of each kind, bf16) or full-size
+        ``vae`` saved in ``out_dir/<component>`` with a ``model_index.json`` (the benches' models); returns it."""
+        ...
+
+    def reference_transformer(self, file: str, model_folder: str, dtype: torch.dtype) -> nn.Module | None:
+        """The transformer of an original-layout file through an independent converter (diffusers'), to check
+        our key table against; None when the family has none."""
+        ...
+
     # -- pipelines (sampling, validation previews, the demo)
 
     #: the family's pipeline adapter: loading, LoRA loading, call arguments, what a request gives

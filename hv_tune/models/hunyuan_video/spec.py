@@ -229,6 +229,18 @@ class HunyuanVideoSpec:
 
         return build_tiny_hunyuan_video(Path(out_dir), seed=seed, small=small)
 
+    def build_full_width(self, out_dir: Path, component: str, max_shard_size: str = "10GB") -> nn.Module:
+        """A random-weight ``transformer`` (released width, one block of each kind, bf16) or full-size ``vae``
+        in ``out_dir/<component>`` (``tiny.build_full_width_hunyuan_video``)."""
+        from hv_tune.models.hunyuan_video.tiny import build_full_width_hunyuan_video
+
+        return build_full_width_hunyuan_video(Path(out_dir), component, max_shard_size)
+
+    def reference_transformer(self, file: str, model_folder: str, dtype: torch.dtype) -> nn.Module | None:
+        """An original-layout file through diffusers' own converter (``tiny.reference_transformer``)."""
+        from hv_tune.models.hunyuan_video.tiny import reference_transformer
+
+        return reference_transformer(file, model_folder, dtype)
 
     # ------------------------------------------------------------------ shapes
 

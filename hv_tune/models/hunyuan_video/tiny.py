@@ -148,3 +148,36 @@ def build_tiny_hunyuan_video(out_dir: Path, seed: int = 0, small: bool = False) 
     index = {**json.loads(index_path.read_text()), **TOKENIZER_CLASSES}
     index_path.write_text(json.dumps(dict(sorted(index.items())), indent=2) + "\n")
     return out_dir
+
+
+def build_full_width_hunyuan_video(out_dir: Path, component: str, max_shard_size: str = "10GB", seed: int = 0):
+    """A random-weight component at the released model's size in ``out_dir/<component>`` (diffusers
+    layout) and a ``model_index.json``: the transformer at the 13B width (3072) with one double, one single
+    and one refiner block, in bf16 (about 1.4 GB); the VAE at full size (diffusers' default config, fp32).
+    Returns the module (what the benches time or count)."""
+    import json
+
+    from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(seed)
+    if component == "transformer":
+        model = HunyuanVideoTransformer3DModel(num_layers=1, num_single_layers=1, num_refiner_layers=1)
+        model = model.to(torch.bfloat16)
+    elif component == "vae":
+        model = AutoencoderKLHunyuanVideo()
+    else:
+        raise ValueError(f"component {component!r}: 'transformer' or 'vae'")
+    model.save_pretrained(Path(out_dir) / component, max_shard_size=max_shard_size)
+    index = Path(out_dir) / "model_index.json"
+    if not index.is_file():
+        index.write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))
+    return model
+
+
+def reference_transformer(file: str, model_folder: str, dtype: torch.dtype):
+    """The transformer of an original-layout (Tencent) file through diffusers' own converter
+    (``from_single_file``; it needs the released width): an independent check of our key table."""
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    return HunyuanVideoTransformer3DModel.from_single_file(file, config=model_folder, subfolder="transformer",
+                                                           torch_dtype=dtype)

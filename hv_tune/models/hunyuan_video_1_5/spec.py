@@ -230,6 +230,16 @@ class HunyuanVideo15Spec:
 
         return build_tiny_hunyuan_video_1_5(Path(out_dir), seed=seed, small=small)
 
+    def build_full_width(self, out_dir: Path, component: str, max_shard_size: str = "10GB") -> nn.Module:
+        """A random-weight ``transformer`` (released width, one block of each kind, bf16) or full-size ``vae``
+        in ``out_dir/<component>`` (``tiny.build_full_width_hunyuan_video_1_5``)."""
+        from hv_tune.models.hunyuan_video_1_5.tiny import build_full_width_hunyuan_video_1_5
+
+        return build_full_width_hunyuan_video_1_5(Path(out_dir), component, max_shard_size)
+
+    def reference_transformer(self, file: str, model_folder: str, dtype: torch.dtype) -> nn.Module | None:
+        """None: diffusers has no single-file converter of 1.5's original layout."""
+        return None
 
     # ------------------------------------------------------------------ shapes
 
