@@ -150,8 +150,9 @@ def apply_deltas(transformer: torch.nn.Module, diffs: Mapping[str, torch.Tensor]
 
 
 def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str) -> dict[str, torch.Tensor]:
-    """Encode with the pipeline's own text encoders, moved to ``device`` only while they run."""
-    encoders = [m for m in (pipe.text_encoder, pipe.text_encoder_2) if m is not None]
+    """Encode with the pipeline's own text encoders (however many: its ``text_encoder*`` components),
+    moved to ``device`` only while they run."""
+    encoders = [m for name, m in pipe.components.items() if name.startswith("text_encoder") and m is not None]
     for enc in encoders:
         enc.to(device)
     try:

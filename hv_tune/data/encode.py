@@ -249,10 +249,11 @@ def group_key(enc: ItemEncoder, item: PlannedItem) -> str:
 
 
 def encode_items(enc: ItemEncoder, setup: EncodeSetup, root: Path, planned: list[PlannedItem],
-                 summary: CacheSummary, earlier: Mapping[str, ItemEncoder] = {}) -> list[PlannedItem]:
+                 summary: CacheSummary, earlier: Mapping[str, ItemEncoder] | None = None) -> list[PlannedItem]:
     """Encode the missing files of per-item group ``enc`` (reading the next item's media overlaps the
     encoder; ``earlier``: the groups encoded before, by name); returns the usable items (an unreadable
     one is skipped, with its reason)."""
+    earlier = earlier or {}
     todo = [p for p in planned if not is_valid(root / group_path(enc.name, group_key(enc, p)), enc.fields)]
     _count(summary, enc.role, "reused", len(planned) - len(todo))
     failed: set[str] = set()
