@@ -26,6 +26,7 @@ from hv_tune.media import (
     read_image,
     write_h264,
 )
+from hv_tune.media.probe import torchcodec_available
 from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
     decode_pyav,
@@ -38,6 +39,8 @@ from tests.media_files import (
 )
 
 ROTATIONS = [-90, 90, 180, 270]
+DEFAULT_BACKEND = "torchcodec" if torchcodec_available() else "pyav"  # what probe_video chooses here
+BACKENDS = ["torchcodec", "pyav"] if torchcodec_available() else ["pyav"]
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +52,23 @@ def rotated(tmp_path_factory) -> dict[int, Path]:
 
 
 @pytest.mark.parametrize("rotation", ROTATIONS)
-def test_decord_turns_the_picture_then_resizes(rotated, rotation):
-    """What decord 0.6.0 does with a display matrix (the media layer relies on it): it returns
-    the turned picture, and a requested width/height applies to the turned picture."""
-    import decord
+def test_torchcodec_turns_the_picture_then_resizes(rotated, rotation):
+    """What torchcodec does with a display matrix (the media layer relies on it): it returns
+    the turned picture, and its Resize applies to the turned picture."""
+    pytest.importorskip("torchcodec")
+    from torchcodec.decoders import VideoDecoder
+    from torchcodec.transforms import Resize
 
-    full = decord.VideoReader(str(rotated[rotation]))[0].asnumpy()
+    full = VideoDecoder(str(rotated[rotation]), dimension_order="NHWC")[0].numpy()
     assert full.shape == (320, 176, 3) and top_is_red(full)
-    small = decord.VideoReader(str(rotated[rotation]), width=96, height=174)[0].asnumpy()
+    small = VideoDecoder(str(rotated[rotation]), dimension_order="NHWC", transforms=[Resize((174, 96))])[0].numpy()
     assert small.shape == (174, 96, 3) and top_is_red(small)
     stored, _, frame_rotation = decode_pyav(rotated[rotation])  # PyAV: the stored picture + its rotation
     assert stored.shape[1:3] == ((176, 320) if rotation % 180 else (320, 176))
     assert frame_rotation % 360 == rotation % 360 and not top_is_red(stored[0])
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rotation", [0, *ROTATIONS])
 def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
     probe = probe_video(rotated[rotation])
@@ -76,11 +81,12 @@ def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
         assert all(top_is_red(f) for f in frames)
 
 
-def test_codec_decord_cannot_open_is_decoded_with_pyav(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_av1_is_decoded_by_each_decoder(tmp_path, backend):
     path = write_video(tmp_path / "av1.mp4", marked_frames(8, 96, 128, seed=2), codec="libsvtav1")
     probe = probe_video(path)
-    assert probe.backend == "pyav" and probe.codec == "av1" and probe.num_frames == 8
-    frames = VideoFrames(path, probe).get([7, 0])
+    assert probe.backend == DEFAULT_BACKEND and probe.codec == "av1" and probe.num_frames == 8
+    frames = VideoFrames(path, dataclasses.replace(probe, backend=backend)).get([7, 0])
     assert frames.shape == (2, 96, 128, 3) and all(top_is_red(f) for f in frames)
     assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 1  # two different frames
 
