@@ -39,14 +39,14 @@ class VideoProbe:
     height: int  # display height
     rotation: int  # display-matrix rotation in degrees, counter-clockwise (ffmpeg convention): 0, 90, -90, 180
     codec: str
-    backend: str  # "torchcodec" (fastest) or "pyav" (no torchcodec here, or it fails on this file)
+    backend: str  # "pyav" (fastest, bench/decoders.py) or "torchcodec" (where PyAV fails on this file)
     times: np.ndarray | None = field(repr=False)  # [num_frames] start times, first frame at 0; None = not read yet
     end_time: float = 0.0  # end of the last frame
     vfr: bool = False
     container_frames: int = 0
     container_duration: float | None = None
     start_time: float = 0.0  # presentation time of the first frame in the container (PyAV seeking)
-    decoder_note: str | None = None  # why this file is not read with torchcodec though it is installed
+    decoder_note: str | None = None  # why this file is not read with PyAV (the fallback decoder reads it)
 
     @property
     def duration(self) -> float:
@@ -75,7 +75,7 @@ class VideoProbe:
 
     def to_record(self) -> dict[str, Any]:
         """Plain data (no timestamps array) for manifests and state files."""
-        notes = [n for n in (self.rate_note(), self.decoder_note and f"decoded with PyAV ({self.decoder_note})") if n]
+        notes = [n for n in (self.rate_note(), self.decoder_note and f"decoded with torchcodec ({self.decoder_note})") if n]
         return {
             "num_frames": self.num_frames, "fps": round(self.fps, 6), "width": self.width, "height": self.height,
             "duration": round(self.duration, 6), "rotation": self.rotation, "codec": self.codec,
@@ -161,7 +161,8 @@ def torchcodec_available() -> bool:
 def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
     """The decoder for ``path``, proven on every access pattern later stages use, and its frame count.
 
-    torchcodec first (the fastest, bench/decoders.py), then PyAV. A decoder is proven when it
+    PyAV first (the fastest on every pattern, bench/decoders.py), then torchcodec (FFmpeg's
+    system build, where installed). A decoder is proven when it
     decodes, with the frame count the timestamps promise (or the decodable prefix of a truncated
     file), the first two frames in sequence and the last one by seeking, at the full display
     size (clip cutting) and at a reduced size (scene split, scoring, the cache), with the right
@@ -169,7 +170,7 @@ def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
     with the same decoder whichever worker reads it.
 
     Returns:
-        ``(backend, decodable frames, why torchcodec failed on this file or None)``.
+        ``(backend, decodable frames, why PyAV failed on this file or None)``.
 
     Raises:
         MediaError: neither decoder reads the file.
@@ -177,7 +178,7 @@ def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
     from hv_tune.media.video import scaled_size
 
     reasons: list[str] = []
-    candidates = ["torchcodec", "pyav"] if torchcodec_available() else ["pyav"]
+    candidates = ["pyav", "torchcodec"] if torchcodec_available() else ["pyav"]
     small = scaled_size(probe.width, probe.height, 256)
     for backend in candidates:
         trial = dataclasses.replace(probe, backend=backend)

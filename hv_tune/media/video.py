@@ -3,11 +3,11 @@
 Two decoders sit behind ``VideoFrames``, chosen per file at probe time and recorded in the
 probe's ``backend`` (docs/decisions.md, "Decoder by measurement"):
 
-- ``torchcodec`` (PyTorch's decoder over the system FFmpeg): the fastest on every access
-  pattern measured (bench/decoders.py). It applies the display-matrix rotation itself and its
-  ``Resize`` acts on the turned picture, so it is asked for the display size.
-- ``pyav``: where torchcodec is not installed (no FFmpeg shared libraries) or fails on a file
-  at probe time. PyAV returns stored frames, which are turned and scaled here.
+- ``pyav``: the fastest correct decoder on every access pattern measured (bench/decoders.py).
+  PyAV returns stored frames, which are scaled by swscale and turned here.
+- ``torchcodec`` (PyTorch's decoder over the system FFmpeg, where installed): for a file PyAV
+  fails on at probe time. It applies the display rotation itself and its ``Resize`` acts on
+  the turned picture, so it is asked for the display size.
 
 Frame ``i`` is the ``i``-th frame in presentation order for both, the same order as the
 probe's timestamps. A reader keeps its decoder open: consecutive ``get`` calls over increasing
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hv_tune.media.errors import MediaError
-from hv_tune.media.probe import VideoProbe, probe_video, pyav_times, torchcodec_available
+from hv_tune.media.probe import VideoProbe, probe_video, pyav_times
 
 SEEK_GAP_S = 1.0  # PyAV: seek rather than decode forward through more than this many seconds
 
@@ -101,13 +101,9 @@ class VideoFrames:
 def open_reader(path: str, probe: VideoProbe, size: tuple[int, int]) -> Any:
     """A reader object of ``probe.backend`` with ``get(indices) -> [N, H, W, 3]`` and ``close()``.
 
-    Records written before torchcodec (``backend: decord``) read with the decoder this machine
-    would choose for a new probe.
+    Records written before this choice (``backend: decord``) read with PyAV.
     """
-    backend = probe.backend
-    if backend not in ("torchcodec", "pyav"):
-        backend = "torchcodec" if torchcodec_available() else "pyav"
-    if backend == "torchcodec":
+    if probe.backend == "torchcodec":
         return _TorchcodecReader(path, probe, size)
     return _PyavReader(path, probe, size)
 
@@ -154,7 +150,7 @@ class _PyavReader:
             self.stream = self.container.streams.video[0]
         except av.FFmpegError as e:
             raise MediaError(f"decode failed: {_short(e)}") from e
-        self.stream.thread_type = "AUTO"
+        self.stream.thread_count = 1  # one thread per decoder: curation runs one worker per core
         self.times = probe.times if probe.times is not None else pyav_times(path)[0]
         self._iter: Any = None  # the running decode
         self._last = -1  # index of the frame the running decode returned last
