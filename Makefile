@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 # Installing the pair with find-links and pip config switched off picks the right build.
 TORCH_PAIR := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: install demo test lint clean chromium review-screenshot
+.PHONY: install demo test lint clean chromium ffmpeg-libs review-screenshot
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) install -q -e ".[dev,curation]"
 	touch $@
 
-install: $(VENV)/.installed
+install: ffmpeg-libs $(VENV)/.installed
 
 # The demo: generated videos (moving shapes, a static shot, a cut) -> curation with tiny models
 # -> cache of the accepted clips -> LoRA training -> sample.
@@ -39,6 +39,17 @@ review-screenshot: install chromium
 	$(PY) -m curation tiny-models $(ROOT)/runs/tiny-models
 	$(PY) -m curation run $(ROOT)/runs/review-shot/videos --out $(ROOT)/runs/review-shot/curated --config $(ROOT)/configs/curation_tiny.yaml filters.duplicate_cosine=null
 	PYTHONPATH=$(ROOT) $(PY) $(ROOT)/scripts/review_screenshot.py $(ROOT)/runs/review-shot/curated $(ROOT)/docs/review.png
+
+# Video decoding uses torchcodec, which loads FFmpeg's shared libraries from the system (it ships
+# none). Debian/Ubuntu name them with the ABI number (libavcodec59 on Debian 12, libavcodec61 on
+# Debian 13), so the names are looked up. Installing them needs root; without them every video
+# is decoded with PyAV (slower, same results per file; docs/decisions.md).
+FFMPEG_LIBS_RE := ^(libav(codec|format|util|filter|device)|libsw(scale|resample))[0-9]+$$
+ffmpeg-libs:
+	@ldconfig -p 2>/dev/null | grep -q 'libavcodec\.so\.' || ( (apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		$$(apt-cache search --names-only '$(FFMPEG_LIBS_RE)' | cut -d' ' -f1 | grep -v -- '-extra') >/dev/null) \
+		|| echo "FFmpeg's shared libraries could not be installed: videos will be decoded with PyAV")
 
 # The curation report is tested in headless Chromium (Debian's package). Installing it needs root;
 # without it the report tests skip and say why.

@@ -1,8 +1,8 @@
 """Curation's frame picking on top of ``hv_tune.media`` (the one media layer of the project).
 
 ``hv_tune.media`` decides what a file contains: display size (rotation, EXIF), timestamps,
-upright frames (decord by seeking, PyAV for formats decord cannot open), image pixels and
-caption text. This module only chooses *which* frames a stage wants and at what size.
+upright frames (with the decoder the probe proved for the file), image pixels and caption
+text. This module only chooses *which* frames a stage wants and at what size.
 """
 
 from __future__ import annotations

@@ -20,12 +20,15 @@ from hv_tune.data.sources import scan_sources
 from hv_tune.media import (
     MediaError,
     VideoFrames,
+    VideoProbe,
     decode_caption_bytes,
     image_size,
     probe_video,
     read_image,
+    scaled_size,
     write_h264,
 )
+from hv_tune.media.probe import torchcodec_available
 from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
     decode_pyav,
@@ -38,6 +41,7 @@ from tests.media_files import (
 )
 
 ROTATIONS = [-90, 90, 180, 270]
+BACKENDS = ["pyav", "torchcodec"] if torchcodec_available() else ["pyav"]
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +53,23 @@ def rotated(tmp_path_factory) -> dict[int, Path]:
 
 
 @pytest.mark.parametrize("rotation", ROTATIONS)
-def test_decord_turns_the_picture_then_resizes(rotated, rotation):
-    """What decord 0.6.0 does with a display matrix (the media layer relies on it): it returns
-    the turned picture, and a requested width/height applies to the turned picture."""
-    import decord
+def test_torchcodec_turns_the_picture_then_resizes(rotated, rotation):
+    """What torchcodec does with a display matrix (the media layer relies on it): it returns
+    the turned picture, and its Resize applies to the turned picture."""
+    pytest.importorskip("torchcodec")
+    from torchcodec.decoders import VideoDecoder
+    from torchcodec.transforms import Resize
 
-    full = decord.VideoReader(str(rotated[rotation]))[0].asnumpy()
+    full = VideoDecoder(str(rotated[rotation]), dimension_order="NHWC")[0].numpy()
     assert full.shape == (320, 176, 3) and top_is_red(full)
-    small = decord.VideoReader(str(rotated[rotation]), width=96, height=174)[0].asnumpy()
+    small = VideoDecoder(str(rotated[rotation]), dimension_order="NHWC", transforms=[Resize((174, 96))])[0].numpy()
     assert small.shape == (174, 96, 3) and top_is_red(small)
     stored, _, frame_rotation = decode_pyav(rotated[rotation])  # PyAV: the stored picture + its rotation
     assert stored.shape[1:3] == ((176, 320) if rotation % 180 else (320, 176))
     assert frame_rotation % 360 == rotation % 360 and not top_is_red(stored[0])
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rotation", [0, *ROTATIONS])
 def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
     probe = probe_video(rotated[rotation])
@@ -76,11 +82,12 @@ def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
         assert all(top_is_red(f) for f in frames)
 
 
-def test_codec_decord_cannot_open_is_decoded_with_pyav(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_av1_is_decoded_by_each_decoder(tmp_path, backend):
     path = write_video(tmp_path / "av1.mp4", marked_frames(8, 96, 128, seed=2), codec="libsvtav1")
     probe = probe_video(path)
     assert probe.backend == "pyav" and probe.codec == "av1" and probe.num_frames == 8
-    frames = VideoFrames(path, probe).get([7, 0])
+    frames = VideoFrames(path, dataclasses.replace(probe, backend=backend)).get([7, 0])
     assert frames.shape == (2, 96, 128, 3) and all(top_is_red(f) for f in frames)
     assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 1  # two different frames
 
@@ -210,3 +217,63 @@ def test_demo_prints_a_readable_prompt():
     junk = "sks, \u0000\u4f60\u597d\ufffd\u0007" + "\u0b85" * 20
     shown = readable_prompt(junk)
     assert shown.isascii() and shown.isprintable() and "'sks'" in shown and "random text" in shown
+
+
+# ----------------------------------------------------------------------------- the decoder of a file
+
+
+@pytest.fixture(scope="module")
+def hard_media(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
+    """Files that once decoded in one access pattern and failed in another: (path, displayed frames)."""
+    d = tmp_path_factory.mktemp("hard")
+    out = {}
+    for name, frames, kw in [
+        ("tiny48x32", marked_frames(24, 32, 48, seed=20), {}),
+        ("tiny_rot90", marked_frames(24, 48, 32, seed=21), {"rotation": 90}),
+        ("av1_long_gop", marked_frames(72, 72, 100, seed=22), {"codec": "libsvtav1", "fps": 24}),
+    ]:
+        out[name] = (write_video(d / f"{name}.mp4", frames, **kw), frames)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["tiny48x32", "tiny_rot90", "av1_long_gop"])
+def test_every_access_pattern_reads_the_same_frames(hard_media, name, backend):
+    """Scene split (sequential, reduced), scoring (seeks, short side 256), cut (sequential chunks, full
+    size): all decode, upright, and show the source's frames at their indices."""
+    path, src = hard_media[name]
+    probe = dataclasses.replace(probe_video(path), backend=backend)
+    n, (w, h) = probe.num_frames, (probe.width, probe.height)
+    assert n == len(src) and (h, w) == src.shape[1:3]
+    cut = np.concatenate([VideoFrames(path, probe).get(range(i, min(n, i + 8))) for i in range(0, n, 8)])
+    err = np.abs(cut.astype(float) - src).mean(axis=(1, 2, 3))  # a lossy encode: a few levels
+    assert err.max() < 12 and err.mean() < np.abs(cut[1:].astype(float) - src[:-1]).mean()
+    scene = VideoFrames(path, probe, scaled_size(w, h, 32)).get(range(n))
+    seeks = VideoFrames(path, probe, scaled_size(w, h, 256)).get([n - 1, 0, n // 2, n - 1])
+    assert all(top_is_red(f) for f in [*cut, *scene, *seeks])
+    assert np.array_equal(seeks[0], seeks[3])  # a repeated index is the same picture
+
+
+def test_truncated_file_keeps_its_decodable_prefix(tmp_path):
+    src = marked_frames(48, 96, 128, seed=23)
+    data = write_video(tmp_path / "full.mkv", src).read_bytes()  # 12 fps
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) * 2 // 3])  # a recording stopped mid-write
+    probe = probe_video(tmp_path / "cut.mkv")
+    n = probe.num_frames
+    assert 0 < n < 48 and len(probe.times) == n
+    assert probe.duration == pytest.approx(probe.times[-1] + 1 / 12, abs=2e-3)  # (mkv times are in ms)
+    frames = VideoFrames(tmp_path / "cut.mkv", probe).get(range(n))
+    shown = src[np.round(probe.times * 12).astype(int)].astype(float)  # the source frame at each timestamp
+    assert frames.shape == (n, 96, 128, 3) and np.abs(frames - shown).mean(axis=(1, 2, 3)).max() < 12
+    with pytest.raises(MediaError, match="out of range"):
+        VideoFrames(tmp_path / "cut.mkv", probe).get([n])
+
+
+def test_the_decoder_choice_travels_with_the_record(hard_media):
+    path = hard_media["av1_long_gop"][0]
+    probe = probe_video(path)
+    rebuilt = VideoProbe.from_record(probe.to_record())  # what a worker or the cache reads
+    assert rebuilt.backend == probe.backend == "pyav" and rebuilt.times is None
+    a = VideoFrames(path, probe, (64, 46)).get([70, 3])
+    b = VideoFrames(path, rebuilt, (64, 46)).get([70, 3])
+    assert np.array_equal(a, b)  # one decoder per file: identical whichever process reads it

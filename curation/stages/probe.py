@@ -131,8 +131,6 @@ def probe_video(path: str, max_pixels: int, max_duration_s: float, tolerance: fl
         rec["notes"].append(f"container says {container_frames} frames, {n} decodable")
     if probe.rotation:
         rec["notes"].append(f"display rotation {probe.rotation} (frames used upright, {probe.width}x{probe.height})")
-    if probe.backend != "decord":
-        rec["notes"].append(f"codec {probe.codec} decoded with PyAV (decord cannot open it)")
     return rec
 
 

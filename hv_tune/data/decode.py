@@ -43,8 +43,8 @@ def probe_video(path: Path) -> VideoInfo:
 def read_video(path: Path, indices: list[int], info: VideoInfo, bucket: tuple[int, int]) -> np.ndarray:
     """Frames ``indices`` (decoded by seeking, upright), resized to cover ``bucket`` and centre-cropped.
 
-    Large sources are downscaled inside the decoder (bounded memory); decord's resize needs a
-    width that is a multiple of 32, so the exact size is reached with a final PIL resize.
+    Large sources are downscaled inside the decoder (bounded memory); the exact size is reached
+    with a final PIL resize (bicubic, antialiased).
 
     Returns:
         uint8 array [F, bucket_h, bucket_w, 3].
@@ -59,17 +59,14 @@ def read_video(path: Path, indices: list[int], info: VideoInfo, bucket: tuple[in
 def decoder_size(info: VideoInfo, bucket: tuple[int, int]) -> tuple[int, int] | None:
     """(height, width) to decode at, or None for the native size.
 
-    decord fails on output widths that are not a multiple of 32 ("size must exactly
-    match"), so such sources are scaled in the decoder to the next multiple of 32. Large
-    sources are downscaled in the decoder to about the cover size, which bounds memory.
+    Sources up to twice the cover size in pixels decode at their own size (PIL makes the
+    cover size); larger ones are downscaled in the decoder to the cover size, which bounds
+    memory.
     """
     ch, cw = cover_size(info.height, info.width, bucket)
-    small = 2 * ch * cw >= info.height * info.width
-    if small and info.width % 32 == 0:
+    if 2 * ch * cw >= info.height * info.width:
         return None
-    w = -(-(info.width if small else cw) // 32) * 32
-    h = max(ch, round(w * info.height / info.width / 2) * 2)
-    return h, w
+    return ch, cw
 
 
 def resize_cover(frame: np.ndarray, bucket: tuple[int, int]) -> np.ndarray:

@@ -5,13 +5,17 @@ display-matrix rotation (ffprobe ``rotation=-90``); every size this layer report
 picture a player shows. PyAV's stream width/height are the stored size; PyAV frames carry
 the rotation (``VideoFrame.rotation``, degrees counter-clockwise, ffmpeg's convention).
 
-Timestamps come from the container index (decord's ``get_frame_timestamp``, or the demuxed
-packet times when decord cannot open the file), never from ``index / average fps``: phones
-record at a variable rate.
+Timestamps come from the container index (the demuxed packet times, nothing decoded), never
+from ``index / average fps``: phones record at a variable rate.
+
+The decoder of a file (``backend``) is chosen here, once, by proving it on every access
+pattern later stages use (``choose_decoder``); manifests and state files carry the choice.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +39,14 @@ class VideoProbe:
     height: int  # display height
     rotation: int  # display-matrix rotation in degrees, counter-clockwise (ffmpeg convention): 0, 90, -90, 180
     codec: str
-    backend: str  # "decord" (seeking decode, fastest) or "pyav" (formats decord cannot open)
+    backend: str  # "pyav" (fastest, bench/decoders.py) or "torchcodec" (where PyAV fails on this file)
     times: np.ndarray | None = field(repr=False)  # [num_frames] start times, first frame at 0; None = not read yet
     end_time: float = 0.0  # end of the last frame
     vfr: bool = False
     container_frames: int = 0
     container_duration: float | None = None
     start_time: float = 0.0  # presentation time of the first frame in the container (PyAV seeking)
+    decoder_note: str | None = None  # why this file is not read with PyAV (the fallback decoder reads it)
 
     @property
     def duration(self) -> float:
@@ -64,24 +69,26 @@ class VideoProbe:
     def from_record(cls, rec: dict[str, Any]) -> VideoProbe:
         """A probe rebuilt from ``to_record`` data; ``VideoFrames`` reads the timestamps when needed."""
         return cls(rec["num_frames"], rec["fps"], rec["width"], rec["height"], rec.get("rotation", 0),
-                   rec.get("codec", ""), rec.get("backend", "decord"), None, rec.get("duration", 0.0),
+                   rec.get("codec", ""), rec.get("backend", ""), None, rec.get("duration", 0.0),
                    rec.get("vfr", False), rec.get("container_frames", 0), rec.get("container_duration"),
-                   rec.get("start_time", 0.0))
+                   rec.get("start_time", 0.0), rec.get("decoder_note"))
 
     def to_record(self) -> dict[str, Any]:
         """Plain data (no timestamps array) for manifests and state files."""
-        note = self.rate_note()
+        notes = [n for n in (self.rate_note(), self.decoder_note and f"decoded with torchcodec ({self.decoder_note})") if n]
         return {
             "num_frames": self.num_frames, "fps": round(self.fps, 6), "width": self.width, "height": self.height,
             "duration": round(self.duration, 6), "rotation": self.rotation, "codec": self.codec,
             "backend": self.backend, "vfr": self.vfr, "container_frames": self.container_frames,
             "container_duration": self.container_duration, "start_time": self.start_time,
-            "notes": [note] if note else [],
+            "decoder_note": self.decoder_note, "notes": notes,
         }
 
 
 def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoProbe:
-    """Probe ``path`` (the last frame is decoded; nothing else is).
+    """Probe ``path``: container facts, packet timestamps, and the decoder proven for it.
+
+    A few frames are decoded (``choose_decoder``); a truncated file keeps its decodable prefix.
 
     Raises:
         MediaError: empty file, no video stream, too many pixels, or a codec no decoder here reads
@@ -96,19 +103,19 @@ def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoProbe:
     w, h = info["width"], info["height"]
     if max_pixels is not None and w * h > max_pixels:
         raise MediaError(f"too large: {w}x{h} > {max_pixels} pixels")
-    try:
-        times, end_time = _decord_times(path, w, h)
-        backend, start_time = "decord", 0.0
-    except _DecordCannot:
-        times, end_time, start_time = pyav_times(path)
-        backend = "pyav"
+    times, end_time, start_time = pyav_times(path)
     n = len(times)
     duration = end_time if n > 1 or end_time > 0 else 0.0
     steps = np.diff(times)
     vfr = bool(len(steps) > 1) and float(steps.max() - steps.min()) > VFR_SPREAD * float(steps.mean())
     fps = n / duration if duration > 0 else info["rate"]
-    return VideoProbe(n, fps, w, h, info["rotation"], info["codec"], backend, times, end_time, vfr,
-                      info["frames"], info["duration"], start_time)
+    probe = VideoProbe(n, fps, w, h, info["rotation"], info["codec"], "", times, end_time, vfr,
+                       info["frames"], info["duration"], start_time)
+    probe.backend, n_ok, probe.decoder_note = choose_decoder(path, probe)
+    if n_ok < n:  # a truncated file: its decodable prefix
+        probe.num_frames, probe.times, probe.end_time = n_ok, times[:n_ok], float(times[n_ok])
+        probe.fps = n_ok / probe.end_time if probe.end_time > 0 else probe.fps
+    return probe
 
 
 def _container_info(path: str) -> dict[str, Any]:
@@ -141,51 +148,82 @@ def _container_info(path: str) -> dict[str, Any]:
             "duration": dur, "rate": rate}
 
 
-class _DecordCannot(Exception):
-    """decord cannot open this file (another decoder may)."""
-
-
-def _decord_times(path: str, width: int, height: int) -> tuple[np.ndarray, float]:
-    """Start times of the frames decord can decode, and the end of the last one."""
-    import decord
-
-    # a small proxy (width 64, a multiple of 32): decoding cost stays bounded whatever the source size
+@functools.lru_cache(maxsize=1)
+def torchcodec_available() -> bool:
+    """True when torchcodec and the FFmpeg shared libraries it loads are installed."""
     try:
-        vr = decord.VideoReader(path, num_threads=1, width=64, height=max(2, round(64 * height / width / 2) * 2))
-        n = len(vr)
-    except (decord.DECORDError, RuntimeError, ValueError) as e:
-        raise _DecordCannot(str(e)) from e
-    if n < 1:
-        raise MediaError("no decodable frames")
-    n = _last_decodable(vr, n)
-    ts = vr.get_frame_timestamp(list(range(n))).astype(np.float64)  # [n, 2] start/end seconds
-    t0 = ts[0, 0]
-    return ts[:, 0] - t0, float(ts[-1, 1] - t0)
+        from torchcodec.decoders import VideoDecoder  # noqa: F401  (loads libtorchcodec + FFmpeg)
+    except (ImportError, RuntimeError, OSError):
+        return False
+    return True
 
 
-def _last_decodable(vr: Any, n: int) -> int:
-    """Frame count that really decodes: the index may promise frames the data lacks."""
-    lo, hi = 0, n - 1  # invariant: frame lo decodes (checked first), frames > hi are unknown
-    if _decodes(vr, hi):
+def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
+    """The decoder for ``path``, proven on every access pattern later stages use, and its frame count.
+
+    PyAV first (the fastest on every pattern, bench/decoders.py), then torchcodec (FFmpeg's
+    system build, where installed). A decoder is proven when it
+    decodes, with the frame count the timestamps promise (or the decodable prefix of a truncated
+    file), the first two frames in sequence and the last one by seeking, at the full display
+    size (clip cutting) and at a reduced size (scene split, scoring, the cache), with the right
+    shapes. The choice goes into the probe record, so every stage and the cache read the file
+    with the same decoder whichever worker reads it.
+
+    Returns:
+        ``(backend, decodable frames, why PyAV failed on this file or None)``.
+
+    Raises:
+        MediaError: neither decoder reads the file.
+    """
+    from hv_tune.media.video import scaled_size
+
+    reasons: list[str] = []
+    candidates = ["pyav", "torchcodec"] if torchcodec_available() else ["pyav"]
+    small = scaled_size(probe.width, probe.height, 256)
+    for backend in candidates:
+        trial = dataclasses.replace(probe, backend=backend)
+        try:
+            n = _decodable_frames(path, trial, None)
+            trial.num_frames = n
+            _decodes(path, trial, small, sorted({0, min(1, n - 1), n - 1}))
+            return backend, n, "; ".join(reasons) or None
+        except MediaError as e:
+            reasons.append(f"{backend}: {e}")
+    raise MediaError(f"codec {probe.codec}: no decoder here reads it ({'; '.join(reasons)[:300]}); {CONVERT_HINT}")
+
+
+def _decodable_frames(path: str, probe: VideoProbe, size: tuple[int, int] | None) -> int:
+    """Frames that really decode at ``size``: the index may promise frames the data lacks."""
+    n = probe.num_frames
+    _decodes(path, probe, size, [0, 1] if n > 1 else [0])
+    if _decodes(path, probe, size, [n - 1], fail=False):
         return n
-    if not _decodes(vr, 0):
-        raise MediaError("the first frame does not decode")
+    lo, hi = 0, n - 1  # invariant: frame lo decodes, frame hi does not
     while lo < hi - 1:  # binary search by seeking, at most log2(n) decodes
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if _decodes(vr, mid) else (lo, mid)
+        lo, hi = (mid, hi) if _decodes(path, probe, size, [mid], fail=False) else (lo, mid)
     return lo + 1
 
 
-def _decodes(vr: Any, i: int) -> bool:
+def _decodes(path: str, probe: VideoProbe, size: tuple[int, int] | None, indices: list[int],
+             fail: bool = True) -> bool:
+    """Whether ``indices`` decode at ``size`` (None = display size) with the probe's backend."""
+    from hv_tune.media.video import VideoFrames
+
+    reader = VideoFrames(path, probe, size)
     try:
-        vr.get_batch([i]).asnumpy()
+        reader.get(indices)
         return True
-    except Exception:  # decord raises its own error types for bad data
+    except MediaError:
+        if fail:
+            raise
         return False
+    finally:
+        reader.close()
 
 
 def pyav_times(path: str) -> tuple[np.ndarray, float, float]:
-    """Frame times from the demuxed packets (nothing decoded), for files decord cannot open.
+    """Frame times from the demuxed packets (nothing decoded).
 
     Returns:
         start times ``[N]`` counted from the first frame, the end of the last frame, and the

@@ -1,10 +1,17 @@
 """Decoded frames of a video, upright, by index or by time, at a bounded size.
 
-decord (seeking decode, resizes inside the decoder) reads every file it can open; PyAV reads
-the rest (codecs the decord build lacks). decord 0.6.0 applies the display-matrix rotation
-itself and, given ``width``/``height``, turns first and then resizes, so it is asked for the
-display size; a build that returns the stored picture is turned here (checked by shape).
-PyAV returns stored frames, which are turned here. tests/test_media.py pins both.
+Two decoders sit behind ``VideoFrames``, chosen per file at probe time and recorded in the
+probe's ``backend`` (docs/decisions.md, "Decoder by measurement"):
+
+- ``pyav``: the fastest correct decoder on every access pattern measured (bench/decoders.py).
+  PyAV returns stored frames, which are scaled by swscale and turned here.
+- ``torchcodec`` (PyTorch's decoder over the system FFmpeg, where installed): for a file PyAV
+  fails on at probe time. It applies the display rotation itself and its ``Resize`` acts on
+  the turned picture, so it is asked for the display size.
+
+Frame ``i`` is the ``i``-th frame in presentation order for both, the same order as the
+probe's timestamps. A reader keeps its decoder open: consecutive ``get`` calls over increasing
+indices (a scene split in chunks, a cut) continue decoding without seeking again.
 """
 
 from __future__ import annotations
@@ -18,14 +25,15 @@ import numpy as np
 from hv_tune.media.errors import MediaError
 from hv_tune.media.probe import VideoProbe, probe_video, pyav_times
 
-SEEK_GAP_S = 2.0  # PyAV: seek again rather than decode through more than this many seconds
+SEEK_GAP_S = 1.0  # PyAV: seek rather than decode forward through more than this many seconds
 
 
 def scaled_size(width: int, height: int, short_side: int, multiple: int = 32) -> tuple[int, int]:
-    """Output ``(width, height)``: short side near ``short_side`` (never upscaled), width a multiple of 32.
+    """Output ``(width, height)``: short side near ``short_side``, width a multiple of ``multiple``.
 
-    decord's resize needs a width that is a multiple of 32 (other widths can fail its
-    buffer-size check).
+    Never upscaled, except that the width is rounded to ``multiple`` (at least one multiple).
+    The 32-multiple is kept for the sizes curation records (scene split, scoring); neither
+    decoder needs it.
     """
     scale = min(1.0, short_side / max(1, min(width, height)))
     w = max(multiple, int(round(width * scale / multiple)) * multiple)
@@ -38,29 +46,22 @@ class VideoFrames:
 
     Args:
         path: the video.
-        probe: its ``probe_video`` result (probed here when None).
+        probe: its ``probe_video`` result (probed here when None); its ``backend`` picks the decoder.
         size: output ``(width, height)`` in display orientation; None = the display size.
-            With decord the width should be a multiple of 32 (``scaled_size``).
     """
 
     def __init__(self, path: str | Path, probe: VideoProbe | None = None, size: tuple[int, int] | None = None):
         self.path = str(path)
         self.probe = probe or probe_video(self.path)
-        self.size = size or (self.probe.width, self.probe.height)
-        self._decord: Any = None
+        self.size = tuple(size) if size else (self.probe.width, self.probe.height)
+        self._reader: Any = None
 
     @property
     def times(self) -> np.ndarray:
         """Presentation start time of every frame ``[num_frames]``, seconds from the first frame."""
         if self.probe.times is None:  # a probe rebuilt from a record: read the index now
-            self.probe.times = self._read_times()
+            self.probe.times = pyav_times(self.path)[0][: self.probe.num_frames]
         return self.probe.times
-
-    def _read_times(self) -> np.ndarray:
-        if self.probe.backend != "decord":
-            return pyav_times(self.path)[0]  # (the probe's start_time stays valid)
-        ts = self._reader().get_frame_timestamp(list(range(len(self))))[:, 0].astype(np.float64)  # [N] starts
-        return ts - ts[0]
 
     def __len__(self) -> int:
         return self.probe.num_frames
@@ -71,85 +72,124 @@ class VideoFrames:
         return idx.clip(0, len(self) - 1).tolist()
 
     def get(self, indices: Sequence[int]) -> np.ndarray:
-        """Frames at ``indices`` (decoded by seeking): ``[N, H, W, 3]`` uint8.
+        """Frames at ``indices`` (any order, repeats allowed): ``[N, H, W, 3]`` uint8.
 
         Raises:
             MediaError: when the decoder fails or returns fewer frames (a truncated file).
         """
         indices = [int(i) for i in indices]
+        w, h = self.size
         if not indices:
-            w, h = self.size
             return np.zeros((0, h, w, 3), np.uint8)
-        if self.probe.backend == "decord":
-            frames = self._get_decord(indices)
-        else:
-            frames = self._get_pyav(indices)
-        if len(frames) != len(indices):
-            raise MediaError(f"decoder returned {len(frames)} of {len(indices)} frames (truncated file?)")
+        if min(indices) < 0 or max(indices) >= len(self):
+            raise MediaError(f"frame index out of range 0..{len(self) - 1} (truncated file?)")
+        if self._reader is None:
+            self._reader = open_reader(self.path, self.probe, self.size)
+        frames = self._reader.get(indices)
+        if frames.shape[1:3] != (h, w) or len(frames) != len(indices):
+            raise MediaError(f"decoder returned {len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}, "
+                             f"wanted {len(indices)} of {w}x{h} (truncated file?)")
         return frames
 
-    def _get_decord(self, indices: list[int]) -> np.ndarray:
-        import decord
+    def close(self) -> None:
+        """Release the decoder (also released when the object is garbage-collected)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
-        w, h = self.size
+
+def open_reader(path: str, probe: VideoProbe, size: tuple[int, int]) -> Any:
+    """A reader object of ``probe.backend`` with ``get(indices) -> [N, H, W, 3]`` and ``close()``.
+
+    Records written before this choice (``backend: decord``) read with PyAV.
+    """
+    if probe.backend == "torchcodec":
+        return _TorchcodecReader(path, probe, size)
+    return _PyavReader(path, probe, size)
+
+
+class _TorchcodecReader:
+    """torchcodec (exact seek mode: frame index = presentation order), one FFmpeg thread."""
+
+    def __init__(self, path: str, probe: VideoProbe, size: tuple[int, int]):
+        from torchcodec.decoders import VideoDecoder
+        from torchcodec.transforms import Resize
+
+        w, h = size
+        transforms = [] if (w, h) == (probe.width, probe.height) else [Resize((h, w))]
         try:
-            frames = self._reader().get_batch(indices).asnumpy()
-        except (decord.DECORDError, RuntimeError, ValueError, IndexError) as e:
-            raise MediaError(f"decode failed: {str(e).splitlines()[0][:200]}") from e
-        if self.probe.rotation % 180 and frames.shape[1:3] == (w, h) and w != h:
-            frames = np.rot90(frames, k=self.probe.rotation // 90, axes=(1, 2))  # a build that does not turn
-        return np.ascontiguousarray(frames)
+            self.dec = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact",
+                                    transforms=transforms)
+        except (RuntimeError, ValueError) as e:
+            raise MediaError(f"decode failed: {_short(e)}") from e
 
-    def _reader(self) -> Any:
-        """The decord reader (opened once), asked for the display-oriented output size."""
-        import decord
+    def get(self, indices: list[int]) -> np.ndarray:
+        order = sorted(set(indices))  # torchcodec decodes forward through sorted indices without re-seeking
+        try:
+            batch = self.dec.get_frames_at(order).data.numpy()
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise MediaError(f"decode failed: {_short(e)}") from e
+        if order == indices:
+            return batch
+        pos = {i: k for k, i in enumerate(order)}
+        return batch[[pos[i] for i in indices]]
 
-        if self._decord is None:
-            w, h = self.size
-            kw = {} if (w, h) == (self.probe.width, self.probe.height) else {"width": w, "height": h}
-            try:
-                self._decord = decord.VideoReader(self.path, num_threads=1, **kw)
-            except (decord.DECORDError, RuntimeError, ValueError) as e:
-                raise MediaError(f"decode failed: {str(e).splitlines()[0][:200]}") from e
-        return self._decord
+    def close(self) -> None:
+        self.dec = None
 
-    def _get_pyav(self, indices: list[int]) -> np.ndarray:
-        """Decode with PyAV: seek near each wanted frame, match frames to indices by timestamp."""
+
+class _PyavReader:
+    """PyAV with one open container: decodes forward, seeks only for a jump of more than ``SEEK_GAP_S``."""
+
+    def __init__(self, path: str, probe: VideoProbe, size: tuple[int, int]):
         import av
 
-        wanted = sorted(set(indices))
+        self.av, self.probe, self.size = av, probe, size
+        try:
+            self.container = av.open(path)
+            self.stream = self.container.streams.video[0]
+        except av.FFmpegError as e:
+            raise MediaError(f"decode failed: {_short(e)}") from e
+        self.stream.thread_count = 1  # one thread per decoder: curation runs one worker per core
+        self.times = probe.times if probe.times is not None else pyav_times(path)[0]
+        self._iter: Any = None  # the running decode
+        self._last = -1  # index of the frame the running decode returned last
+
+    def get(self, indices: list[int]) -> np.ndarray:
         got: dict[int, np.ndarray] = {}
         try:
-            with av.open(self.path) as container:
-                s = container.streams.video[0]
-                s.thread_type = "AUTO"
-                while len(got) < len(wanted):
-                    nxt = next(i for i in wanted if i not in got)
-                    if not self._decode_from(container, s, nxt, set(wanted), got):
-                        break
-        except av.FFmpegError as e:
-            raise MediaError(f"decode failed: {' '.join(str(e).split())[:200]}") from e
-        if not got:
-            return np.zeros((0, self.size[1], self.size[0], 3), np.uint8)
-        return np.stack([got[i] for i in indices if i in got])
+            for i in sorted(set(indices)):
+                got[i] = self._frame(i)
+        except self.av.FFmpegError as e:
+            raise MediaError(f"decode failed: {_short(e)}") from e
+        return np.stack([got[i] for i in indices])
 
-    def _decode_from(self, container: Any, s: Any, first: int, wanted: set[int], got: dict[int, np.ndarray]) -> bool:
-        """Seek before frame ``first`` and decode forward; False when nothing new was found."""
-        found = False
-        start = self.probe.start_time  # the first frame's presentation time: times count from it
-        container.seek(int((self.times[first] + start) / s.time_base), stream=s, backward=True)
-        for frame in container.decode(s):
+    def _frame(self, i: int) -> np.ndarray:
+        """Frame ``i``: decode forward from the last one, or seek back to a key frame first."""
+        gap = self.times[i] - self.times[max(self._last, 0)]
+        if self._iter is None or i <= self._last or gap > SEEK_GAP_S:
+            start = self.probe.start_time
+            self.container.seek(int(round((self.times[i] + start) / self.stream.time_base)), stream=self.stream,
+                                backward=True)
+            self._iter, self._last = self.container.decode(self.stream), -1
+        for frame in self._iter:
             if frame.pts is None:
                 continue
-            t = float(frame.pts * frame.time_base) - start
-            i = int(np.argmin(np.abs(self.times - t)))
-            if i in wanted and i not in got:
-                got[i] = self._convert(frame)
-                found = True
-            rest = [j for j in wanted if j not in got]
-            if not rest or self.times[min(rest)] - t > SEEK_GAP_S or self.times[min(rest)] < t - 1e-6:
+            k = self._index(float(frame.pts * frame.time_base) - self.probe.start_time)
+            self._last = k
+            if k == i:
+                return self._convert(frame)
+            if k > i:
                 break
-        return found
+        self._iter = None
+        raise MediaError(f"frame {i} did not decode (truncated file?)")
+
+    def _index(self, t: float) -> int:
+        """The frame whose timestamp is nearest ``t`` (seconds from the first frame)."""
+        j = int(np.searchsorted(self.times, t))
+        if j >= len(self.times) or (j > 0 and t - self.times[j - 1] < self.times[j] - t):
+            j -= 1
+        return max(j, 0)
 
     def _convert(self, frame: Any) -> np.ndarray:
         """A PyAV frame -> upright uint8 RGB at ``size``."""
@@ -159,3 +199,10 @@ class VideoFrames:
         arr = frame.to_ndarray(format="rgb24", width=sw, height=sh)
         return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
+    def close(self) -> None:
+        self._iter = None
+        self.container.close()
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:200]

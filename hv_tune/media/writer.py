@@ -1,7 +1,7 @@
 """Writing video: THE writer of the project (curation's clips, sampling's previews, the tests' inputs).
 
 H.264 in mp4 that keeps the given frame timestamps (VFR stays VFR). Callers that must produce
-another codec (tests that need a file decord cannot read) pass ``codec``; nothing else differs.
+another codec (tests that need AV1 input) pass ``codec``; nothing else differs.
 """
 
 from __future__ import annotations

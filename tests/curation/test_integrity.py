@@ -7,7 +7,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import decord
 import numpy as np
 import pytest
 
@@ -16,6 +15,7 @@ from curation.samples import moving_shape, write_video
 from curation.stages.caption import Captioner
 from curation.stages.clip_scores import ClipScores
 from hv_tune.data.manifest import read_manifest
+from tests.media_files import decode_pyav
 
 from .conftest import TINY_CONFIG, model_overrides
 
@@ -49,7 +49,7 @@ def _stages(cfg):
 
 
 def _first_frame(path: Path) -> np.ndarray:
-    return decord.VideoReader(str(path)).get_batch([0]).asnumpy()[0].astype(float)
+    return decode_pyav(path)[0][0].astype(float)
 
 
 @pytest.mark.parametrize("edit", list(EDITS))

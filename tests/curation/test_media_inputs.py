@@ -56,7 +56,7 @@ def test_mixed_sizes_and_skipped_files(tmp_path, tiny_config):
     d = tmp_path / "in"
     write_video(d / "portrait.mp4", marked_frames(24, 320, 176, seed=1))
     write_video(d / "landscape.mp4", marked_frames(24, 176, 320, seed=2))
-    write_video(d / "av1.mp4", marked_frames(24, 96, 128, seed=3), codec="libsvtav1")  # decord cannot open AV1
+    write_video(d / "av1.mp4", marked_frames(24, 96, 128, seed=3), codec="libsvtav1")
     from PIL import Image
 
     Image.fromarray(marked_frames(1, 90, 150, seed=4)[0]).save(d / "still.png")
@@ -71,7 +71,7 @@ def test_mixed_sizes_and_skipped_files(tmp_path, tiny_config):
     assert all("aesthetic" in r["scores"] for r in recs.values())
     assert recs["portrait.mp4"]["caption_source"] == "user"  # portrait.txt
     assert all(r["caption_source"] == "model" and r["caption"] for k, r in recs.items() if k != "portrait.mp4")
-    assert any("decoded with PyAV" in n for n in recs["av1.mp4"]["probe_notes"])
+    assert recs["av1.mp4"]["backend"] == "pyav" and not recs["av1.mp4"]["probe_notes"]  # the first choice reads it
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [f["rel"] for f in summary["skipped_files"]] == ["notes.xyz"]
     assert "unsupported extension .xyz" in summary["skipped_files"][0]["reason"]
