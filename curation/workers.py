@@ -24,6 +24,8 @@ from typing import Any
 
 from curation.config import CurationConfig
 
+PRELOAD = ["curation.workers", "curation.stages.probe", "curation.stages.scenes", "curation.stages.frames",
+           "curation.stages.motion", "curation.stages.cut", "cv2", "scenedetect.detectors"]
 _LOCAL: dict[str, Any] = {}  # per worker process: the probe stage (its child process is kept)
 
 
@@ -108,6 +110,8 @@ class WorkerPool:
         self.workers = workers
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         ctx = multiprocessing.get_context(method)
+        if method == "forkserver":  # imported once in the server; every worker forks with them loaded
+            ctx.set_forkserver_preload(PRELOAD)
         threads = max(1, cpu_count() // workers)
         self._before = set(multiprocessing.active_children())
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
@@ -170,7 +174,7 @@ def cut_job(rec: dict[str, Any], path: str, crf: int) -> tuple[str | None, dict[
     """Cut one accepted clip to ``path`` (atomic); the reason when it cannot be cut (a full
     volume is raised: the run stops)."""
     from curation.errors import out_of_space
-    from curation.export import write_clip
+    from curation.stages.cut import write_clip
 
     t0 = time.perf_counter()
     err = None
