@@ -74,12 +74,22 @@ def _watch_parent(run_pid: int) -> None:
 
 
 def _init_worker(threads: int, parent: int) -> None:
+    _LOCAL["worker"] = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
     signal.signal(signal.SIGTERM, _stop_worker)  # the parent stopping us: take the probe's process along
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     limit_threads(threads)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _importable_in_children() -> None:
+    """Python 3.11's forkserver ignores the caller's ``sys.path``: put the folder this package
+    was imported from on ``PYTHONPATH`` (children only read it) so the server finds it too."""
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
 
 
 class InlinePool:
@@ -112,6 +122,7 @@ class WorkerPool:
         ctx = multiprocessing.get_context(method)
         if method == "forkserver":  # imported once in the server; every worker forks with them loaded
             ctx.set_forkserver_preload(PRELOAD)
+            _importable_in_children()
         threads = max(1, cpu_count() // workers)
         self._before = set(multiprocessing.active_children())
         self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
@@ -149,7 +160,8 @@ def split_job(cfg: CurationConfig, rec: dict[str, Any]) -> tuple[dict[str, Any],
 
     probe = _LOCAL.get("probe")
     if probe is None or probe.cfg != cfg.probe:
-        probe = _LOCAL["probe"] = Probe(cfg.probe)
+        # a worker is single-threaded between jobs (its OpenCV pool idle): the probe's process forks from it
+        probe = _LOCAL["probe"] = Probe(cfg.probe, "fork" if _LOCAL.get("worker") else "spawn")
     t0 = time.perf_counter()
     rec = probe.one(rec)
     t1 = time.perf_counter()

@@ -168,6 +168,7 @@ def _limit_memory(max_mb: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from a curation worker: not the worker's handler
     if max_mb > 0:
         import resource
 
@@ -185,13 +186,13 @@ class Probe:
     name = "probe"
     uses_model = False
 
-    def __init__(self, cfg: ProbeConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ProbeConfig, start_method: str = "spawn"):
+        self.cfg, self.start_method = cfg, start_method  # "fork" from a curation worker: starts in ms
         self._pool = None
 
     def _get_pool(self) -> Any:
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
+            ctx = multiprocessing.get_context(self.start_method)
             self._pool = ctx.Pool(1, initializer=_limit_memory, initargs=(self.cfg.max_memory_mb,))
         return self._pool
 
@@ -202,7 +203,7 @@ class Probe:
             self._pool = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray ships stages to workers: the pool stays behind
-        return {"cfg": self.cfg, "_pool": None}
+        return {"cfg": self.cfg, "start_method": "spawn", "_pool": None}
 
     def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self.one(r) for r in records]
