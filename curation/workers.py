@@ -25,7 +25,8 @@ from typing import Any
 from curation.config import CurationConfig
 
 PRELOAD = ["curation.workers", "curation.stages.probe", "curation.stages.scenes", "curation.stages.frames",
-           "curation.stages.motion", "curation.stages.cut", "cv2", "scenedetect.detectors"]
+           "curation.stages.motion", "curation.stages.cut", "curation.report", "cv2", "scenedetect.detectors",
+           "PIL.Image", "av", "decord", "torchcodec"]  # decoders hv_tune.media may load lazily (missing: skipped)
 _LOCAL: dict[str, Any] = {}  # per worker process: the probe stage (its child process is kept)
 
 
@@ -55,6 +56,14 @@ def _stop_worker(*_: Any) -> None:
     os._exit(1)
 
 
+def _on_term(*_: Any) -> None:
+    """SIGTERM (the run stopping us): end the job by an exception, so a clip being written loses
+    its temporary file (``hv_tune.io.atomic_write``); the worker then exits as a pool worker does
+    (its probe process with it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(1)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -70,13 +79,15 @@ def _watch_parent(run_pid: int) -> None:
     parent = os.getppid()
     while os.getppid() == parent and _alive(run_pid):
         time.sleep(0.5)
-    _stop_worker()
+    os.kill(os.getpid(), signal.SIGTERM)  # the job in hand stops cleanly ...
+    time.sleep(3.0)
+    _stop_worker()  # ... and nobody is left to tell us to exit
 
 
 def _init_worker(threads: int, parent: int) -> None:
     _LOCAL["worker"] = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
-    signal.signal(signal.SIGTERM, _stop_worker)  # the parent stopping us: take the probe's process along
+    signal.signal(signal.SIGTERM, _on_term)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     limit_threads(threads)
@@ -141,6 +152,8 @@ class WorkerPool:
             p.terminate()
         for p in ours:
             p.join(timeout=10)
+            if p.is_alive():  # a worker stuck in a decoder
+                p.kill()
 
 
 def make_pool(cfg: CurationConfig) -> InlinePool | WorkerPool:
