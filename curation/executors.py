@@ -177,4 +177,6 @@ class RayExecutor:
 
 def make_executor(cfg: CurationConfig) -> LocalExecutor | RayExecutor:
     """The executor the config names."""
-    return RayExecutor(cfg) if cfg.executor == "ray" else LocalExecutor(cfg.batch_size, cfg.workers)
+    from curation.workers import resolve_workers
+
+    return RayExecutor(cfg) if cfg.executor == "ray" else LocalExecutor(cfg.batch_size, resolve_workers(cfg.workers))
