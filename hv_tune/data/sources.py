@@ -5,7 +5,10 @@ Four kinds of source (``data.sources[i].type``, ``auto`` picks by path):
 ``manifest`` (hv-tune curation ``manifest.jsonl``, read by ``hv_tune.data.manifest``: accepted
 records only, their frame span and caption),
 ``jsonl`` (musubi-tuner: ``{"video_path" | "image_path": ..., "caption": ...}``) and
-``csv`` (finetrainers: ``path,caption`` columns). Problems become ``Skip`` records.
+``csv`` (finetrainers: ``path,caption`` columns); a musubi-tuner dataset ``.toml`` expands into one
+folder or jsonl source per ``[[datasets]]`` table (``hv_tune.data.musubi_toml``). Each source may
+set its own resolution, frame buckets, fps and upscaling (``resolve_settings``). Problems become
+``Skip`` records.
 Every caption goes through ``hv_tune.media.apply_caption_rule``, the rule curation applies too.
 """
 
@@ -16,7 +19,7 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hv_tune.config import DataConfig, SourceConfig
@@ -38,6 +41,11 @@ class SourceSettings:
     caption_dropout: float
     missing_caption: str
     caption_lines: str = "join"
+    resolution: int = 512
+    frame_buckets: list[int] = field(default_factory=lambda: [1, 33])
+    frame_bucket_choice: str = "longest"
+    fps: float | None = None  # None = the model's frame rate
+    allow_upscale: bool = False
 
 
 @dataclass
@@ -65,13 +73,50 @@ class Scan:
     not_accepted: dict[str, str] = field(default_factory=dict)  # item_key -> status of manifest clips left out
 
 
+#: SourceConfig keys that fall back to the same key under `data` when unset (null)
+INHERITED = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption", "caption_lines",
+             "resolution", "frame_buckets", "frame_bucket_choice", "fps", "allow_upscale")
+
+
 def resolve_settings(src: SourceConfig, data: DataConfig) -> SourceSettings:
+    """A source's settings: its own value of each ``INHERITED`` key, else the one under ``data``."""
     def pick(name: str):
         own = getattr(src, name)
         return getattr(data, name) if own is None else own
 
-    names = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption", "caption_lines")
-    return SourceSettings(src.repeats, *(pick(n) for n in names))
+    return SourceSettings(src.repeats, **{n: pick(n) for n in INHERITED})
+
+
+@dataclass
+class ExpandedSource:
+    """One source as the scan reads it: a YAML entry, or one ``[[datasets]]`` table of a musubi .toml."""
+
+    label: str  # "data.sources[0]", or "data.sources[0] (data.toml [[datasets]] #1)"
+    config: SourceConfig  # path and type of the media list; the toml's keys filled in
+
+
+def expand_sources(data: DataConfig, pixel_multiple: int = 16, batch_size: int | None = None) -> list[ExpandedSource]:
+    """``data.sources`` with each musubi-tuner dataset .toml replaced by its datasets.
+
+    A dataset's keys (``hv_tune.data.musubi_toml``) win over the YAML entry's own keys, which win
+    over ``data``'s. ``batch_size`` (``training.batch_size``) is checked against the toml's.
+
+    Raises:
+        ConfigError: a .toml that cannot be read or uses a key we do not support.
+    """
+    from hv_tune.data.musubi_toml import read_musubi_toml
+
+    out = []
+    for i, src in enumerate(data.sources):
+        label = f"data.sources[{i}]"
+        if source_type(src) != "musubi_toml":
+            out.append(ExpandedSource(label, src))
+            continue
+        toml = Path(src.path).expanduser()
+        for d in read_musubi_toml(toml, pixel_multiple, batch_size):
+            cfg = replace(src, path=str(d.path), type=d.type, **d.settings)
+            out.append(ExpandedSource(f"{label} ({toml.name} [[datasets]] #{d.index})", cfg))
+    return out
 
 
 def media_kind(path: Path) -> str | None:
@@ -85,6 +130,8 @@ def source_type(src: SourceConfig) -> str:
     p = Path(src.path)
     if p.is_dir():
         return "folder"
+    if p.suffix.lower() == ".toml":
+        return "musubi_toml"
     if p.suffix.lower() == ".csv":
         return "csv"
     if is_manifest(p):  # named manifest*, or marked by its manifest_version
@@ -266,9 +313,10 @@ def _jsonl_records(path: Path, scan: Scan):
 READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv}
 
 
-def scan_sources(data: DataConfig) -> Scan:
-    """Every media item of every source, with resolved settings and final captions."""
+def scan_sources(data: DataConfig, pixel_multiple: int = 16) -> Scan:
+    """Every media item of every source (musubi .toml datasets expanded), with resolved settings
+    and final captions."""
     scan = Scan()
-    for src in data.sources:
-        READERS[source_type(src)](Path(src.path).expanduser(), resolve_settings(src, data), scan)
+    for src in expand_sources(data, pixel_multiple):
+        READERS[source_type(src.config)](Path(src.config.path).expanduser(), resolve_settings(src.config, data), scan)
     return scan
