@@ -119,6 +119,13 @@ def expand_sources(data: DataConfig, pixel_multiple: int = 16, batch_size: int |
     return out
 
 
+def bucket_settings(data: DataConfig, pixel_multiple: int = 16) -> list[tuple[int, list[int]]]:
+    """(resolution, frame_buckets) of every source (musubi .toml datasets expanded), or of ``data``
+    alone without sources: what the buckets of a cache built from ``data`` can be at most."""
+    expanded = [resolve_settings(s.config, data) for s in expand_sources(data, pixel_multiple)]
+    return [(s.resolution, s.frame_buckets) for s in expanded] or [(data.resolution, data.frame_buckets)]
+
+
 def media_kind(path: Path) -> str | None:
     ext = path.suffix.lower()
     return "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else None
