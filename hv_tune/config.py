@@ -367,7 +367,7 @@ def _validate_source_settings(cfg: Config, spec: ModelSpec) -> None:
             if both:
                 raise ConfigError(f"config key 'data.sources[{i}].{both[0]}': {src.path} is a musubi-tuner dataset "
                                   "config, which sets it for each of its datasets; set it in the .toml instead")
-    for src in expand_sources(cfg.data, spec.video.pixel_multiple, cfg.training.batch_size):
+    for src in expand_sources(cfg.data, cfg.training.batch_size):
         s, key = src.config, src.label
         if s.resolution is not None and not spec.video.side_ok(s.resolution):
             raise ConfigError(f"config key '{key}.resolution' must be a positive multiple of "

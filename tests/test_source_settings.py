@@ -51,6 +51,9 @@ def test_each_source_is_cached_at_its_own_size_and_a_change_reencodes_only_that_
     assert not first.skipped, first.table()
     assert _buckets(cache) == {"videos": {(5, 64, 64)}, "stills": {(1, 128, 128)}}
     assert first.latents_encoded == 4
+    assert first.sources == [f"data.sources[0] {videos}: 64 px, frame buckets [5] (longest), 24 fps, no upscale",
+                             f"data.sources[1] {stills}: 128 px, frame buckets [1] (longest), 24 fps, no upscale"]
+    assert "sources (their own resolution / frame buckets):" in first.table()
     # the video source at 32 px: its 2 latents are re-encoded, the stills' 2 are reused, no text changes
     again = build_cache(spec, cache_config(tiny_model, videos, cache, _sources(videos, stills, 32)), "cpu")
     assert _buckets(cache) == {"videos": {(5, 32, 32)}, "stills": {(1, 128, 128)}}

@@ -48,6 +48,7 @@ DEFAULTS = {"resolution": [960, 544], "enable_bucket": False, "bucket_no_upscale
             "frame_sample": 1, "max_frames": 129}
 #: musubi's frame_extraction -> ours (``full`` is handled by its own rule)
 EXTRACTION = {"head": "head", "chunk": "chunks", "uniform": "uniform"}
+RESOLUTION_STEP = 16  # musubi's bucket step (BucketSelector) for both HunyuanVideo families
 FRAME_STEP = 4  # musubi rounds target_frames down to 4k+1 for every architecture (vae_frame_stride)
 
 
@@ -61,13 +62,11 @@ class TomlDataset:
     settings: dict[str, Any] = field(default_factory=dict)  # SourceConfig keys
 
 
-def read_musubi_toml(path: str | Path, pixel_multiple: int = 16, batch_size: int | None = None) -> list[TomlDataset]:
+def read_musubi_toml(path: str | Path, batch_size: int | None = None) -> list[TomlDataset]:
     """The datasets of a musubi-tuner dataset config, mapped to hv-tune source settings.
 
     Args:
         path: the ``.toml`` file.
-        pixel_multiple: the model's pixel multiple; a ``[w, h]`` resolution becomes the side of the
-            nearest multiple of it to ``sqrt(w * h)`` (our buckets keep that area, any aspect).
         batch_size: ``training.batch_size``; a dataset's ``batch_size`` must equal it (one batch size
             per run here). None = not checked.
 
@@ -89,10 +88,10 @@ def read_musubi_toml(path: str | Path, pixel_multiple: int = 16, batch_size: int
     for key in general:
         if key not in SHARED_KEYS:
             raise ConfigError(f"{path}: [general] key {key!r} is not supported; [general] takes {', '.join(SHARED_KEYS)}")
-    return [_dataset(path, i, general, d, pixel_multiple, batch_size) for i, d in enumerate(datasets)]
+    return [_dataset(path, i, general, d, batch_size) for i, d in enumerate(datasets)]
 
 
-def _dataset(path: Path, i: int, general: dict, table: dict, multiple: int, batch_size: int | None) -> TomlDataset:
+def _dataset(path: Path, i: int, general: dict, table: dict, batch_size: int | None) -> TomlDataset:
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{path}: [[datasets]] #{i} key {key!r}: {why}")
 
@@ -114,7 +113,7 @@ def _dataset(path: Path, i: int, general: dict, table: dict, multiple: int, batc
     if not src.exists():
         raise bad(media[0], f"{src} does not exist (relative paths are read from the .toml file's folder)")
     settings: dict[str, Any] = {"repeats": _int(get("num_repeats"), 1, bad, "num_repeats")}
-    settings["resolution"] = _resolution(get("resolution"), multiple, bad)
+    settings["resolution"] = _resolution(get("resolution"), bad)
     if not get("enable_bucket"):
         raise bad("enable_bucket", "false (musubi's default: every item resized and cropped to exactly the "
                                    "resolution) is not supported; hv-tune always buckets by aspect ratio: set "
@@ -127,7 +126,7 @@ def _dataset(path: Path, i: int, general: dict, table: dict, multiple: int, batc
     if batch_size is not None and bs != batch_size:
         raise bad("batch_size", f"{bs} differs from training.batch_size={batch_size}: hv-tune has one batch "
                                 "size per run; set training.batch_size or remove it from the toml")
-    settings |= _frames(get, bad, multiple) if video else {"frame_buckets": [1]}
+    settings |= _frames(get, bad) if video else {"frame_buckets": [1]}
     return TomlDataset(i, src, "folder" if media[0].endswith("directory") else "jsonl", settings)
 
 
@@ -137,18 +136,19 @@ def _int(value: Any, low: int, bad, key: str) -> int:
     return value
 
 
-def _resolution(value: Any, multiple: int, bad) -> int:
-    """musubi's resolution (one side, or ``[width, height]``) as our side length (same area)."""
+def _resolution(value: Any, bad) -> int:
+    """musubi's resolution (one side, or ``[width, height]``) as our side length: the multiple of
+    ``RESOLUTION_STEP`` nearest to ``sqrt(width * height)`` (our buckets keep that area, any aspect)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value, value]
     if (not isinstance(value, list) or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
         raise bad("resolution", f"must be a side in pixels or [width, height] (got {value!r})")
-    side = round(math.sqrt(value[0] * value[1]) / multiple) * multiple
-    return max(multiple, side)
+    side = round(math.sqrt(value[0] * value[1]) / RESOLUTION_STEP) * RESOLUTION_STEP
+    return max(RESOLUTION_STEP, side)
 
 
-def _frames(get, bad, multiple: int) -> dict[str, Any]:
+def _frames(get, bad) -> dict[str, Any]:
     """Video keys -> frame_buckets, frame_bucket_choice, frame_extraction, frame_samples."""
     mode = get("frame_extraction")
     if mode == "full":  # the whole clip, cut to 4k+1 frames and to max_frames: the longest 4k+1 that fits

@@ -95,7 +95,7 @@ class ExpandedSource:
     config: SourceConfig  # path and type of the media list; the toml's keys filled in
 
 
-def expand_sources(data: DataConfig, pixel_multiple: int = 16, batch_size: int | None = None) -> list[ExpandedSource]:
+def expand_sources(data: DataConfig, batch_size: int | None = None) -> list[ExpandedSource]:
     """``data.sources`` with each musubi-tuner dataset .toml replaced by its datasets.
 
     A dataset's keys (``hv_tune.data.musubi_toml``) win over the YAML entry's own keys, which win
@@ -113,17 +113,37 @@ def expand_sources(data: DataConfig, pixel_multiple: int = 16, batch_size: int |
             out.append(ExpandedSource(label, src))
             continue
         toml = Path(src.path).expanduser()
-        for d in read_musubi_toml(toml, pixel_multiple, batch_size):
+        for d in read_musubi_toml(toml, batch_size):
             cfg = replace(src, path=str(d.path), type=d.type, **d.settings)
             out.append(ExpandedSource(f"{label} ({toml.name} [[datasets]] #{d.index})", cfg))
     return out
 
 
-def bucket_settings(data: DataConfig, pixel_multiple: int = 16) -> list[tuple[int, list[int]]]:
+def bucket_settings(data: DataConfig) -> list[tuple[int, list[int]]]:
     """(resolution, frame_buckets) of every source (musubi .toml datasets expanded), or of ``data``
     alone without sources: what the buckets of a cache built from ``data`` can be at most."""
-    expanded = [resolve_settings(s.config, data) for s in expand_sources(data, pixel_multiple)]
+    expanded = [resolve_settings(s.config, data) for s in expand_sources(data)]
     return [(s.resolution, s.frame_buckets) for s in expanded] or [(data.resolution, data.frame_buckets)]
+
+
+#: the settings that give a source's items their size: the cache summary lists them per source when they differ
+SIZE_KEYS = ("resolution", "frame_buckets", "frame_bucket_choice", "fps", "allow_upscale")
+
+
+def describe_sources(data: DataConfig) -> list[str]:
+    """One line per source with the settings that size its items, for the cache summary; empty when
+    every source takes them from ``data`` (the summary's bucket table says it all then)."""
+    expanded = expand_sources(data)
+    if all(src.label == f"data.sources[{i}]" and all(getattr(src.config, k) is None for k in SIZE_KEYS)
+           for i, src in enumerate(expanded)):
+        return []
+    out = []
+    for src in expanded:
+        s = resolve_settings(src.config, data)
+        fps = f"{s.fps:g} fps" if s.fps else "the model's fps"
+        out.append(f"{src.label} {src.config.path}: {s.resolution} px, frame buckets {s.frame_buckets} "
+                   f"({s.frame_bucket_choice}), {fps}, {'upscale' if s.allow_upscale else 'no upscale'}")
+    return out
 
 
 def media_kind(path: Path) -> str | None:
@@ -320,10 +340,10 @@ def _jsonl_records(path: Path, scan: Scan):
 READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv}
 
 
-def scan_sources(data: DataConfig, pixel_multiple: int = 16) -> Scan:
+def scan_sources(data: DataConfig) -> Scan:
     """Every media item of every source (musubi .toml datasets expanded), with resolved settings
     and final captions."""
     scan = Scan()
-    for src in expand_sources(data, pixel_multiple):
+    for src in expand_sources(data):
         READERS[source_type(src.config)](Path(src.config.path).expanduser(), resolve_settings(src.config, data), scan)
     return scan

@@ -111,7 +111,7 @@ def largest_bucket(cfg: Config, spec: ModelSpec) -> tuple[tuple[int, int, int], 
         if buckets:
             return max(buckets, key=lambda b: _tokens(spec, b)), f"cache {index}"
     multiple = spec.video.pixel_multiple
-    buckets = [(f, h, w) for res, frames in bucket_settings(cfg.data, multiple)
+    buckets = [(f, h, w) for res, frames in bucket_settings(cfg.data)
                for f in frames for h, w in resolution_buckets(res, multiple)]
     return max(buckets, key=lambda b: _tokens(spec, b)), "frame_buckets x resolution of every source (or data.*)"
 
