@@ -192,4 +192,24 @@ def test_musubi_full_extraction_maps_to_the_longest_4k_plus_1_count(tmp_path):
     # sqrt(960 * 544) = 722.6 -> 720 (multiple of 16); bucket_no_upscale unset -> musubi upscales
     assert d.settings == {"repeats": 1, "resolution": 720, "allow_upscale": True, "frame_buckets": [1, 5, 9, 13],
                           "frame_bucket_choice": "longest", "frame_extraction": "head"}
-    assert d.path == tmp_path / "v" and d.type == "folder"
+    assert d.path == tmp_path / "v" and d.type == "musubi_videos"
+
+
+def test_a_musubi_directory_is_read_as_musubi_reads_it(tiny_model, two_sources, tmp_path):
+    """A video_directory: its own videos only (an image beside them and a subfolder are not items)."""
+    from hv_tune.data.sources import scan_sources
+
+    videos, stills = two_sources
+    folder = tmp_path / "videos"
+    shutil.copytree(videos, folder)
+    shutil.copy(stills / "still.png", folder / "photo.png")
+    (folder / "photo.txt").write_text("a photo\n", encoding="utf-8")
+    shutil.copytree(videos, folder / "nested")
+    toml = _toml(tmp_path, MUSUBI_TOML.replace('image_directory = "stills"', f'image_directory = "{stills}"'))
+    scan = scan_sources(cache_config(tiny_model, videos, tmp_path / "c", f"data.sources=[{{path: {toml}}}]").data)
+    assert sorted(m.path.name for m in scan.items if m.kind == "video") == sorted(p.name for p in videos.glob("*.mp4"))
+    assert [s.reason for s in scan.skipped if s.path.endswith("photo.png")] == [
+        "image in a musubi-tuner video_directory, which reads videos only"]
+    # the same folder as a YAML folder source is read recursively, images included
+    scan = scan_sources(cache_config(tiny_model, folder, tmp_path / "c").data)
+    assert len(scan.items) == 2 * len(list(videos.glob("*.mp4"))) + 1

@@ -58,7 +58,7 @@ class TomlDataset:
 
     index: int
     path: Path  # folder or .jsonl
-    type: str  # "folder" | "jsonl"
+    type: str  # "musubi_videos" | "musubi_images" (a directory: that kind, top folder only) | "jsonl"
     settings: dict[str, Any] = field(default_factory=dict)  # SourceConfig keys
 
 
@@ -127,7 +127,8 @@ def _dataset(path: Path, i: int, general: dict, table: dict, batch_size: int | N
         raise bad("batch_size", f"{bs} differs from training.batch_size={batch_size}: hv-tune has one batch "
                                 "size per run; set training.batch_size or remove it from the toml")
     settings |= _frames(get, bad) if video else {"frame_buckets": [1]}
-    return TomlDataset(i, src, "folder" if media[0].endswith("directory") else "jsonl", settings)
+    kind = ("musubi_videos" if video else "musubi_images") if media[0].endswith("directory") else "jsonl"
+    return TomlDataset(i, src, kind, settings)
 
 
 def _int(value: Any, low: int, bad, key: str) -> int:

@@ -190,10 +190,18 @@ def finish_captions(
 # ----------------------------------------------------------------------------- readers
 
 
-def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
-    """Media files of ``root`` (recursively) with their sidecar captions; every other file is a Skip."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    media = [p for p in files if media_kind(p)]
+def scan_folder(root: Path, s: SourceSettings, scan: Scan, only: str | None = None) -> None:
+    """Media files of ``root`` (recursively) with their sidecar captions; every other file is a Skip.
+
+    ``only`` (``video`` | ``image``): a musubi-tuner ``video_directory`` / ``image_directory``:
+    the top folder alone and that kind of media only, as musubi-tuner reads it.
+    """
+    files = sorted(p for p in (root.iterdir() if only else root.rglob("*")) if p.is_file())
+    for path in files:
+        if only and media_kind(path) not in (None, only):
+            scan.skipped.append(Skip(str(path), f"{media_kind(path)} in a musubi-tuner {only}_directory, which "
+                                                f"reads {only}s only"))
+    media = [p for p in files if media_kind(p) and (only is None or media_kind(p) == only)]
     sidecars = {path: find_caption_file(path) for path in media}
     for path in files:
         if not media_kind(path) and path not in sidecars.values():
@@ -337,7 +345,10 @@ def _jsonl_records(path: Path, scan: Scan):
             yield n, rec
 
 
-READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv}
+READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv,
+           # a musubi-tuner .toml's directories (hv_tune.data.musubi_toml): one kind, top folder only
+           "musubi_videos": lambda root, s, scan: scan_folder(root, s, scan, "video"),
+           "musubi_images": lambda root, s, scan: scan_folder(root, s, scan, "image")}
 
 
 def scan_sources(data: DataConfig) -> Scan:
