@@ -358,26 +358,29 @@ TOML_OWNED = ("repeats", "resolution", "frame_buckets", "frame_bucket_choice", "
 
 
 def _validate_source_settings(cfg: Config, spec: ModelSpec) -> None:
-    """Per-source resolution, frame buckets and fps (musubi .toml datasets expanded and checked)."""
-    from hv_tune.data.sources import expand_sources, source_type
+    """Per-source resolution, frame buckets and fps; a musubi .toml source's datasets are read and checked."""
+    from hv_tune.musubi_toml import is_musubi_toml, read_musubi_toml
 
     for i, src in enumerate(cfg.data.sources):
-        if source_type(src) == "musubi_toml":
+        own = [(f"data.sources[{i}]", dataclasses.asdict(src))]
+        if is_musubi_toml(src.path, src.type):
             both = [k for k in TOML_OWNED if getattr(src, k) != getattr(SourceConfig(), k)]
             if both:
                 raise ConfigError(f"config key 'data.sources[{i}].{both[0]}': {src.path} is a musubi-tuner dataset "
                                   "config, which sets it for each of its datasets; set it in the .toml instead")
-    for src in expand_sources(cfg.data, cfg.training.batch_size):
-        s, key = src.config, src.label
-        if s.resolution is not None and not spec.video.side_ok(s.resolution):
-            raise ConfigError(f"config key '{key}.resolution' must be a positive multiple of "
-                              f"{spec.video.pixel_multiple} (got {s.resolution})")
-        if s.frame_buckets is not None:
-            if not s.frame_buckets:
-                raise ConfigError(f"config key '{key}.frame_buckets' must list at least one frame count")
-            _check_frame_buckets(f"{key}.frame_buckets", s.frame_buckets, spec)
-        if s.fps is not None and s.fps <= 0:
-            raise ConfigError(f"config key '{key}.fps' must be > 0 (got {s.fps})")
+            own = [(f"{src.path} [[datasets]] #{d.index}", d.settings)
+                   for d in read_musubi_toml(src.path, cfg.training.batch_size)]
+        for key, s in own:
+            res, frames, fps = s.get("resolution"), s.get("frame_buckets"), s.get("fps")
+            if res is not None and not spec.video.side_ok(res):
+                raise ConfigError(f"config key '{key}.resolution' must be a positive multiple of "
+                                  f"{spec.video.pixel_multiple} (got {res})")
+            if frames is not None:
+                if not frames:
+                    raise ConfigError(f"config key '{key}.frame_buckets' must list at least one frame count")
+                _check_frame_buckets(f"{key}.frame_buckets", frames, spec)
+            if fps is not None and fps <= 0:
+                raise ConfigError(f"config key '{key}.fps' must be > 0 (got {fps})")
 
 
 def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:

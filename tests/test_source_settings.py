@@ -183,7 +183,7 @@ def test_a_musubi_toml_without_buckets_or_with_yaml_overrides_is_refused(tiny_mo
 
 
 def test_musubi_full_extraction_maps_to_the_longest_4k_plus_1_count(tmp_path):
-    from hv_tune.data.musubi_toml import read_musubi_toml
+    from hv_tune.musubi_toml import read_musubi_toml
 
     (tmp_path / "v").mkdir()
     toml = _toml(tmp_path, '[general]\nenable_bucket = true\nresolution = [960, 544]\n[[datasets]]\n'

@@ -6,7 +6,7 @@ Four kinds of source (``data.sources[i].type``, ``auto`` picks by path):
 records only, their frame span and caption),
 ``jsonl`` (musubi-tuner: ``{"video_path" | "image_path": ..., "caption": ...}``) and
 ``csv`` (finetrainers: ``path,caption`` columns); a musubi-tuner dataset ``.toml`` expands into one
-folder or jsonl source per ``[[datasets]]`` table (``hv_tune.data.musubi_toml``). Each source may
+folder or jsonl source per ``[[datasets]]`` table (``hv_tune.musubi_toml``). Each source may
 set its own resolution, frame buckets, fps and upscaling (``resolve_settings``). Problems become
 ``Skip`` records.
 Every caption goes through ``hv_tune.media.apply_caption_rule``, the rule curation applies too.
@@ -25,6 +25,7 @@ from pathlib import Path
 from hv_tune.config import DataConfig, SourceConfig
 from hv_tune.data.manifest import is_manifest, manifest_rows
 from hv_tune.media import apply_caption_rule, decode_caption_bytes, find_caption_file, read_caption_file
+from hv_tune.musubi_toml import is_musubi_toml, read_musubi_toml
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -95,17 +96,15 @@ class ExpandedSource:
     config: SourceConfig  # path and type of the media list; the toml's keys filled in
 
 
-def expand_sources(data: DataConfig, batch_size: int | None = None) -> list[ExpandedSource]:
+def expand_sources(data: DataConfig) -> list[ExpandedSource]:
     """``data.sources`` with each musubi-tuner dataset .toml replaced by its datasets.
 
-    A dataset's keys (``hv_tune.data.musubi_toml``) win over the YAML entry's own keys, which win
-    over ``data``'s. ``batch_size`` (``training.batch_size``) is checked against the toml's.
+    A dataset's keys (``hv_tune.musubi_toml``) win over the YAML entry's own keys, which win
+    over ``data``'s (``hv_tune.config`` refuses a YAML key that the .toml also sets).
 
     Raises:
         ConfigError: a .toml that cannot be read or uses a key we do not support.
     """
-    from hv_tune.data.musubi_toml import read_musubi_toml
-
     out = []
     for i, src in enumerate(data.sources):
         label = f"data.sources[{i}]"
@@ -113,7 +112,7 @@ def expand_sources(data: DataConfig, batch_size: int | None = None) -> list[Expa
             out.append(ExpandedSource(label, src))
             continue
         toml = Path(src.path).expanduser()
-        for d in read_musubi_toml(toml, batch_size):
+        for d in read_musubi_toml(toml):
             cfg = replace(src, path=str(d.path), type=d.type, **d.settings)
             out.append(ExpandedSource(f"{label} ({toml.name} [[datasets]] #{d.index})", cfg))
     return out
@@ -157,7 +156,7 @@ def source_type(src: SourceConfig) -> str:
     p = Path(src.path)
     if p.is_dir():
         return "folder"
-    if p.suffix.lower() == ".toml":
+    if is_musubi_toml(p):
         return "musubi_toml"
     if p.suffix.lower() == ".csv":
         return "csv"
@@ -346,7 +345,7 @@ def _jsonl_records(path: Path, scan: Scan):
 
 
 READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv,
-           # a musubi-tuner .toml's directories (hv_tune.data.musubi_toml): one kind, top folder only
+           # a musubi-tuner .toml's directories (hv_tune.musubi_toml): one kind, top folder only
            "musubi_videos": lambda root, s, scan: scan_folder(root, s, scan, "video"),
            "musubi_images": lambda root, s, scan: scan_folder(root, s, scan, "image")}
 

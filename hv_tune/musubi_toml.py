@@ -62,6 +62,15 @@ class TomlDataset:
     settings: dict[str, Any] = field(default_factory=dict)  # SourceConfig keys
 
 
+def is_musubi_toml(path: str | Path, source_type: str = "auto") -> bool:
+    """Whether a source (its path and ``type``) is a musubi-tuner dataset config: ``type: musubi_toml``,
+    or ``auto`` and a ``.toml`` file."""
+    if source_type != "auto":
+        return source_type == "musubi_toml"
+    p = Path(path).expanduser()
+    return p.suffix.lower() == ".toml" and not p.is_dir()
+
+
 def read_musubi_toml(path: str | Path, batch_size: int | None = None) -> list[TomlDataset]:
     """The datasets of a musubi-tuner dataset config, mapped to hv-tune source settings.
 
