@@ -60,6 +60,11 @@ def test_each_source_is_cached_at_its_own_size_and_a_change_reencodes_only_that_
     assert (again.latents_encoded, again.latents_reused, again.texts_encoded) == (2, 2, 0)
     assert again.changes == ["data.sources changed: data.sources[0] resolution: 64 -> 32: its latents are "
                              "re-encoded (that source's items only)"]
+    # data.resolution is used by no source: changing it re-encodes nothing, and the summary says so
+    again = build_cache(spec, cache_config(tiny_model, videos, cache, _sources(videos, stills, 32),
+                                           "data.resolution=48"), "cpu")
+    assert (again.latents_encoded, again.texts_encoded) == (0, 0)
+    assert again.changes == ["data.resolution: 32 -> 48: no effect: every source sets its own"]
     # a source's fps: 12 fps gives the 8-frame clips 4 frames, too short for the 5-frame bucket
     cfg = cache_config(tiny_model, videos, cache, f"data.sources=[{{path: {videos}, fps: 12}}]")
     third = build_cache(spec, cfg, "cpu")

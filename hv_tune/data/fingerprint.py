@@ -106,6 +106,8 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any],
         if od.get(k) != nd[k]:
             effect = ("latents are re-encoded" if k in LATENT_SETTINGS else
                       "text embeddings are re-encoded" if k in TEXT_SETTINGS else "the index is rewritten")
+            if new["sources"] and all(s.get(k) is not None for s in new["sources"]):
+                effect = "no effect: every source sets its own"
             out.append(f"data.{k}: {od.get(k)!r} -> {nd[k]!r}: {effect}")
     out += _source_changes(old.get("sources"), new["sources"])
     out += _file_changes(old.get("files", {}), new["files"], not_accepted or {})

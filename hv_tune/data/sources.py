@@ -133,8 +133,7 @@ def describe_sources(data: DataConfig) -> list[str]:
     """One line per source with the settings that size its items, for the cache summary; empty when
     every source takes them from ``data`` (the summary's bucket table says it all then)."""
     expanded = expand_sources(data)
-    if all(src.label == f"data.sources[{i}]" and all(getattr(src.config, k) is None for k in SIZE_KEYS)
-           for i, src in enumerate(expanded)):
+    if all(" (" not in src.label and all(getattr(src.config, k) is None for k in SIZE_KEYS) for src in expanded):
         return []
     out = []
     for src in expanded:
