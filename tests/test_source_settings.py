@@ -218,3 +218,35 @@ def test_a_musubi_directory_is_read_as_musubi_reads_it(tiny_model, two_sources, 
     # the same folder as a YAML folder source is read recursively, images included
     scan = scan_sources(cache_config(tiny_model, folder, tmp_path / "c").data)
     assert len(scan.items) == 2 * len(list(videos.glob("*.mp4"))) + 1
+
+
+@pytest.mark.parametrize("lines, settings", [
+    ('frame_extraction = "chunk"\ntarget_frames = [5, 3]',
+     {"frame_buckets": [1, 5], "frame_bucket_choice": "every", "frame_extraction": "chunks"}),
+    ('frame_extraction = "uniform"\ntarget_frames = [9]\nframe_sample = 3',
+     {"frame_buckets": [9], "frame_bucket_choice": "every", "frame_extraction": "uniform", "frame_samples": 3}),
+    ('frame_extraction = "head"\ntarget_frames = [1, 25, 45]',
+     {"frame_buckets": [1, 25, 45], "frame_bucket_choice": "every", "frame_extraction": "head"}),
+])
+def test_musubi_extraction_modes_map_to_ours(tmp_path, lines, settings):
+    from hv_tune.musubi_toml import read_musubi_toml
+
+    (tmp_path / "v").mkdir()
+    toml = _toml(tmp_path, f'[general]\nenable_bucket = true\nresolution = 256\nnum_repeats = 3\n'
+                           f'[[datasets]]\nvideo_directory = "v"\n{lines}\n')
+    (d,) = read_musubi_toml(toml)
+    # target_frames are rounded down to 4k+1 as musubi-tuner rounds them (3 -> 1)
+    assert d.settings == {"repeats": 3, "resolution": 256, "allow_upscale": True} | settings
+
+
+def test_per_source_sizes_plan_the_same_way_for_hunyuan_video_1_5(hv15_tiny, two_sources, tmp_path):
+    """The data settings are family-independent: a 1.5 model plans each source at its own size too."""
+    from hv_tune.data.plan import plan_items
+    from hv_tune.data.sources import scan_sources
+    from hv_tune.models import get_spec
+
+    videos, stills = two_sources
+    cfg = cache_config(hv15_tiny, videos, tmp_path / "c", "model.name=hunyuan-video-1.5", _sources(videos, stills))
+    items = plan_items(scan_sources(cfg.data), cfg.data, "m", get_spec("hunyuan-video-1.5").video)
+    assert {(p.media.path.parent.name, p.bucket) for p in items} == {("videos", (5, 64, 64)),
+                                                                      ("stills", (1, 128, 128))}
