@@ -104,6 +104,8 @@ def _dataset(path: Path, i: int, general: dict, table: dict, batch_size: int | N
     def bad(key: str, why: str) -> ConfigError:
         return ConfigError(f"{path}: [[datasets]] #{i} key {key!r}: {why}")
 
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [[datasets]] #{i} is not a table (got {table!r})")
     for key in table:
         if key in UNSUPPORTED:
             raise bad(key, f"not supported ({UNSUPPORTED[key]}); remove it or train that dataset with musubi-tuner")
