@@ -53,9 +53,17 @@ class LoraConfig:
 class SourceConfig:
     """One dataset input; unset (null) settings fall back to the same key under `data`."""
 
-    path: str = _f("", "Folder of media + .txt captions, curation manifest.jsonl, musubi .jsonl, or .csv.")
-    type: Literal["auto", "folder", "manifest", "jsonl", "csv"] = _f("auto", "Source kind; auto = by path.")
+    path: str = _f("", "Folder of media + .txt captions, curation manifest.jsonl, musubi .jsonl or dataset .toml, "
+                       "or .csv.")
+    type: Literal["auto", "folder", "manifest", "jsonl", "csv", "musubi_toml"] = _f(
+        "auto", "Source kind; auto = by path (a .toml file is a musubi-tuner dataset config, docs/data.md)."
+    )
     repeats: int = _f(1, "How many times each item of this source appears per epoch.")
+    resolution: int | None = _f(None, "Override of data.resolution (e.g. 256 px video beside 1024 px stills).")
+    frame_buckets: list[int] | None = _f(None, "Override of data.frame_buckets.")
+    frame_bucket_choice: Literal["longest", "every"] | None = _f(None, "Override of data.frame_bucket_choice.")
+    fps: float | None = _f(None, "Override of data.fps.")
+    allow_upscale: bool | None = _f(None, "Override of data.allow_upscale.")
     frame_extraction: Literal["head", "uniform", "chunks"] | None = _f(None, "Override of data.frame_extraction.")
     frame_samples: int | None = _f(None, "Override of data.frame_samples.")
     trigger_word: str | None = _f(None, "Override of data.trigger_word.")
@@ -71,6 +79,10 @@ class DataConfig:
     frame_buckets: list[int] = _f([1, 33], "Frame counts of the buckets; each must be 4k+1 (1 = images).")
     resolution: int = _f(512, "Target side length in pixels (area = resolution^2); multiple of 16 (the model's).")
     allow_upscale: bool = _f(False, "Upscale sources smaller than their bucket (else they get a smaller bucket).")
+    frame_bucket_choice: Literal["longest", "every"] = _f(
+        "longest", "Frame buckets a clip fills: longest (its windows of the longest one) or every (windows of "
+        "each, 1 included, as musubi-tuner's target_frames)."
+    )
     fps: float | None = _f(None, "Frame rate clips are resampled to before frames are picked; null = the model's (24).")
     frame_extraction: Literal["head", "uniform", "chunks"] = _f("head", "Windows per clip: head (first), "
                                                                 "uniform (frame_samples spread out), chunks (consecutive).")
@@ -298,12 +310,9 @@ def validate(cfg: Config) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
-    for i, n in enumerate(d.frame_buckets):
-        if not spec.video.frames_ok(n):
-            k = spec.video.frame_step
-            raise ConfigError(f"config key 'data.frame_buckets[{i}]' must be a {spec.video.frame_rule} frame count "
-                              f"(1, {k + 1}, ..., {8 * k + 1}, {16 * k + 1}); got {n}")
+    _check_frame_buckets("data.frame_buckets", d.frame_buckets, spec)
     _validate_sources(d.sources)
+    _validate_source_settings(cfg, spec)
     _validate_memory(cfg)
     for key, value in (("model.transformer_path", m.transformer_path), ("model.vae_path", m.vae_path)):
         if value and not Path(value).is_file():
@@ -333,6 +342,45 @@ def _validate_sources(sources: list[SourceConfig]) -> None:
             raise ConfigError(f"config key '{key}.caption_dropout' must be in [0, 1)")
         if src.frame_samples is not None and src.frame_samples < 1:
             raise ConfigError(f"config key '{key}.frame_samples' must be >= 1")
+
+
+def _check_frame_buckets(key: str, buckets: list[int], spec: ModelSpec) -> None:
+    for i, n in enumerate(buckets):
+        if not spec.video.frames_ok(n):
+            k = spec.video.frame_step
+            raise ConfigError(f"config key '{key}[{i}]' must be a {spec.video.frame_rule} frame count "
+                              f"(1, {k + 1}, ..., {8 * k + 1}, {16 * k + 1}); got {n}")
+
+
+#: settings a musubi-tuner .toml gives for each of its datasets (its defaults included): not also in the YAML entry
+TOML_OWNED = ("repeats", "resolution", "frame_buckets", "frame_bucket_choice", "allow_upscale", "frame_extraction",
+              "frame_samples")
+
+
+def _validate_source_settings(cfg: Config, spec: ModelSpec) -> None:
+    """Per-source resolution, frame buckets and fps; a musubi .toml source's datasets are read and checked."""
+    from hv_tune.musubi_toml import is_musubi_toml, read_musubi_toml
+
+    for i, src in enumerate(cfg.data.sources):
+        own = [(f"data.sources[{i}]", dataclasses.asdict(src))]
+        if is_musubi_toml(src.path, src.type):
+            both = [k for k in TOML_OWNED if getattr(src, k) != getattr(SourceConfig(), k)]
+            if both:
+                raise ConfigError(f"config key 'data.sources[{i}].{both[0]}': {src.path} is a musubi-tuner dataset "
+                                  "config, which sets it for each of its datasets; set it in the .toml instead")
+            own = [(f"{src.path} [[datasets]] #{d.index}", d.settings)
+                   for d in read_musubi_toml(src.path, cfg.training.batch_size)]
+        for key, s in own:
+            res, frames, fps = s.get("resolution"), s.get("frame_buckets"), s.get("fps")
+            if res is not None and not spec.video.side_ok(res):
+                raise ConfigError(f"config key '{key}.resolution' must be a positive multiple of "
+                                  f"{spec.video.pixel_multiple} (got {res})")
+            if frames is not None:
+                if not frames:
+                    raise ConfigError(f"config key '{key}.frame_buckets' must list at least one frame count")
+                _check_frame_buckets(f"{key}.frame_buckets", frames, spec)
+            if fps is not None and fps <= 0:
+                raise ConfigError(f"config key '{key}.fps' must be > 0 (got {fps})")
 
 
 def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:

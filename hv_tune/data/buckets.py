@@ -111,6 +111,20 @@ def frame_bucket_for(length: int, frame_buckets: list[int]) -> int | None:
     return max(fitting) if fitting else None
 
 
+def clip_frame_buckets(length: int, frame_buckets: list[int], choice: str = "longest") -> list[int]:
+    """Frame buckets a clip of ``length`` resampled frames is cut into, ascending.
+
+    ``longest``: the longest video bucket (> 1 frame) it fills, or none. ``every``: every bucket it
+    fills, 1 included (musubi-tuner's ``target_frames``: one set of windows per count).
+    """
+    if choice == "every":
+        return sorted(b for b in set(frame_buckets) if b <= length)
+    if choice != "longest":
+        raise ValueError(f"unknown frame bucket choice {choice!r}")
+    longest = frame_bucket_for(length, frame_buckets)
+    return [longest] if longest is not None else []
+
+
 def frame_windows(length: int, bucket: int, mode: str, samples: int = 1) -> list[int]:
     """Start offsets (in resampled frames) of the windows of ``bucket`` frames to use.
 

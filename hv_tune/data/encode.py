@@ -39,7 +39,7 @@ from hv_tune.data.cache import (
 from hv_tune.data.decode import MediaError, read_image, read_video, resize_cover, to_pixels
 from hv_tune.data.fingerprint import cache_fingerprint, fingerprint_changes, model_key
 from hv_tune.data.plan import PlannedItem, plan_items, text_key
-from hv_tune.data.sources import Skip, scan_sources
+from hv_tune.data.sources import Skip, describe_sources, scan_sources
 from hv_tune.errors import DataError
 from hv_tune.io import atomic_write_text, count
 from hv_tune.media import caption_edit_counts
@@ -95,6 +95,7 @@ class CacheSummary:
     seconds: float = 0.0
     changes: list[str] = field(default_factory=list)  # what differs from the previous build, and its effect
     repaired: list[str] = field(default_factory=list)  # broken cache files found (and re-encoded)
+    sources: list[str] = field(default_factory=list)  # each source's size settings, when sources differ
 
     def table(self) -> str:
         """The human-readable end-of-run report."""
@@ -111,6 +112,8 @@ class CacheSummary:
         if self.repaired:
             lines[1:1] = ["  broken files re-encoded:"] + [f"    {r}" for r in self.repaired]
         lines += [f"  {b:<34} {n}" for b, n in sorted(self.buckets.items())]
+        if self.sources:
+            lines += ["  sources (their own resolution / frame buckets):"] + [f"    {x}" for x in self.sources]
         if self.skipped:
             lines.append(f"  skipped ({len(self.skipped)}):")
             lines += [f"    {s.path}: {s.reason}" for s in self.skipped]
@@ -149,6 +152,7 @@ def build_cache(spec: ModelSpec, cfg: Config, device: str) -> CacheSummary:
     planned = plan_items(scan, cfg.data, model_id, spec.video)
     summary = CacheSummary(skipped=scan.skipped, notes=scan.notes, captions=dict(scan.caption_edits))
     summary.changes, summary.repaired = _previous_build(root, fingerprint, scan.not_accepted)
+    summary.sources = describe_sources(cfg.data)
     done = planned
     for enc in encoders:
         if enc.role == "text":

@@ -16,10 +16,11 @@ from typing import Any
 
 from hv_tune.config import Config, DataConfig
 from hv_tune.data.plan import model_identity
-from hv_tune.data.sources import Scan, item_key
+from hv_tune.data.sources import Scan, expand_sources, item_key
 
 # data settings and what a change of each one invalidates
-LATENT_SETTINGS = ("resolution", "frame_buckets", "allow_upscale", "fps", "frame_extraction", "frame_samples")
+LATENT_SETTINGS = ("resolution", "frame_buckets", "frame_bucket_choice", "allow_upscale", "fps", "frame_extraction",
+                   "frame_samples", "type")
 TEXT_SETTINGS = ("trigger_word", "missing_caption", "caption_lines")
 NOT_RECORDED = ("sources", "cache_dir", "num_workers", "vae_tiling", "vae_slicing")  # no effect on the items
 
@@ -77,8 +78,9 @@ def cache_fingerprint(
         st = item.path.stat() if item.path.exists() else None
         captions = hashlib.sha256(json.dumps(item.captions).encode()).hexdigest()[:12]
         files[item_key(item.path, item.clip_id)] = [st.st_size if st else -1, st.st_mtime_ns if st else -1, captions]
+    sources = [{"source": s.label} | asdict(s.config) for s in expand_sources(cfg.data)]
     return {"model": model_fingerprint(cfg, spec_name, transformer_subfolder, conditions), "data": data,
-            "sources": [asdict(s) for s in cfg.data.sources], "files": files}
+            "sources": sources, "files": files}
 
 
 def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any],
@@ -104,10 +106,31 @@ def fingerprint_changes(old: dict[str, Any] | None, new: dict[str, Any],
         if od.get(k) != nd[k]:
             effect = ("latents are re-encoded" if k in LATENT_SETTINGS else
                       "text embeddings are re-encoded" if k in TEXT_SETTINGS else "the index is rewritten")
+            if new["sources"] and all(s.get(k) is not None for s in new["sources"]):
+                effect = "no effect: every source sets its own"
             out.append(f"data.{k}: {od.get(k)!r} -> {nd[k]!r}: {effect}")
-    if old.get("sources") != new["sources"]:
-        out.append(f"data.sources changed ({old.get('sources')} -> {new['sources']}): items are re-planned")
+    out += _source_changes(old.get("sources"), new["sources"])
     out += _file_changes(old.get("files", {}), new["files"], not_accepted or {})
+    return out
+
+
+def _source_changes(old: list[dict] | None, new: list[dict]) -> list[str]:
+    """Per-source setting changes, each naming its source and what it re-encodes (only that source's
+    items: cache files are content-addressed); a changed list of sources as a whole otherwise."""
+    if old == new:
+        return []
+    same_list = old is not None and [(o.get("source"), o.get("path")) for o in old] == [
+        (n.get("source"), n.get("path")) for n in new]
+    if not same_list:
+        return [f"data.sources changed ({old} -> {new}): items are re-planned"]
+    out = []
+    for o, n in zip(old, new):
+        for k in n:
+            if o.get(k) != n[k]:
+                effect = ("its latents are re-encoded" if k in LATENT_SETTINGS else
+                          "its text embeddings are re-encoded" if k in TEXT_SETTINGS else "the index is rewritten")
+                out.append(f"data.sources changed: {n['source']} {k}: {o.get(k)!r} -> {n[k]!r}: {effect} "
+                           "(that source's items only)")
     return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from hv_tune.config import DataConfig
 from hv_tune.data.buckets import (
     choose_bucket,
-    frame_bucket_for,
+    clip_frame_buckets,
     frame_windows,
     kept_fraction,
     resampled_by_time,
@@ -59,14 +59,19 @@ def text_key(model_id: str, template: str, caption: str) -> str:
 def plan_items(scan: Scan, data: DataConfig, model_id: str, video: VideoRules) -> list[PlannedItem]:
     """Probe each media item and expand it into its windows; problems go to ``scan.skipped``.
 
-    ``video`` (the model spec's) gives the pixel multiple of the buckets and the frame rate
-    clips are resampled to when ``data.fps`` is unset.
+    Each item is planned with its own source's settings (``MediaItem.settings``: resolution,
+    frame buckets, fps, upscaling); ``video`` (the model spec's) gives the pixel multiple of the
+    buckets and the frame rate clips are resampled to when no fps is set. ``data`` is kept for
+    callers' sake: the settings were resolved from it by the scan.
     """
-    res_buckets = resolution_buckets(data.resolution, video.pixel_multiple)
+    res_buckets: dict[int, list[tuple[int, int]]] = {}
     planned: list[PlannedItem] = []
     for media in scan.items:
+        res = media.settings.resolution
+        if res not in res_buckets:
+            res_buckets[res] = resolution_buckets(res, video.pixel_multiple)
         try:
-            planned += _plan_one(media, data, res_buckets, model_id, video)
+            planned += _plan_one(media, res_buckets[res], model_id, video)
         except MediaError as e:
             scan.skipped.append(Skip(str(media.path), str(e)))
         except OSError as e:
@@ -74,14 +79,15 @@ def plan_items(scan: Scan, data: DataConfig, model_id: str, video: VideoRules) -
     return planned
 
 
-def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str, video: VideoRules) -> list[PlannedItem]:
+def _plan_one(media: MediaItem, res_buckets, model_id: str, video: VideoRules) -> list[PlannedItem]:
+    s = media.settings
     if media.kind == "image":
-        if 1 not in data.frame_buckets:
-            raise MediaError("image, but data.frame_buckets has no 1-frame bucket")
+        if 1 not in s.frame_buckets:
+            raise MediaError("image, but its frame_buckets (data.frame_buckets or the source's) have no 1-frame bucket")
         if not media.path.is_file() or media.path.stat().st_size == 0:
             raise MediaError("file vanished" if not media.path.exists() else "zero-byte file")
         h, w = read_image(media.path).shape[:2]
-        bh, bw = choose_bucket(h, w, res_buckets, video.pixel_multiple, data.allow_upscale)
+        bh, bw = choose_bucket(h, w, res_buckets, video.pixel_multiple, s.allow_upscale)
         return [_item(media, 0, 1, bh, bw, [], None, model_id, "image", (h, w))]
     info = probe_video(media.path)
     start, end = media.span if media.span else (0, info.num_frames)
@@ -89,20 +95,19 @@ def _plan_one(media: MediaItem, data: DataConfig, res_buckets, model_id: str, vi
     if end - start < 1:
         raise MediaError(f"empty frame span [{start}, {end}) of a {info.num_frames}-frame video")
     span_end = float(info.times[end]) if end < info.num_frames else info.end_time  # by timestamps: VFR-safe
-    fps = data.fps or video.fps
+    fps = s.fps or video.fps
     resampled = [start + i for i in resampled_by_time(info.times[start:end], span_end, fps)]
-    bucket = frame_bucket_for(len(resampled), data.frame_buckets)
-    if bucket is None:
-        shortest = min([b for b in data.frame_buckets if b > 1], default=None)
+    buckets = clip_frame_buckets(len(resampled), s.frame_buckets, s.frame_bucket_choice)
+    if not buckets:
+        shortest = min([b for b in s.frame_buckets if b > 1], default=None)
         raise MediaError(
             f"too short: {len(resampled)} frames at {fps:g} fps, shortest video bucket is {shortest}"
         )
-    bh, bw = choose_bucket(info.height, info.width, res_buckets, video.pixel_multiple, data.allow_upscale)
-    s = media.settings
-    starts = frame_windows(len(resampled), bucket, s.frame_extraction, s.frame_samples)
+    bh, bw = choose_bucket(info.height, info.width, res_buckets, video.pixel_multiple, s.allow_upscale)
+    windows = [(b, o) for b in buckets for o in frame_windows(len(resampled), b, s.frame_extraction, s.frame_samples)]
     return [
-        _item(media, n, bucket, bh, bw, resampled[o : o + bucket], info, model_id, "video", (info.height, info.width))
-        for n, o in enumerate(starts)
+        _item(media, n, b, bh, bw, resampled[o : o + b], info, model_id, "video", (info.height, info.width))
+        for n, (b, o) in enumerate(windows)
     ]
 
 

@@ -5,7 +5,10 @@ Four kinds of source (``data.sources[i].type``, ``auto`` picks by path):
 ``manifest`` (hv-tune curation ``manifest.jsonl``, read by ``hv_tune.data.manifest``: accepted
 records only, their frame span and caption),
 ``jsonl`` (musubi-tuner: ``{"video_path" | "image_path": ..., "caption": ...}``) and
-``csv`` (finetrainers: ``path,caption`` columns). Problems become ``Skip`` records.
+``csv`` (finetrainers: ``path,caption`` columns); a musubi-tuner dataset ``.toml`` expands into one
+folder or jsonl source per ``[[datasets]]`` table (``hv_tune.musubi_toml``). Each source may
+set its own resolution, frame buckets, fps and upscaling (``resolve_settings``). Problems become
+``Skip`` records.
 Every caption goes through ``hv_tune.media.apply_caption_rule``, the rule curation applies too.
 """
 
@@ -16,12 +19,13 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hv_tune.config import DataConfig, SourceConfig
 from hv_tune.data.manifest import is_manifest, manifest_rows
 from hv_tune.media import apply_caption_rule, decode_caption_bytes, find_caption_file, read_caption_file
+from hv_tune.musubi_toml import is_musubi_toml, read_musubi_toml
 
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -38,6 +42,11 @@ class SourceSettings:
     caption_dropout: float
     missing_caption: str
     caption_lines: str = "join"
+    resolution: int = 512
+    frame_buckets: list[int] = field(default_factory=lambda: [1, 33])
+    frame_bucket_choice: str = "longest"
+    fps: float | None = None  # None = the model's frame rate
+    allow_upscale: bool = False
 
 
 @dataclass
@@ -65,13 +74,74 @@ class Scan:
     not_accepted: dict[str, str] = field(default_factory=dict)  # item_key -> status of manifest clips left out
 
 
+#: SourceConfig keys that fall back to the same key under `data` when unset (null)
+INHERITED = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption", "caption_lines",
+             "resolution", "frame_buckets", "frame_bucket_choice", "fps", "allow_upscale")
+
+
 def resolve_settings(src: SourceConfig, data: DataConfig) -> SourceSettings:
+    """A source's settings: its own value of each ``INHERITED`` key, else the one under ``data``."""
     def pick(name: str):
         own = getattr(src, name)
         return getattr(data, name) if own is None else own
 
-    names = ("frame_extraction", "frame_samples", "trigger_word", "caption_dropout", "missing_caption", "caption_lines")
-    return SourceSettings(src.repeats, *(pick(n) for n in names))
+    return SourceSettings(src.repeats, **{n: pick(n) for n in INHERITED})
+
+
+@dataclass
+class ExpandedSource:
+    """One source as the scan reads it: a YAML entry, or one ``[[datasets]]`` table of a musubi .toml."""
+
+    label: str  # "data.sources[0]", or "data.sources[0] (data.toml [[datasets]] #1)"
+    config: SourceConfig  # path and type of the media list; the toml's keys filled in
+
+
+def expand_sources(data: DataConfig) -> list[ExpandedSource]:
+    """``data.sources`` with each musubi-tuner dataset .toml replaced by its datasets.
+
+    A dataset's keys (``hv_tune.musubi_toml``) win over the YAML entry's own keys, which win
+    over ``data``'s (``hv_tune.config`` refuses a YAML key that the .toml also sets).
+
+    Raises:
+        ConfigError: a .toml that cannot be read or uses a key we do not support.
+    """
+    out = []
+    for i, src in enumerate(data.sources):
+        label = f"data.sources[{i}]"
+        if source_type(src) != "musubi_toml":
+            out.append(ExpandedSource(label, src))
+            continue
+        toml = Path(src.path).expanduser()
+        for d in read_musubi_toml(toml):
+            cfg = replace(src, path=str(d.path), type=d.type, **d.settings)
+            out.append(ExpandedSource(f"{label} ({toml.name} [[datasets]] #{d.index})", cfg))
+    return out
+
+
+def bucket_settings(data: DataConfig) -> list[tuple[int, list[int]]]:
+    """(resolution, frame_buckets) of every source (musubi .toml datasets expanded), or of ``data``
+    alone without sources: what the buckets of a cache built from ``data`` can be at most."""
+    expanded = [resolve_settings(s.config, data) for s in expand_sources(data)]
+    return [(s.resolution, s.frame_buckets) for s in expanded] or [(data.resolution, data.frame_buckets)]
+
+
+#: the settings that give a source's items their size: the cache summary lists them per source when they differ
+SIZE_KEYS = ("resolution", "frame_buckets", "frame_bucket_choice", "fps", "allow_upscale")
+
+
+def describe_sources(data: DataConfig) -> list[str]:
+    """One line per source with the settings that size its items, for the cache summary; empty when
+    every source takes them from ``data`` (the summary's bucket table says it all then)."""
+    expanded = expand_sources(data)
+    if all(" (" not in src.label and all(getattr(src.config, k) is None for k in SIZE_KEYS) for src in expanded):
+        return []
+    out = []
+    for src in expanded:
+        s = resolve_settings(src.config, data)
+        fps = f"{s.fps:g} fps" if s.fps else "the model's fps"
+        out.append(f"{src.label} {src.config.path}: {s.resolution} px, frame buckets {s.frame_buckets} "
+                   f"({s.frame_bucket_choice}), {fps}, {'upscale' if s.allow_upscale else 'no upscale'}")
+    return out
 
 
 def media_kind(path: Path) -> str | None:
@@ -85,6 +155,8 @@ def source_type(src: SourceConfig) -> str:
     p = Path(src.path)
     if p.is_dir():
         return "folder"
+    if is_musubi_toml(p):
+        return "musubi_toml"
     if p.suffix.lower() == ".csv":
         return "csv"
     if is_manifest(p):  # named manifest*, or marked by its manifest_version
@@ -116,10 +188,18 @@ def finish_captions(
 # ----------------------------------------------------------------------------- readers
 
 
-def scan_folder(root: Path, s: SourceSettings, scan: Scan) -> None:
-    """Media files of ``root`` (recursively) with their sidecar captions; every other file is a Skip."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    media = [p for p in files if media_kind(p)]
+def scan_folder(root: Path, s: SourceSettings, scan: Scan, only: str | None = None) -> None:
+    """Media files of ``root`` (recursively) with their sidecar captions; every other file is a Skip.
+
+    ``only`` (``video`` | ``image``): a musubi-tuner ``video_directory`` / ``image_directory``:
+    the top folder alone and that kind of media only, as musubi-tuner reads it.
+    """
+    files = sorted(p for p in (root.iterdir() if only else root.rglob("*")) if p.is_file())
+    for path in files:
+        if only and media_kind(path) not in (None, only):
+            scan.skipped.append(Skip(str(path), f"{media_kind(path)} in a musubi-tuner {only}_directory, which "
+                                                f"reads {only}s only"))
+    media = [p for p in files if media_kind(p) and (only is None or media_kind(p) == only)]
     sidecars = {path: find_caption_file(path) for path in media}
     for path in files:
         if not media_kind(path) and path not in sidecars.values():
@@ -263,12 +343,16 @@ def _jsonl_records(path: Path, scan: Scan):
             yield n, rec
 
 
-READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv}
+READERS = {"folder": scan_folder, "manifest": scan_manifest, "jsonl": scan_jsonl, "csv": scan_csv,
+           # a musubi-tuner .toml's directories (hv_tune.musubi_toml): one kind, top folder only
+           "musubi_videos": lambda root, s, scan: scan_folder(root, s, scan, "video"),
+           "musubi_images": lambda root, s, scan: scan_folder(root, s, scan, "image")}
 
 
 def scan_sources(data: DataConfig) -> Scan:
-    """Every media item of every source, with resolved settings and final captions."""
+    """Every media item of every source (musubi .toml datasets expanded), with resolved settings
+    and final captions."""
     scan = Scan()
-    for src in data.sources:
-        READERS[source_type(src)](Path(src.path).expanduser(), resolve_settings(src, data), scan)
+    for src in expand_sources(data):
+        READERS[source_type(src.config)](Path(src.config.path).expanduser(), resolve_settings(src.config, data), scan)
     return scan

@@ -99,17 +99,21 @@ class MemoryPlan:
 def largest_bucket(cfg: Config, spec: ModelSpec) -> tuple[tuple[int, int, int], str]:
     """(frames, height, width) of the bucket with the most tokens, and where it came from.
 
-    The cache's index when ``data.cache_dir`` holds one (what training will really see),
-    else every ``data.frame_buckets`` count with every aspect bucket of ``data.resolution``.
+    The cache's index when ``data.cache_dir`` holds one (what training will really see), else
+    over every source (``hv_tune.data.sources.bucket_settings``: its own resolution and frame
+    buckets, the ``data`` keys where it sets none) every frame count with every aspect bucket.
     """
+    from hv_tune.data.sources import bucket_settings
+
     index = Path(cfg.data.cache_dir) / INDEX_FILE
     if index.is_file():
         buckets = [e.bucket for e in read_index(cfg.data.cache_dir)]
         if buckets:
             return max(buckets, key=lambda b: _tokens(spec, b)), f"cache {index}"
-    sizes = resolution_buckets(cfg.data.resolution, spec.video.pixel_multiple)
-    buckets = [(f, h, w) for f in cfg.data.frame_buckets for h, w in sizes]
-    return max(buckets, key=lambda b: _tokens(spec, b)), "data.frame_buckets x data.resolution"
+    multiple = spec.video.pixel_multiple
+    buckets = [(f, h, w) for res, frames in bucket_settings(cfg.data)
+               for f in frames for h, w in resolution_buckets(res, multiple)]
+    return max(buckets, key=lambda b: _tokens(spec, b)), "frame_buckets x resolution of every source (or data.*)"
 
 
 def _tokens(spec: ModelSpec, bucket: tuple[int, int, int]) -> int:
