@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from hv_tune.errors import HvTuneError
+from hv_tune.export.adapter_io import has_adapter_keys, read_adapter_file, refuse_unsupported
 from hv_tune.export.alpha import DIFFUSERS_METADATA_KEY, resolve_alphas
 from hv_tune.export.family import FAMILY_KEY, recorded_family, refuse_by_keys, refuse_by_shapes
 from hv_tune.export.formats import FORMATS, Format, KeyReport, Layout, ParsedKey, classify_keys, to_layout
@@ -200,6 +201,11 @@ def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraF
     notes: list[str] = []
     family = recorded_family(spec, path, meta, notes)
     keys = list(tensors)
+    refuse_unsupported(keys, str(path))
+    if has_adapter_keys(keys):  # DoRA, LoKr, LoHa
+        lora = read_adapter_file(spec, path, tensors, meta, shapes)
+        lora.family, lora.notes = family, notes + lora.notes
+        return lora
     try:
         report = classify_keys(spec, keys, str(path))
     except HvTuneError:
@@ -409,7 +415,8 @@ def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pat
 
 
 def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os.PathLike, fmt: str | Layout,
-               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None, family: str | None = None) -> Path:
+               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None, family: str | None = None,
+               base: Any = None, notes: list[str] | None = None) -> Path:
     """Write diffusers-named LoRA modules (and deltas) as one file in layout ``fmt`` (atomically).
 
     Every layout records the model family in its metadata (``FAMILY_KEY``).
@@ -419,6 +426,9 @@ def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os
         diffs: ``.diff`` / ``.diff_b`` deltas by diffusers parameter name; only layouts whose
             ``Format.diffs`` is true can carry them (check ``undeliverable_diffs`` first).
         family: the family to record (``spec.name`` when None; a compatible one read from the source).
+        base: the base weights by module (``adapter_write.base_weights_of``): DoRA outside the
+            diffusers layout is written as weight deltas, which need them.
+        notes: where to say which layers were written as deltas (DoRA, LoKr, LoHa: ``adapter_write``).
 
     Raises:
         HvTuneError: for an unknown layout, nothing to write, or deltas the layout cannot carry.
@@ -430,6 +440,10 @@ def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os
     if diffs and not spec_fmt.diffs:
         raise HvTuneError(f"the {spec_fmt.layout} format cannot carry weight/bias deltas ({sorted(diffs)[:5]})")
     out = Path(out)
+    if not all(isinstance(m, LoraModule) for m in modules.values()):  # DoRA, LoKr, LoHa
+        from hv_tune.export.adapter_write import write_adapters
+
+        return write_adapters(spec, modules, out, spec_fmt, shapes, diffs, family, base, notes)
     if spec_fmt.layout == Layout.DIFFUSERS:
         return _write_diffusers(spec, modules, out, family)
     return _write_original(spec, modules, out, spec_fmt, shapes, diffs, family)
