@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from hv_tune.arguments import inside, same_file
 from hv_tune.errors import ConfigError, HvTuneError
+from hv_tune.export.adapters import Adapter, adapter_delta
 from hv_tune.export.formats import unknown_keys_policy
 from hv_tune.export.lora_io import LoraFile, read_lora
-from hv_tune.export.adapters import Adapter, adapter_delta
 from hv_tune.export.lora_math import LoraModule
 from hv_tune.export.merge_record import (
     MergedLora,
