@@ -16,6 +16,7 @@ exactly (``adapters.fuse_loha``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,14 @@ def base_weights_of(spec: ModelSpec, model_path: str | None) -> BaseWeights | No
     from hv_tune.export.merge import index_checkpoint
     from hv_tune.export.safetensors_stream import read_tensor
 
-    infos = index_checkpoint(Path(model_path) / spec.transformer_subfolder)
-    return lambda module: read_tensor(infos[f"{module}.weight"])
+    infos: dict = {}
+
+    def read(module: str) -> torch.Tensor:  # the folder is indexed on first use (only DoRA needs it)
+        if not infos:
+            infos.update(index_checkpoint(Path(model_path) / spec.transformer_subfolder))
+        return read_tensor(infos[f"{module}.weight"])
+
+    return read
 
 
 def _delta(m: Adapter, module: str, base: BaseWeights | None, layout: Layout) -> torch.Tensor:
@@ -62,12 +69,11 @@ def _delta(m: Adapter, module: str, base: BaseWeights | None, layout: Layout) ->
     return adapter_delta(m)
 
 
-def _dtype(m: Adapter) -> torch.dtype:
-    return (m.lora.down if isinstance(m, DoraModule) else next(iter(_factors(m).values()))).dtype
-
-
-def _factors(m: Adapter) -> dict[str, torch.Tensor]:
-    return m.tensors() if isinstance(m, LokrModule | LohaModule) else {}
+def stored_dtype(m: Adapter) -> torch.dtype:
+    """The dtype a module's tensors are stored in."""
+    if isinstance(m, LoraModule | DoraModule):
+        return (m.lora if isinstance(m, DoraModule) else m).down.dtype
+    return next(iter(m.tensors().values())).dtype
 
 
 def lycoris_keys(m: LokrModule | LohaModule, kohya: bool) -> dict[str, torch.Tensor]:
@@ -93,7 +99,7 @@ def lycoris_keys(m: LokrModule | LohaModule, kohya: bool) -> dict[str, torch.Ten
 def _fused_delta(spec: ModelSpec, original: str, members: Mapping[str, Adapter], shapes, base, layout) -> torch.Tensor:
     idx = rows_of(spec, original, shapes)
     in_f = shapes[next(iter(idx))][1]
-    dtype = _dtype(next(iter(members.values())))
+    dtype = stored_dtype(next(iter(members.values())))
     out = torch.zeros(sum(len(i) for i in idx.values()), in_f)
     for module, m in members.items():
         out[idx[module]] = _delta(m, module, base, layout)
@@ -261,3 +267,41 @@ def write_adapters(spec: ModelSpec, modules: Mapping[str, Adapter], out: Path, f
     kinds = sorted({type_name(m) for m in modules.values()})
     meta = {"format": "pt", FAMILY_KEY: family or spec.name, "hv_tune.adapter_types": ",".join(kinds)}
     return atomic_save_safetensors(out, {k: v.contiguous() for k, v in state.items()}, meta)
+
+
+@dataclass
+class PeftAdapter:
+    """Any supported adapter file in PEFT's form: what ``set_peft_model_state_dict`` loads."""
+
+    #: ``get_peft_model_state_dict`` names on diffusers modules (no prefix)
+    state: dict[str, torch.Tensor]
+    #: the PEFT config (``LoraConfig``, ``LoraConfig(use_dora=True)``, ``LoKrConfig``, ``LoHaConfig``); None
+    #: for a file of deltas only
+    config: Any
+    adapter_type: str  # lora | dora | lokr | loha | delta
+    #: deltas of diffusers parameters (``<module>.weight`` / ``.bias``) the file holds as ``.diff`` (fused
+    #: layers a LoKr or DoRA cannot be split into): add ``scale * delta`` to the base
+    diffs: dict[str, torch.Tensor]
+    notes: list[str]
+    family: str | None
+
+
+def load_peft_adapter(spec: ModelSpec, path: str | Path, shapes) -> PeftAdapter:
+    """Any supported adapter file or folder (PEFT / diffusion-pipe folder, ComfyUI, musubi-tuner/kohya,
+    hv-tune's own, any of LoRA, DoRA, LoKr, LoHa) as a PEFT state dict and config at its trained strength.
+
+    Raises:
+        HvTuneError: for an unsupported adapter type (naming it and its keys), a file of several types,
+            or anything ``lora_io.read_lora`` refuses.
+    """
+    from hv_tune.export.lora_io import read_lora
+
+    lora = read_lora(spec, path, shapes)
+    kinds = {type_name(m) for m in lora.modules.values()}
+    if len(kinds) > 1:
+        raise HvTuneError(f"{path}: layers of several adapter types ({', '.join(sorted(kinds))}); one PEFT adapter "
+                          "holds one type: `merge` it, or `convert --svd-rank K` it to plain LoRA")
+    if not kinds:
+        return PeftAdapter({}, None, "delta", lora.diffs, lora.notes, lora.family)
+    return PeftAdapter(peft_state(lora.modules), peft_config_of(lora.modules), kinds.pop(), lora.diffs, lora.notes,
+                       lora.family)

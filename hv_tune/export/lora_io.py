@@ -58,7 +58,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     Raises:
         HvTuneError: naming the file when it is missing, unreadable or not a flat tensor dict.
     """
-    path = Path(path)
+    path = adapter_file(path)
     if not path.is_file():
         raise HvTuneError(f"LoRA file {path} does not exist")
     if path.suffix == ".safetensors":
@@ -78,6 +78,25 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise HvTuneError(f"{path}: expected a dict of tensors")
     return dict(obj), {}
+
+
+#: the adapter file of a folder: PEFT's and diffusion-pipe's, diffusers', an hv-tune checkpoint's
+FOLDER_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter.safetensors")
+
+
+def adapter_file(path: str | os.PathLike) -> Path:
+    """``path``, or for a folder (a PEFT / diffusion-pipe ``adapter_config.json`` folder) its adapter file.
+
+    Raises:
+        HvTuneError: for a folder without one of ``FOLDER_FILES``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = [path / n for n in FOLDER_FILES if (path / n).is_file()]
+    if not found:
+        raise HvTuneError(f"{path}: a folder without an adapter file (looked for {', '.join(FOLDER_FILES)})")
+    return found[0]
 
 
 def check_finite(path: Path, tensors: Mapping[str, torch.Tensor], parsed: Mapping[str, ParsedKey]) -> None:
@@ -196,7 +215,7 @@ def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraF
     Raises:
         HvTuneError: naming the file and key for anything that does not fit the model.
     """
-    path = Path(path)
+    path = adapter_file(path)
     tensors, meta = load_tensors(path)
     notes: list[str] = []
     family = recorded_family(spec, path, meta, notes)

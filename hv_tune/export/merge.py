@@ -174,7 +174,7 @@ def load_updates(
             updates.lora[module].append((m, scale))
         for name, delta in lora.diffs.items():
             updates.diffs[name].append((delta, scale))
-        updates.merged.append(MergedLora(Path(path).name, tensors_sha256(path), sketch(lora.modules, lora.diffs),
+        updates.merged.append(MergedLora(Path(path).name, tensors_sha256(lora.path), sketch(lora.modules, lora.diffs),
                                          float(scale), into))
     return updates
 
