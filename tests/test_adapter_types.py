@@ -333,9 +333,9 @@ def test_peft_form_of_a_lyco_file_rebuilds_the_adapted_layers(spec, tiny_model, 
         fresh = spec.load_transformer(LoadOptions(str(tiny_model)))
         inject_adapter_in_model(peft.config, fresh)
         result = set_peft_model_state_dict(fresh, peft.state)
-        assert not [k for k in result.unexpected_keys]
+        assert not result.unexpected_keys
         got = layer_outputs(fresh)
-        for name, (x, _, y) in want.items():
+        for name, (_, _, y) in want.items():
             torch.testing.assert_close(got[name][2], y, rtol=1e-5, atol=1e-6)
 
 
