@@ -397,9 +397,9 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from hv_tune.arguments import refuse_existing, refuse_inputs
-    from hv_tune.export.adapter_write import base_weights_of
     from hv_tune.export.convert import convert_lora
     from hv_tune.export.lora_io import adapter_file
+    from hv_tune.export.merge import base_weights_of
     from hv_tune.io import safetensors_problem
     from hv_tune.models import spec_for
 

@@ -17,12 +17,12 @@ from safetensors.torch import load_file, save_file
 from hv_tune.cli import main
 from hv_tune.errors import HvTuneError
 from hv_tune.export.adapter_io import peft_modules
-from hv_tune.export.adapter_write import base_weights_of, load_peft_adapter
 from hv_tune.export.adapters import LokrModule, adapter_delta, lokr_delta
 from hv_tune.export.convert import convert_lora
 from hv_tune.export.formats import parse_key
 from hv_tune.export.lora_io import read_lora, write_lora
-from hv_tune.export.merge import merge_loras
+from hv_tune.export.merge import base_weights_of, merge_loras
+from hv_tune.export.peft_form import load_peft_adapter
 from hv_tune.lora import resolve_targets
 from hv_tune.models import LoadOptions, get_spec
 

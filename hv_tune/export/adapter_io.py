@@ -172,10 +172,10 @@ def _resolve_fused(spec: ModelSpec, source: Path, original: str, m: Any, shapes:
     """A module of an original (possibly fused) layer as diffusers modules, or as weight deltas where the
     type does not split by rows (LoKr)."""
     from hv_tune.export.adapters import loha_rows, lokr_delta, module_shape
-    from hv_tune.export.lora_io import _resolve_original
+    from hv_tune.export.lora_parts import resolve_original
 
     if isinstance(m, LoraModule):
-        return _resolve_original(spec, source, original, m, shapes, None), {}
+        return resolve_original(spec, source, original, m, shapes, None), {}
     idx = rows_of(spec, original, shapes)
     rows, in_f = sum(len(i) for i in idx.values()), shapes[next(iter(idx))][1]
     if module_shape(m) != (rows, in_f):
@@ -205,7 +205,7 @@ def read_adapter_file(spec: ModelSpec, path: Path, tensors: dict[str, torch.Tens
         HvTuneError: naming the file and key for anything that does not fit the model.
     """
     from hv_tune.export.adapters import module_shape
-    from hv_tune.export.lora_io import LoraFile, _split_delta, check_finite
+    from hv_tune.export.lora_parts import LoraFile, check_finite, split_delta
 
     check_finite(path, tensors, {})
     layout, groups, unknown = group_adapter_keys(spec, tensors, str(path))
@@ -227,7 +227,7 @@ def read_adapter_file(spec: ModelSpec, path: Path, tensors: dict[str, torch.Tens
             lora.diffs.update(diffs)
         for kind in ("diff", "diff_b"):
             if kind in g:
-                for name, d in _split_delta(spec, path, module, g[kind], kind, shapes).items():
+                for name, d in split_delta(spec, path, module, g[kind], kind, shapes).items():
                     lora.diffs[name] = lora.diffs[name] + d if name in lora.diffs else d
     return lora
 

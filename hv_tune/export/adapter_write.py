@@ -16,7 +16,6 @@ exactly (``adapters.fuse_loha``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,28 +35,12 @@ from hv_tune.export.adapters import (
 from hv_tune.export.alpha import DIFFUSERS_METADATA_KEY
 from hv_tune.export.formats import FORMATS, Layout
 from hv_tune.export.lora_math import LoraModule, fold_scale
+from hv_tune.export.lora_parts import fuse_diffs, fuse_original, module_name, peft_metadata
 from hv_tune.io import atomic_save_safetensors
 from hv_tune.models.base import ModelSpec
 
-#: the base weight of a diffusers module (``<module>``), for DoRA deltas
+#: the base weight of a diffusers module (``<module>``), for DoRA deltas (``merge.base_weights_of``)
 BaseWeights = Callable[[str], torch.Tensor]
-
-
-def base_weights_of(spec: ModelSpec, model_path: str | None) -> BaseWeights | None:
-    """A reader of the base transformer's weights by diffusers module name (None without a model)."""
-    if model_path is None:
-        return None
-    from hv_tune.export.merge import index_checkpoint
-    from hv_tune.export.safetensors_stream import read_tensor
-
-    infos: dict = {}
-
-    def read(module: str) -> torch.Tensor:  # the folder is indexed on first use (only DoRA needs it)
-        if not infos:
-            infos.update(index_checkpoint(Path(model_path) / spec.transformer_subfolder))
-        return read_tensor(infos[f"{module}.weight"])
-
-    return read
 
 
 def _delta(m: Adapter, module: str, base: BaseWeights | None, layout: Layout) -> torch.Tensor:
@@ -110,7 +93,6 @@ def write_lycoris(spec: ModelSpec, modules: Mapping[str, Adapter], layout: Layou
                   base: BaseWeights | None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tensors of ``modules`` (any types but plain LoRA is written by ``lora_io``) in a LyCORIS layout,
     and notes (layers written as ``.diff``)."""
-    from hv_tune.export.lora_io import _fuse_original, _module_name
 
     fmt = FORMATS[layout]
     kohya = layout == Layout.KOHYA
@@ -125,12 +107,12 @@ def write_lycoris(spec: ModelSpec, modules: Mapping[str, Adapter], layout: Layou
     as_diff: list[str] = []
     prefix = spec.keys.lora_prefixes[fmt.prefix]
     for original, members in sorted(groups.items()):
-        name = prefix + _module_name(spec, original, fmt.names)
+        name = prefix + module_name(spec, original, fmt.names)
         parts = spec.keys.original_parts(original)
         kinds = {type(m) for m in members.values()}
         whole = len(parts) == 1 and parts[0].chunks == 1
         if kinds == {LoraModule}:
-            m, _ = _fuse_original(spec, members, shapes, kohya)[original]
+            m, _ = fuse_original(spec, members, shapes, kohya)[original]
             m = m if fmt.alpha_key else fold_scale(m)
             state.update({f"{name}.{fmt.down}": m.down, f"{name}.{fmt.up}": m.up})
             if fmt.alpha_key:
@@ -236,7 +218,6 @@ def write_peft(spec: ModelSpec, modules: Mapping[str, Adapter], out: Path, famil
     """The diffusers/PEFT layout of non-LoRA modules: ``transformer.`` + PEFT names, the config as
     ``lora_adapter_metadata``, the family recorded."""
     from hv_tune.export.family import FAMILY_KEY
-    from hv_tune.export.lora_io import peft_metadata
 
     prefix = spec.keys.lora_prefixes["diffusers"]
     state = {prefix + k: v for k, v in peft_state(modules).items()}
@@ -253,7 +234,6 @@ def write_adapters(spec: ModelSpec, modules: Mapping[str, Adapter], out: Path, f
         HvTuneError: for several types in a PEFT file, or DoRA outside it without ``base``.
     """
     from hv_tune.export.family import FAMILY_KEY
-    from hv_tune.export.lora_io import _fuse_diffs, _module_name
 
     if fmt.layout == Layout.DIFFUSERS:
         return write_peft(spec, modules, out, family)
@@ -261,47 +241,9 @@ def write_adapters(spec: ModelSpec, modules: Mapping[str, Adapter], out: Path, f
     if notes is not None:
         notes += extra
     prefix = spec.keys.lora_prefixes[fmt.prefix]
-    for (original, kind), delta in sorted(_fuse_diffs(spec, diffs, shapes).items()):
-        key = f"{prefix}{_module_name(spec, original, fmt.names)}.{kind}"
+    for (original, kind), delta in sorted(fuse_diffs(spec, diffs, shapes).items()):
+        key = f"{prefix}{module_name(spec, original, fmt.names)}.{kind}"
         state[key] = (state[key].float() + delta.float()).to(delta.dtype) if key in state else delta.contiguous()
     kinds = sorted({type_name(m) for m in modules.values()})
     meta = {"format": "pt", FAMILY_KEY: family or spec.name, "hv_tune.adapter_types": ",".join(kinds)}
     return atomic_save_safetensors(out, {k: v.contiguous() for k, v in state.items()}, meta)
-
-
-@dataclass
-class PeftAdapter:
-    """Any supported adapter file in PEFT's form: what ``set_peft_model_state_dict`` loads."""
-
-    #: ``get_peft_model_state_dict`` names on diffusers modules (no prefix)
-    state: dict[str, torch.Tensor]
-    #: the PEFT config (``LoraConfig``, ``LoraConfig(use_dora=True)``, ``LoKrConfig``, ``LoHaConfig``); None
-    #: for a file of deltas only
-    config: Any
-    adapter_type: str  # lora | dora | lokr | loha | delta
-    #: deltas of diffusers parameters (``<module>.weight`` / ``.bias``) the file holds as ``.diff`` (fused
-    #: layers a LoKr or DoRA cannot be split into): add ``scale * delta`` to the base
-    diffs: dict[str, torch.Tensor]
-    notes: list[str]
-    family: str | None
-
-
-def load_peft_adapter(spec: ModelSpec, path: str | Path, shapes) -> PeftAdapter:
-    """Any supported adapter file or folder (PEFT / diffusion-pipe folder, ComfyUI, musubi-tuner/kohya,
-    hv-tune's own, any of LoRA, DoRA, LoKr, LoHa) as a PEFT state dict and config at its trained strength.
-
-    Raises:
-        HvTuneError: for an unsupported adapter type (naming it and its keys), a file of several types,
-            or anything ``lora_io.read_lora`` refuses.
-    """
-    from hv_tune.export.lora_io import read_lora
-
-    lora = read_lora(spec, path, shapes)
-    kinds = {type_name(m) for m in lora.modules.values()}
-    if len(kinds) > 1:
-        raise HvTuneError(f"{path}: layers of several adapter types ({', '.join(sorted(kinds))}); one PEFT adapter "
-                          "holds one type: `merge` it, or `convert --svd-rank K` it to plain LoRA")
-    if not kinds:
-        return PeftAdapter({}, None, "delta", lora.diffs, lora.notes, lora.family)
-    return PeftAdapter(peft_state(lora.modules), peft_config_of(lora.modules), kinds.pop(), lora.diffs, lora.notes,
-                       lora.family)

@@ -95,7 +95,7 @@ def convert_lora(
             carry (both are listed in the notes) instead of refusing the file.
         svd_rank: write plain LoRA: every DoRA, LoKr and LoHa layer and every weight delta becomes its
             best rank-``svd_rank`` LoRA (``adapters.svd_lora``, an approximation whose error is noted).
-        base: the base weights (``adapter_write.base_weights_of``): DoRA written outside the diffusers
+        base: the base weights (``merge.base_weights_of``): DoRA written outside the diffusers
             layout, turned into LoRA, or checked needs them.
     """
     to = to_layout(to)

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +136,20 @@ def index_original_file(spec: ModelSpec, path: Path, shapes: dict[str, tuple[int
         shape = (sum(seg[2] for seg in segments), *info.shape[1:])
         infos[target] = TensorInfo(target, path, info.dtype, shape, segments)
     return infos
+
+
+def base_weights_of(spec: ModelSpec, model_path: str | None) -> Callable[[str], torch.Tensor] | None:
+    """A reader of the base transformer's weights by diffusers module name (None without a model)."""
+    if model_path is None:
+        return None
+    infos: dict = {}
+
+    def read(module: str) -> torch.Tensor:  # the folder is indexed on first use (only DoRA needs it)
+        if not infos:
+            infos.update(index_checkpoint(Path(model_path) / spec.transformer_subfolder))
+        return read_tensor(infos[f"{module}.weight"])
+
+    return read
 
 
 def linear_shapes_of(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, int]]:

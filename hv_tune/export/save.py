@@ -10,10 +10,10 @@ import torch
 
 from hv_tune.errors import ConfigError
 from hv_tune.export.adapter_io import has_adapter_keys, peft_modules
-from hv_tune.export.adapter_write import base_weights_of
 from hv_tune.export.convert import adapter_modules, kohya_comfyui_notes
 from hv_tune.export.formats import FORMATS, Layout, to_layout
 from hv_tune.export.lora_io import save_diffusers, write_lora
+from hv_tune.export.merge import base_weights_of
 from hv_tune.models.base import ModelSpec
 
 
