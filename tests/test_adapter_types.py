@@ -317,13 +317,13 @@ def test_diffusion_pipe_lokr_folder_loads_at_peft_strength(spec, tiny_model, tmp
 
 
 def test_peft_form_of_a_lyco_file_rebuilds_the_adapted_layers(spec, tiny_model, tmp_path):
-    """``load_peft_adapter`` of our ComfyUI LoHa file and LoKr file gives a PEFT config and state dict that
+    """``load_peft_adapter`` of our ComfyUI LoHa file and PEFT LoKr and DoRA files gives a PEFT config and state dict that
     PEFT loads into the model (``set_peft_model_state_dict``) with the same adapted layers as trained."""
     from peft import set_peft_model_state_dict
 
     shapes = spec.linear_shapes(str(tiny_model))
     targets = resolve_targets(spec, spec.load_transformer(LoadOptions(str(tiny_model))), "attn")
-    for kind in ("loha", "lokr"):
+    for kind in ("loha", "lokr", "dora"):
         cfg = configs(targets)[kind]
         transformer, state = adapted(spec, tiny_model, cfg)
         want = layer_outputs(transformer)
