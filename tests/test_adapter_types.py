@@ -392,3 +392,29 @@ def test_dora_outside_diffusers_needs_the_base_weights(spec, tiny_model, tmp_pat
     res = convert_lora(spec, f, tmp_path / "c.safetensors", "comfyui", shapes, check=True,
                        base=base_weights_of(spec, str(tiny_model)))
     assert any(".diff" in n for n in res.notes) and res.check
+
+
+def test_another_tools_dora_on_a_fused_qkv_splits_exactly_by_rows(spec, tiny_model, tmp_path):
+    """A LyCORIS-style DoRA on ComfyUI's fused ``img_attn_qkv`` (``lora_down/up``, ``alpha``, ``dora_scale``
+    ``[out, 1]``: LyCORIS ``wd_on_out``, PEFT's formula) reads as q, k, v DoRAs whose merged weights are the
+    fused layer's DoRA weight (row norms split with the rows); a ``[1, in]`` scale is refused by name."""
+    shapes = spec.linear_shapes(str(tiny_model))
+    base = base_weights_of(spec, str(tiny_model))
+    parts = [f"transformer_blocks.0.attn.to_{p}" for p in "qkv"]
+    w = torch.cat([base(p) for p in parts])  # the fused base weight [3h, in]
+    gen = torch.Generator().manual_seed(6)
+    down, up = torch.randn(4, w.shape[1], generator=gen) * 0.3, torch.randn(w.shape[0], 4, generator=gen) * 0.3
+    magnitude = w.norm(dim=1) * (1 + 0.2 * torch.rand(w.shape[0], generator=gen))
+    key = "diffusion_model.double_blocks.0.img_attn_qkv"
+    tensors = {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0),
+               f"{key}.dora_scale": magnitude[:, None]}
+    save_file(tensors, str(tmp_path / "dora.safetensors"))
+    v = w + 0.5 * up @ down  # alpha 2 / rank 4
+    want = v * (magnitude / v.norm(dim=1))[:, None]  # PEFT's DoRA on the fused layer
+    merged = merged_state(spec, merge_loras(spec, tiny_model, [(str(tmp_path / "dora.safetensors"), 1.0)],
+                                            tmp_path / "merged").out)
+    torch.testing.assert_close(torch.cat([merged[f"{p}.weight"] for p in parts]), want, rtol=1e-5, atol=1e-6)
+    tensors[f"{key}.dora_scale"] = torch.ones(1, w.shape[1])
+    save_file(tensors, str(tmp_path / "columns.safetensors"))
+    with pytest.raises(HvTuneError, match="dora_scale has shape"):
+        read_lora(spec, tmp_path / "columns.safetensors", shapes)
