@@ -225,7 +225,8 @@ def _cuda() -> bool:
 
 
 def _parse_lora(text: str) -> tuple[str, float]:
-    """``FILE[:SCALE]`` -> (FILE, SCALE); a ``:`` not followed by a number is part of the path."""
+    """``FILE[:SCALE]`` -> (FILE, SCALE); a ``:`` not followed by a number is part of the path; FILE may be
+    a PEFT / diffusion-pipe folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
     path, _, scale = text.rpartition(":")
     try:
         value = float(scale) if path else None
@@ -233,7 +234,9 @@ def _parse_lora(text: str) -> tuple[str, float]:
         value = None
     if value is None:
         path, value = text, 1.0
-    path = _expand(path)
+    from hv_tune.export.lora_io import adapter_file
+
+    path = str(adapter_file(_expand(path)))  # a PEFT / diffusion-pipe folder: its adapter file
     if not Path(path).is_file():
         bad_scale = ":" in text and Path(_expand(text.rpartition(":")[0])).is_file()
         raise HvTuneError(f"--lora {text}: the scale after ':' must be a number, e.g. {text.rpartition(':')[0]}:0.8"

@@ -301,8 +301,9 @@ def test_diffusion_pipe_lokr_folder_loads_at_peft_strength(spec, tiny_model, tmp
                        tensors["transformer.double_blocks.0.img_attn_qkv.lokr_w2"]) * 0.25
     torch.testing.assert_close(lora.diffs["transformer_blocks.0.attn.to_k.weight"],
                                fused[shapes["transformer_blocks.0.attn.to_q"][0]:][:shapes["transformer_blocks.0.attn.to_k"][0]])
-    # merge at scale 0.5 and convert to ComfyUI's layout: the same update
-    merged = merged_state(spec, merge_loras(spec, tiny_model, [(str(folder), 0.5)], tmp_path / "merged").out)
+    # `merge --lora FOLDER:0.5` and convert to ComfyUI's layout: the same update
+    assert main(["merge", "--model", str(tiny_model), "--lora", f"{folder}:0.5", "--out", str(tmp_path / "merged")]) == 0
+    merged = merged_state(spec, tmp_path / "merged")
     w = base_weights_of(spec, str(tiny_model))("transformer_blocks.0.attn.to_out.0")
     torch.testing.assert_close(merged["transformer_blocks.0.attn.to_out.0.weight"], w + 0.5 * lokr_delta(proj))
     res = convert_lora(spec, folder / "adapter_model.safetensors", tmp_path / "c.safetensors", "comfyui", shapes,
