@@ -136,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="re-read the output, check each layer's update equals the input's, print ranks")
     c.add_argument("--skip-unknown", action="store_true", help="leave out (and list) keys naming no layer")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output file (never the input)")
+    c.add_argument("--svd-rank", type=int, default=None, metavar="K",
+                   help="write plain LoRA: DoRA/LoKr/LoHa layers and weight deltas become their best rank-K LoRA "
+                        "(truncated SVD: an approximation; its measured error is printed)")
 
     d = sub.add_parser("demo", help="tiny model + generated clips -> cache -> train -> sample (CPU, minutes)")
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes")
@@ -222,7 +225,8 @@ def _cuda() -> bool:
 
 
 def _parse_lora(text: str) -> tuple[str, float]:
-    """``FILE[:SCALE]`` -> (FILE, SCALE); a ``:`` not followed by a number is part of the path."""
+    """``FILE[:SCALE]`` -> (FILE, SCALE); a ``:`` not followed by a number is part of the path; FILE may be
+    a PEFT / diffusion-pipe folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
     path, _, scale = text.rpartition(":")
     try:
         value = float(scale) if path else None
@@ -230,7 +234,9 @@ def _parse_lora(text: str) -> tuple[str, float]:
         value = None
     if value is None:
         path, value = text, 1.0
-    path = _expand(path)
+    from hv_tune.export.lora_io import adapter_file
+
+    path = str(adapter_file(_expand(path)))  # a PEFT / diffusion-pipe folder: its adapter file
     if not Path(path).is_file():
         bad_scale = ":" in text and Path(_expand(text.rpartition(":")[0])).is_file()
         raise HvTuneError(f"--lora {text}: the scale after ':' must be a number, e.g. {text.rpartition(':')[0]}:0.8"
@@ -395,14 +401,19 @@ def cmd_merge(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from hv_tune.arguments import refuse_existing, refuse_inputs
     from hv_tune.export.convert import convert_lora
+    from hv_tune.export.lora_io import adapter_file
+    from hv_tune.export.merge import base_weights_of
     from hv_tune.io import safetensors_problem
     from hv_tune.models import spec_for
 
     args.input, args.output = Path(_expand(args.input)), _out_path(args.output, "output")
     args.model = _expand(args.model) if args.model is not None else None
     spec = spec_for(args.model_name, args.model, "--model-name")
+    args.input = adapter_file(args.input)  # a PEFT / diffusion-pipe folder: its adapter file
     if not args.input.is_file():
         raise HvTuneError(f"input {args.input}: file does not exist")
+    if args.svd_rank is not None and args.svd_rank < 1:
+        raise ConfigError(f"--svd-rank {args.svd_rank}: use a rank of 1 or more")
     refuse_inputs(args.output, "output", {"input": args.input})
     refuse_existing(args.output, "output", args.overwrite)
     problem = safetensors_problem(args.input)
@@ -411,7 +422,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if args.model is not None and not Path(args.model, spec.transformer_subfolder, "config.json").is_file():
         raise HvTuneError(f"--model {args.model}: no {spec.transformer_subfolder}/config.json there")
     shapes = spec.linear_shapes(args.model)
-    result = convert_lora(spec, args.input, args.output, args.to, shapes, args.rank_check, args.skip_unknown)
+    base = base_weights_of(spec, args.model) if args.model is not None else None  # DoRA deltas need them
+    result = convert_lora(spec, args.input, args.output, args.to, shapes, args.rank_check, args.skip_unknown,
+                          args.svd_rank, base)
     for line in result.notes + result.check:
         print(line)
     print(f"{result.source_format} -> {args.to}: {result.layers} layers written to {result.out}")

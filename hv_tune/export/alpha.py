@@ -38,7 +38,7 @@ def adapter_config(path: Path, meta: Mapping[str, str]) -> tuple[dict[str, Any] 
     """The PEFT config that applies to a LoRA file, and where it came from.
 
     Raises:
-        HvTuneError: naming the file when the config is not valid JSON or asks for DoRA.
+        HvTuneError: naming the file when the config is not valid JSON.
     """
     config, source = None, ""
     try:
@@ -55,8 +55,6 @@ def adapter_config(path: Path, meta: Mapping[str, str]) -> tuple[dict[str, Any] 
                 config, source = {"lora_alpha": state["lora_alpha"]}, str(path.parent / TRAINER_STATE)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HvTuneError(f"{path}: its adapter config is not valid JSON ({e})") from e
-    if config is not None and config.get("use_dora"):
-        raise HvTuneError(f"{source}: the adapter config says use_dora=true; DoRA is not supported")
     return config, source
 
 

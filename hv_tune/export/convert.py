@@ -11,8 +11,10 @@ import torch
 
 from hv_tune.arguments import same_file
 from hv_tune.errors import HvTuneError
-from hv_tune.export.formats import Layout, to_layout, unknown_keys_message, unknown_keys_policy
-from hv_tune.export.lora_io import comfyui_skipped_kohya_layers, read_lora, undeliverable_diffs, write_lora
+from hv_tune.export.adapter_write import BaseWeights, stored_dtype
+from hv_tune.export.adapters import Adapter, DoraModule, adapter_delta, svd_lora
+from hv_tune.export.formats import FORMATS, Layout, to_layout, unknown_keys_message, unknown_keys_policy
+from hv_tune.export.lora_io import comfyui_skipped_kohya_layers, read_lora, write_lora
 from hv_tune.export.lora_math import LoraModule
 from hv_tune.models.base import ModelSpec
 
@@ -81,14 +83,20 @@ def convert_lora(
     shapes: Mapping[str, tuple[int, int]],
     check: bool = False,
     skip_unknown: bool = False,
+    svd_rank: int | None = None,
+    base: BaseWeights | None = None,
 ) -> ConvertResult:
-    """Read ``src`` (layout detected from its keys), write ``dst`` in layout ``to``.
+    """Read ``src`` (layout and adapter type detected from its keys), write ``dst`` in layout ``to``.
 
     Args:
         shapes: the model's linear layer shapes (``spec.linear_shapes``).
         check: re-read ``dst`` and compare every layer's update with ``src``'s.
         skip_unknown: leave out keys that name no layer, and deltas the target layout cannot
             carry (both are listed in the notes) instead of refusing the file.
+        svd_rank: write plain LoRA: every DoRA, LoKr and LoHa layer and every weight delta becomes its
+            best rank-``svd_rank`` LoRA (``adapters.svd_lora``, an approximation whose error is noted).
+        base: the base weights (``merge.base_weights_of``): DoRA written outside the diffusers
+            layout, turned into LoRA, or checked needs them.
     """
     to = to_layout(to)
     if same_file(src, dst):  # also through a symlink or hard link: the input would be replaced
@@ -97,19 +105,121 @@ def convert_lora(
     result = ConvertResult(Path(dst), str(lora.format), len(lora.modules), list(lora.notes))
     fix = "convert with --skip-unknown to leave them out"
     result.notes += unknown_keys_policy(str(src), lora.unknown, skip_unknown, fix)
-    dropped = undeliverable_diffs(lora, to)
+    modules, diffs = dict(lora.modules), dict(lora.diffs)
+    if svd_rank is not None:
+        modules, diffs, lines = to_plain_lora(modules, diffs, svd_rank, base)
+        result.notes += lines
+        result.layers = len(modules)
+    dropped = [] if FORMATS[to].diffs else sorted(diffs)
     result.notes += unknown_keys_policy(
         str(src), dropped, skip_unknown, f"{fix}, or convert --to comfyui (ComfyUI applies them); merge applies them too",
         what=f"are weight/bias deltas (.diff/.diff_b) the {to} format cannot carry",
     )
-    diffs = {} if dropped else lora.diffs
-    write_lora(spec, lora.modules, dst, to, shapes, diffs, family=lora.family)  # a compatible family stays as read
+    diffs = {} if dropped else diffs
+    notes: list[str] = []
+    write_lora(spec, modules, dst, to, shapes, diffs, family=lora.family, base=base, notes=notes)
+    result.notes += notes
     if to == Layout.KOHYA:
-        result.notes += kohya_comfyui_notes(spec, lora.modules)
+        result.notes += kohya_comfyui_notes(spec, modules)
     if check:
         again = read_lora(spec, dst, shapes)
-        result.check = check_same_updates(lora.modules, again.modules, shapes) + check_same_diffs(diffs, again.diffs)
+        if all(isinstance(m, LoraModule) for m in [*modules.values(), *again.modules.values()]):
+            result.check = check_same_updates(modules, again.modules, shapes) + check_same_diffs(diffs, again.diffs)
+        else:
+            result.check = check_same_effect((modules, diffs), (again.modules, again.diffs), shapes, base)
     return result
+
+
+def to_plain_lora(modules: Mapping[str, Adapter], diffs: Mapping[str, torch.Tensor], rank: int,
+                  base: BaseWeights | None) -> tuple[dict[str, LoraModule], dict[str, torch.Tensor], list[str]]:
+    """Every non-LoRA layer and weight delta as its best rank-``rank`` LoRA (truncated SVD of its delta).
+
+    Plain LoRA layers without a delta are kept as they are (exact); bias deltas stay deltas.
+
+    Returns:
+        The modules, the remaining (bias) deltas, and a line stating the approximation and its
+        measured error ``||dW - dW_k||_F / ||dW||_F`` (largest, and over all approximated layers).
+    """
+    weight_diffs = {n.removesuffix(".weight"): d for n, d in diffs.items() if n.endswith(".weight") and d.dim() == 2}
+    out: dict[str, LoraModule] = {}
+    errors: list[tuple[float, float, str]] = []
+    for module in sorted(set(modules) | set(weight_diffs)):
+        m = modules.get(module)
+        if isinstance(m, LoraModule) and module not in weight_diffs:
+            out[module] = m
+            continue
+        delta = 0
+        if m is not None:
+            delta = adapter_delta(m, _base_for(m, module, base))
+        if module in weight_diffs:
+            delta = delta + weight_diffs[module].float()
+        lora, err = svd_lora(delta, rank)
+        dtype = stored_dtype(m) if m is not None else weight_diffs[module].dtype
+        out[module] = LoraModule(lora.down.to(dtype), lora.up.to(dtype), lora.alpha)
+        errors.append((err, float(delta.norm()), module))
+    rest = {n: d for n, d in diffs.items() if n.removesuffix(".weight") not in weight_diffs}
+    lines = []
+    if errors:
+        worst = max(errors)
+        total = sum(n * n for _, n, _ in errors)
+        overall = (sum((e * n) ** 2 for e, n, _ in errors) / total) ** 0.5 if total else 0.0
+        lines.append(f"to plain LoRA at rank {rank} (truncated SVD: an approximation) for {len(errors)} layer(s): "
+                     f"relative error ||dW - dW_{rank}|| / ||dW|| up to {worst[0]:.3e} ({worst[2]}), {overall:.3e} "
+                     "over all of them")
+    return out, rest, lines
+
+
+def _base_for(m: Adapter, module: str, base: BaseWeights | None) -> torch.Tensor | None:
+    if not isinstance(m, DoraModule):
+        return None
+    if base is None:
+        raise HvTuneError(f"DoRA layer {module!r}: its update depends on the base weights; pass --model DIR "
+                          "(the model folder it was trained on)")
+    return base(module)
+
+
+def _effect(m: Adapter | None, delta: torch.Tensor | None, x: torch.Tensor, out_f: int, module: str,
+            base: BaseWeights | None) -> torch.Tensor:
+    """``dW @ x`` of a layer's module plus its weight delta (float64)."""
+    y = _apply(m, x, out_f) if m is None or isinstance(m, LoraModule) else None
+    if y is None and isinstance(m, DoraModule) and base is None:  # compare its parameters instead
+        y = torch.cat([_apply(m.lora, x, out_f), m.magnitude.double()[:, None].expand(-1, x.shape[1])])
+    elif y is None:
+        y = adapter_delta(m, _base_for(m, module, base)).double() @ x
+    if delta is not None:
+        y = y.clone()
+        y[:out_f] += delta.double() @ x
+    return y
+
+
+def check_same_effect(before: tuple[Mapping, Mapping], after: tuple[Mapping, Mapping],
+                      shapes: Mapping[str, tuple[int, int]], base: BaseWeights | None) -> list[str]:
+    """Compare every layer's total update (module plus ``.diff``, any types) on random probe vectors, and
+    bias deltas; one line per layer.
+
+    Raises:
+        HvTuneError: if a layer differs by more than ``CHECK_RTOL`` (relative).
+    """
+    gen = torch.Generator().manual_seed(0)
+    lines = []
+    (mb, db), (ma, da) = before, after
+    layers = set(mb) | set(ma) | {n.removesuffix(".weight") for n in [*db, *da] if n.endswith(".weight")}
+    for module in sorted(layers):
+        out_f, in_f = shapes[module]
+        x = torch.randn(in_f, PROBES, generator=gen, dtype=torch.float64)
+        a = _effect(mb.get(module), db.get(f"{module}.weight"), x, out_f, module, base)
+        b = _effect(ma.get(module), da.get(f"{module}.weight"), x, out_f, module, base)
+        err = ((a - b).norm() / a.norm().clamp_min(1e-30)).item() if a.shape == b.shape else float("nan")
+        kinds = [type(m).__name__ if m is not None else "delta" for m in (mb.get(module), ma.get(module))]
+        lines.append(f"{module}: {kinds[0]} -> {kinds[1]}, relative difference {err:.1e}")
+        if not err <= CHECK_RTOL:
+            raise HvTuneError(f"check failed: {lines[-1]}")
+    for name in sorted(n for n in {*db, *da} if not n.endswith(".weight")):
+        same = name in db and name in da and torch.allclose(db[name].float(), da[name].float(), rtol=CHECK_RTOL)
+        lines.append(f"{name}: delta {'identical' if same else 'DIFFERS'}")
+        if not same:
+            raise HvTuneError(f"check failed: {lines[-1]}")
+    return lines
 
 
 def kohya_comfyui_notes(spec: ModelSpec, modules: Mapping[str, LoraModule], comfy_file: str = "") -> list[str]:

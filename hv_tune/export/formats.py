@@ -119,7 +119,6 @@ _PEFT_PREFIX = "base_model.model."
 
 # the registry's key patterns of unregistered families (``hv_tune.models.OTHER_FAMILIES``)
 _FAMILY_RES = {name: [re.compile(p) for p in pats] for name, pats in OTHER_FAMILIES.items()}
-_UNSUPPORTED = {"lora_magnitude_vector": "DoRA", "dora_scale": "DoRA", ".hada_": "LoHa", ".lokr_": "LoKr"}
 
 
 @dataclass(frozen=True)
@@ -221,16 +220,13 @@ def family_by_blocks(spec: ModelSpec, parsed: dict[str, ParsedKey]) -> tuple[str
 
 
 def classify_keys(spec: ModelSpec, keys: list[str], source: str) -> KeyReport:
-    """Sort a file's keys; refuse files for other families, other adapter types, or mixed layouts.
+    """Sort a plain LoRA file's keys; refuse files for other families, or mixed layouts (DoRA, LoKr and
+    LoHa files are sorted by ``adapter_io``).
 
     Raises:
-        HvTuneError: naming ``source``, the family it looks like and an example key; or the
-            adapter type (DoRA, LoHa, LoKr); or the key styles that are mixed.
+        HvTuneError: naming ``source``, the family it looks like and an example key; or the key
+            styles that are mixed.
     """
-    for marker, kind in _UNSUPPORTED.items():
-        hit = next((k for k in keys if marker in k), None)
-        if hit is not None:
-            raise HvTuneError(f"{source}: this is a {kind} adapter (key {hit!r}); only plain LoRA files are supported")
     family = looks_like_family(keys)
     if family is not None:
         raise HvTuneError(

@@ -10,42 +10,31 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hv_tune.errors import HvTuneError
+from hv_tune.export.adapter_io import has_adapter_keys, read_adapter_file, refuse_unsupported
 from hv_tune.export.alpha import DIFFUSERS_METADATA_KEY, resolve_alphas
 from hv_tune.export.family import FAMILY_KEY, recorded_family, refuse_by_keys, refuse_by_shapes
 from hv_tune.export.formats import FORMATS, Format, KeyReport, Layout, ParsedKey, classify_keys, to_layout
-from hv_tune.export.lora_math import LoraModule, fold_scale, fuse, unfuse
+from hv_tune.export.lora_math import LoraModule, fold_scale
+from hv_tune.export.lora_parts import LoraFile, Shapes, check_finite, peft_metadata
+from hv_tune.export.lora_parts import fuse_diffs as _fuse_diffs
+from hv_tune.export.lora_parts import fuse_original as _fuse_original
+from hv_tune.export.lora_parts import module_name as _module_name
+from hv_tune.export.lora_parts import most_common as _most_common
+from hv_tune.export.lora_parts import resolve_original as _resolve_original
+from hv_tune.export.lora_parts import split_delta as _split_delta
 from hv_tune.io import atomic_save_safetensors, move_into_place, sort_safetensors_metadata
-from hv_tune.models.base import ModelSpec, Part
+from hv_tune.models.base import ModelSpec
 
 #: safetensors metadata key: per fused original module, the rank of each part (block-diagonal layout)
 FUSED_RANKS_KEY = "hv_tune.fused_ranks"
-
-Shapes = Mapping[str, tuple[int, int]]
-
-
-@dataclass
-class LoraFile:
-    """A LoRA read from disk: diffusers module -> update, plus what was noticed on the way."""
-
-    path: Path
-    format: Layout
-    modules: dict[str, LoraModule]
-    unknown: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    #: full deltas added to diffusers parameters (``<module>.weight`` from ``.diff``,
-    #: ``<module>.bias`` from ``.diff_b``), in the file's dtype
-    diffs: dict[str, torch.Tensor] = field(default_factory=dict)
-    #: the family the file records (``hv_tune.export.family.FAMILY_KEY``), None without a record
-    family: str | None = None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -57,7 +46,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     Raises:
         HvTuneError: naming the file when it is missing, unreadable or not a flat tensor dict.
     """
-    path = Path(path)
+    path = adapter_file(path)
     if not path.is_file():
         raise HvTuneError(f"LoRA file {path} does not exist")
     if path.suffix == ".safetensors":
@@ -79,18 +68,23 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     return dict(obj), {}
 
 
-def check_finite(path: Path, tensors: Mapping[str, torch.Tensor], parsed: Mapping[str, ParsedKey]) -> None:
-    """Refuse a file with NaN or inf values, naming the layers (a diverged training run).
+#: the adapter file of a folder: PEFT's and diffusion-pipe's, diffusers', an hv-tune checkpoint's
+FOLDER_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "adapter.safetensors")
+
+
+def adapter_file(path: str | os.PathLike) -> Path:
+    """``path``, or for a folder (a PEFT / diffusion-pipe ``adapter_config.json`` folder) its adapter file.
 
     Raises:
-        HvTuneError: naming the file and up to 10 layers.
+        HvTuneError: for a folder without one of ``FOLDER_FILES``.
     """
-    bad = sorted({parsed[k].module if k in parsed else k for k, t in tensors.items()
-                  if t.is_floating_point() and not torch.isfinite(t).all()})
-    if bad:
-        shown = ", ".join(bad[:10]) + (f" ... and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise HvTuneError(f"{path}: NaN or inf values in {len(bad)} layer(s): {shown}; the LoRA is broken "
-                          "(did its training diverge?) and is not used")
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    found = [path / n for n in FOLDER_FILES if (path / n).is_file()]
+    if not found:
+        raise HvTuneError(f"{path}: a folder without an adapter file (looked for {', '.join(FOLDER_FILES)})")
+    return found[0]
 
 
 def _group(tensors: Mapping[str, torch.Tensor], parsed: Mapping[str, ParsedKey], source: Path) -> dict[str, dict]:
@@ -122,66 +116,6 @@ def _check_shape(source: Path, module: str, m: LoraModule, shapes: Shapes, what:
         )
 
 
-def _part_rows(spec_parts: tuple[Part, ...], shapes: Shapes, source: Path, original: str) -> list[int]:
-    rows = []
-    for p in spec_parts:
-        if p.module not in shapes:
-            raise HvTuneError(f"{source}: {original!r} contains {p.module!r}, which is not a linear layer of the model")
-        rows.append(shapes[p.module][0] // p.chunks)
-    return rows
-
-
-def _resolve_original(
-    spec: ModelSpec, source: Path, original: str, m: LoraModule, shapes: Shapes, ranks: list[int] | None
-) -> dict[str, LoraModule]:
-    """Split a fused original-layout module into diffusers modules."""
-    parts = spec.keys.original_parts(original)
-    rows = _part_rows(parts, shapes, source, original)
-    in_f = shapes[parts[0].module][1]
-    if m.down.shape[1] != in_f or m.up.shape[0] != sum(rows):
-        raise HvTuneError(
-            f"{source}: {original!r} has down {tuple(m.down.shape)}, up {tuple(m.up.shape)}, but the layer is "
-            f"[{sum(rows)}, {in_f}]: the LoRA was made for a model of another size (pass --model DIR of that model)"
-        )
-    pieces = unfuse(m, rows, ranks)
-    out: dict[str, LoraModule] = {}
-    by_module: dict[str, list[tuple[Part, LoraModule | None]]] = defaultdict(list)
-    for part, piece in zip(parts, pieces):
-        by_module[part.module].append((part, piece))
-    for module, chunks in by_module.items():
-        present = [pc for _, pc in chunks if pc is not None]
-        if not present:
-            continue
-        if len(chunks) == 1:
-            out[module] = present[0]
-            continue
-        # a module split into row chunks (final layer): the chunks must share one down
-        ordered = [pc for _, pc in sorted(chunks, key=lambda t: t[0].chunk)]
-        if any(pc is None for pc in ordered) or any(not torch.equal(pc.down, ordered[0].down) for pc in ordered):
-            raise HvTuneError(f"{source}: {original!r}: cannot split this LoRA into {module!r} exactly")
-        out[module] = LoraModule(ordered[0].down, torch.cat([pc.up for pc in ordered]), ordered[0].alpha)
-    return out
-
-
-def _split_delta(spec: ModelSpec, source: Path, original: str, delta: torch.Tensor, kind: str,
-                 shapes: Shapes) -> dict[str, torch.Tensor]:
-    """A fused layer's ``.diff`` [rows, in] or ``.diff_b`` [rows] as deltas of diffusers parameters."""
-    parts = spec.keys.original_parts(original)
-    suffix = "weight" if kind == "diff" else "bias"
-    if len(parts) == 1 and parts[0].chunks == 1:  # a 1:1 tensor (also norms): checked against the base when merged
-        return {f"{parts[0].module}.{suffix}": delta}
-    rows = _part_rows(parts, shapes, source, original)
-    in_f = shapes[parts[0].module][1]
-    want = (sum(rows), in_f) if kind == "diff" else (sum(rows),)
-    if tuple(delta.shape) != want:
-        raise HvTuneError(f"{source}: {original}.{kind} has shape {tuple(delta.shape)}, the layer needs {want}")
-    chunks: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
-    for part, piece in zip(parts, delta.split(rows)):
-        chunks[part.module].append((part.chunk, piece))
-    return {f"{module}.{suffix}": torch.cat([t for _, t in sorted(c, key=lambda x: x[0])])
-            for module, c in chunks.items()}
-
-
 def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraFile:
     """Read a LoRA in any supported layout as diffusers modules, checked against ``shapes``.
 
@@ -195,11 +129,16 @@ def read_lora(spec: ModelSpec, path: str | os.PathLike, shapes: Shapes) -> LoraF
     Raises:
         HvTuneError: naming the file and key for anything that does not fit the model.
     """
-    path = Path(path)
+    path = adapter_file(path)
     tensors, meta = load_tensors(path)
     notes: list[str] = []
     family = recorded_family(spec, path, meta, notes)
     keys = list(tensors)
+    refuse_unsupported(keys, str(path))
+    if has_adapter_keys(keys):  # DoRA, LoKr, LoHa
+        lora = read_adapter_file(spec, path, tensors, meta, shapes)
+        lora.family, lora.notes = family, notes + lora.notes
+        return lora
     try:
         report = classify_keys(spec, keys, str(path))
     except HvTuneError:
@@ -248,43 +187,6 @@ def _read(spec: ModelSpec, path: Path, tensors: dict[str, torch.Tensor], meta: M
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def _fuse_original(
-    spec: ModelSpec, modules: Mapping[str, LoraModule], shapes: Shapes, kohya: bool = False
-) -> dict[str, tuple[LoraModule, list[int] | None]]:
-    """Group diffusers modules into original (``kohya``: kohya-layout) modules and fuse each group."""
-    name_of = spec.keys.kohya_module if kohya else spec.keys.original_module
-    originals: dict[str, None] = {}
-    for module in modules:
-        original = name_of(module)
-        if original is None:
-            raise HvTuneError(f"layer {module!r} has no name in the {'kohya' if kohya else 'original'} layout")
-        originals.setdefault(original, None)
-    fused = {}
-    for original in originals:
-        parts = spec.keys.original_parts(original)
-        rows = _part_rows(parts, shapes, Path("<lora>"), original)
-        pieces = []
-        for part, n in zip(parts, rows):
-            m = modules.get(part.module)
-            if m is not None and part.chunks > 1:
-                m = LoraModule(m.down, m.up.chunk(part.chunks)[part.chunk], m.alpha)  # rows of one chunk
-            pieces.append(m)
-            if m is not None and m.up.shape[0] != n:
-                raise HvTuneError(f"layer {part.module!r}: up has {m.up.shape[0]} rows, the model's layer {n}")
-        fused[original] = fuse(pieces, rows)
-    return fused
-
-
-def _most_common(values: list) -> Any:
-    return Counter(values).most_common(1)[0][0]
-
-
-def peft_metadata(lora_config: Any) -> str:
-    """A PEFT ``LoraConfig`` as the JSON of diffusers' ``lora_adapter_metadata`` (sorted: same bytes every run)."""
-    config = {k: sorted(v) if isinstance(v, set) else v for k, v in lora_config.to_dict().items()}
-    return json.dumps(config, sort_keys=True, default=str)
 
 
 def adapter_metadata(spec: ModelSpec, lora_config: Any) -> dict[str, str]:
@@ -341,44 +243,6 @@ def _write_diffusers(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pa
     return save_diffusers(spec, out, state, config, family)
 
 
-def _module_name(spec: ModelSpec, original: str, names: str) -> str:
-    """An original module's name in a layout's naming scheme (``Format.names``)."""
-    if names == "flat":
-        return original.replace(".", "_")
-    if names == "internal":
-        return spec.keys.comfy_name(original)
-    return spec.keys.comfy_name(original, "lora")  # Tencent's names, embedders as ComfyUI's key map reads them
-
-
-def _fuse_diffs(spec: ModelSpec, diffs: Mapping[str, torch.Tensor], shapes: Shapes) -> dict[tuple[str, str], torch.Tensor]:
-    """Deltas of diffusers parameters as deltas of fused original ones: (original, kind) -> tensor.
-
-    A part without a delta of its own gets zero rows.
-    """
-    fused: dict[tuple[str, str], torch.Tensor] = {}
-    for name in diffs:
-        module, _, suffix = name.rpartition(".")
-        original = spec.keys.original_module(module)
-        kind = "diff" if suffix == "weight" else "diff_b"
-        if original is None or (original, kind) in fused:
-            continue
-        parts = spec.keys.original_parts(original)
-        if len(parts) == 1 and parts[0].chunks == 1:  # 1:1 (also norms): the delta as it is
-            fused[(original, kind)] = diffs[name]
-            continue
-        pieces = []
-        for part in parts:
-            out_f, in_f = shapes[part.module]
-            rows = out_f // part.chunks
-            full = diffs.get(f"{part.module}.{suffix}")
-            ref = next(iter(diffs.values()))
-            if full is None:
-                full = ref.new_zeros((out_f, in_f) if kind == "diff" else (out_f,))
-            pieces.append(full[part.chunk * rows : (part.chunk + 1) * rows])
-        fused[(original, kind)] = torch.cat(pieces)
-    return fused
-
-
 def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Path, fmt: Format, shapes: Shapes,
                     diffs: Mapping[str, torch.Tensor], family: str | None) -> Path:
     prefix = spec.keys.lora_prefixes[fmt.prefix]
@@ -409,7 +273,8 @@ def _write_original(spec: ModelSpec, modules: Mapping[str, LoraModule], out: Pat
 
 
 def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os.PathLike, fmt: str | Layout,
-               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None, family: str | None = None) -> Path:
+               shapes: Shapes, diffs: Mapping[str, torch.Tensor] | None = None, family: str | None = None,
+               base: Any = None, notes: list[str] | None = None) -> Path:
     """Write diffusers-named LoRA modules (and deltas) as one file in layout ``fmt`` (atomically).
 
     Every layout records the model family in its metadata (``FAMILY_KEY``).
@@ -419,6 +284,9 @@ def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os
         diffs: ``.diff`` / ``.diff_b`` deltas by diffusers parameter name; only layouts whose
             ``Format.diffs`` is true can carry them (check ``undeliverable_diffs`` first).
         family: the family to record (``spec.name`` when None; a compatible one read from the source).
+        base: the base weights by module (``merge.base_weights_of``): DoRA outside the
+            diffusers layout is written as weight deltas, which need them.
+        notes: where to say which layers were written as deltas (DoRA, LoKr, LoHa: ``adapter_write``).
 
     Raises:
         HvTuneError: for an unknown layout, nothing to write, or deltas the layout cannot carry.
@@ -430,6 +298,10 @@ def write_lora(spec: ModelSpec, modules: Mapping[str, LoraModule], out: str | os
     if diffs and not spec_fmt.diffs:
         raise HvTuneError(f"the {spec_fmt.layout} format cannot carry weight/bias deltas ({sorted(diffs)[:5]})")
     out = Path(out)
+    if not all(isinstance(m, LoraModule) for m in modules.values()):  # DoRA, LoKr, LoHa
+        from hv_tune.export.adapter_write import write_adapters
+
+        return write_adapters(spec, modules, out, spec_fmt, shapes, diffs, family, base, notes)
     if spec_fmt.layout == Layout.DIFFUSERS:
         return _write_diffusers(spec, modules, out, family)
     return _write_original(spec, modules, out, spec_fmt, shapes, diffs, family)

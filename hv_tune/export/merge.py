@@ -1,7 +1,8 @@
 """Merge LoRAs into a model's transformer, streaming: never two copies of it in memory.
 
 ``W' = W + sum_i scale_i * (alpha_i / r_i) * B_i @ A_i``, computed in float32 one tensor at
-a time and stored in the base tensor's dtype (or ``dtype``). Tensors are read one by one
+a time and stored in the base tensor's dtype (or ``dtype``); DoRA, LoKr and LoHa layers add their
+full delta (``adapters.adapter_delta``, one extra float32 copy of the layer in memory). Tensors are read one by one
 from the base's safetensors shards and written one by one to the output:
 
 - ``diffusers``: a model folder whose ``transformer/`` holds sharded safetensors plus the
@@ -17,7 +18,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from hv_tune.arguments import inside, same_file
 from hv_tune.errors import ConfigError, HvTuneError
+from hv_tune.export.adapters import Adapter, adapter_delta
 from hv_tune.export.formats import unknown_keys_policy
 from hv_tune.export.lora_io import LoraFile, read_lora
 from hv_tune.export.lora_math import LoraModule
@@ -136,6 +138,20 @@ def index_original_file(spec: ModelSpec, path: Path, shapes: dict[str, tuple[int
     return infos
 
 
+def base_weights_of(spec: ModelSpec, model_path: str | None) -> Callable[[str], torch.Tensor] | None:
+    """A reader of the base transformer's weights by diffusers module name (None without a model)."""
+    if model_path is None:
+        return None
+    infos: dict = {}
+
+    def read(module: str) -> torch.Tensor:  # the folder is indexed on first use (only DoRA needs it)
+        if not infos:
+            infos.update(index_checkpoint(Path(model_path) / spec.transformer_subfolder))
+        return read_tensor(infos[f"{module}.weight"])
+
+    return read
+
+
 def linear_shapes_of(infos: dict[str, TensorInfo]) -> dict[str, tuple[int, int]]:
     """``(out, in)`` of every 2-D ``*.weight`` of a checkpoint, by module name."""
     return {n.removesuffix(".weight"): i.shape for n, i in infos.items() if n.endswith(".weight") and len(i.shape) == 2}
@@ -172,7 +188,7 @@ def load_updates(
             updates.lora[module].append((m, scale))
         for name, delta in lora.diffs.items():
             updates.diffs[name].append((delta, scale))
-        updates.merged.append(MergedLora(Path(path).name, tensors_sha256(path), sketch(lora.modules, lora.diffs),
+        updates.merged.append(MergedLora(Path(path).name, tensors_sha256(lora.path), sketch(lora.modules, lora.diffs),
                                          float(scale), into))
     return updates
 
@@ -253,6 +269,20 @@ def merged_weight(
     return acc.to(dtype)
 
 
+def full_deltas(ups: Sequence[tuple[Adapter, float]], diffs: Sequence[tuple[torch.Tensor, float]], w: torch.Tensor
+                ) -> tuple[list[tuple[LoraModule, float]], list[tuple[torch.Tensor, float]]]:
+    """Split a layer's updates into LoRAs (merged block by block) and full deltas ``[out, in]`` float32
+    of the other types (``adapters.adapter_delta``: LoKr, LoHa; DoRA from the base weight ``w``).
+
+    A user scale ``s`` on DoRA interpolates, ``W + s * (W_dora - W)``, as ComfyUI's ``weight_decompose``
+    applies a strength; at 1 it is PEFT's adapted weight. Each DoRA is computed from the base weight,
+    as PEFT does with several adapters active.
+    """
+    loras = [(m, s) for m, s in ups if isinstance(m, LoraModule)]
+    others = [(adapter_delta(m, w), s) for m, s in ups if not isinstance(m, LoraModule)]
+    return loras, [*diffs, *others]
+
+
 def write_tensors(
     writer: StreamWriter, tensors: list[OutTensor], infos: dict[str, TensorInfo], updates: Updates, bar: tqdm
 ) -> None:
@@ -270,6 +300,7 @@ def write_tensors(
             if w.dim() == 0:
                 writer.write(t.name, w.to(t.dtype))
                 continue
+            ups, diffs = full_deltas(ups, diffs, w)
             rows = w.shape[0] // src.chunks
             offset = src.chunk * rows  # first row of this part in the base tensor
             step = max(1, BLOCK_ELEMENTS // max(1, w[0].numel()))

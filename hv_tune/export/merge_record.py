@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from hv_tune.errors import ConfigError
+from hv_tune.export.adapters import DoraModule, adapter_delta
 from hv_tune.export.lora_math import LoraModule
 from hv_tune.export.safetensors_stream import tensor_bytes
 
@@ -88,6 +89,13 @@ def sketch(modules: Mapping[str, LoraModule], diffs: Mapping[str, torch.Tensor])
     the reader)."""
     out = torch.zeros(SKETCH_PROBES, dtype=torch.float64)
     for name, m in modules.items():
+        if isinstance(m, DoraModule):  # the delta needs the base: its LoRA and its magnitudes instead
+            out += _probes(f"{name}.magnitude", m.magnitude.numel()) @ m.magnitude.double()
+            m = m.lora
+        if not isinstance(m, LoraModule):  # LoKr, LoHa: their (full) delta
+            d = adapter_delta(m).double()
+            out += ((_probes(f"{name}.out", d.shape[0]) @ d) * _probes(f"{name}.in", d.shape[1])).sum(1)
+            continue
         u, v = _probes(f"{name}.out", m.up.shape[0]), _probes(f"{name}.in", m.down.shape[1])
         out += ((u @ m.up.double()) * (v @ m.down.double().T)).sum(1) * m.scale  # [K, r] * [K, r]
     for name, d in diffs.items():

@@ -1,4 +1,4 @@
-"""The one save of a trained LoRA: diffusers format, plus the layouts of ``save.formats``."""
+"""The one save of a trained LoRA (or DoRA, LoKr, LoHa): diffusers format, plus the layouts of ``save.formats``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Any
 import torch
 
 from hv_tune.errors import ConfigError
+from hv_tune.export.adapter_io import has_adapter_keys, peft_modules
 from hv_tune.export.convert import adapter_modules, kohya_comfyui_notes
 from hv_tune.export.formats import FORMATS, Layout, to_layout
 from hv_tune.export.lora_io import save_diffusers, write_lora
+from hv_tune.export.merge import base_weights_of
 from hv_tune.models.base import ModelSpec
 
 
@@ -51,7 +53,9 @@ def save_trained_lora(
     come from here, so a checkpoint's files are the final files of a run stopped at its step.
 
     Args:
-        lora_config: the PEFT ``LoraConfig`` trained with (its ``r`` and ``lora_alpha``).
+        adapter: the PEFT state dict (``get_peft_model_state_dict`` names) of any type: LoRA, DoRA
+            (``lora_magnitude_vector``), LoKr (``lokr_*``), LoHa (``hada_*``).
+        lora_config: the PEFT config trained with (``LoraConfig``, ``LoKrConfig``, ``LoHaConfig``).
         formats: layout names (``diffusers`` is always written).
         model_path: the model folder (layer sizes for fusing).
 
@@ -59,16 +63,24 @@ def save_trained_lora(
         Lines for the user: the other files written and warnings (kohya layers ComfyUI skips).
     """
     out_dir = Path(out_dir)
-    save_diffusers(spec, out_dir / FORMATS[Layout.DIFFUSERS].file_name, adapter, lora_config)
+    plain = not has_adapter_keys(list(adapter))  # DoRA, LoKr, LoHa: written by ``adapter_write``
+    modules = None if plain else peft_modules(adapter, lora_config)
+    if plain:
+        save_diffusers(spec, out_dir / FORMATS[Layout.DIFFUSERS].file_name, adapter, lora_config)
+    else:
+        write_lora(spec, modules, out_dir / FORMATS[Layout.DIFFUSERS].file_name, Layout.DIFFUSERS, {})
     lines: list[str] = []
     extra = [to_layout(f) for f in formats if to_layout(f) != Layout.DIFFUSERS]
     if not extra:
         return lines
-    modules = adapter_modules(adapter, lora_config.r, lora_config.lora_alpha)
+    modules = modules or adapter_modules(adapter, lora_config.r, lora_config.lora_alpha)
     shapes = spec.linear_shapes(model_path)
+    base = None if plain else base_weights_of(spec, model_path)
     for layout in extra:
-        path = write_lora(spec, modules, out_dir / FORMATS[layout].file_name, layout, shapes)
+        notes: list[str] = []
+        path = write_lora(spec, modules, out_dir / FORMATS[layout].file_name, layout, shapes, base=base, notes=notes)
         lines.append(f"LoRA ({layout}) written to {path}")
+        lines += notes
         if layout == Layout.KOHYA:
             lines += kohya_comfyui_notes(spec, modules, str(out_dir / FORMATS[Layout.COMFYUI].file_name))
     return lines
