@@ -439,3 +439,14 @@ def test_training_save_writes_every_layout_for_every_type(spec, tiny_model, tmp_
         for name in ("pytorch_lora_weights.safetensors", "lora_comfyui.safetensors", "lora_kohya.safetensors"):
             back = read_lora(spec, out / name, shapes)
             assert check_same_effect((want, {}), (back.modules, back.diffs), shapes, base_weights_of(spec, str(tiny_model)))
+
+
+def test_rslora_dora_keeps_peft_scale(spec, tiny_model, tmp_path):
+    """A DoRA trained with ``use_rslora`` (scale alpha / sqrt(r)) merges at PEFT's strength."""
+    targets = resolve_targets(spec, spec.load_transformer(LoadOptions(str(tiny_model))), "attn")
+    cfg = LoraConfig(r=4, lora_alpha=3, target_modules=targets, use_dora=True, use_rslora=True)
+    transformer, state = adapted(spec, tiny_model, cfg)
+    f = write_lora(spec, peft_modules(state, cfg), tmp_path / "rs.safetensors", "diffusers",
+                   spec.linear_shapes(str(tiny_model)))
+    merged = merge_loras(spec, tiny_model, [(str(f), 1.0)], tmp_path / "merged").out
+    assert_merged_equals_adapted(merged_state(spec, merged), layer_outputs(transformer))
