@@ -419,3 +419,34 @@ def test_another_tools_dora_on_a_fused_qkv_splits_exactly_by_rows(spec, tiny_mod
     save_file(tensors, str(tmp_path / "columns.safetensors"))
     with pytest.raises(HvTuneError, match="dora_scale has shape"):
         read_lora(spec, tmp_path / "columns.safetensors", shapes)
+
+
+def test_training_save_writes_every_layout_for_every_type(spec, tiny_model, tmp_path):
+    """``save_trained_lora`` (the end of training, each checkpoint) takes PEFT's state dict of any type and
+    writes ``save.formats``; each file reads back as the same update (DoRA's ComfyUI file from the base weights)."""
+    from hv_tune.export.convert import check_same_effect
+    from hv_tune.export.save import save_trained_lora
+
+    shapes = spec.linear_shapes(str(tiny_model))
+    targets = resolve_targets(spec, spec.load_transformer(LoadOptions(str(tiny_model))), "attn")
+    for kind in ("dora", "lokr", "loha"):
+        cfg = configs(targets)[kind]
+        _, state = adapted(spec, tiny_model, cfg)
+        out = tmp_path / kind
+        lines = save_trained_lora(spec, out, state, cfg, ["diffusers", "comfyui", "kohya"], str(tiny_model))
+        assert sum("written to" in line for line in lines) == 2
+        want = peft_modules(state, cfg)
+        for name in ("pytorch_lora_weights.safetensors", "lora_comfyui.safetensors", "lora_kohya.safetensors"):
+            back = read_lora(spec, out / name, shapes)
+            assert check_same_effect((want, {}), (back.modules, back.diffs), shapes, base_weights_of(spec, str(tiny_model)))
+
+
+def test_rslora_dora_keeps_peft_scale(spec, tiny_model, tmp_path):
+    """A DoRA trained with ``use_rslora`` (scale alpha / sqrt(r)) merges at PEFT's strength."""
+    targets = resolve_targets(spec, spec.load_transformer(LoadOptions(str(tiny_model))), "attn")
+    cfg = LoraConfig(r=4, lora_alpha=3, target_modules=targets, use_dora=True, use_rslora=True)
+    transformer, state = adapted(spec, tiny_model, cfg)
+    f = write_lora(spec, peft_modules(state, cfg), tmp_path / "rs.safetensors", "diffusers",
+                   spec.linear_shapes(str(tiny_model)))
+    merged = merge_loras(spec, tiny_model, [(str(f), 1.0)], tmp_path / "merged").out
+    assert_merged_equals_adapted(merged_state(spec, merged), layer_outputs(transformer))

@@ -13,6 +13,7 @@ Adapter types hv-tune does not support (OFT, BOFT, GLoRA, (IA)^3, Tucker-decompo
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Mapping
@@ -103,7 +104,7 @@ def _config_scale(config: Mapping[str, Any] | None, module: str, rank: int | Non
     r = _pattern_value(config.get("rank_pattern") or {}, module) or config.get("r", rank)
     alpha = _pattern_value(config.get("alpha_pattern") or {}, module)
     alpha = config.get(alpha_key, r) if alpha is None else alpha
-    return float(alpha) / float(r)
+    return float(alpha) / (math.sqrt(r) if config.get("use_rslora") else float(r))  # rsLoRA: alpha / sqrt(r)
 
 
 def build_module(module: str, g: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None, peft: bool,

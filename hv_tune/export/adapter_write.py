@@ -93,7 +93,6 @@ def write_lycoris(spec: ModelSpec, modules: Mapping[str, Adapter], layout: Layou
                   base: BaseWeights | None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tensors of ``modules`` (any types but plain LoRA is written by ``lora_io``) in a LyCORIS layout,
     and notes (layers written as ``.diff``)."""
-
     fmt = FORMATS[layout]
     kohya = layout == Layout.KOHYA
     name_of = spec.keys.kohya_module if kohya else spec.keys.original_module
