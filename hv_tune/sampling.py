@@ -71,7 +71,10 @@ def load_pipeline(
 ) -> Any:
     """The pipeline of a model folder with LoRAs (path, scale) loaded through diffusers.
 
-    ``.diff`` / ``.diff_b`` deltas of a LoRA are added to the transformer's weights.
+    ``.diff`` / ``.diff_b`` deltas of a LoRA are added to the transformer's weights. Adapters of
+    the other types in PEFT's layout (``hv_tune.lora.read_peft_adapter``): LoKr and LoHa are folded
+    into the weights through PEFT (``fold_peft_adapter``) before any LoRA is loaded; DoRA loads through
+    diffusers like a LoRA.
 
     Args:
         vae_tiling: decode in tiles (much less memory for long or large videos).
@@ -82,11 +85,22 @@ def load_pipeline(
     """
     if offload not in OFFLOAD_MODES:
         raise HvTuneError(f"--offload {offload}: use one of {', '.join(OFFLOAD_MODES)}")
+    from hv_tune.lora import fold_peft_adapter, read_peft_adapter
+
     pipe = spec.load_pipeline(opts if opts is not None else LoadOptions(model, dtype))
     names, scales = [], []
+    peft_files = [read_peft_adapter(spec, path) for path, _ in loras]  # DoRA / LoKr / LoHa in PEFT's layout
+    for (path, scale), adapter in zip(loras, peft_files):  # folded first: LoRA wrappers must come after
+        if adapter is not None and adapter.type in ("lokr", "loha"):
+            fold_peft_adapter(pipe.transformer, adapter, scale, path)
     with tempfile.TemporaryDirectory(prefix="hv-tune-lora-") as tmp:
-        for i, (path, scale) in enumerate(loras):
-            file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
+        for i, ((path, scale), adapter) in enumerate(zip(loras, peft_files)):
+            if adapter is not None and adapter.type in ("lokr", "loha"):
+                continue
+            if adapter is not None:  # DoRA: the family's diffusers file, read by diffusers' loader
+                file, diffs = str(spec.save_lora(Path(tmp) / str(i), adapter.state, adapter.config)), {}
+            else:
+                file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
             apply_deltas(pipe.transformer, diffs, scale)
             if file is not None:
                 spec.load_lora_adapter(pipe, file, f"lora{i}")
