@@ -45,6 +45,7 @@ MARKERS = {"dora": ("lora_A", "lora_magnitude_vector"), "lokr": ("lokr_w1_a", "l
 TYPE_OPTIONS = {"lokr": {"lora.lokr.decompose_both": True, "lora.lokr.factor": 4, "lora.rank": 1}}
 #: the (type, family) pairs whose trained file also goes through `sample`'s loader: each type and each
 #: family once (a Latin square), to keep the suite short; the LoKr checkpoint test loads v1 as well
+MEMORISE_STEPS = 600
 SAMPLED = {("dora", "hunyuan-video-1.5"), ("lokr", "hunyuan-video-1.5-i2v"), ("loha", "hunyuan-video")}
 
 
@@ -211,15 +212,19 @@ def _check_sample_loads(spec, tiny, cache, cfg, result) -> None:
 
 def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refused(spec, tiny_model, v1_latent_cache,
                                                                                      tmp_path):
-    """A checkpoint's adapter.safetensors (PEFT names, no prefix) of a LoKr run loads in `sample` at
-    strength 0 (= base) and 1; resuming that run as LoHa or with another factor names the key."""
+    """A LoKr run renders its validation preview; its checkpoint's adapter.safetensors (PEFT names, no
+    prefix) loads in `sample` at strength 0 (= base) and 1 (= the final file); resuming that run as
+    LoHa or with another factor is refused naming the key."""
     from hv_tune.sampling import load_pipeline
 
     demo_cache = v1_latent_cache
     over = {"lora.type": "lokr", "training.max_steps": 1, "training.checkpoint_every": 1, "training.batch_size": 1,
             "save.formats": "[diffusers]", "lora.rank": 2, "training.learning_rate": 2e-2, **SMALL}
-    cfg = load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "run", **over))
+    previews = {"validation.every": 1, "validation.prompts": "['a red cube']", "validation.frames": 1,
+                "validation.height": 16, "validation.width": 16, "validation.steps": 2, "validation.eval_items": 0}
+    cfg = load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "run", **over, **previews))
     result = train(cfg)
+    assert (tmp_path / "run" / "samples" / "step_00000001" / "00.png").is_file()  # a preview with the LoKr
     adapter_file = list_checkpoints(tmp_path / "run" / "checkpoints")[0] / "adapter.safetensors"
     read = read_peft_adapter(spec, adapter_file)
     assert read is not None and read.type == "lokr" and set(read.state) == set(result.adapter)
@@ -239,3 +244,46 @@ def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refu
             **over, "training.max_steps": 2, **change}))
         with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')}.*cannot change within a run"):
             train(again, resume=True, resume_anyway=True)
+
+
+@pytest.mark.slow
+def test_lokr_memorises_one_latent_and_sample_reproduces_it(spec, tiny_model, tmp_path):
+    """The LoRA memorisation test (tests/test_lora_training.py) with a LoKr on every linear layer,
+    sampled through `sample`'s loader (LoKr folded into the weights through PEFT).
+
+    factor 2 and rank 64 keep both Kronecker factors whole: each layer's update is w1 ⊗ w2 with a 2 x 2
+    w1 and a w2 of half the layer's sides (scale alpha / r = 1).
+    The ratio ||sample - x0|| / ||sample - noise|| is measured for two sampling seeds.
+    """
+    from diffusers import HunyuanVideoPipeline
+
+    from hv_tune.sampling import load_pipeline
+
+    prompt = "a yellow ball bounces on a dark background"
+    x0_raw = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(11)) * 2.0
+    cache = write_fixed_latent_cache(spec, tiny_model, tmp_path / "cache", [x0_raw], [prompt])
+    cfg = load_config(None, train_overrides(tiny_model, cache, tmp_path / "run", **{
+        "lora.type": "lokr", "lora.rank": 64, "lora.alpha": 64, "lora.lokr.factor": 2, "lora.targets": ["*"],
+        "training.batch_size": 1,
+        "training.max_steps": MEMORISE_STEPS, "training.learning_rate": 1e-3, "training.lr_scheduler": "cosine",
+        "training.lr_warmup_steps": 20, "training.max_grad_norm": 1.0, "objective.timestep_sampling": "uniform",
+        "data.frame_buckets": [1], "data.resolution": 16, "training.gradient_checkpointing": False,
+        "save.formats": "[diffusers]", "training.log_every": 100}))
+    result = train(cfg)
+    x0 = x0_raw.unsqueeze(0) * spec.load_vae_config(LoadOptions(str(tiny_model)))["scaling_factor"]
+
+    def ratios(pipe):
+        out = []
+        for seed in (0, 1):
+            noise = torch.randn(1, 4, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+            sample = pipe(prompt=prompt, height=16, width=16, num_frames=1, num_inference_steps=30,
+                          guidance_scale=1.0, output_type="latent",
+                          generator=torch.Generator().manual_seed(seed)).frames
+            out.append(((sample - x0).norm() / (sample - noise).norm()).item())
+        return out
+
+    untrained = ratios(HunyuanVideoPipeline.from_pretrained(tiny_model))
+    trained = ratios(load_pipeline(spec, str(tiny_model), [(str(result.lora_path), 1.0)], "cpu", torch.float32))
+    print("LoKr memorisation ratio trained", trained, "untrained", untrained)
+    assert min(untrained) > 0.8, untrained
+    assert max(trained) < 0.35, trained
