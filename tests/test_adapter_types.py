@@ -193,6 +193,20 @@ def test_type_trains_resumes_exactly_and_loads_in_sample(kind, family, request, 
         _check_sample_loads(spec, tiny, cache, cfg, result)
 
 
+def _random_lora_file(spec, tiny, out: Path) -> Path:
+    """A plain LoRA (rank 2, attn, random non-zero B) written as training writes it."""
+    from hv_tune.export.save import save_trained_lora
+
+    model = spec.load_transformer(LoadOptions(str(tiny)))
+    config = peft_config(LoraConfig(rank=2, alpha=2.0), resolve_targets(spec, model, "attn"),
+                         [n for n, _ in model.named_modules()])
+    torch.manual_seed(1)
+    add_lora(model, config)
+    state = {k: torch.randn_like(v) * 0.05 for k, v in lora_state_dict(model).items()}
+    save_trained_lora(spec, out, state, config, ["diffusers"], str(tiny))
+    return out / "pytorch_lora_weights.safetensors"
+
+
 def _check_sample_loads(spec, tiny, cache, cfg, result) -> None:
     """`sample`'s loader (``load_pipeline``) applies the trained file as the trained model computes."""
     from hv_tune.sampling import load_pipeline
@@ -213,8 +227,8 @@ def _check_sample_loads(spec, tiny, cache, cfg, result) -> None:
 def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refused(spec, tiny_model, v1_latent_cache,
                                                                                      tmp_path):
     """A LoKr run renders its validation preview; its checkpoint's adapter.safetensors (PEFT names, no
-    prefix) loads in `sample` at strength 0 (= base) and 1 (= the final file); resuming that run as
-    LoHa or with another factor is refused naming the key."""
+    prefix) loads in `sample` at strength 0 (= base) and 1 (= the final file), and together with a plain
+    LoRA file in either order; resuming that run as LoHa or with another factor is refused naming the key."""
     from hv_tune.sampling import load_pipeline
 
     demo_cache = v1_latent_cache
@@ -238,6 +252,16 @@ def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refu
     assert abs(got - base) > 1e-5 * abs(base)
     assert _loss(spec, final.transformer, batch, cfg, tiny_model) == pytest.approx(got, rel=1e-6)
     assert read_peft_adapter(spec, tmp_path / "run" / "config.yaml") is None
+
+    # with a plain LoRA file, in either order: both apply (LoKr is folded before the LoRA is wrapped on)
+    lora_file = _random_lora_file(spec, tiny_model, tmp_path / "plain")
+    alone = _loss(spec, load_pipeline(spec, str(tiny_model), [(str(lora_file), 1.0)], "cpu", torch.float32)
+                  .transformer, batch, cfg, tiny_model)
+    both = [_loss(spec, load_pipeline(spec, str(tiny_model), pair, "cpu", torch.float32).transformer, batch, cfg,
+                  tiny_model) for pair in ([(str(adapter_file), 1.0), (str(lora_file), 1.0)],
+                                           [(str(lora_file), 1.0), (str(adapter_file), 1.0)])]
+    assert both[0] == pytest.approx(both[1], rel=1e-6)
+    assert min(abs(both[0] - alone), abs(both[0] - got)) > 1e-6 * abs(base)
 
     for change, key in (({"lora.type": "loha"}, "lora.type"), ({"lora.lokr.factor": 4}, "lora.lokr.factor")):
         again = load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "run", **{
