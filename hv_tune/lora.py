@@ -276,9 +276,8 @@ def fold_peft_adapter(transformer: nn.Module, adapter: PeftAdapter, scale: float
     from peft import inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-
     name = "hv_tune_fold"
-    had_config = "peft_config" in transformer.__dict__ or hasattr(transformer, "peft_config")
+    had_config = hasattr(transformer, "peft_config")
     try:
         inject_adapter_in_model(adapter.config, transformer, adapter_name=name)
         result = set_peft_model_state_dict(transformer, adapter.state, adapter_name=name)
@@ -295,3 +294,5 @@ def fold_peft_adapter(transformer: nn.Module, adapter: PeftAdapter, scale: float
                     module.get_base_layer())
     if not had_config and hasattr(transformer, "peft_config"):
         del transformer.peft_config
+    elif isinstance(getattr(transformer, "peft_config", None), dict):
+        transformer.peft_config.pop(name, None)

@@ -263,6 +263,21 @@ def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refu
     assert both[0] == pytest.approx(both[1], rel=1e-6)
     assert min(abs(both[0] - alone), abs(both[0] - got)) > 1e-6 * abs(base)
 
+    # a LoKr file whose factors do not fit the model is refused naming the file, not a traceback
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hv_tune.errors import HvTuneError
+
+    with safe_open(str(adapter_file), "pt") as f:
+        meta = f.metadata()
+    bad = tmp_path / "bad" / "adapter.safetensors"
+    bad.parent.mkdir()
+    first = sorted(read.state)[0]
+    save_file({**read.state, first: torch.zeros(3, 5)}, str(bad), metadata=meta)
+    with pytest.raises(HvTuneError, match="bad/adapter.safetensors.*does not fit"):
+        load_pipeline(spec, str(tiny_model), [(str(bad), 1.0)], "cpu", torch.float32)
+
     for change, key in (({"lora.type": "loha"}, "lora.type"), ({"lora.lokr.factor": 4}, "lora.lokr.factor")):
         again = load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "run", **{
             **over, "training.max_steps": 2, **change}))
