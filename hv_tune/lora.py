@@ -218,14 +218,21 @@ def _peft_config_dict(path: Path, meta: dict[str, str]) -> dict[str, Any] | None
     return None
 
 
+def _module_key(key: str) -> str:
+    """A state-dict key without the prefix of diffusers' file (``transformer.``) or of PEFT's own
+    ``save_pretrained`` (``base_model.model.``)."""
+    return key.removeprefix("transformer.").removeprefix("base_model.model.")
+
+
 def read_peft_adapter(spec: ModelSpec, path: str | Path) -> PeftAdapter | None:
     """The DoRA / LoKr / LoHa adapter of a PEFT-layout safetensors file, or None for anything else.
 
     PEFT's layout: PEFT state-dict names over diffusers module names, optionally prefixed with
-    ``transformer.`` (our ``pytorch_lora_weights.safetensors``, a checkpoint's ``adapter.safetensors``,
-    an ``adapter_model.safetensors`` with ``adapter_config.json`` beside it), and the PEFT config in
-    the metadata or that json. Plain LoRA files and other layouts (ComfyUI, kohya, musubi-tuner's
-    LyCORIS names) return None: ``hv_tune.export`` reads those.
+    ``transformer.`` or ``base_model.model.`` (our ``pytorch_lora_weights.safetensors``, a checkpoint's
+    ``adapter.safetensors``, PEFT's ``adapter_model.safetensors`` with ``adapter_config.json`` beside
+    it), and the PEFT config in the metadata or that json. Plain LoRA files and other layouts
+    (ComfyUI, kohya, musubi-tuner's LyCORIS names, diffusion-pipe's ``diffusion_model.`` keys) return
+    None: ``hv_tune.export`` reads those.
 
     Raises:
         HvTuneError: a file recorded for another model family (``hv_tune.export.family``), or a
@@ -247,6 +254,8 @@ def read_peft_adapter(spec: ModelSpec, path: str | Path) -> PeftAdapter | None:
         return None
     if not any(m in k for k in keys for m in (".lokr_", ".hada_", ".lora_magnitude_vector")):
         return None
+    if any(k.startswith(("diffusion_model.", "lora_unet", "lycoris_")) for k in keys):
+        return None  # original module names (diffusion-pipe, ComfyUI, musubi-tuner): hv_tune.export reads those
     config = _peft_config_dict(path, meta)
     kind = str((config or {}).get("peft_type", "")).upper()
     if config is None or kind not in _CONFIG_CLASSES:
@@ -258,7 +267,7 @@ def read_peft_adapter(spec: ModelSpec, path: str | Path) -> PeftAdapter | None:
         built = cls(**{k: v for k, v in config.items() if k in known and k != "peft_type"})
     except (TypeError, ValueError) as e:
         raise HvTuneError(f"{path}: its {kind} adapter config cannot be read by PEFT ({e})") from e
-    state = {k.removeprefix("transformer."): v.float() for k, v in load_file(str(path)).items()}
+    state = {_module_key(k): v.float() for k, v in load_file(str(path)).items()}
     return PeftAdapter(adapter_type(built), built, state)
 
 

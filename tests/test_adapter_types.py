@@ -252,6 +252,18 @@ def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refu
     assert abs(got - base) > 1e-5 * abs(base)
     assert _loss(spec, final.transformer, batch, cfg, tiny_model) == pytest.approx(got, rel=1e-6)
     assert read_peft_adapter(spec, tmp_path / "run" / "config.yaml") is None
+    # PEFT's own folder (save_pretrained's config file, base_model.model. keys) reads the same; original
+    # module names (diffusion-pipe's diffusion_model. keys) are left to hv_tune.export's reader
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "peft_folder"
+    read.config.save_pretrained(str(folder))
+    save_file({f"base_model.model.{k}": v for k, v in read.state.items()}, str(folder / "adapter_model.safetensors"))
+    again = read_peft_adapter(spec, folder / "adapter_model.safetensors")
+    assert again.type == "lokr" and again.config.decompose_factor == -1
+    assert all(torch.equal(again.state[k], v) for k, v in read.state.items())
+    save_file({f"diffusion_model.{k}": v for k, v in read.state.items()}, str(folder / "adapter_model.safetensors"))
+    assert read_peft_adapter(spec, folder / "adapter_model.safetensors") is None
 
     # with a plain LoRA file, in either order: both apply (LoKr is folded before the LoRA is wrapped on)
     lora_file = _random_lora_file(spec, tiny_model, tmp_path / "plain")
@@ -265,7 +277,6 @@ def test_checkpoint_adapter_loads_at_a_scale_and_a_type_change_on_resume_is_refu
 
     # a LoKr file whose factors do not fit the model is refused naming the file, not a traceback
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from hv_tune.errors import HvTuneError
 
