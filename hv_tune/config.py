@@ -40,13 +40,28 @@ class ModelConfig:
 
 
 @dataclass
+class LokrOptions:
+    """LoKr's own options (PEFT ``LoKrConfig``); defaults as LyCORIS and musubi-tuner's LoKr."""
+
+    factor: int = _f(-1, "Kronecker factor of each dimension: -1 = the most square split (LyCORIS's default), "
+                         "or a positive divisor (e.g. 8, 16; a factor that does not divide falls back to -1's rule).")
+    decompose_both: bool = _f(False, "Also split the small Kronecker factor w1 into rank-r factors (w1_a, w1_b); "
+                                     "the large one (w2) is split whenever lora.rank < half its larger side.")
+
+
+@dataclass
 class LoraConfig:
-    rank: int = _f(32, "LoRA rank r.")
-    alpha: float = _f(32.0, "LoRA alpha; the update is scaled by alpha / rank.")
-    dropout: float = _f(0.0, "Dropout on the LoRA input during training.")
+    type: Literal["lora", "dora", "lokr", "loha"] = _f(
+        "lora", "Adapter type: lora, dora (LoRA + per-row magnitude), lokr (Kronecker product), "
+        "loha (Hadamard product of two low-rank pairs); all PEFT classes."
+    )
+    rank: int = _f(32, "Rank r (LoRA/DoRA: of B A; LoKr: of the split factors; LoHa: of each of its two pairs).")
+    alpha: float = _f(32.0, "Alpha; the update is scaled by alpha / rank (every type).")
+    dropout: float = _f(0.0, "Dropout on the LoRA input during training (lora and dora only).")
     targets: Union[str, list[str]] = _f(  # noqa: UP007 (typing.get_type_hints needs Union here)
         "attn", "Preset `attn` | `all-linear`, or a list of module-name globs (fnmatch)."
     )
+    lokr: LokrOptions = _f(LokrOptions(), "LoKr's options (only with type: lokr).")
 
 
 @dataclass
@@ -311,6 +326,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
     _check_frame_buckets("data.frame_buckets", d.frame_buckets, spec)
+    _validate_lora(lo)
     _validate_sources(d.sources)
     _validate_source_settings(cfg, spec)
     _validate_memory(cfg)
@@ -327,6 +343,21 @@ def validate(cfg: Config) -> None:
     if t.optimizer == "adamw8bit":
         _check_bitsandbytes()
     _validate_validation_and_save(cfg, spec)
+
+
+def _validate_lora(lo: LoraConfig) -> None:
+    """Type options that do not fit ``lora.type``."""
+    k = lo.lokr
+    checks: list[tuple[bool, str, str]] = [
+        (k.factor == -1 or k.factor >= 1, "lora.lokr.factor", f"must be -1 (most square split) or >= 1 (got {k.factor})"),
+        (lo.type == "lokr" or k == LokrOptions(), "lora.lokr",
+         f"is set but lora.type is {lo.type!r}: set lora.type=lokr or remove the lora.lokr options"),
+        (lo.type in ("lora", "dora") or lo.dropout == 0, "lora.dropout",
+         f"must be 0 with lora.type={lo.type} (PEFT's LoKr/LoHa layers have no input dropout)"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} {msg}")
 
 
 def _validate_sources(sources: list[SourceConfig]) -> None:

@@ -71,7 +71,10 @@ def load_pipeline(
 ) -> Any:
     """The pipeline of a model folder with LoRAs (path, scale) loaded through diffusers.
 
-    ``.diff`` / ``.diff_b`` deltas of a LoRA are added to the transformer's weights.
+    ``.diff`` / ``.diff_b`` deltas of a LoRA are added to the transformer's weights. Adapters of
+    the other types in PEFT's layout (``hv_tune.lora.read_peft_adapter``): LoKr and LoHa are folded
+    into the weights through PEFT (``fold_peft_adapter``) before any LoRA is loaded; DoRA loads through
+    diffusers like a LoRA.
 
     Args:
         vae_tiling: decode in tiles (much less memory for long or large videos).
@@ -82,11 +85,23 @@ def load_pipeline(
     """
     if offload not in OFFLOAD_MODES:
         raise HvTuneError(f"--offload {offload}: use one of {', '.join(OFFLOAD_MODES)}")
+    from hv_tune.lora import fold_peft_adapter, read_peft_adapter
+
     pipe = spec.pipeline.load(opts if opts is not None else LoadOptions(model, dtype))
     names, scales = [], []
+    peft_files = [read_peft_adapter(spec, path) for path, _ in loras]  # DoRA / LoKr / LoHa in PEFT's layout
+    for (path, scale), adapter in zip(loras, peft_files):  # folded first: LoRA wrappers must come after
+        if adapter is not None and adapter.type in ("lokr", "loha"):
+            fold_peft_adapter(pipe.transformer, adapter, scale, path)
     with tempfile.TemporaryDirectory(prefix="hv-tune-lora-") as tmp:
-        for i, (path, scale) in enumerate(loras):
-            file, diffs = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
+        for i, ((path, scale), adapter) in enumerate(zip(loras, peft_files)):
+            if adapter is not None and adapter.type in ("lokr", "loha"):
+                continue
+            if adapter is not None:  # DoRA: the family's diffusers file, read by diffusers' loader
+                file, diffs = str(spec.save_lora(Path(tmp) / str(i), adapter.state, adapter.config)), {}
+            else:
+                file, diffs, others = as_diffusers_lora(spec, path, model, Path(tmp) / f"{i}.safetensors")
+                diffs = {**diffs, **other_type_deltas(pipe.transformer, others)}
             apply_deltas(pipe.transformer, diffs, scale)
             if file is not None:
                 spec.pipeline.load_lora(pipe, file, f"lora{i}")
@@ -108,7 +123,9 @@ def load_pipeline(
     return pipe
 
 
-def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+def as_diffusers_lora(
+    spec: ModelSpec, path: str, model: str, scratch: Path
+) -> tuple[str | None, dict[str, torch.Tensor], dict[str, Any]]:
     """``path`` read by our reader and written to ``scratch`` as the family's diffusers file.
 
     Every file goes through the one reader (``read_lora``: any layout, NaN/inf and other model
@@ -120,18 +137,31 @@ def as_diffusers_lora(spec: ModelSpec, path: str, model: str, scratch: Path) -> 
     final-layer LoRA of the original format wrongly (docs/lora-formats.md).
 
     Returns:
-        The file to load (None when the LoRA has only deltas) and its ``.diff`` / ``.diff_b``
-        deltas by diffusers parameter name (a LoRA file cannot carry them: ``apply_deltas``).
+        The file to load (None when the file has no plain LoRA layers), its ``.diff`` / ``.diff_b``
+        deltas by diffusers parameter name (a LoRA file cannot carry them: ``apply_deltas``), and its
+        DoRA / LoKr / LoHa layers by module name (ComfyUI or musubi-tuner layouts; ``other_type_deltas``).
     """
+    from hv_tune.export.adapters import type_name
     from hv_tune.export.formats import Layout, unknown_keys_policy
     from hv_tune.export.lora_io import read_lora, write_lora
 
     shapes = spec.linear_shapes(model)
     lora = read_lora(spec, path, shapes)
     unknown_keys_policy(path, lora.unknown, False, "convert it with --skip-unknown first")
-    if not lora.modules:
-        return None, lora.diffs
-    return str(write_lora(spec, lora.modules, scratch, Layout.DIFFUSERS, shapes, family=lora.family)), lora.diffs
+    plain = {k: m for k, m in lora.modules.items() if type_name(m) == "lora"}
+    others = {k: m for k, m in lora.modules.items() if type_name(m) != "lora"}
+    if not plain:
+        return None, lora.diffs, others
+    file = write_lora(spec, plain, scratch, Layout.DIFFUSERS, shapes, family=lora.family)
+    return str(file), lora.diffs, others
+
+
+def other_type_deltas(transformer: torch.nn.Module, modules: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weight updates ``W' - W`` (float32, by parameter name) of DoRA / LoKr / LoHa layers, computed
+    by the same functions as ``merge`` (``hv_tune.export.adapters.adapter_delta``; DoRA reads the base)."""
+    from hv_tune.export.adapters import adapter_delta
+
+    return {f"{name}.weight": adapter_delta(m, transformer.get_submodule(name).weight) for name, m in modules.items()}
 
 
 @torch.no_grad()

@@ -6,8 +6,8 @@ a run killed mid-save leaves only a ``.tmp-*`` folder that resume ignores. Conte
 - for resuming: ``adapter.safetensors`` (the float32 PEFT state dict, exactly as trained; its
   metadata holds the model family and the PEFT config, so every verb also reads it at the trained
   strength), ``optimizer.pt`` and ``scheduler.pt`` (state dicts), ``rng.pt`` (torch CPU/CUDA RNG
-  states), ``trainer_state.json`` (step, data position, LoRA shape, whether the run is still
-  exact), ``config.yaml`` (the run's config, compared on resume);
+  states), ``trainer_state.json`` (step, data position, LoRA shape and adapter type with its
+  options, whether the run is still exact), ``config.yaml`` (the run's config, compared on resume);
 - for using: the LoRA files a run stopped at this step would end with (``extra``, written by the
   trainer: ``pytorch_lora_weights.safetensors`` and each layout of ``save.formats``, the same
   bytes). Resume does not read them.
@@ -56,6 +56,8 @@ class TrainerState:
     seed: int
     exact: bool = True  # False once resumed with --resume-anyway over changed trajectory keys
     changes: list[str] = field(default_factory=list)  # "step N: key old -> new" for each such change
+    lora_type: str = "lora"  # lora.type (checkpoints written before adapter types were LoRA)
+    lora_options: dict[str, Any] = field(default_factory=dict)  # the type's options (lora.lokr for lokr), by key
 
 
 class CheckpointError(ConfigError):

@@ -5,7 +5,8 @@ shapes the trajectory is unchanged. ``compare`` sorts the differences:
 
 - safe keys (``SAFE_KEYS``: stop step, checkpointing, validation, logging, output formats,
   memory placement) are taken as they are;
-- ``STRUCTURAL_KEYS`` (LoRA rank and targets) change the adapter's shape: never resumable;
+- ``STRUCTURAL_KEYS`` (LoRA rank and targets, the adapter type and its options) change the adapter's
+  shape: never resumable;
 - every other difference changes the trajectory: refused with the list of (key, old, new),
   unless ``--resume-anyway``, after which the new values really take effect (optimizer
   param groups and schedule included) and the run is marked as no longer exact.
@@ -31,7 +32,7 @@ SAFE_KEYS = (
     "training.checkpoints_to_keep", "training.log_every", "training.gradient_checkpointing",
     "validation.", "save.", "memory.",
 )
-STRUCTURAL_KEYS = ("lora.rank", "lora.targets")
+STRUCTURAL_KEYS = ("lora.rank", "lora.targets", "lora.type", "lora.lokr.factor", "lora.lokr.decompose_both")
 
 
 def find_resume(resume: str | bool | None, ckpt_root: Path) -> Checkpoint | None:
@@ -107,11 +108,14 @@ def check_resume(ckpt: Checkpoint, cfg: Config, run_config: Path, anyway: bool) 
             f"(--resume PATH), or raise training.max_steps to {step} or more"
         )
     old = saved_config(ckpt, run_config)
+    st = ckpt.state
+    adapter = {"type": st.lora_type, **({"lokr": st.lora_options} if st.lora_type == "lokr" else {})}
     if old is None:
-        old = {"lora": {"rank": ckpt.state.lora_rank, "alpha": ckpt.state.lora_alpha},
-               "training": {"seed": ckpt.state.seed}}
-        diffs = [d for d in compare(old, cfg) if d[0] in ("lora.rank", "lora.alpha", "training.seed")]
+        old = {"lora": {"rank": st.lora_rank, "alpha": st.lora_alpha, **adapter}, "training": {"seed": st.seed}}
+        diffs = [d for d in compare(old, cfg) if d[0] in ("lora.rank", "lora.alpha", "training.seed", *STRUCTURAL_KEYS)]
     else:
+        if isinstance(old.get("lora"), dict):  # a config saved before adapter types: the state knows the type
+            old["lora"] = {**adapter, **old["lora"]}
         diffs = compare(old, cfg)
     listing = "; ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in diffs)
     shape = [k for k, _, _ in diffs if k in STRUCTURAL_KEYS]

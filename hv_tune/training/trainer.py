@@ -28,6 +28,7 @@ from hv_tune.lora import (
     load_lora_state_dict,
     lora_parameters,
     lora_state_dict,
+    lora_type_options,
     resolve_target_names,
 )
 from hv_tune.models import ModelSpec, get_spec
@@ -94,7 +95,8 @@ def train(
     ckpt, changes = found
     run = build_run(cfg, make_accelerator(cfg, out))
     accelerator, transformer = run.accelerator, run.transformer
-    state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed)
+    state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed,
+                         lora_type=cfg.lora.type, lora_options=lora_type_options(cfg.lora))
     if ckpt is not None:
         state = restore(ckpt, run, changes)
     config_text = run_config_text(cfg, state)
