@@ -104,7 +104,8 @@ class ObjectiveConfig:
 @dataclass
 class TrainingConfig:
     max_steps: int = _f(1000, "Optimizer steps to train.")
-    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    learning_rate: float | None = _f(None, "Peak learning rate; unset = 1.0 for prodigy (a multiplier of its estimate), "
+                                     "1e-4 for the others.")
     seed: int = _f(42, "Seed for data order, noise, sigmas and LoRA init.")
     checkpoint_every: int = _f(250, "Save a resumable checkpoint every N steps (0 = never).")
     checkpoints_to_keep: int = _f(3, "Keep only the last N checkpoints.")
@@ -116,14 +117,30 @@ class TrainingConfig:
         "auto", "Autocast precision; auto = bf16 on GPU, no on CPU."
     )
     gradient_checkpointing: bool = _f(True, "Recompute transformer block activations in backward.")
-    optimizer: Literal["adamw", "adamw8bit"] = _f("adamw", "AdamW, or 8-bit AdamW (bitsandbytes, GPU).")
-    weight_decay: float = _f(1e-4, "AdamW weight decay.")
-    adam_beta1: float = _f(0.9, "AdamW beta1.")
-    adam_beta2: float = _f(0.999, "AdamW beta2.")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
-    lr_scheduler: Literal["constant", "cosine"] = _f("constant", "Schedule after warmup.")
-    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to learning_rate.")
-    log_every: int = _f(1, "Log loss, lr and grad norm to TensorBoard every N steps.")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "came", "adamw_schedulefree"] = _f(
+        "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers), "
+        "came (pytorch-optimizer), adamw_schedulefree (schedulefree); see docs/training.md."
+    )
+    optimizer_args: dict[str, Any] = _f(
+        {}, "Extra keyword arguments of the optimizer, over its guide's defaults (prodigy: use_bias_correction and "
+        "safeguard_warmup true; adafactor: relative_step, scale_parameter and warmup_init false)."
+    )
+    weight_decay: float = _f(1e-4, "Weight decay (decoupled, AdamW style, where the optimizer offers it).")
+    adam_beta1: float = _f(0.9, "beta1 of adamw, adamw8bit, prodigy, came and adamw_schedulefree.")
+    adam_beta2: float = _f(0.999, "beta2 of adamw, adamw8bit, prodigy, came and adamw_schedulefree.")
+    adam_epsilon: float = _f(1e-8, "epsilon of adamw, adamw8bit, prodigy and adamw_schedulefree.")
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = _f("constant", "diffusers' get_scheduler schedule over max_steps (warmup from 0: see lr_warmup_steps).")
+    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to learning_rate (not with constant: use "
+                                 "constant_with_warmup).")
+    lr_num_cycles: int = _f(1, "Hard restarts of cosine_with_restarts.")
+    lr_power: float = _f(1.0, "Power of the polynomial decay (1 = linear), to diffusers' lr_end 1e-7.")
+    report_to: Literal["tensorboard", "wandb", "all"] = _f(
+        "tensorboard", "Trackers (Accelerate's): tensorboard (OUTPUT_DIR/logs), wandb (offline unless WANDB_MODE "
+        "is set; pip install wandb), or all."
+    )
+    log_every: int = _f(1, "Log loss, lr and grad norm to the trackers every N steps.")
 
 
 @dataclass
@@ -213,6 +230,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
     if cfg.data.fps is None:
         cfg.data.fps = get_spec(cfg.model.name).video.fps
+    if cfg.training.learning_rate is None:
+        from hv_tune.training.optim import default_learning_rate
+
+        cfg.training.learning_rate = default_learning_rate(cfg.training.optimizer)
     validate(cfg)
     return cfg
 
@@ -285,7 +306,8 @@ def validate(cfg: Config) -> None:
         (o.logit_std > 0, "objective.logit_std", f"must be > 0 (got {o.logit_std})"),
         (o.shift > 0, "objective.shift", f"must be > 0 (got {o.shift})"),
         (t.max_steps >= 1, "training.max_steps", f"must be >= 1 (got {t.max_steps})"),
-        (t.learning_rate > 0, "training.learning_rate", f"must be > 0 (got {t.learning_rate})"),
+        (t.learning_rate is not None and t.learning_rate > 0, "training.learning_rate",
+         f"must be > 0 (got {t.learning_rate})"),
         (t.checkpoint_every >= 0, "training.checkpoint_every", f"must be >= 0 (got {t.checkpoint_every})"),
         (t.checkpoints_to_keep >= 1, "training.checkpoints_to_keep", f"must be >= 1 (got {t.checkpoints_to_keep})"),
         (t.guidance_scale >= 0, "training.guidance_scale", f"must be >= 0 (got {t.guidance_scale})"),
@@ -315,8 +337,7 @@ def validate(cfg: Config) -> None:
     if isinstance(lo.targets, str) and lo.targets not in spec.lora_presets:
         raise ConfigError(f"config key 'lora.targets': unknown preset {lo.targets!r}; use one of "
                           f"{', '.join(spec.lora_presets)} or a list of module-name globs")
-    if t.optimizer == "adamw8bit":
-        _check_bitsandbytes()
+    _validate_optimizer(t)
     _validate_validation_and_save(cfg, spec)
 
 
@@ -378,6 +399,38 @@ def _validate_memory(cfg: Config) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
+
+
+def _validate_optimizer(t: TrainingConfig) -> None:
+    """Optimizer, schedule and tracker keys: values, combinations, installed packages."""
+    from hv_tune.training.optim import FLAT_SCHEDULERS, check_optimizer_args
+
+    checks: list[tuple[bool, str, str]] = [
+        (t.lr_num_cycles >= 1, "training.lr_num_cycles", f"must be >= 1 (got {t.lr_num_cycles})"),
+        (t.lr_power > 0, "training.lr_power", f"must be > 0 (got {t.lr_power})"),
+        (t.lr_scheduler != "constant" or t.lr_warmup_steps == 0, "training.lr_warmup_steps",
+         f"is {t.lr_warmup_steps}, but training.lr_scheduler 'constant' (diffusers') has no warmup: set "
+         "training.lr_scheduler=constant_with_warmup (warmup from 0 to learning_rate) or lr_warmup_steps=0"),
+        (t.lr_scheduler != "polynomial" or (t.learning_rate or 0) > 1e-7, "training.learning_rate",
+         "must be above 1e-7 for the polynomial schedule (it decays to diffusers' lr_end 1e-7)"),
+        (t.optimizer != "adamw_schedulefree" or t.lr_scheduler in FLAT_SCHEDULERS, "training.lr_scheduler",
+         f"is {t.lr_scheduler!r}, but adamw_schedulefree replaces the decay by its own averaging: use constant or "
+         "constant_with_warmup (or optimizer_args.warmup_steps)"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} {msg}")
+    if t.optimizer == "adamw8bit":
+        _check_bitsandbytes()
+    else:
+        check_optimizer_args(t)
+    if t.report_to in ("wandb", "all"):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"config key 'training.report_to': {t.report_to} needs the wandb package, which is not "
+                              "installed; install it with `pip install -e .[wandb]` (or `pip install wandb`), or set "
+                              "training.report_to=tensorboard")
 
 
 def _check_bitsandbytes() -> None:

@@ -45,6 +45,8 @@ from hv_tune.io import (
 )
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+#: ``TrainerState.lr_schedule`` of checkpoints written with diffusers' get_scheduler schedules
+LR_SCHEDULE = "diffusers"
 
 
 @dataclass
@@ -56,6 +58,9 @@ class TrainerState:
     seed: int
     exact: bool = True  # False once resumed with --resume-anyway over changed trajectory keys
     changes: list[str] = field(default_factory=list)  # "step N: key old -> new" for each such change
+    #: whose learning-rate schedule wrote the checkpoint: LR_SCHEDULE, or "" (hv-tune's own schedule before
+    #: diffusers' replaced it: its warmup started at lr/warmup, diffusers' starts at 0)
+    lr_schedule: str = ""
 
 
 class CheckpointError(ConfigError):
