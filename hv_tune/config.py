@@ -104,8 +104,8 @@ class ObjectiveConfig:
 @dataclass
 class TrainingConfig:
     max_steps: int = _f(1000, "Optimizer steps to train.")
-    learning_rate: float | None = _f(None, "Peak learning rate; unset = 1.0 for prodigy (a multiplier of its estimate), "
-                                     "1e-4 for the others.")
+    learning_rate: float = _f(1e-4, "Peak learning rate; left out (or null) with prodigy: 1.0 (a multiplier of its "
+                                    "own estimate, as its README recommends).")
     seed: int = _f(42, "Seed for data order, noise, sigmas and LoRA init.")
     checkpoint_every: int = _f(250, "Save a resumable checkpoint every N steps (0 = never).")
     checkpoints_to_keep: int = _f(3, "Keep only the last N checkpoints.")
@@ -224,16 +224,13 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
     if isinstance(model, dict) and not model.get("name") and isinstance(model.get("path"), str):
         model["name"] = spec_for(None, expand_path(model["path"], "model.path")).name  # model_index.json
     expand_memory_preset(raw)
+    _default_learning_rate(raw)
     cfg = from_dict(Config, raw, prefix="")
     expand_paths(cfg)
     if not cfg.data.cache_dir:
         cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
     if cfg.data.fps is None:
         cfg.data.fps = get_spec(cfg.model.name).video.fps
-    if cfg.training.learning_rate is None:
-        from hv_tune.training.optim import default_learning_rate
-
-        cfg.training.learning_rate = default_learning_rate(cfg.training.optimizer)
     validate(cfg)
     return cfg
 
@@ -253,6 +250,15 @@ def expand_memory_preset(raw: dict[str, Any]) -> list[str]:
             node[leaf] = value
             filled.append(key)
     return filled
+
+
+def _default_learning_rate(raw: dict[str, Any]) -> None:
+    """An unset (or null) ``training.learning_rate`` becomes the optimizer's default, in place."""
+    from hv_tune.training.optim import default_learning_rate
+
+    t = raw.get("training")
+    if isinstance(t, dict) and t.get("learning_rate") is None and isinstance(t.get("optimizer", "adamw"), str):
+        t["learning_rate"] = default_learning_rate(t.get("optimizer", "adamw"))
 
 
 def expand_paths(cfg: Config) -> None:
@@ -306,8 +312,7 @@ def validate(cfg: Config) -> None:
         (o.logit_std > 0, "objective.logit_std", f"must be > 0 (got {o.logit_std})"),
         (o.shift > 0, "objective.shift", f"must be > 0 (got {o.shift})"),
         (t.max_steps >= 1, "training.max_steps", f"must be >= 1 (got {t.max_steps})"),
-        (t.learning_rate is not None and t.learning_rate > 0, "training.learning_rate",
-         f"must be > 0 (got {t.learning_rate})"),
+        (t.learning_rate > 0, "training.learning_rate", f"must be > 0 (got {t.learning_rate})"),
         (t.checkpoint_every >= 0, "training.checkpoint_every", f"must be >= 0 (got {t.checkpoint_every})"),
         (t.checkpoints_to_keep >= 1, "training.checkpoints_to_keep", f"must be >= 1 (got {t.checkpoints_to_keep})"),
         (t.guidance_scale >= 0, "training.guidance_scale", f"must be >= 0 (got {t.guidance_scale})"),
@@ -411,7 +416,7 @@ def _validate_optimizer(t: TrainingConfig) -> None:
         (t.lr_scheduler != "constant" or t.lr_warmup_steps == 0, "training.lr_warmup_steps",
          f"is {t.lr_warmup_steps}, but training.lr_scheduler 'constant' (diffusers') has no warmup: set "
          "training.lr_scheduler=constant_with_warmup (warmup from 0 to learning_rate) or lr_warmup_steps=0"),
-        (t.lr_scheduler != "polynomial" or (t.learning_rate or 0) > 1e-7, "training.learning_rate",
+        (t.lr_scheduler != "polynomial" or t.learning_rate > 1e-7, "training.learning_rate",
          "must be above 1e-7 for the polynomial schedule (it decays to diffusers' lr_end 1e-7)"),
         (t.optimizer != "adamw_schedulefree" or t.lr_scheduler in FLAT_SCHEDULERS, "training.lr_scheduler",
          f"is {t.lr_scheduler!r}, but adamw_schedulefree replaces the decay by its own averaging: use constant or "
