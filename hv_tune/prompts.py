@@ -71,7 +71,7 @@ def parse_prompt_line(text: str, where: str = "") -> PromptLine:
     """
     prompt, *parts = text.split(" --")
     line = PromptLine(prompt.strip(), where)
-    if not line.prompt:
+    if not line.prompt or line.prompt.startswith("--"):
         raise ConfigError(f"{where}: the line has no prompt before its options: {text!r}")
     for part in parts:
         if not part.strip():
