@@ -146,7 +146,10 @@ class TrainingConfig:
 @dataclass
 class ValidationConfig:
     every: int = _f(0, "Render previews and measure the eval loss every N steps (0 = off).")
-    prompts: list[str] = _f([], "Preview prompts: videos in OUTPUT_DIR/samples/step_N/ and on TensorBoard.")
+    prompts: Union[str, list[str]] = _f(  # noqa: UP007 (typing.get_type_hints needs Union here)
+        [], "Preview prompts (videos in OUTPUT_DIR/samples/step_N/ and on TensorBoard), or a prompt file in "
+        "musubi-tuner's syntax, one prompt per line with its own --w --h --f --d --s --g --fs --i (README)."
+    )
     images: list[str] = _f(
         [], "Image-to-video models: the first frame of each preview, one image per prompt (the output size "
         "then comes from the image and the model's target_size; height/width are not used)."
@@ -270,6 +273,8 @@ def expand_paths(cfg: Config) -> None:
     cfg.data.cache_dir = expand_path(cfg.data.cache_dir, "data.cache_dir")
     cfg.validation.eval_cache_dir = expand_path(cfg.validation.eval_cache_dir, "validation.eval_cache_dir")
     cfg.validation.images = [expand_path(p, f"validation.images[{i}]") for i, p in enumerate(cfg.validation.images)]
+    if isinstance(cfg.validation.prompts, str):
+        cfg.validation.prompts = expand_path(cfg.validation.prompts, "validation.prompts")
     for i, src in enumerate(cfg.data.sources):
         src.path = expand_path(src.path, f"data.sources[{i}].path")
 
@@ -377,7 +382,7 @@ def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:
          "is set but there is nothing to validate: give validation.prompts or validation.eval_items > 0"),
         (not v.eval_cache_dir or v.every == 0 or Path(v.eval_cache_dir).is_dir(), "validation.eval_cache_dir",
          f"folder {v.eval_cache_dir!r} does not exist (make it with the cache verb on held-out clips)"),
-        (not v.images or len(v.images) == len(v.prompts), "validation.images",
+        (isinstance(v.prompts, str) or not v.images or len(v.images) == len(v.prompts), "validation.images",
          f"must give one image per prompt ({len(v.images)} images, {len(v.prompts)} prompts)"),
         ("diffusers" in formats, "save.formats", f"must include diffusers, the native format (got {formats})"),
         (len(set(formats)) == len(formats), "save.formats", f"lists a format twice ({formats})"),
@@ -385,6 +390,24 @@ def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
+    if isinstance(v.prompts, str):
+        _validate_prompt_file(v, spec)
+
+
+def _validate_prompt_file(v: ValidationConfig, spec: ModelSpec) -> None:
+    """``validation.prompts`` as a file: readable, every line good and of a size the model takes."""
+    from hv_tune.prompts import check_line_shape, read_prompt_file
+
+    if v.images:
+        raise ConfigError("config key 'validation.images': with a prompt file as validation.prompts, give each "
+                          "line's first frame with --i IMAGE instead")
+    if not Path(v.prompts).is_file():
+        raise ConfigError(f"config key 'validation.prompts': prompt file {v.prompts!r} does not exist")
+    for line in read_prompt_file(v.prompts):
+        def pick(mine: int | None, default: int) -> int:
+            return default if mine is None else mine
+
+        check_line_shape(spec, line, pick(line.frames, v.frames), pick(line.height, v.height), pick(line.width, v.width))
 
 
 def _validate_memory(cfg: Config) -> None:

@@ -80,3 +80,32 @@ def test_sample_from_file_checks_every_line_before_loading(tiny_model, tmp_path,
     assert main(["sample", "--model", str(tiny_model), "--from-file", str(f), "--prompt", "x",
                  "--out", str(tmp_path / "o")]) == 2
     assert "either --prompt" in capsys.readouterr().err
+
+
+def test_validation_prompts_as_a_file_render_each_line_at_its_size(tiny_model, demo_cache, tmp_path):
+    """validation.prompts may name a prompt file: each preview gets its line's size and frames; the
+    validation.* keys fill what a line leaves out (the second line's steps, seed, ...)."""
+    from PIL import Image
+
+    from hv_tune.config import load_config
+    from hv_tune.training.trainer import train
+
+    from .conftest import train_overrides
+    from .test_cli import _decode
+
+    f = tmp_path / "previews.txt"
+    f.write_text("# previews\n[trigger] a red ball --w 64 --h 32 --f 5 --d 1\na blue square --F 1 --H 64 --W 32\n")
+    out = tmp_path / "run"
+    cfg = load_config(None, train_overrides(tiny_model, demo_cache, out, **{
+        "training.max_steps": 1, "validation.every": 1, "validation.prompts": str(f), "validation.steps": 2,
+        "validation.eval_items": 0, "validation.frames": 9, "validation.height": 32, "validation.width": 32}))
+    train(cfg)
+    step = out / "samples" / "step_00000001"
+    assert sorted(p.name for p in step.iterdir()) == ["00.mp4", "01.png"]
+    assert _decode(step / "00.mp4").shape == (5, 32, 64, 3)
+    assert Image.open(step / "01.png").size == (32, 64)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("fine\nwrong size --w 33\n")
+    with pytest.raises(ConfigError, match=f"{bad}:2.*--w 33"):
+        load_config(None, train_overrides(tiny_model, demo_cache, out, **{"validation.every": 1,
+                                                                            "validation.prompts": str(bad)}))
