@@ -119,7 +119,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = _f(True, "Recompute transformer block activations in backward.")
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "came", "adamw_schedulefree"] = _f(
         "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers), "
-        "came (pytorch-optimizer), adamw_schedulefree (schedulefree); see docs/training.md."
+        "came (pytorch-optimizer), adamw_schedulefree (schedulefree); see README (Optimizers)."
     )
     optimizer_args: dict[str, Any] = _f(
         {}, "Extra keyword arguments of the optimizer, over its guide's defaults (prodigy: use_bias_correction and "
