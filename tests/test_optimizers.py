@@ -208,3 +208,21 @@ def test_a_checkpoint_of_the_old_schedule_resumes_only_where_the_lr_is_the_same(
     assert "training.lr_warmup_steps" in str(e.value) and "--resume-anyway" in str(e.value)
     changes = check_resume(ckpt, cfg, tmp_path / "none.yaml", anyway=True)
     assert any("lr_warmup_steps" in c for c in changes)
+
+
+def test_wandb_runs_offline_unless_the_user_says_otherwise(tiny_model, demo_cache, tmp_path, monkeypatch):
+    """report_to=all: TensorBoard event files and an offline wandb run, both under OUTPUT_DIR/logs; no login."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "unset")  # recorded, so the test leaves the environment as it found it
+    monkeypatch.delenv("WANDB_MODE")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train(_cfg(tiny_model, demo_cache, out, **{"training.max_steps": 1, "training.checkpoint_every": 0,
+                                                 "training.report_to": "all"}))
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert list((out / "logs" / "hv-tune").glob("events.out.tfevents*"))
+    assert list((out / "logs" / "wandb").glob("offline-run-*"))
