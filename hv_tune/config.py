@@ -257,7 +257,7 @@ def expand_memory_preset(raw: dict[str, Any]) -> list[str]:
 
 def _default_learning_rate(raw: dict[str, Any]) -> None:
     """An unset (or null) ``training.learning_rate`` becomes the optimizer's default, in place."""
-    from hv_tune.training.optim import default_learning_rate
+    from hv_tune.optimizers import default_learning_rate
 
     t = raw.get("training")
     if isinstance(t, dict) and t.get("learning_rate") is None and isinstance(t.get("optimizer", "adamw"), str):
@@ -431,7 +431,7 @@ def _validate_memory(cfg: Config) -> None:
 
 def _validate_optimizer(t: TrainingConfig) -> None:
     """Optimizer, schedule and tracker keys: values, combinations, installed packages."""
-    from hv_tune.training.optim import FLAT_SCHEDULERS, check_optimizer_args
+    from hv_tune.optimizers import FLAT_SCHEDULERS, check_optimizer_args
 
     checks: list[tuple[bool, str, str]] = [
         (t.lr_num_cycles >= 1, "training.lr_num_cycles", f"must be >= 1 (got {t.lr_num_cycles})"),

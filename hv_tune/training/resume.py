@@ -18,6 +18,7 @@ from typing import Any
 
 from hv_tune.config import Config, to_dict
 from hv_tune.errors import ConfigError
+from hv_tune.optimizers import FLAT_SCHEDULERS, optimizer_kwargs
 from hv_tune.training.checkpoint import (
     LR_SCHEDULE,
     Checkpoint,
@@ -26,7 +27,6 @@ from hv_tune.training.checkpoint import (
     load_checkpoint,
     saved_config,
 )
-from hv_tune.training.optim import FLAT_SCHEDULERS, optimizer_kwargs
 
 SAFE_KEYS = (
     "output_dir", "data.cache_dir", "data.num_workers", "training.max_steps", "training.checkpoint_every",
