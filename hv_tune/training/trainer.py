@@ -224,8 +224,9 @@ class TrainLoop:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.step_lr:.2e}")  # the lr this step used
                 if t.checkpoint_every and state.step % t.checkpoint_every == 0:
                     self.save(state)
-                with eval_weights(self.optimizer):  # schedule-free AdamW previews its averaged weights
-                    self.validator.maybe_run(state.step, self.model)
+                if self.validator.due(state.step):
+                    with eval_weights(self.optimizer):  # schedule-free AdamW previews its averaged weights
+                        self.validator.maybe_run(state.step, self.model)
                 if state.step < t.max_steps and self.stop_requested(stop):
                     bar.close()
                     path = self.save(state)

@@ -178,9 +178,13 @@ class Validator:
 
     # ------------------------------------------------------------------ running
 
+    def due(self, step: int) -> bool:
+        """Whether ``maybe_run`` validates at ``step`` (a multiple of ``validation.every``)."""
+        return self.enabled and step % self.v.every == 0
+
     def maybe_run(self, step: int, model: Any) -> None:
         """Validate if ``step`` is a multiple of ``validation.every``; every process waits."""
-        if not self.enabled or step % self.v.every:
+        if not self.due(step):
             return
         if self.acc.is_main_process:
             unwrapped = self.acc.unwrap_model(model)
