@@ -226,3 +226,12 @@ def test_wandb_runs_offline_unless_the_user_says_otherwise(tiny_model, demo_cach
     assert os.environ["WANDB_MODE"] == "offline"
     assert list((out / "logs" / "hv-tune").glob("events.out.tfevents*"))
     assert list((out / "logs" / "wandb").glob("offline-run-*"))
+
+
+def test_schedule_free_saves_do_not_change_the_training(tiny_model, demo_cache, tmp_path):
+    """Saving schedule-free AdamW's averaged weights (a checkpoint every step) leaves the trajectory as it is:
+    the same final LoRA as a run without checkpoints (eval() then train() alone is not an exact round trip)."""
+    extra = {"training.optimizer": "adamw_schedulefree", "training.max_steps": 3, "training.learning_rate": 1e-2}
+    train(_cfg(tiny_model, demo_cache, tmp_path / "a", **{**extra, "training.checkpoint_every": 1}))
+    train(_cfg(tiny_model, demo_cache, tmp_path / "b", **{**extra, "training.checkpoint_every": 0}))
+    assert (tmp_path / "a" / LORA).read_bytes() == (tmp_path / "b" / LORA).read_bytes()

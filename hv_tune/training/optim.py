@@ -60,24 +60,50 @@ def is_schedule_free(optimizer: Any) -> bool:
     return bool(inner.param_groups) and "train_mode" in inner.param_groups[0]
 
 
+#: optimizer-state key holding a schedule-free parameter's training point ``y`` while the parameter holds ``x``
+TRAIN_POINT = "hv_tune_y"
+
+
+@torch.no_grad()
 def set_train_mode(optimizer: Any, train: bool) -> None:
     """Put a schedule-free optimizer's parameters at its training point ``y`` (``train``) or at the
-    averaged point ``x`` that is evaluated and saved; a no-op for every other optimizer."""
+    averaged point ``x`` that is evaluated and saved; a no-op for every other optimizer.
+
+    ``eval()`` is the library's; ``y`` is kept in the optimizer state (``TRAIN_POINT``, so a checkpoint
+    saved in eval mode holds it) and put back exactly, because the library's ``train()`` recomputes it
+    from ``x`` and ``z`` with rounding: saves and previews would nudge the run, and a resumed run would
+    not continue from the same numbers. Without a kept ``y`` (a fresh optimizer) it is the library's ``train()``.
+    """
     if not is_schedule_free(optimizer):
         return
     inner = getattr(optimizer, "optimizer", optimizer)
-    if train:
-        inner.train()
+    params = [p for group in inner.param_groups for p in group["params"]]
+    if not train:
+        if inner.param_groups[0]["train_mode"]:
+            kept = [p.detach().clone() for p in params]
+            inner.eval()
+            for p, y in zip(params, kept):
+                if "z" in inner.state[p]:
+                    inner.state[p][TRAIN_POINT] = y
+        return
+    if inner.param_groups[0]["train_mode"]:
+        return
+    if all(TRAIN_POINT in inner.state[p] for p in params if "z" in inner.state[p]):
+        for p in params:
+            if TRAIN_POINT in inner.state[p]:
+                p.copy_(inner.state[p].pop(TRAIN_POINT))
+        for group in inner.param_groups:
+            group["train_mode"] = True
     else:
-        inner.eval()
+        inner.train()
 
 
 @contextlib.contextmanager
 def eval_weights(optimizer: Any):
     """Within the block, a schedule-free optimizer's parameters are its averaged weights ``x`` (what
-    previews render and checkpoints save); they return to the training point afterwards. Both moves
-    are the library's own ``eval()``/``train()``, so a run that saved here and one resumed from the
-    save continue from the same numbers."""
+    previews render and checkpoints save); afterwards they are exactly the training point again
+    (``set_train_mode``), so a run that saved or previewed here, one that did not, and one resumed
+    from the save all continue from the same numbers."""
     if not is_schedule_free(optimizer):
         yield
         return
