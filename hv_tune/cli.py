@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--transformer", default=None, metavar="FILE",
                    help="transformer from one original-layout .safetensors (configs from --model)")
     s.add_argument("--vae", default=None, metavar="FILE", help="VAE from one .safetensors (config from --model)")
-    s.add_argument("--prompt", required=True)
+    s.add_argument("--prompt", default=None, help="the prompt (or --from-file)")
+    s.add_argument("--from-file", default=None, metavar="FILE", type=Path,
+                   help="render every line of a prompt file (musubi-tuner's syntax: PROMPT --w W --h H --f F --d SEED "
+                        "--s STEPS --g GUIDANCE --fs SHIFT --i IMAGE; # comments) into --out as a folder (NN.mp4)")
     s.add_argument("--frames", type=int, default=None,
                    help="frame count the model takes, 4k+1 for HunyuanVideo (default 33; 1 for a .png --out)")
     s.add_argument("--image", default=None, metavar="FILE",
@@ -98,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--offload", choices=["none", "text-encoders", "model"], default="none",
                    help="text-encoders: keep the text encoders on the CPU except while encoding; "
                         "model: diffusers' model CPU offload (GPU only)")
-    s.add_argument("--out", required=True, type=Path, help="preview.mp4, or x.png for one frame")
+    s.add_argument("--out", required=True, type=Path,
+                   help="preview.mp4, or x.png for one frame; with --from-file a folder (00.mp4, 01.png, ...)")
 
     m = sub.add_parser("merge", help="merge LoRAs into the base transformer and write a merged model")
     m.add_argument("--model", required=True, type=Path, help="diffusers-format model folder (local)")
@@ -307,11 +311,15 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from hv_tune.sampling import SampleRequest, generate, load_pipeline, offloaded_prompt_embeds, write_video
 
     check_sample_numbers(args.steps, args.shift, args.guidance, args.seed, args.fps)  # before anything is read
+    if (args.prompt is None) == (args.from_file is None):
+        raise HvTuneError("sample: give either --prompt TEXT or --from-file FILE")
     args.out = _out_path(args.out, "--out")
     args.model = _expand(args.model)
     spec = spec_for(args.model_name, args.model, "--model-name")
     if check_model_path(args.model, "--model") == "hub":
         print(f"--model {args.model!r} is not a local folder: loading it as a Hugging Face hub id")
+    if args.from_file is not None:
+        return _sample_from_file(args, spec)
     if args.out.suffix.lower() not in (".mp4", ".png"):
         raise HvTuneError(f"--out {args.out}: write an .mp4 (H.264 video) or a .png (one frame)")
     png = args.out.suffix.lower() == ".png"
@@ -335,6 +343,58 @@ def cmd_sample(args: argparse.Namespace) -> None:
         embeds = offloaded_prompt_embeds(spec, pipe, args.prompt, device)
         pipe = spec.pipeline.from_parts(LoadOptions(args.model, dtype), pipe.transformer, pipe.vae)  # encoders freed
     print(f"sample written to {write_video(generate(spec, pipe, req, embeds), args.out, fps)}")
+
+
+def _sample_from_file(args: argparse.Namespace, spec) -> None:
+    """``sample --from-file``: every line of the prompt file rendered into the folder ``--out`` (``NN.mp4``, or
+    ``NN.png`` for a one-frame line), each with its own settings over the flags' values.
+
+    Raises:
+        ConfigError: a bad line (named ``FILE:LINE``), an image missing or given where the model takes none.
+        HvTuneError: ``--out`` is a file.
+    """
+    from hv_tune.arguments import check_sample_numbers
+    from hv_tune.models import LoadOptions
+    from hv_tune.prompts import apply_line, check_line_shape, read_prompt_file
+    from hv_tune.sampling import (
+        SampleRequest,
+        generate,
+        load_pipeline,
+        offloaded_prompt_embeds,
+        read_first_frame,
+        write_video,
+    )
+
+    lines = read_prompt_file(_expand(args.from_file))
+    if args.out.suffix.lower() in (".mp4", ".png") or args.out.is_file():
+        raise HvTuneError(f"--out {args.out}: with --from-file, --out is a folder (one file per line)")
+    fps = args.fps if args.fps is not None else spec.video.fps
+    defaults = SampleRequest("", args.frames or 33, args.height or 320, args.width or 512, args.steps, args.shift,
+                             args.guidance, args.seed, fps)
+    requests = []
+    for line in lines:  # every line is checked before the model loads
+        req = apply_line(defaults, line)
+        check_line_shape(spec, line, req.frames, req.height, req.width)
+        check_sample_numbers(req.steps, req.shift, req.guidance, req.seed, None)
+        image = line.image or (args.image and _expand(args.image))
+        if spec.pipeline.sample_input == "image":
+            if not image:
+                raise HvTuneError(f"{line.where}: {spec.name} is an image-to-video model: give the first frame "
+                                  "with --i IMAGE on the line (or --image for every line)")
+            req.image = read_first_frame(image, f"{line.where}: --i")
+        elif image:
+            raise HvTuneError(f"{line.where}: --i: {spec.name} is a text-to-video model; remove the image")
+        requests.append(req)
+    loras = [_parse_lora(s) for s in args.lora]
+    device, dtype = _device_dtype(args.dtype)
+    opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
+    pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload, opts)
+    for i, req in enumerate(requests):
+        embeds = None
+        if args.offload == "text-encoders":  # the encoders visit the device for each line's prompt only
+            embeds = offloaded_prompt_embeds(spec, pipe, req.prompt, device)
+        out = args.out / f"{i:02d}.{'png' if req.frames == 1 else 'mp4'}"
+        print(f"{lines[i].where}: written to {write_video(generate(spec, pipe, req, embeds), out, fps)}")
 
 
 def _refuse_sample_inputs(args: argparse.Namespace, loras: list[tuple[str, float]]) -> None:

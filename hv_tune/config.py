@@ -131,7 +131,8 @@ class ObjectiveConfig:
 @dataclass
 class TrainingConfig:
     max_steps: int = _f(1000, "Optimizer steps to train.")
-    learning_rate: float = _f(1e-4, "Peak learning rate.")
+    learning_rate: float = _f(1e-4, "Peak learning rate; left out (or null) with prodigy: 1.0 (a multiplier of its "
+                                    "own estimate, as its README recommends).")
     seed: int = _f(42, "Seed for data order, noise, sigmas and LoRA init.")
     checkpoint_every: int = _f(250, "Save a resumable checkpoint every N steps (0 = never).")
     checkpoints_to_keep: int = _f(3, "Keep only the last N checkpoints.")
@@ -143,20 +144,39 @@ class TrainingConfig:
         "auto", "Autocast precision; auto = bf16 on GPU, no on CPU."
     )
     gradient_checkpointing: bool = _f(True, "Recompute transformer block activations in backward.")
-    optimizer: Literal["adamw", "adamw8bit"] = _f("adamw", "AdamW, or 8-bit AdamW (bitsandbytes, GPU).")
-    weight_decay: float = _f(1e-4, "AdamW weight decay.")
-    adam_beta1: float = _f(0.9, "AdamW beta1.")
-    adam_beta2: float = _f(0.999, "AdamW beta2.")
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
-    lr_scheduler: Literal["constant", "cosine"] = _f("constant", "Schedule after warmup.")
-    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to learning_rate.")
-    log_every: int = _f(1, "Log loss, lr and grad norm to TensorBoard every N steps.")
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor", "came", "adamw_schedulefree"] = _f(
+        "adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA), prodigy (prodigyopt), adafactor (transformers), "
+        "came (pytorch-optimizer), adamw_schedulefree (schedulefree); see README (Optimizers)."
+    )
+    optimizer_args: dict[str, Any] = _f(
+        {}, "Extra keyword arguments of the optimizer, over its guide's defaults (prodigy: use_bias_correction and "
+        "safeguard_warmup true; adafactor: relative_step, scale_parameter and warmup_init false)."
+    )
+    weight_decay: float = _f(1e-4, "Weight decay (decoupled, AdamW style, where the optimizer offers it).")
+    adam_beta1: float = _f(0.9, "beta1 of adamw, adamw8bit, prodigy, came and adamw_schedulefree.")
+    adam_beta2: float = _f(0.999, "beta2 of adamw, adamw8bit, prodigy, came and adamw_schedulefree.")
+    adam_epsilon: float = _f(1e-8, "epsilon of adamw, adamw8bit, prodigy and adamw_schedulefree.")
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = _f("constant", "diffusers' get_scheduler schedule over max_steps (warmup from 0: see lr_warmup_steps).")
+    lr_warmup_steps: int = _f(0, "Linear warmup steps from 0 to learning_rate (not with constant: use "
+                                 "constant_with_warmup).")
+    lr_num_cycles: int = _f(1, "Hard restarts of cosine_with_restarts.")
+    lr_power: float = _f(1.0, "Power of the polynomial decay (1 = linear), to diffusers' lr_end 1e-7.")
+    report_to: Literal["tensorboard", "wandb", "all"] = _f(
+        "tensorboard", "Trackers (Accelerate's): tensorboard (OUTPUT_DIR/logs), wandb (offline unless WANDB_MODE "
+        "is set; pip install wandb), or all."
+    )
+    log_every: int = _f(1, "Log loss, lr and grad norm to the trackers every N steps.")
 
 
 @dataclass
 class ValidationConfig:
     every: int = _f(0, "Render previews and measure the eval loss every N steps (0 = off).")
-    prompts: list[str] = _f([], "Preview prompts: videos in OUTPUT_DIR/samples/step_N/ and on TensorBoard.")
+    prompts: Union[str, list[str]] = _f(  # noqa: UP007 (typing.get_type_hints needs Union here)
+        [], "Preview prompts (videos in OUTPUT_DIR/samples/step_N/ and on TensorBoard), or a prompt file in "
+        "musubi-tuner's syntax, one prompt per line with its own --w --h --f --d --s --g --fs --i (README)."
+    )
     images: list[str] = _f(
         [], "Image-to-video models: the first frame of each preview, one image per prompt (the output size "
         "then comes from the image and the model's target_size; height/width are not used)."
@@ -234,6 +254,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
     if isinstance(model, dict) and not model.get("name") and isinstance(model.get("path"), str):
         model["name"] = spec_for(None, expand_path(model["path"], "model.path")).name  # model_index.json
     expand_memory_preset(raw)
+    _default_learning_rate(raw)
     cfg = from_dict(Config, raw, prefix="")
     expand_paths(cfg)
     if not cfg.data.cache_dir:
@@ -261,6 +282,15 @@ def expand_memory_preset(raw: dict[str, Any]) -> list[str]:
     return filled
 
 
+def _default_learning_rate(raw: dict[str, Any]) -> None:
+    """An unset (or null) ``training.learning_rate`` becomes the optimizer's default, in place."""
+    from hv_tune.optimizers import default_learning_rate
+
+    t = raw.get("training")
+    if isinstance(t, dict) and t.get("learning_rate") is None and isinstance(t.get("optimizer", "adamw"), str):
+        t["learning_rate"] = default_learning_rate(t.get("optimizer", "adamw"))
+
+
 def expand_paths(cfg: Config) -> None:
     """Resolve ``~`` and environment variables in every path key, once, at load time."""
     cfg.output_dir = expand_path(cfg.output_dir, "output_dir")
@@ -270,6 +300,8 @@ def expand_paths(cfg: Config) -> None:
     cfg.data.cache_dir = expand_path(cfg.data.cache_dir, "data.cache_dir")
     cfg.validation.eval_cache_dir = expand_path(cfg.validation.eval_cache_dir, "validation.eval_cache_dir")
     cfg.validation.images = [expand_path(p, f"validation.images[{i}]") for i, p in enumerate(cfg.validation.images)]
+    if isinstance(cfg.validation.prompts, str):
+        cfg.validation.prompts = expand_path(cfg.validation.prompts, "validation.prompts")
     for i, src in enumerate(cfg.data.sources):
         src.path = expand_path(src.path, f"data.sources[{i}].path")
 
@@ -340,8 +372,7 @@ def validate(cfg: Config) -> None:
     if isinstance(lo.targets, str) and lo.targets not in spec.lora_presets:
         raise ConfigError(f"config key 'lora.targets': unknown preset {lo.targets!r}; use one of "
                           f"{', '.join(spec.lora_presets)} or a list of module-name globs")
-    if t.optimizer == "adamw8bit":
-        _check_bitsandbytes()
+    _validate_optimizer(t)
     _validate_validation_and_save(cfg, spec)
 
 
@@ -430,7 +461,7 @@ def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:
          "is set but there is nothing to validate: give validation.prompts or validation.eval_items > 0"),
         (not v.eval_cache_dir or v.every == 0 or Path(v.eval_cache_dir).is_dir(), "validation.eval_cache_dir",
          f"folder {v.eval_cache_dir!r} does not exist (make it with the cache verb on held-out clips)"),
-        (not v.images or len(v.images) == len(v.prompts), "validation.images",
+        (isinstance(v.prompts, str) or not v.images or len(v.images) == len(v.prompts), "validation.images",
          f"must give one image per prompt ({len(v.images)} images, {len(v.prompts)} prompts)"),
         ("diffusers" in formats, "save.formats", f"must include diffusers, the native format (got {formats})"),
         (len(set(formats)) == len(formats), "save.formats", f"lists a format twice ({formats})"),
@@ -438,6 +469,24 @@ def _validate_validation_and_save(cfg: Config, spec: ModelSpec) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
+    if isinstance(v.prompts, str):
+        _validate_prompt_file(v, spec)
+
+
+def _validate_prompt_file(v: ValidationConfig, spec: ModelSpec) -> None:
+    """``validation.prompts`` as a file: readable, every line good and of a size the model takes."""
+    from hv_tune.prompts import check_line_shape, read_prompt_file
+
+    if v.images:
+        raise ConfigError("config key 'validation.images': with a prompt file as validation.prompts, give each "
+                          "line's first frame with --i IMAGE instead")
+    if not Path(v.prompts).is_file():
+        raise ConfigError(f"config key 'validation.prompts': prompt file {v.prompts!r} does not exist")
+    for line in read_prompt_file(v.prompts):
+        def pick(mine: int | None, default: int) -> int:
+            return default if mine is None else mine
+
+        check_line_shape(spec, line, pick(line.frames, v.frames), pick(line.height, v.height), pick(line.width, v.width))
 
 
 def _validate_memory(cfg: Config) -> None:
@@ -457,6 +506,38 @@ def _validate_memory(cfg: Config) -> None:
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
+
+
+def _validate_optimizer(t: TrainingConfig) -> None:
+    """Optimizer, schedule and tracker keys: values, combinations, installed packages."""
+    from hv_tune.optimizers import FLAT_SCHEDULERS, check_optimizer_args
+
+    checks: list[tuple[bool, str, str]] = [
+        (t.lr_num_cycles >= 1, "training.lr_num_cycles", f"must be >= 1 (got {t.lr_num_cycles})"),
+        (t.lr_power > 0, "training.lr_power", f"must be > 0 (got {t.lr_power})"),
+        (t.lr_scheduler != "constant" or t.lr_warmup_steps == 0, "training.lr_warmup_steps",
+         f"is {t.lr_warmup_steps}, but training.lr_scheduler 'constant' (diffusers') has no warmup: set "
+         "training.lr_scheduler=constant_with_warmup (warmup from 0 to learning_rate) or lr_warmup_steps=0"),
+        (t.lr_scheduler != "polynomial" or t.learning_rate > 1e-7, "training.learning_rate",
+         "must be above 1e-7 for the polynomial schedule (it decays to diffusers' lr_end 1e-7)"),
+        (t.optimizer != "adamw_schedulefree" or t.lr_scheduler in FLAT_SCHEDULERS, "training.lr_scheduler",
+         f"is {t.lr_scheduler!r}, but adamw_schedulefree replaces the decay by its own averaging: use constant or "
+         "constant_with_warmup (or optimizer_args.warmup_steps)"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {key!r} {msg}")
+    if t.optimizer == "adamw8bit":
+        _check_bitsandbytes()
+    else:
+        check_optimizer_args(t)
+    if t.report_to in ("wandb", "all"):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(f"config key 'training.report_to': {t.report_to} needs the wandb package, which is not "
+                              "installed; install it with `pip install -e .[wandb]` (or `pip install wandb`), or set "
+                              "training.report_to=tensorboard")
 
 
 def _check_bitsandbytes() -> None:

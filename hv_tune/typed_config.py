@@ -101,6 +101,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against type ``tp``; ints are accepted for floats."""
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key + ".")
+    if tp is Any:  # free-form values (e.g. training.optimizer_args), checked by their user
+        return value
     origin = typing.get_origin(tp)
     if origin is Literal:
         if value not in typing.get_args(tp):

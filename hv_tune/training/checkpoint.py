@@ -45,6 +45,8 @@ from hv_tune.io import (
 )
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+#: ``TrainerState.lr_schedule`` of checkpoints written with diffusers' get_scheduler schedules
+LR_SCHEDULE = "diffusers"
 
 
 @dataclass
@@ -58,6 +60,9 @@ class TrainerState:
     changes: list[str] = field(default_factory=list)  # "step N: key old -> new" for each such change
     lora_type: str = "lora"  # lora.type (checkpoints written before adapter types were LoRA)
     lora_options: dict[str, Any] = field(default_factory=dict)  # the type's options (lora.lokr for lokr), by key
+    #: whose learning-rate schedule wrote the checkpoint: LR_SCHEDULE, or "" (hv-tune's own schedule before
+    #: diffusers' replaced it: its warmup started at lr/warmup, diffusers' starts at 0)
+    lr_schedule: str = ""
 
 
 class CheckpointError(ConfigError):

@@ -19,7 +19,9 @@ from typing import Any
 
 from hv_tune.config import Config, to_dict
 from hv_tune.errors import ConfigError
+from hv_tune.optimizers import FLAT_SCHEDULERS, optimizer_kwargs
 from hv_tune.training.checkpoint import (
+    LR_SCHEDULE,
     Checkpoint,
     CheckpointError,
     list_checkpoints,
@@ -78,8 +80,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _is_safe(key: str, cfg: Config) -> bool:
-    if key == "training.max_steps" and cfg.training.lr_scheduler == "cosine":
-        return False  # the cosine schedule decays to 0 at max_steps: another max_steps is another lr curve
+    if key == "training.max_steps" and cfg.training.lr_scheduler not in FLAT_SCHEDULERS:
+        return False  # a decaying schedule ends at max_steps: another max_steps is another lr curve
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_KEYS)
 
 
@@ -117,7 +119,11 @@ def check_resume(ckpt: Checkpoint, cfg: Config, run_config: Path, anyway: bool) 
         if isinstance(old.get("lora"), dict):  # a config saved before adapter types: the state knows the type
             old["lora"] = {**adapter, **old["lora"]}
         diffs = compare(old, cfg)
+    diffs += _schedule_change(ckpt, old)
     listing = "; ".join(f"{k}: {o!r} -> {n!r}" for k, o, n in diffs)
+    if any(k == "training.optimizer" for k, _, _ in diffs):
+        raise ConfigError(f"--resume {ckpt.path}: training.optimizer cannot change within a run ({listing}): the "
+                          "checkpoint holds the other optimizer's state; set it back, or start a new run")
     shape = [k for k, _, _ in diffs if k in STRUCTURAL_KEYS]
     if shape:
         raise ConfigError(
@@ -133,6 +139,19 @@ def check_resume(ckpt: Checkpoint, cfg: Config, run_config: Path, anyway: bool) 
     return [f"step {step}: {k} {o!r} -> {n!r}" for k, o, n in diffs]
 
 
+def _schedule_change(ckpt: Checkpoint, old: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """A checkpoint of hv-tune's own schedule (before diffusers' replaced it) with warmup steps: the warmup
+    differed ((s+1)/N then, s/N now), so it resumes only with --resume-anyway. Without warmup both give
+    the same learning rate at every step (constant: 1; cosine: the same formula) and it resumes exactly."""
+    if ckpt.state.lr_schedule == LR_SCHEDULE:
+        return []
+    warmup = ((old or {}).get("training") or {}).get("lr_warmup_steps", 0)
+    if not warmup:
+        return []
+    return [("training.lr_warmup_steps (warmup schedule)", f"{warmup} steps from lr/{warmup} (hv-tune's own)",
+             f"{warmup} steps from 0 (diffusers')")]
+
+
 def apply_hyperparameters(optimizer: Any, scheduler: Any, cfg: Config) -> None:
     """Make the config's optimizer and schedule values take effect over a loaded state.
 
@@ -140,9 +159,9 @@ def apply_hyperparameters(optimizer: Any, scheduler: Any, cfg: Config) -> None:
     ``LambdaLR`` keeps the saved ``base_lrs``: both would silently keep the old values.
     """
     t = cfg.training
+    settings = optimizer_kwargs(t)
     for group in optimizer.param_groups:
-        group.update(initial_lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
-                     weight_decay=t.weight_decay)
+        group.update({k: v for k, v in settings.items() if k in group}, initial_lr=t.learning_rate)
     scheduler.base_lrs = [t.learning_rate for _ in optimizer.param_groups]
     lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
     for group, lr in zip(optimizer.param_groups, lrs):

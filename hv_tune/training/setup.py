@@ -78,20 +78,34 @@ def ensure_cache(spec: ModelSpec, cfg: Config, accelerator: Any) -> CachedDatase
     return CachedDataset(cfg.data.cache_dir)
 
 
+#: ``training.report_to`` -> Accelerate's tracker names
+TRACKERS = {"tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"]}
+
+
 def make_accelerator(cfg: Config, out: Path) -> Any:
-    """The run's ``Accelerator``: mixed precision (``auto`` = bf16 on CUDA), TensorBoard logs in ``out/logs``."""
+    """The run's ``Accelerator``: mixed precision (``auto`` = bf16 on CUDA) and the trackers of
+    ``training.report_to``: TensorBoard event files in ``out/logs/hv-tune``; Weights & Biases runs in
+    ``out/logs/wandb``, offline unless the user set ``WANDB_MODE`` (nothing logs in on its own)."""
+    import os
+
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     mp = cfg.training.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
+    trackers = TRACKERS[cfg.training.report_to]
+    init_kwargs: dict[str, Any] = {}
+    if "wandb" in trackers:
+        os.environ.setdefault("WANDB_MODE", "offline")
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        init_kwargs["wandb"] = {"dir": str(out / "logs"), "name": out.name}
     accelerator = Accelerator(
         mixed_precision=mp,
-        log_with="tensorboard",
+        log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    accelerator.init_trackers("hv-tune")
+    accelerator.init_trackers("hv-tune", init_kwargs=init_kwargs)
     return accelerator
 
 

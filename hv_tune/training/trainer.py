@@ -34,6 +34,7 @@ from hv_tune.lora import (
 from hv_tune.models import ModelSpec, get_spec
 from hv_tune.models.base import LORA_FILE
 from hv_tune.training.checkpoint import (
+    LR_SCHEDULE,
     Checkpoint,
     TrainerState,
     checkpoint_dir,
@@ -50,6 +51,7 @@ from hv_tune.training.guard import (
     on_main_process,
     signal_label,
 )
+from hv_tune.training.optim import eval_weights, set_train_mode
 from hv_tune.training.resume import apply_hyperparameters, check_resume, find_resume
 from hv_tune.training.setup import TrainingRun, build_run, make_accelerator
 from hv_tune.training.step import step_generator, training_loss
@@ -95,7 +97,7 @@ def train(
     ckpt, changes = found
     run = build_run(cfg, make_accelerator(cfg, out))
     accelerator, transformer = run.accelerator, run.transformer
-    state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed,
+    state = TrainerState(0, DataState(), cfg.lora.rank, cfg.lora.alpha, cfg.training.seed, lr_schedule=LR_SCHEDULE,
                          lora_type=cfg.lora.type, lora_options=lora_type_options(cfg.lora))
     if ckpt is not None:
         state = restore(ckpt, run, changes)
@@ -105,7 +107,8 @@ def train(
     loop = TrainLoop(run)
     loop.config_text = config_text
     loop.run(state)
-    adapter = lora_state_dict(accelerator.unwrap_model(transformer))
+    with eval_weights(run.optimizer):  # schedule-free AdamW: the averaged weights are the result
+        adapter = lora_state_dict(accelerator.unwrap_model(transformer))
     return TrainResult(finish(spec, accelerator, adapter, run.lora_config, out, cfg), adapter, state.step)
 
 
@@ -158,9 +161,11 @@ def restore(ckpt: Checkpoint, run: TrainingRun, changes: list[str]) -> TrainerSt
     cfg, accelerator, optimizer, scheduler = run.cfg, run.accelerator, run.optimizer, run.scheduler
     load_lora_state_dict(accelerator.unwrap_model(run.transformer), ckpt.adapter)
     optimizer.load_state_dict(ckpt.optimizer)
+    set_train_mode(optimizer, True)  # schedule-free: the checkpoint holds its averaged weights (eval mode)
     scheduler.load_state_dict(ckpt.scheduler)
     set_rng_state(ckpt.rng)
     state = ckpt.state
+    state.lr_schedule = LR_SCHEDULE  # an older schedule was accepted by check_resume (same lr from here on)
     if changes:
         apply_hyperparameters(optimizer, scheduler, cfg)
         state.exact, state.changes = False, state.changes + changes
@@ -221,7 +226,9 @@ class TrainLoop:
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.step_lr:.2e}")  # the lr this step used
                 if t.checkpoint_every and state.step % t.checkpoint_every == 0:
                     self.save(state)
-                self.validator.maybe_run(state.step, self.model)
+                if self.validator.due(state.step):
+                    with eval_weights(self.optimizer):  # schedule-free AdamW previews its averaged weights
+                        self.validator.maybe_run(state.step, self.model)
                 if state.step < t.max_steps and self.stop_requested(stop):
                     bar.close()
                     path = self.save(state)
@@ -263,6 +270,8 @@ class TrainLoop:
         mean_loss = self.acc.reduce(torch.stack(losses).mean(), reduction="mean").item()
         if (state.step + 1) % t.log_every == 0:
             logs = {"loss": mean_loss, "lr": self.step_lr, "grad_norm": float(grad_norm)}
+            if "d" in self.optimizer.param_groups[0]:  # Prodigy: its step size is d * lr (d after this step)
+                logs["prodigy_d"] = float(self.optimizer.param_groups[0]["d"])
             self.acc.log(logs, step=state.step + 1)
         return mean_loss
 
@@ -319,6 +328,12 @@ class TrainLoop:
     def save(self, state: TrainerState) -> Path:
         """Write a checkpoint of ``state`` (main process), after checking there is room for it: the resume
         state plus the LoRA files a run stopped here would end with (``save_trained_lora``)."""
+        with eval_weights(self.optimizer):  # schedule-free AdamW: save its averaged weights (all processes)
+            self._save(state)
+        self.acc.wait_for_everyone()
+        return checkpoint_dir(self.ckpt_root, state.step)
+
+    def _save(self, state: TrainerState) -> None:
         if self.acc.is_main_process:
             model = self.acc.unwrap_model(self.model)
             adapter, lora_cfg = lora_state_dict(model), model.peft_config["default"]
@@ -329,5 +344,3 @@ class TrainLoop:
                             self.cfg.training.checkpoints_to_keep, self.config_text,
                             adapter_metadata(self.spec, lora_cfg), lambda tmp: save_trained_lora(
                                 self.spec, tmp, adapter, lora_cfg, self.cfg.save.formats, self.cfg.model.path))
-        self.acc.wait_for_everyone()
-        return checkpoint_dir(self.ckpt_root, state.step)

@@ -32,6 +32,7 @@ from hv_tune.diffusion import add_noise, flow_matching_loss, flow_target, sigma_
 from hv_tune.io import atomic_save_safetensors
 from hv_tune.media import replace_placeholder
 from hv_tune.models.base import LoadOptions, ModelSpec
+from hv_tune.prompts import PromptLine, apply_line, read_prompt_file
 from hv_tune.sampling import SampleRequest, generate, read_first_frame, write_video
 
 SAMPLES_DIR = "samples"
@@ -67,6 +68,8 @@ def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
     v = cfg.validation
     if not v.every or not v.prompts:
         return []
+    if isinstance(v.prompts, str):  # a prompt file: the first frames are its lines' --i images
+        return _file_images(spec, preview_lines(cfg))
     if spec.pipeline.sample_input != "image":
         if v.images:
             raise ConfigError(f"config key 'validation.images': {spec.name} is a text-to-video model; "
@@ -80,13 +83,45 @@ def preview_images(spec: ModelSpec, cfg: Config) -> list[Any]:
     return [read_first_frame(p, f"validation.images[{i}]", fix) for i, p in enumerate(v.images)]
 
 
-def preview_prompts(cfg: Config) -> list[str]:
-    """``validation.prompts`` with ai-toolkit's ``[trigger]`` replaced by ``data.trigger_word``.
+def _file_images(spec: ModelSpec, lines: list[PromptLine]) -> list[Any]:
+    from hv_tune.errors import ConfigError
 
-    The captions' rule (``hv_tune.media.replace_placeholder``): without a trigger word the
-    placeholder is removed.
+    images = []
+    for line in lines:
+        if spec.pipeline.sample_input != "image" and line.image:
+            raise ConfigError(f"{line.where}: --i: {spec.name} is a text-to-video model; remove the image")
+        if spec.pipeline.sample_input == "image":
+            if not line.image:
+                raise ConfigError(f"{line.where}: {spec.name} previews start from an image: add --i IMAGE")
+            images.append(read_first_frame(line.image, f"{line.where}: --i"))
+    return images
+
+
+def preview_lines(cfg: Config) -> list[PromptLine]:
+    """``validation.prompts`` (a list, or a prompt file in musubi-tuner's syntax: ``hv_tune.prompts``) as
+    prompt lines, ai-toolkit's ``[trigger]`` replaced by ``data.trigger_word`` (the captions' rule,
+    ``hv_tune.media.replace_placeholder``: without a trigger word the placeholder is removed).
+
+    Raises:
+        ConfigError: a prompt file that cannot be read or has a bad line (named ``FILE:LINE``).
     """
-    return [replace_placeholder(p, cfg.data.trigger_word)[0] for p in cfg.validation.prompts]
+    v = cfg.validation
+    lines = read_prompt_file(v.prompts) if isinstance(v.prompts, str) else [PromptLine(p) for p in v.prompts]
+    for line in lines:
+        line.prompt = replace_placeholder(line.prompt, cfg.data.trigger_word)[0]
+    return lines
+
+
+def preview_prompts(cfg: Config) -> list[str]:
+    """The preview prompts' texts (``preview_lines``)."""
+    return [line.prompt for line in preview_lines(cfg)]
+
+
+def preview_requests(cfg: Config) -> list[SampleRequest]:
+    """One ``SampleRequest`` per preview: the ``validation`` keys, overridden by a prompt file line's settings."""
+    v = cfg.validation
+    defaults = SampleRequest("", v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed)
+    return [apply_line(defaults, line) for line in preview_lines(cfg)]
 
 
 class Validator:
@@ -96,7 +131,8 @@ class Validator:
         self.cfg, self.v, self.spec, self.acc, self.opts = cfg, cfg.validation, spec, accelerator, opts
         self.vae_config = vae_config
         self.enabled = self.v.every > 0
-        self.prompts = preview_prompts(cfg)
+        self.requests = preview_requests(cfg) if self.enabled else []
+        self.prompts = [r.prompt for r in self.requests]
         self.out = Path(cfg.output_dir) / SAMPLES_DIR
         self.vae: Any = None
         self.embeds: list[dict[str, torch.Tensor]] = []
@@ -120,7 +156,8 @@ class Validator:
         """Embeddings of the preview prompts, encoded once per run (cached under samples/)."""
         if not self.prompts:
             return []
-        key = json.dumps({"prompts": self.prompts, "frames": self.v.frames, "model": self.cfg.model.path})
+        frames = [r.frames for r in self.requests]
+        key = json.dumps({"prompts": self.prompts, "frames": frames, "model": self.cfg.model.path})
         cache = self.out / PROMPT_CACHE
         if cache.is_file():
             from safetensors import safe_open
@@ -132,7 +169,7 @@ class Validator:
                     return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
         enc = self.spec.text.load(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
-        embeds = [self.spec.pipeline.preview_embeds(enc, p, self.v.frames) for p in self.prompts]
+        embeds = [self.spec.pipeline.preview_embeds(enc, r.prompt, r.frames) for r in self.requests]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
         atomic_save_safetensors(cache, flat, {"key": key})
@@ -140,9 +177,13 @@ class Validator:
 
     # ------------------------------------------------------------------ running
 
+    def due(self, step: int) -> bool:
+        """Whether ``maybe_run`` validates at ``step`` (a multiple of ``validation.every``)."""
+        return self.enabled and step % self.v.every == 0
+
     def maybe_run(self, step: int, model: Any) -> None:
         """Validate if ``step`` is a multiple of ``validation.every``; every process waits."""
-        if not self.enabled or step % self.v.every:
+        if not self.due(step):
             return
         if self.acc.is_main_process:
             unwrapped = self.acc.unwrap_model(model)
@@ -196,18 +237,16 @@ class Validator:
         self.vae.to(device)
         try:
             pipe = self.spec.pipeline.from_parts(self.opts, model, self.vae)
-            v, written = self.v, []
-            for i, (prompt, emb) in enumerate(zip(self.prompts, self.embeds)):
+            written = []
+            for i, (req, emb) in enumerate(zip(self.requests, self.embeds)):
                 # the pipeline's bar over the denoising steps, one per preview
                 pipe.set_progress_bar_config(desc=f"validation: preview {i + 1}/{len(self.prompts)}", unit="step",
                                              disable=False, **BAR)
-                image = self.images[i] if self.images else None
-                req = SampleRequest(prompt, v.frames, v.height, v.width, v.steps, v.shift, v.guidance, v.seed,
-                                    image=image)
+                req.image = self.images[i] if self.images else None
                 frames = generate(self.spec, pipe, req, {k: t.to(device) for k, t in emb.items()})
-                ext = "png" if v.frames == 1 else "mp4"
+                ext = "png" if req.frames == 1 else "mp4"
                 written.append(write_video(frames, self.out / step_dir(step) / f"{i:02d}.{ext}", self.spec.video.fps))
-                self._log_image(i, prompt, frames, step)
+                self._log_image(i, req.prompt, frames, step)
         finally:
             self.vae.to("cpu")
         return written
