@@ -36,8 +36,10 @@ from hv_tune.errors import ConfigError
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
 from hv_tune.memory.estimate import StepProfile, profile_step
 from hv_tune.memory.fp8 import FP8, fp8_layer_names
+from hv_tune.memory.known import KnownValues
 from hv_tune.memory.swap import swap_indices
 from hv_tune.models.base import ModelSpec, resolve_dtype
+from hv_tune.models.published import HubUnreachable
 
 GiB = 1024**3
 #: CUDA context, cuBLAS and cuDNN workspaces: memory the card loses outside PyTorch's tensors
@@ -143,8 +145,13 @@ class Planner:
     def __init__(self, spec: ModelSpec, cfg: Config, bucket: tuple[int, int, int], device: str = "cuda") -> None:
         self.spec, self.bucket, self.device = spec, bucket, device
         self.dtype = activation_dtype(cfg, device)
+        # the inputs' constants (masks, image embeddings) stay known where the forward reads them
+        self.known = KnownValues()
         try:
-            model, self.inputs = spec.plan_model(cfg.model.path, *bucket, cfg.training.batch_size, self.dtype)
+            with self.known:
+                model, self.inputs = spec.plan_model(cfg.model.path, *bucket, cfg.training.batch_size, self.dtype)
+        except HubUnreachable as e:
+            raise PlanUnavailable(str(e)) from e
         except (OSError, ValueError) as e:
             raise PlanUnavailable(f"config key 'model.path': cannot read the transformer config: {e}") from e
         names = [n for n, _ in model.named_modules()]
@@ -161,9 +168,10 @@ class Planner:
                 self.model.disable_gradient_checkpointing()
             else:
                 self.model.enable_gradient_checkpointing()
-            self._profiles[checkpointing] = profile_step(
-                self.model, self.inputs, offload=checkpointing == "offload", autocast=self.autocast
-            )
+            with self.known:
+                self._profiles[checkpointing] = profile_step(
+                    self.model, self.inputs, offload=checkpointing == "offload", autocast=self.autocast
+                )
         return self._profiles[checkpointing]
 
     def predict(self, label: str, cfg: Config) -> Prediction:
@@ -324,12 +332,13 @@ def plan_config(
     from hv_tune.config import load_config
     from hv_tune.models import get_spec
 
-    given = load_config(path, list(overrides))
+    given = load_config(path, list(overrides), need_weights=False)
     spec = get_spec(given.model.name)
     if spec.meta_step_unavailable:
         raise PlanUnavailable(f"{spec.meta_step_unavailable}; choose memory.preset "
                               f"({', '.join(spec.memory_presets)}) or set the memory keys")
-    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in spec.memory_presets}
+    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"], need_weights=False)
+               for n in spec.memory_presets}
     if gpu_memory:
         card = parse_memory(gpu_memory, "--gpu-memory")
     elif given.memory.gpu_memory:

@@ -17,6 +17,7 @@ from torch import nn
 
 from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
+from hv_tune.models.published import transformer_config
 from hv_tune.models.base import (
     LORA_FILE,
     ItemEncoder,
@@ -31,6 +32,7 @@ from hv_tune.models.base import (
 from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video import presets
 from hv_tune.models.hunyuan_video import text as hv_text
+from hv_tune.models.hunyuan_video.plan import PUBLISHED
 
 #: key prefixes single-file checkpoints carry (ComfyUI's saved models, Tencent's VAE in a checkpoint)
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "first_stage_model.", "vae.")
@@ -310,9 +312,7 @@ class HunyuanVideoSpec:
         """
         from diffusers import HunyuanVideoTransformer3DModel
 
-        config = {}
-        if model_path is not None:
-            config = HunyuanVideoTransformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        config = transformer_config(HunyuanVideoTransformer3DModel, model_path, self.transformer_subfolder, PUBLISHED)
         with torch.device("meta"):
             model = HunyuanVideoTransformer3DModel.from_config(config)
         return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -325,9 +325,7 @@ class HunyuanVideoSpec:
         """Meta transformer + inputs: latents [B, C, (F-1)/4+1, H/8, W/8], 256 text tokens (all valid)."""
         from diffusers import HunyuanVideoTransformer3DModel
 
-        config = {}
-        if model_path is not None:
-            config = HunyuanVideoTransformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        config = transformer_config(HunyuanVideoTransformer3DModel, model_path, self.transformer_subfolder, PUBLISHED)
         with torch.device("meta"):
             model = HunyuanVideoTransformer3DModel.from_config(config).to(dtype)
         c = model.config

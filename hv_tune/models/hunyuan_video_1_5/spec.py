@@ -20,6 +20,7 @@ from torch import nn
 
 from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
+from hv_tune.models.published import transformer_config
 from hv_tune.models.base import (
     LORA_FILE,
     ItemEncoder,
@@ -34,6 +35,7 @@ from hv_tune.models.base import (
 from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import presets as hv15_presets
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
+from hv_tune.models.hunyuan_video_1_5.plan import PUBLISHED
 
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
@@ -101,9 +103,7 @@ class HunyuanVideo15Spec:
     text_fields = hv15_text.TEXT_FIELDS
     #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
     pipeline_class = "HunyuanVideo15Pipeline"
-    meta_step_unavailable: str | None = (
-        "the HunyuanVideo 1.5 forward reads tensor values (it tests whether image_embeds is all zero and "
-        "reorders text tokens by the mask), so it cannot run on the meta device")
+    meta_step_unavailable: str | None = None  # the values its forward reads: hunyuan_video_1_5/plan.py
     #: per-item conditioning the cache stores besides latents and text: none (text-to-video)
     item_encoders: tuple[ItemEncoder, ...] = ()
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
@@ -317,9 +317,7 @@ class HunyuanVideo15Spec:
     def _meta_model(self, model_path: str | None, dtype: torch.dtype) -> nn.Module:
         from diffusers import HunyuanVideo15Transformer3DModel
 
-        config = {}
-        if model_path is not None:
-            config = HunyuanVideo15Transformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        config = transformer_config(HunyuanVideo15Transformer3DModel, model_path, self.transformer_subfolder, PUBLISHED)
         with torch.device("meta"):
             model = HunyuanVideo15Transformer3DModel.from_config(config)  # float32
         # diffusers' ``to(dtype)`` warns about fp32-kept modules (none here): cast only when needed
