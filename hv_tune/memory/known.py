@@ -49,6 +49,8 @@ _REDUCE = {aten.all: bool, aten.any: bool, aten.amax: None, aten.amin: None, ate
 _READS = {aten.is_nonzero, aten._local_scalar_dense, aten.item}
 #: ops taking a list of (possibly boolean) indices as their second argument
 _INDEXED = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_, aten._unsafe_index}
+_HANDLED = (_ZEROS | _ONES | set(_FULL) | _SAME | _ELEMENTWISE | set(_REDUCE) | _READS | _INDEXED
+            | {aten.nonzero})
 
 
 class KnownValues(TorchDispatchMode):
@@ -70,6 +72,11 @@ class KnownValues(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func.overloadpacket
+        if packet not in _HANDLED:  # fast path: most ops neither make, carry nor read a constant
+            out = func(*args, **kwargs)
+            if func._schema.is_mutable and args and isinstance(args[0], torch.Tensor):
+                self.values.pop(args[0], None)  # changed in place: no longer known
+            return out
         flat = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         if not any(a.is_meta for a in flat) and packet not in _ZEROS | _ONES | set(_FULL):
             return func(*args, **kwargs)

@@ -17,7 +17,6 @@ from torch import nn
 
 from hv_tune.diffusion import guidance_tensor, timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
-from hv_tune.models.published import transformer_config
 from hv_tune.models.base import (
     LORA_FILE,
     ItemEncoder,
@@ -33,6 +32,7 @@ from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video import presets
 from hv_tune.models.hunyuan_video import text as hv_text
 from hv_tune.models.hunyuan_video.plan import PUBLISHED
+from hv_tune.models.published import transformer_config
 
 #: key prefixes single-file checkpoints carry (ComfyUI's saved models, Tencent's VAE in a checkpoint)
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "first_stage_model.", "vae.")

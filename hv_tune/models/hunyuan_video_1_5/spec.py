@@ -20,7 +20,6 @@ from torch import nn
 
 from hv_tune.diffusion import timesteps_from_sigmas
 from hv_tune.io import sort_safetensors_metadata
-from hv_tune.models.published import transformer_config
 from hv_tune.models.base import (
     LORA_FILE,
     ItemEncoder,
@@ -36,6 +35,7 @@ from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import presets as hv15_presets
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
 from hv_tune.models.hunyuan_video_1_5.plan import PUBLISHED
+from hv_tune.models.published import transformer_config
 
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
