@@ -114,10 +114,10 @@ def test_auto_preset_picks_the_fastest_that_fits(tiny_model, tmp_path):
     assert fp8.weights.get("fp8", 0) > 0 and bf16.weights.get("fp8", 0) == 0
     assert fp8.total < bf16.total
     card = (fp8.total + bf16.total) // 2  # fits the fp8 preset, not the bf16 ones
-    cfg, text = config_for_training(config, [], f"{card / 2**20:.3f}MB")
+    cfg, text = config_for_training(config, [], f"{card / 2**20:.3f}MB", device="cuda")
     assert cfg.memory.preset == "24gb" and cfg.model.base_dtype == "fp8"
     assert "memory.preset auto -> 24gb" in text
-    cfg, _ = config_for_training(config, [], "80GB")
+    cfg, _ = config_for_training(config, [], "80GB", device="cuda")
     assert cfg.memory.preset == "80gb" and cfg.model.base_dtype == "bf16"
 
 
@@ -130,11 +130,26 @@ def test_train_refuses_before_loading_weights(tiny_model, tmp_path, capsys, card
     assert not (tmp_path / "run").exists()  # nothing set up, no weights loaded
 
 
-def test_train_refuses_from_the_config_key(tiny_model, tmp_path, capsys):
+def test_train_refuses_from_the_config_key(tiny_model, tmp_path):
+    from hv_tune.errors import ConfigError
+
     config = _write_config(tmp_path, tiny_model, gpu_memory="2MB", preset="auto")
-    assert main(["train", "--config", str(config)]) == 2
-    assert "no preset is predicted to fit" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no preset is predicted to fit"):
+        config_for_training(config, [], device="cuda")
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_picks_no_gpu_preset_on_the_cpu_and_a_set_one_is_warned_about(tiny_model, tmp_path):
+    """Without CUDA training runs on the CPU: auto -> none even where a card is declared; a GPU
+    preset that is set stays as set, with a warning naming the key and the slowdown."""
+    cfg, text = config_for_training(_write_config(tmp_path, tiny_model, preset="auto"), [], "80GB", device="cpu")
+    assert cfg.memory.preset == "none" and cfg.model.base_dtype != "fp8"
+    assert "no CUDA device" in text and "no GPU preset" in text
+    cfg, text = config_for_training(_write_config(tmp_path, tiny_model, preset="24gb"), [], "80GB", device="cpu")
+    assert cfg.memory.preset == "24gb" and cfg.model.base_dtype == "fp8"
+    assert "warning: config key 'memory.preset' is 24gb" in text and "8x slower" in text
+    _, text = config_for_training(_write_config(tmp_path, tiny_model, preset="none"), [], "80GB", device="cpu")
+    assert "warning" not in text
 
 
 def test_parse_memory():

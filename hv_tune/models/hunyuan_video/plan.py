@@ -19,3 +19,12 @@ PUBLISHED: dict[str, dict[str, object]] = {
         "image_condition_type": None,
     },
 }
+
+#: the cache stage's encoders: (name, parameters, embedding parameters that stay in the compute dtype,
+#: fp8-capable). Counted on the meta device from the published configs with transformers' classes:
+#: ``LlamaModel`` (vocab 128320, width 4096, 32 layers, 8 KV heads: the llava-llama-3-8b text model)
+#: and ``CLIPTextModel`` (CLIP ViT-L/14 text). fp8: ``model.text_encoder_dtype`` applies to the Llama.
+CACHE_ENCODERS: dict[str, list[tuple[str, int, int, bool]]] = {
+    "hunyuan-video": [("text_encoder (Llama 3 8B)", 7_505_186_816, 525_598_720, True),
+                      ("text_encoder_2 (CLIP-L)", 123_060_480, 0, False)],
+}

@@ -38,3 +38,15 @@ PUBLISHED: dict[str, dict[str, object]] = {
     f"hunyuanvideo-community/HunyuanVideo-1.5-{res}p_{task}": _published(res, task)
     for res in (480, 720) for task in ("t2v", "i2v")
 }
+
+#: the cache stage's encoders: (name, parameters, embedding parameters that stay in the compute dtype,
+#: fp8-capable). Counted on the meta device from the published configs with transformers' classes:
+#: ``Qwen2_5_VLTextModel`` (vocab 152064, width 3584, 28 layers, 4 KV heads), ``T5EncoderModel``
+#: (byT5-small: width 1472, 12 layers) and, for image-to-video, ``SiglipVisionModel`` (so400m,
+#: 384 px / patch 14 = 729 tokens). fp8: ``model.text_encoder_dtype`` applies to Qwen2.5-VL.
+_TEXT = [("text_encoder (Qwen2.5-VL 7B)", 7_070_619_136, 544_997_376, True),
+         ("text_encoder_2 (byT5-small)", 217_657_472, 0, False)]
+CACHE_ENCODERS: dict[str, list[tuple[str, int, int, bool]]] = {
+    "hunyuan-video-1.5": _TEXT,
+    "hunyuan-video-1.5-i2v": [*_TEXT, ("image_encoder (SigLIP so400m)", 428_225_600, 0, False)],
+}
