@@ -349,7 +349,7 @@ def estimate(args: argparse.Namespace) -> list[dict]:
         model, _, _ = meta_lora_transformer(spec, cfg)
         blocks, weights = weights_row(spec, cfg, runtime, model)
         row = {"model": spec.name, "preset": preset, **weights}
-        hidden = max(p.shape[-1] for p in blocks[0].parameters() if p.ndim == 2)
+        hidden = min(p.shape[-1] for p in blocks[0].parameters() if p.ndim == 2 and not p.requires_grad)  # the width
         for bucket in args.buckets.split(","):
             f, h, w = parse_bucket(bucket)
             tokens = sequence_tokens(spec, cfg, (f, h, w))
