@@ -214,3 +214,20 @@ def test_weights_per_preset_match_fp8_storage_and_swap(spec, tmp_path):
     assert rows["24gb"].checkpointing == "offload" and rows["48gb"].checkpointing == "full"
     assert rows["24gb"].activations < rows["48gb"].activations  # offload leaves the checkpoints in CPU RAM
     assert rows["24gb"].fp8_copies > 0 == rows["48gb"].fp8_copies
+
+
+def test_plan_says_the_bucket_source_encoders_and_cache_disk(tiny_model, demo_cache, demo_folder, tmp_path):
+    """Under the table: the largest bucket's source file, the cache stage's encoder peak, and the cache's
+    disk size: summed from the built cache's files, or per item x the items the sources hold."""
+    config = _write_config(tmp_path, tiny_model)
+    plan, _ = plan_config(config, [f"data.cache_dir={demo_cache}"], "24GB")
+    assert plan.bucket_source.startswith("cache") and ", source " in plan.bucket_source
+    disk = next(n for n in plan.notes if n.startswith("cache on disk"))
+    total = sum(f.stat().st_size for f in Path(demo_cache).rglob("*.safetensors"))
+    assert f"7 items: {total / 1e6:.2f} MB (measured" in disk
+    assert any(n.startswith("caching: encoders load one at a time; peak") and "Llama 3 8B" in n for n in plan.notes)
+    plan, _ = plan_config(config, [f"data.sources=[{{path: {demo_folder}}}]"], "24GB")
+    disk = next(n for n in plan.notes if n.startswith("cache on disk"))
+    assert "7 items:" in disk and "at most" in disk and "9x64x64" in disk
+    plan, _ = plan_config(config, [], "24GB")
+    assert "no data.sources set" in next(n for n in plan.notes if n.startswith("cache on disk"))
