@@ -158,15 +158,13 @@ def timed(fn) -> float:
 # ----------------------------------------------------------------------------- full (CUDA)
 
 
-#: the published checkpoint whose transformer config (a fact kept with its family) ``--size full`` builds
-FULL_MODEL = {"hunyuan-video": "hunyuanvideo-community/HunyuanVideo",
-              "hunyuan-video-1.5": "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
-              "hunyuan-video-1.5-i2v": "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v"}
-
-
 def bench_config(preset: str, model_name: str = DEFAULT_MODEL):
-    """The family's published model (its config from the facts: no download), a rank-32 LoRA, ``preset``."""
-    return load_config(None, [f"model.path={FULL_MODEL[model_name]}", f"model.name={model_name}",
+    """The family's published model (``FULL_SIZE`` in its ``plan.py``: the config is a fact, no
+    download), a rank-32 LoRA, ``preset``."""
+    from hv_tune.training.plan import family_facts
+
+    path = family_facts(get_spec(model_name)).FULL_SIZE[model_name]
+    return load_config(None, [f"model.path={path}", f"model.name={model_name}",
                               f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"], need_weights=False)
 
 
@@ -238,7 +236,7 @@ def build_full(spec, cfg, runtime: MemoryRuntime, bucket: tuple[int, int, int], 
         value = known.value(v) if isinstance(v, torch.Tensor) else None
         if not isinstance(v, torch.Tensor):
             inputs[k] = v
-        elif value is not None and not (k == "image_embeds" and value):  # zeros = text-to-video's branch
+        elif value is not None:  # the plan's constants: masks, the image condition's branch (zeros: T2V)
             inputs[k] = torch.full(v.shape, value, dtype=v.dtype, device=device)
         else:
             inputs[k] = torch.randn(v.shape, generator=g, dtype=v.dtype, device=device)
@@ -369,7 +367,7 @@ def sequence_tokens(spec, cfg, bucket: tuple[int, int, int]) -> int:
     video = ((f - 1) // spec.video.frame_step + 1) * (h // spec.video.pixel_multiple) * (w // spec.video.pixel_multiple)
     _, inputs, _ = meta_lora_transformer(spec, cfg, (1, 16, 16))
     cond = sum(v.shape[1] for k, v in inputs.items()
-               if isinstance(v, torch.Tensor) and v.ndim == 3 and (k.startswith("encoder_hidden_states") or k == "image_embeds"))
+               if isinstance(v, torch.Tensor) and v.ndim == 3 and v is not inputs["hidden_states"])
     return video + cond
 
 

@@ -347,8 +347,8 @@ def test_gpu_benchmark_builder_runs_on_cpu(tiny_model, hv15_i2v_tiny, name):
     assert runtime.swapper is not None and runtime.swapper.swapped == [len(blocks) - 1]
     assert blocks[0].attn.to_q.base_layer.weight.dtype == FP8
     assert all(p.device.type == "cpu" and not p.is_meta for p in model.parameters())
-    if "image_embeds" in batch:  # image-to-video: a random (non-zero) image condition, masks all ones
-        assert batch["image_embeds"].abs().sum() > 0 and bool((batch["encoder_attention_mask"] == 1).all())
+    if "image_embeds" in batch:  # image-to-video: a non-zero image condition (its branch), masks all ones
+        assert bool((batch["image_embeds"] != 0).all()) and bool((batch["encoder_attention_mask"] == 1).all())
     out = model(**batch)[0]
     assert out.shape == target.shape
     out.float().pow(2).mean().backward()

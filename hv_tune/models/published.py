@@ -23,14 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from hv_tune.errors import ConfigError
+from hv_tune.errors import ConfigError, HubUnreachable
 
 #: seconds the reachability check waits for the hub's endpoint
 CONNECT_TIMEOUT_S = 5.0
-
-
-class HubUnreachable(ConfigError):
-    """The transformer config must come from the hub, and the hub cannot be reached (or is off)."""
 
 
 def transformer_config(

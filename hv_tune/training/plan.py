@@ -31,6 +31,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,14 +40,13 @@ from hv_tune.data.buckets import resolution_buckets
 from hv_tune.data.cache import INDEX_FILE, read_index
 from hv_tune.data.disk import cache_disk, item_bytes
 from hv_tune.data.sources import scan_sources
-from hv_tune.errors import ConfigError, HvTuneError
+from hv_tune.errors import ConfigError, HubUnreachable, HvTuneError
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
 from hv_tune.memory.estimate import StepProfile, profile_step_extrapolated
 from hv_tune.memory.fp8 import FP8, fp8_layer_names
 from hv_tune.memory.known import KnownValues
 from hv_tune.memory.swap import swap_indices
 from hv_tune.models.base import ModelSpec, condition_fields, resolve_dtype
-from hv_tune.models.published import HubUnreachable
 
 GiB = 1024**3
 #: CUDA context, cuBLAS and cuDNN workspaces: memory the card loses outside PyTorch's tensors
@@ -278,13 +278,17 @@ def caching_lines(spec: ModelSpec, cfg: Config, bucket: tuple[int, int, int], fi
     return lines + cache_disk(bucket, sizes, items, cfg.data.cache_dir).lines()
 
 
+def family_facts(spec: ModelSpec) -> Any:
+    """The family's ``plan`` module (``models/<family>/plan.py``: published configs, encoder sizes), or None."""
+    try:
+        return importlib.import_module(type(spec).__module__.rsplit(".", 1)[0] + ".plan")
+    except ImportError:
+        return None
+
+
 def encoder_lines(spec: ModelSpec, cfg: Config, device: str) -> list[str]:
     """Peak GPU memory of the cache stage's encoders (loaded one at a time), from the family's facts."""
-    try:
-        facts = importlib.import_module(type(spec).__module__.rsplit(".", 1)[0] + ".plan")
-    except ImportError:
-        return []
-    encoders = getattr(facts, "CACHE_ENCODERS", {}).get(spec.name)
+    encoders = getattr(family_facts(spec), "CACHE_ENCODERS", {}).get(spec.name)
     if not encoders:
         return []
     fp8 = cfg.model.text_encoder_dtype == "fp8"

@@ -9,6 +9,8 @@ these against the class's defaults.
 
 from __future__ import annotations
 
+#: the published checkpoint ``bench/train_step.py --size full`` builds, per spec name
+FULL_SIZE = {"hunyuan-video": "hunyuanvideo-community/HunyuanVideo"}
 #: transformer ``config.json`` of the published diffusers-format checkpoints, by hub id (default branch)
 PUBLISHED: dict[str, dict[str, object]] = {
     "hunyuanvideo-community/HunyuanVideo": {

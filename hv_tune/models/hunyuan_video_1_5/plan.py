@@ -18,6 +18,9 @@ image-to-video.
 
 from __future__ import annotations
 
+#: the published checkpoint ``bench/train_step.py --size full`` builds, per spec name
+FULL_SIZE = {"hunyuan-video-1.5": "hunyuanvideo-community/HunyuanVideo-1.5-480p_t2v",
+             "hunyuan-video-1.5-i2v": "hunyuanvideo-community/HunyuanVideo-1.5-480p_i2v"}
 #: a non-zero stand-in for the SigLIP image embeddings of a planned image-to-video batch
 I2V_IMAGE_EMBEDS = 1.0
 
