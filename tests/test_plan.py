@@ -225,6 +225,7 @@ def test_plan_says_the_bucket_source_encoders_and_cache_disk(tiny_model, demo_ca
     disk = next(n for n in plan.notes if n.startswith("cache on disk"))
     total = sum(f.stat().st_size for f in Path(demo_cache).rglob("*.safetensors"))
     assert f"7 items: {total / 1e6:.2f} MB (measured" in disk
+    assert "; encoding ~" in disk and "min on this machine" in disk  # the build's summary.json timed it
     assert any(n.startswith("caching: encoders load one at a time; peak") and "Llama 3 8B" in n for n in plan.notes)
     plan, _ = plan_config(config, [f"data.sources=[{{path: {demo_folder}}}]"], "24GB")
     disk = next(n for n in plan.notes if n.startswith("cache on disk"))
