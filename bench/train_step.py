@@ -1,8 +1,9 @@
-"""Training-step benchmarks: framework overhead on CPU, speed and memory of the 13B model on GPU.
+"""Training-step benchmarks: framework overhead on CPU, speed and memory of the full-size model on GPU.
 
     python bench/train_step.py --size small [--steps 24]
     python bench/train_step.py --size full [--presets 24gb,16gb] [--buckets 33x512x512,33x544x960]
     python bench/train_step.py --size full --estimate      # no GPU needed: bytes, FLOPs, predicted peaks
+    python bench/train_step.py --size full --model-name hunyuan-video-1.5 [--estimate]
 
 ``--size small`` (CPU): the family's small model (``build_tiny(small=True)``) trained from a real cache. Times
 our full step (``TrainLoop.optimizer_step``: cache read, latent sample, noise, forward,
@@ -11,8 +12,9 @@ forward + backward + AdamW step of the same model on a prepared batch in a plain
 two alternate step by step (a shared machine's load then hits both alike); prints the
 ratio of the median step times.
 
-``--size full`` (CUDA): the full-size transformer (diffusers' default config, 12.8B
-parameters) with random weights, materialised block by block directly on the GPU from the
+``--size full`` (CUDA): the family's full-size transformer (``--model-name``; the published checkpoint's
+config kept with the family: HunyuanVideo 12.8B, 1.5 8.3B parameters), built through the spec's
+``plan_model`` with random weights and the plan's input constants (masks, the I2V/T2V branch), materialised block by block directly on the GPU from the
 meta device, a rank-32 LoRA on the attention projections, batch 1, gradient
 checkpointing, bf16 autocast, each memory preset through the same ``MemoryRuntime`` the
 trainer uses. Each (preset, bucket) runs in a fresh process; reports peak
@@ -44,6 +46,7 @@ from hv_tune.config import load_config
 from hv_tune.data.demo import write_demo_folder
 from hv_tune.data.encode import build_cache
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
+from hv_tune.memory.known import KnownValues
 from hv_tune.memory.runtime import MemoryRuntime
 from hv_tune.memory.swap import swap_indices
 from hv_tune.models import DEFAULT_MODEL, get_spec
@@ -53,7 +56,7 @@ PEAK_BF16_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), 
                     ("A100", 312.0), ("L40S", 362.1), ("RTX 6000 Ada", 364.2), ("L40", 181.0),
                     ("RTX 4090", 165.2), ("RTX A6000", 154.8), ("RTX 3090", 71.0)]
 FULL_BUCKETS = ["33x512x512", "33x544x960"]
-LLM_DIM, CLIP_DIM, TEXT_TOKENS = 4096, 768, 256
+TEXT_TOKENS = 256  # v1's text tokens (the checkpoint estimate of --estimate)
 
 
 def parse_bucket(bucket: str) -> tuple[int, int, int]:
@@ -154,52 +157,48 @@ def timed(fn) -> float:
 # ----------------------------------------------------------------------------- full (CUDA)
 
 
-def meta_lora_transformer(spec, cfg, config: dict | None = None):
-    """The transformer on the meta device (bf16) with the configured LoRA: no memory used.
+def bench_config(preset: str, model_name: str = DEFAULT_MODEL):
+    """The family's published model (``FULL_SIZE`` in its ``plan.py``: the config is a fact, no
+    download), a rank-32 LoRA, ``preset``."""
+    from hv_tune.training.plan import family_facts
 
-    ``config`` None = diffusers' default HunyuanVideo config, i.e. the 13B model.
-    """
-    from diffusers import HunyuanVideoTransformer3DModel
+    path = family_facts(get_spec(model_name)).FULL_SIZE[model_name]
+    return load_config(None, [f"model.path={path}", f"model.name={model_name}",
+                              f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"], need_weights=False)
 
-    with torch.device("meta"):
-        model = HunyuanVideoTransformer3DModel(**(config or {})).to(torch.bfloat16)
+
+def meta_lora_transformer(spec, cfg, bucket: tuple[int, int, int] = (1, 16, 16)):
+    """The full-size transformer on the meta device (bf16) through the spec's ``plan_model``, with the
+    configured LoRA, and its meta inputs for ``bucket``; ``known`` holds the inputs' constants."""
+    known = KnownValues()
+    with known:
+        model, inputs = spec.plan_model(cfg.model.path, *bucket, 1, torch.bfloat16)
     add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets),
                                 [n for n, _ in model.named_modules()]))
     model.enable_gradient_checkpointing()
-    return model.train()
+    return model.train(), inputs, known
 
 
 def predicted_rows(spec, presets: list[str], buckets: list[str]):
-    """The memory plan's predictions for the 13B model (meta device, no GPU), one dict per pair."""
-    from diffusers import HunyuanVideoTransformer3DModel
-
+    """The memory plan's predictions for the full-size model (meta device, no GPU), one dict per pair."""
     from hv_tune.training.plan import GiB, Planner
 
-    with tempfile.TemporaryDirectory() as tmp:  # the default (13B) transformer config, nothing else
-        with torch.device("meta"):
-            HunyuanVideoTransformer3DModel().save_config(Path(tmp) / "transformer")
-        cfgs = {p: load_config(None, [f"model.path={tmp}", f"memory.preset={p}", "lora.rank=32", "lora.alpha=32"])
-                for p in presets}
-        for bucket in buckets:
-            planner = Planner(spec, cfgs[presets[0]], parse_bucket(bucket))
-            for preset, cfg in cfgs.items():
-                r = planner.predict(preset, cfg)
-                yield {"preset": preset, "bucket": bucket,
-                       "predicted_weights_gb": {k: round(v / GiB, 2) for k, v in r.weights.items()},
-                       "predicted_cpu_weights_gb": round(r.weights_cpu / GiB, 2), "predicted_lora_gb": round(r.lora / GiB, 2),
-                       "predicted_activations_gb": round((r.activations + r.fp8_copies) / GiB, 2),
-                       "predicted_offloaded_gb": round(r.offloaded / GiB, 2),
-                       "predicted_allocated_gb": round(r.allocated / GiB, 2), "predicted_total_gb": round(r.total / GiB, 2)}
+    cfgs = {p: bench_config(p, spec.name) for p in presets}
+    for bucket in buckets:
+        planner = Planner(spec, cfgs[presets[0]], parse_bucket(bucket))
+        for preset, cfg in cfgs.items():
+            r = planner.predict(preset, cfg)
+            yield {"model": spec.name, "preset": preset, "bucket": bucket,
+                   "predicted_weights_gb": {k: round(v / GiB, 2) for k, v in r.weights.items()},
+                   "predicted_cpu_weights_gb": round(r.weights_cpu / GiB, 2), "predicted_lora_gb": round(r.lora / GiB, 2),
+                   "predicted_activations_gb": round((r.activations + r.fp8_copies) / GiB, 2),
+                   "predicted_offloaded_gb": round(r.offloaded / GiB, 2),
+                   "predicted_allocated_gb": round(r.allocated / GiB, 2), "predicted_total_gb": round(r.total / GiB, 2)}
 
 
 def predicted(spec, preset: str, bucket: str) -> dict:
     row = next(predicted_rows(spec, [preset], [bucket]))
     return {k: row[k] for k in ("predicted_allocated_gb", "predicted_total_gb")}
-
-
-def bench_config(preset: str):
-    with tempfile.TemporaryDirectory() as tmp:  # model.path must exist; nothing is read from it
-        return load_config(None, [f"model.path={tmp}", f"memory.preset={preset}", "lora.rank=32", "lora.alpha=32"])
 
 
 def materialise(module: torch.nn.Module, device: str) -> None:
@@ -213,9 +212,11 @@ def materialise(module: torch.nn.Module, device: str) -> None:
                 p.copy_(torch.randn(p.shape, device=device, dtype=torch.bfloat16) * 0.02)
 
 
-def build_full(spec, cfg, runtime: MemoryRuntime, device: str = "cuda", config: dict | None = None):
-    """Random LoRA transformer (13B by default) fitted by ``runtime``, never whole on the GPU in bf16."""
-    model = meta_lora_transformer(spec, cfg, config)
+def build_full(spec, cfg, runtime: MemoryRuntime, bucket: tuple[int, int, int], device: str = "cuda"):
+    """Random full-size LoRA transformer fitted by ``runtime`` (never whole on the GPU in bf16), and
+    real inputs for ``bucket``: the plan's constants (masks, image condition branch) as they are, the
+    rest random."""
+    model, meta, known = meta_lora_transformer(spec, cfg, bucket)
     runtime.apply_fp8(spec, model)  # on meta: fp8 weights are then allocated as fp8
     blocks = spec.transformer_blocks(model)
     swapped = set(swap_indices(len(blocks), cfg.memory.blocks_to_swap))
@@ -228,37 +229,30 @@ def build_full(spec, cfg, runtime: MemoryRuntime, device: str = "cuda", config: 
         if i in swapped:
             block.to("cpu")  # the swapper pins it; only one block is on the GPU at a time here
     runtime.place(spec, model)
-    return model
-
-
-def full_inputs(spec, frames: int, height: int, width: int, device: str):
     g = torch.Generator(device).manual_seed(0)
-    lat = (16, (frames - 1) // 4 + 1, height // 8, width // 8)  # [C, F', H/8, W/8]
-    x = torch.randn(1, *lat, generator=g, device=device, dtype=torch.bfloat16)
-    text = {"prompt_embeds": torch.randn(1, TEXT_TOKENS, LLM_DIM, generator=g, device=device, dtype=torch.bfloat16),
-            "prompt_attention_mask": torch.ones(1, TEXT_TOKENS, device=device, dtype=torch.int64),
-            "pooled_prompt_embeds": torch.randn(1, CLIP_DIM, generator=g, device=device, dtype=torch.bfloat16)}
-    inputs = spec.transformer_inputs(x, torch.full((1,), 0.5, device=device), text, 1.0)
-    return inputs, torch.randn(x.shape, generator=g, device=device)
+    inputs = {}
+    for k, v in meta.items():
+        value = known.value(v) if isinstance(v, torch.Tensor) else None
+        if not isinstance(v, torch.Tensor):
+            inputs[k] = v
+        elif value is not None:  # the plan's constants: masks, the image condition's branch (zeros: T2V)
+            inputs[k] = torch.full(v.shape, value, dtype=v.dtype, device=device)
+        else:
+            inputs[k] = torch.randn(v.shape, generator=g, dtype=v.dtype, device=device)
+    out_channels = model.config.out_channels
+    target = torch.randn(inputs["hidden_states"].shape[0], out_channels, *inputs["hidden_states"].shape[2:],
+                         generator=g, device=device)
+    return model, inputs, target
 
 
 def forward_flops(spec, cfg, frames: int, height: int, width: int) -> float:
     """FLOPs of one forward (matmuls, convolutions, attention), counted on the meta model."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = meta_lora_transformer(spec, cfg)
-    inputs = meta_inputs(spec, frames, height, width)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    model, inputs, known = meta_lora_transformer(spec, cfg, (frames, height, width))
+    with torch.no_grad(), known, FlopCounterMode(display=False) as counter:
         model(**inputs)
     return float(counter.get_total_flops())
-
-
-def meta_inputs(spec, frames: int, height: int, width: int):
-    lat = torch.empty(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="meta", dtype=torch.bfloat16)
-    text = {"prompt_embeds": torch.empty(1, TEXT_TOKENS, LLM_DIM, device="meta", dtype=torch.bfloat16),
-            "prompt_attention_mask": torch.ones(1, TEXT_TOKENS, device="meta", dtype=torch.int64),
-            "pooled_prompt_embeds": torch.empty(1, CLIP_DIM, device="meta", dtype=torch.bfloat16)}
-    return spec.transformer_inputs(lat, torch.full((1,), 0.5, device="meta"), text, 1.0)
 
 
 def peak_tflops(name: str, override: float | None) -> float | None:
@@ -267,14 +261,13 @@ def peak_tflops(name: str, override: float | None) -> float | None:
     return next((v for key, v in PEAK_BF16_TFLOPS if key in name), None)
 
 
-def run_one(preset: str, bucket: str, steps: int, peak_override: float | None) -> dict:
+def run_one(preset: str, bucket: str, steps: int, peak_override: float | None, model_name: str = DEFAULT_MODEL) -> dict:
     """One (preset, bucket) measurement in this process (the parent starts one per pair)."""
-    spec, cfg = get_spec(DEFAULT_MODEL), bench_config(preset)
+    spec, cfg = get_spec(model_name), bench_config(preset, model_name)
     frames, height, width = parse_bucket(bucket)
     runtime = MemoryRuntime.from_config(cfg, "cuda")
-    model = build_full(spec, cfg, runtime)
+    model, inputs, target = build_full(spec, cfg, runtime, (frames, height, width))
     opt = torch.optim.AdamW(lora_parameters(model), lr=1e-4)
-    inputs, target = full_inputs(spec, frames, height, width, "cuda")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     times = []
@@ -296,7 +289,7 @@ def run_one(preset: str, bucket: str, steps: int, peak_override: float | None) -
     name = torch.cuda.get_device_name()
     peak = peak_tflops(name, peak_override)
     return {
-        "bench": "train_step", "size": "full", "preset": preset, "bucket": bucket, "gpu": name,
+        "bench": "train_step", "size": "full", "model": spec.name, "preset": preset, "bucket": bucket, "gpu": name,
         "max_allocated_gb": round(measured, 2), **plan,
         "prediction_error": round(plan["predicted_allocated_gb"] / measured - 1, 3),
         "max_reserved_gb": round(torch.cuda.max_memory_reserved() / 1024**3, 2),
@@ -313,7 +306,8 @@ def run_full(args: argparse.Namespace) -> list[dict]:
     rows = []
     for preset in args.presets.split(","):
         for bucket in args.buckets.split(","):
-            cmd = [sys.executable, __file__, "--size", "full", "--one", preset, bucket, "--steps", str(args.steps)]
+            cmd = [sys.executable, __file__, "--size", "full", "--one", preset, bucket, "--steps", str(args.steps),
+                   "--model-name", args.model_name]
             if args.peak_tflops:
                 cmd += ["--peak-tflops", str(args.peak_tflops)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -343,18 +337,20 @@ def weights_row(spec, cfg, runtime: MemoryRuntime, model: torch.nn.Module) -> tu
 
 
 def estimate(args: argparse.Namespace) -> list[dict]:
-    """Weight bytes per preset and FLOPs per bucket from the meta-device model (no GPU)."""
-    spec, rows = get_spec(DEFAULT_MODEL), []
+    """Weight bytes per preset and FLOPs per bucket from the meta-device model of ``--model-name``
+    (no GPU), then the memory plan's predicted peaks per preset and bucket."""
+    spec, rows = get_spec(args.model_name), []
     for preset in args.presets.split(","):
-        cfg = bench_config(preset)
+        cfg = bench_config(preset, spec.name)
         runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
-        model = meta_lora_transformer(spec, cfg)
+        model, _, _ = meta_lora_transformer(spec, cfg)
         blocks, weights = weights_row(spec, cfg, runtime, model)
-        row = {"preset": preset, **weights}
+        row = {"model": spec.name, "preset": preset, **weights}
+        hidden = min(p.shape[-1] for p in blocks[0].parameters() if p.ndim == 2 and not p.requires_grad)  # the width
         for bucket in args.buckets.split(","):
             f, h, w = parse_bucket(bucket)
-            tokens = ((f - 1) // 4 + 1) * (h // 16) * (w // 16) + TEXT_TOKENS
-            ckpt = len(blocks) * tokens * 3072 * 2  # bf16 block inputs kept for the recompute
+            tokens = sequence_tokens(spec, cfg, (f, h, w))
+            ckpt = len(blocks) * tokens * hidden * 2  # bf16 block inputs kept for the recompute
             row[bucket] = {"tokens": tokens, "checkpoints_gb": round(ckpt / 1024**3, 2),
                            "forward_tflop": round(forward_flops(spec, cfg, f, h, w) / 1e12, 1)}
         print(json.dumps(row), flush=True)
@@ -364,53 +360,17 @@ def estimate(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def sequence_tokens(spec, cfg, bucket: tuple[int, int, int]) -> int:
+    """Video tokens (latent frames x patches) plus the condition tokens of the meta inputs (text, image)."""
+    f, h, w = bucket
+    video = ((f - 1) // spec.video.frame_step + 1) * (h // spec.video.pixel_multiple) * (w // spec.video.pixel_multiple)
+    _, inputs, _ = meta_lora_transformer(spec, cfg, (1, 16, 16))
+    cond = sum(v.shape[1] for k, v in inputs.items()
+               if isinstance(v, torch.Tensor) and v.ndim == 3 and v is not inputs["hidden_states"])
+    return video + cond
+
+
 HV15_BUCKETS = "33x480x848,61x480x848,121x480x848"  # 480p (16:9, sides multiples of 16)
-
-
-def hv15_forward_flops(spec, frames: int, height: int, width: int) -> tuple[int, float]:
-    """(sequence tokens, forward FLOPs) of the full HunyuanVideo 1.5 transformer, counted analytically.
-
-    Its forward is data-dependent (it checks whether the image condition is all zeros), so it cannot
-    run on the meta device: block linears (video-stream ones over the video tokens, text-stream
-    ones over the 1000 + 256 + 729 text/glyph/image tokens) plus attention (4 * S^2 * width per block).
-    """
-    video = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
-    text = 1000 + 256 + 729
-    shapes = spec.linear_shapes(None)
-    flops, width_ = 0.0, 0
-    for name, (out_f, in_f) in shapes.items():
-        if not name.startswith("transformer_blocks.") or ".norm1" in name:
-            continue
-        txt = any(k in name for k in (".add_", "to_add_out", "ff_context"))
-        flops += 2 * (text if txt else video) * out_f * in_f
-        width_ = max(width_, in_f if "to_q" in name else 0)
-    blocks = len({n.split(".")[1] for n in shapes if n.startswith("transformer_blocks.")})
-    flops += blocks * 4 * (video + text) ** 2 * width_
-    return video + text, flops
-
-
-def estimate_family(args: argparse.Namespace) -> list[dict]:
-    """``--estimate`` for a family other than v1: weight bytes per preset (meta model with LoRA and
-    fp8 storage) and analytic FLOPs per bucket."""
-    spec, rows = get_spec(args.model_name), []
-    for preset in args.presets.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = load_config(None, [f"model.path={tmp}", f"model.name={spec.name}", f"memory.preset={preset}",
-                                     "lora.rank=32", "lora.alpha=32"])
-        runtime = MemoryRuntime(cfg.memory, cfg.model.base_dtype, torch.device("cuda"))
-        model, _ = spec.plan_model(None, 1, 16, 16, 1, torch.bfloat16)
-        add_lora(model, peft_config(cfg.lora, resolve_targets(spec, model, cfg.lora.targets),
-                                [n for n, _ in model.named_modules()]))
-        blocks, weights = weights_row(spec, cfg, runtime, model)
-        row = {"model": spec.name, "preset": preset, **weights}
-        for bucket in args.buckets.split(","):
-            tokens, flops = hv15_forward_flops(spec, *parse_bucket(bucket))
-            hidden = blocks[0].attn.to_q.in_features
-            row[bucket] = {"tokens": tokens, "checkpoints_gb": round(len(blocks) * tokens * hidden * 2 / 1024**3, 2),
-                           "forward_tflop": round(flops / 1e12, 1)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    return rows
 
 
 def main() -> int:
@@ -422,21 +382,19 @@ def main() -> int:
     p.add_argument("--peak-tflops", type=float, default=None, help="full: the GPU's dense bf16 peak, for MFU")
     p.add_argument("--estimate", action="store_true", help="full: bytes and FLOPs from the meta model, no GPU")
     p.add_argument("--model-name", default=DEFAULT_MODEL,
-                   help="the family: small builds its small model; --estimate uses its presets (other than the "
-                        "default family: 480p buckets)")
+                   help="the family: small builds its small model; full builds its published model (config from "
+                        "the family's facts) with its presets (other than the default family: 480p buckets)")
     p.add_argument("--one", nargs=2, metavar=("PRESET", "BUCKET"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.size == "small":
         args.steps = args.steps or 24
         print(json.dumps(run_small(args)), flush=True)
         return 0
-    if args.estimate and args.model_name != DEFAULT_MODEL:
+    if args.model_name != DEFAULT_MODEL:
         if args.presets == ",".join(get_spec(DEFAULT_MODEL).memory_presets):
             args.presets = ",".join(get_spec(args.model_name).memory_presets)
         if args.buckets == ",".join(FULL_BUCKETS):
             args.buckets = HV15_BUCKETS
-        estimate_family(args)
-        return 0
     if args.estimate:
         estimate(args)
         return 0
@@ -446,7 +404,7 @@ def main() -> int:
         return 2
     args.steps = args.steps or 5
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.peak_tflops)), flush=True)
+        print(json.dumps(run_one(args.one[0], args.one[1], args.steps, args.peak_tflops, args.model_name)), flush=True)
     else:
         run_full(args)
     return 0

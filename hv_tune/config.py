@@ -241,8 +241,11 @@ class Config:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), need_weights: bool = True) -> Config:
     """Load a YAML config, apply ``a.b=value`` overrides, and validate.
+
+    ``need_weights=False`` (``plan``, which reads only the transformer's config): a hub id in
+    ``model.path`` need not be in the hub cache under ``HF_HUB_OFFLINE``.
 
     Raises:
         ConfigError: on unreadable YAML, unknown keys, wrong types or bad values.
@@ -261,7 +264,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         cfg.data.cache_dir = str(Path(cfg.output_dir) / "cache")
     if cfg.data.fps is None:
         cfg.data.fps = get_spec(cfg.model.name).video.fps
-    validate(cfg)
+    validate(cfg, need_weights)
     return cfg
 
 
@@ -321,7 +324,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- validation
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, need_weights: bool = True) -> None:
     """All value and cross-field checks. Runs before any model is loaded.
 
     Raises:
@@ -365,7 +368,7 @@ def validate(cfg: Config) -> None:
     for key, value in (("model.transformer_path", m.transformer_path), ("model.vae_path", m.vae_path)):
         if value and not Path(value).is_file():
             raise ConfigError(f"config key {key!r}: file {value!r} does not exist; give a .safetensors file or leave it unset")
-    check_model_path(m.path, "config key 'model.path'", m.revision)
+    check_model_path(m.path, "config key 'model.path'", m.revision, offline_cache=need_weights)
     spec_for(m.name, m.path)  # a folder of another family is refused here, not at the first step
     check_folder(cfg.output_dir, "output_dir")
     check_folder(d.cache_dir, "data.cache_dir")

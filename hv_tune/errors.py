@@ -11,6 +11,10 @@ class ConfigError(HvTuneError):
     """A config key has a bad value, or is unknown. The message names the key."""
 
 
+class HubUnreachable(ConfigError):
+    """A file must come from the Hugging Face hub, and the hub cannot be reached (or HF_HUB_OFFLINE is set)."""
+
+
 class TrainingError(HvTuneError):
     """Training cannot go on (for example a non-finite loss)."""
 

@@ -25,12 +25,13 @@ def expand_path(value: str, key: str) -> str:
     return out
 
 
-def check_model_path(path: str, what: str, revision: str | None = None) -> str:
+def check_model_path(path: str, what: str, revision: str | None = None, offline_cache: bool = True) -> str:
     """A local model folder, or (visibly) a hub id; returns "local" or "hub".
 
     A path whose first part is a local folder (``models/hunyuan``) is a local path, never a hub
     id; with ``HF_HUB_OFFLINE`` set a hub id must already be in the local hub cache. Neither
     needs the network, so a typo fails at once instead of after a network timeout.
+    ``offline_cache=False`` skips the hub-cache check (for ``plan``, which needs no weights).
 
     Raises:
         ConfigError: naming ``what`` and the path when it resolves to neither.
@@ -46,7 +47,7 @@ def check_model_path(path: str, what: str, revision: str | None = None) -> str:
         raise ConfigError(f"{what}: {path!r} is a file, not a model folder; {hint}")
     if not is_hub_id(path) or p.parent.is_dir():
         raise ConfigError(f"{what}: folder {path!r} does not exist; {hint}")
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if offline_cache and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(path, "model_index.json", revision=revision), str):

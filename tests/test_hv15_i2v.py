@@ -319,22 +319,24 @@ def test_memorises_a_clip_from_its_first_frame(hv15_i2v_tiny, tmp_path, one_thre
 
 @pytest.mark.parametrize("name,config", [("hunyuan-video-1.5", "hunyuan_video_1_5_lora.yaml"),
                                          ("hunyuan-video-1.5-i2v", "hunyuan_video_1_5_i2v_lora.yaml")])
-def test_memory_plan_says_why_1_5_has_none(name, config, hv15_tiny, hv15_i2v_tiny, tmp_path, capsys):
-    """The shipped 1.5 configs: `plan` exits 2 naming why (the forward reads tensor values) and the presets;
-    `train`'s plan check skips with that reason instead of a meta-device traceback (fails on bd490ca)."""
+def test_memory_plan_covers_1_5(name, config, hv15_tiny, hv15_i2v_tiny, tmp_path, capsys):
+    """The shipped 1.5 configs: `plan` prints the table per preset and a recommendation (it used to exit 2:
+    "the forward reads tensor values"); `train`'s plan check resolves auto to a preset on a GPU and to
+    none on the CPU, and keeps a set preset."""
     from hv_tune.training.plan import config_for_training
 
     model = hv15_i2v_tiny if name.endswith("i2v") else hv15_tiny
     args = [f"model.path={model}", f"model.name={name}", f"output_dir={tmp_path / 'run'}"]
     cfg_file = Path(__file__).resolve().parent.parent / "configs" / config
-    assert main(["plan", "--config", str(cfg_file), "--gpu-memory", "24GB", *args]) == 2
-    err = capsys.readouterr().err
-    assert "cannot run on the meta device" in err and "24gb" in err and "Traceback" not in err
-    cfg, text = config_for_training(cfg_file, [*args, "memory.preset=auto"], "24GB")
-    assert cfg.model.name == name and text.startswith("memory plan skipped: ") and "no preset" in text
+    assert main(["plan", "--config", str(cfg_file), "--gpu-memory", "24GB", *args]) == 0
+    out = capsys.readouterr().out
+    assert "\n  12gb " in out and "\n  80gb " in out and "recommended memory.preset: 80gb" in out  # tiny: all fit
+    cfg, text = config_for_training(cfg_file, [*args, "memory.preset=auto"], "24GB", device="cuda")
+    assert cfg.model.name == name and cfg.memory.preset == "80gb" and "memory.preset auto -> 80gb" in text
+    cfg, _ = config_for_training(cfg_file, [*args, "memory.preset=auto"], "24GB", device="cpu")
     assert cfg.memory.preset == "none"  # resolved: training must not stop at "auto must be resolved"
-    cfg, text = config_for_training(cfg_file, args, "24GB")  # the shipped configs set 24gb
-    assert cfg.memory.preset == "24gb" and text.endswith("memory.preset 24gb: applied as set (not checked against the card)")
+    cfg, text = config_for_training(cfg_file, args, "24GB", device="cuda")  # the shipped configs set 24gb
+    assert cfg.memory.preset == "24gb" and "skipped" not in text
 
 
 @pytest.mark.parametrize("config,folder", [("hunyuan_video_1_5_lora.yaml", "i2v"), ("hunyuan_video_1_5_i2v_lora.yaml", "t2v"),

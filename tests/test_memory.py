@@ -326,23 +326,33 @@ def test_train_with_block_swap_on_cpu_is_a_config_error(tiny_model, demo_cache, 
     assert not (tmp_path / "run" / "config.yaml").exists()  # failed before anything ran
 
 
-def test_gpu_benchmark_builder_runs_on_cpu(spec, tiny_model):
-    """bench/train_step.py --size full builds from meta, block by block; run its builder on CPU."""
+@pytest.mark.parametrize("name", ["hunyuan-video", "hunyuan-video-1.5-i2v"])
+def test_gpu_benchmark_builder_runs_on_cpu(tiny_model, hv15_i2v_tiny, name):
+    """bench/train_step.py --size full builds through the spec from meta, block by block, with the
+    plan's input constants; run its builder on CPU for v1 and 1.5 (image-to-video)."""
     import importlib.util
 
-    from hv_tune.models.hunyuan_video.tiny import TRANSFORMER_CONFIG
+    from hv_tune.models import get_spec
 
     path = Path(__file__).resolve().parent.parent / "bench" / "train_step.py"
     mod_spec = importlib.util.spec_from_file_location("bench_train_step", path)
     bench = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(bench)
-    cfg = load_config(None, [f"model.path={tiny_model}", "model.base_dtype=fp8", "memory.blocks_to_swap=2"])
-    runtime = MemoryRuntime(MemoryConfig(blocks_to_swap=2), "fp8", torch.device("cpu"))  # the CPU test path
-    model = bench.build_full(spec, cfg, runtime, "cpu", dict(TRANSFORMER_CONFIG))
-    assert runtime.swapper is not None and runtime.swapper.swapped == [2, 3]
-    assert model.transformer_blocks[0].attn.to_q.base_layer.weight.dtype == FP8
+    spec, folder = get_spec(name), tiny_model if name == "hunyuan-video" else hv15_i2v_tiny
+    cfg = load_config(None, [f"model.path={folder}", f"model.name={name}", "model.base_dtype=fp8",
+                             "memory.blocks_to_swap=1"])
+    runtime = MemoryRuntime(MemoryConfig(blocks_to_swap=1), "fp8", torch.device("cpu"))  # the CPU test path
+    model, batch, target = bench.build_full(spec, cfg, runtime, (5, 32, 32), "cpu")
+    blocks = spec.transformer_blocks(model)
+    assert runtime.swapper is not None and runtime.swapper.swapped == [len(blocks) - 1]
+    assert blocks[0].attn.to_q.base_layer.weight.dtype == FP8
     assert all(p.device.type == "cpu" and not p.is_meta for p in model.parameters())
-    out = model(**inputs(torch.bfloat16))[0]
+    if "image_embeds" in batch:  # image-to-video: a non-zero image condition (its branch), masks all ones
+        assert bool((batch["image_embeds"] != 0).all()) and bool((batch["encoder_attention_mask"] == 1).all())
+    out = model(**batch)[0]
+    assert out.shape == target.shape
     out.float().pow(2).mean().backward()
     runtime.after_backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora_parameters(model))
+    # 1.5: the last block's text-stream output is unused, so its to_add_out LoRA gets no gradient
+    grads = [p.grad for p in lora_parameters(model) if p.grad is not None]
+    assert len(grads) >= len(lora_parameters(model)) - 2 and all(torch.isfinite(g).all() for g in grads)

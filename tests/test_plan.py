@@ -114,10 +114,10 @@ def test_auto_preset_picks_the_fastest_that_fits(tiny_model, tmp_path):
     assert fp8.weights.get("fp8", 0) > 0 and bf16.weights.get("fp8", 0) == 0
     assert fp8.total < bf16.total
     card = (fp8.total + bf16.total) // 2  # fits the fp8 preset, not the bf16 ones
-    cfg, text = config_for_training(config, [], f"{card / 2**20:.3f}MB")
+    cfg, text = config_for_training(config, [], f"{card / 2**20:.3f}MB", device="cuda")
     assert cfg.memory.preset == "24gb" and cfg.model.base_dtype == "fp8"
     assert "memory.preset auto -> 24gb" in text
-    cfg, _ = config_for_training(config, [], "80GB")
+    cfg, _ = config_for_training(config, [], "80GB", device="cuda")
     assert cfg.memory.preset == "80gb" and cfg.model.base_dtype == "bf16"
 
 
@@ -130,11 +130,26 @@ def test_train_refuses_before_loading_weights(tiny_model, tmp_path, capsys, card
     assert not (tmp_path / "run").exists()  # nothing set up, no weights loaded
 
 
-def test_train_refuses_from_the_config_key(tiny_model, tmp_path, capsys):
+def test_train_refuses_from_the_config_key(tiny_model, tmp_path):
+    from hv_tune.errors import ConfigError
+
     config = _write_config(tmp_path, tiny_model, gpu_memory="2MB", preset="auto")
-    assert main(["train", "--config", str(config)]) == 2
-    assert "no preset is predicted to fit" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no preset is predicted to fit"):
+        config_for_training(config, [], device="cuda")
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_picks_no_gpu_preset_on_the_cpu_and_a_set_one_is_warned_about(tiny_model, tmp_path):
+    """Without CUDA training runs on the CPU: auto -> none even where a card is declared; a GPU
+    preset that is set stays as set, with a warning naming the key and the slowdown."""
+    cfg, text = config_for_training(_write_config(tmp_path, tiny_model, preset="auto"), [], "80GB", device="cpu")
+    assert cfg.memory.preset == "none" and cfg.model.base_dtype != "fp8"
+    assert "no CUDA device" in text and "no GPU preset" in text
+    cfg, text = config_for_training(_write_config(tmp_path, tiny_model, preset="24gb"), [], "80GB", device="cpu")
+    assert cfg.memory.preset == "24gb" and cfg.model.base_dtype == "fp8"
+    assert "warning: config key 'memory.preset' is 24gb" in text and "8x slower" in text
+    _, text = config_for_training(_write_config(tmp_path, tiny_model, preset="none"), [], "80GB", device="cpu")
+    assert "warning" not in text
 
 
 def test_parse_memory():
@@ -199,3 +214,21 @@ def test_weights_per_preset_match_fp8_storage_and_swap(spec, tmp_path):
     assert rows["24gb"].checkpointing == "offload" and rows["48gb"].checkpointing == "full"
     assert rows["24gb"].activations < rows["48gb"].activations  # offload leaves the checkpoints in CPU RAM
     assert rows["24gb"].fp8_copies > 0 == rows["48gb"].fp8_copies
+
+
+def test_plan_says_the_bucket_source_encoders_and_cache_disk(tiny_model, demo_cache, demo_folder, tmp_path):
+    """Under the table: the largest bucket's source file, the cache stage's encoder peak, and the cache's
+    disk size: summed from the built cache's files, or per item x the items the sources hold."""
+    config = _write_config(tmp_path, tiny_model)
+    plan, _ = plan_config(config, [f"data.cache_dir={demo_cache}"], "24GB")
+    assert plan.bucket_source.startswith("cache") and ", source " in plan.bucket_source
+    disk = next(n for n in plan.notes if n.startswith("cache on disk"))
+    total = sum(f.stat().st_size for f in Path(demo_cache).rglob("*.safetensors"))
+    assert f"7 items: {total / 1e6:.2f} MB (measured" in disk
+    assert "; encoding ~" in disk and "min on this machine" in disk  # the build's summary.json timed it
+    assert any(n.startswith("caching: encoders load one at a time; peak") and "Llama 3 8B" in n for n in plan.notes)
+    plan, _ = plan_config(config, [f"data.sources=[{{path: {demo_folder}}}]"], "24GB")
+    disk = next(n for n in plan.notes if n.startswith("cache on disk"))
+    assert "7 items:" in disk and "at most" in disk and "9x64x64" in disk
+    plan, _ = plan_config(config, [], "24GB")
+    assert "no data.sources set" in next(n for n in plan.notes if n.startswith("cache on disk"))

@@ -240,3 +240,57 @@ def _mse_loss(pred: torch.Tensor) -> torch.Tensor:
     """``flow_matching_loss`` in shape: the float32 prediction against a float32 target."""
     target = torch.zeros(pred.shape, dtype=torch.float32, device=pred.device)
     return F.mse_loss(pred.float(), target)
+
+
+#: blocks per list of the extrapolated profile's base run; then one more of each list in turn. Three,
+#: because the step's peak is a maximum over its phases: with offload it grows from two blocks to three
+#: and stays (the last block's recompute), while it grows by the same bytes per block without (the
+#: saved activations); from three blocks on, each increment is the one every further block adds.
+EXTRAPOLATE_FROM = 3
+
+
+def profile_step_extrapolated(
+    model: nn.Module, blocks: Iterable[nn.Module], inputs: Mapping[str, Any], **kwargs: Any
+) -> StepProfile:
+    """``profile_step`` of a model with many identical blocks, from runs with a few of them.
+
+    Each ``ModuleList`` of ``blocks`` (HunyuanVideo: double and single blocks; 1.5: one list) is cut to
+    ``EXTRAPOLATE_FROM`` blocks for a base run, then each list in turn to one more; every byte count of
+    the step (saved, peak, gradients) grows by the same amount per block of a list, so the full model's
+    profile is the base plus each list's increment times its remaining blocks. Blocks of a list have the
+    same shapes, and the step's peak comes where it comes in the base run (the start of backward, or
+    the last block's recompute), so this equals the full run's bytes (``tests/test_plan.py`` checks it
+    against ``profile_step`` of a 6-block model). Lists too short to cut are run whole.
+
+    Args:
+        model: as for ``profile_step``. blocks: the spec's ``transformer_blocks``. kwargs: ``profile_step``'s.
+    """
+    ids = {id(b) for b in blocks}
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) and all(id(c) in ids for c in m)]
+    cut = [m for m in lists if len(m) > EXTRAPOLATE_FROM + 1]
+    if not cut:
+        return profile_step(model, inputs, **kwargs)
+    with _truncated(cut, [EXTRAPOLATE_FROM] * len(cut)):
+        base = profile_step(model, inputs, **kwargs)
+    fields = ("saved", "peak", "grads")
+    total = {f: getattr(base, f) for f in fields}
+    for i, m in enumerate(cut):
+        counts = [EXTRAPOLATE_FROM + (j == i) for j in range(len(cut))]
+        with _truncated(cut, counts):
+            more = profile_step(model, inputs, **kwargs)
+        for f in fields:
+            total[f] += (getattr(more, f) - getattr(base, f)) * (len(m) - EXTRAPOLATE_FROM)
+    return StepProfile(inputs=base.inputs, **total)
+
+
+@contextlib.contextmanager
+def _truncated(lists: list[nn.ModuleList], counts: list[int]):
+    """Each ``ModuleList`` holds only its first ``count`` modules inside the block."""
+    saved = [dict(m._modules) for m in lists]
+    try:
+        for m, n in zip(lists, counts):
+            m._modules = dict(list(m._modules.items())[:n])
+        yield
+    finally:
+        for m, modules in zip(lists, saved):
+            m._modules = modules

@@ -17,27 +17,36 @@ A prediction adds up, for one batch of the largest bucket:
   cuBLAS / cuDNN workspaces) plus ``FRAGMENTATION`` of the rest (the caching allocator
   reserves more than it hands out). Both are estimates (docs/memory.md).
 
+The step runs with two blocks of each block list, then one more, and is extrapolated to all blocks
+(``profile_step_extrapolated``: exact for identical blocks, ~10x faster for the released models).
+
 The "allocated" figure is the prediction of ``torch.cuda.max_memory_allocated``; "total"
 adds the margin and is what must fit the card.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hv_tune.config import Config
 from hv_tune.data.buckets import resolution_buckets
 from hv_tune.data.cache import INDEX_FILE, read_index
-from hv_tune.errors import ConfigError
+from hv_tune.data.disk import cache_disk, item_bytes
+from hv_tune.data.sources import scan_sources
+from hv_tune.errors import ConfigError, HubUnreachable, HvTuneError
 from hv_tune.lora import add_lora, lora_parameters, peft_config, resolve_targets
-from hv_tune.memory.estimate import StepProfile, profile_step
+from hv_tune.memory.estimate import StepProfile, profile_step_extrapolated
 from hv_tune.memory.fp8 import FP8, fp8_layer_names
+from hv_tune.memory.known import KnownValues
 from hv_tune.memory.swap import swap_indices
-from hv_tune.models.base import ModelSpec, resolve_dtype
+from hv_tune.models.base import ModelSpec, condition_fields, resolve_dtype
 
 GiB = 1024**3
 #: CUDA context, cuBLAS and cuDNN workspaces: memory the card loses outside PyTorch's tensors
@@ -107,13 +116,15 @@ def largest_bucket(cfg: Config, spec: ModelSpec) -> tuple[tuple[int, int, int], 
 
     index = Path(cfg.data.cache_dir) / INDEX_FILE
     if index.is_file():
-        buckets = [e.bucket for e in read_index(cfg.data.cache_dir)]
-        if buckets:
-            return max(buckets, key=lambda b: _tokens(spec, b)), f"cache {index}"
+        entries = read_index(cfg.data.cache_dir)
+        if entries:
+            top = max(entries, key=lambda e: _tokens(spec, e.bucket))
+            return top.bucket, f"cache {index}" + (f", source {top.source}" if top.source else "")
     multiple = spec.video.pixel_multiple
     buckets = [(f, h, w) for res, frames in bucket_settings(cfg.data)
                for f in frames for h, w in resolution_buckets(res, multiple)]
-    return max(buckets, key=lambda b: _tokens(spec, b)), "frame_buckets x resolution of every source (or data.*)"
+    where = f" of every source ({', '.join(s.path for s in cfg.data.sources)})" if cfg.data.sources else " (data.*)"
+    return max(buckets, key=lambda b: _tokens(spec, b)), f"frame_buckets x resolution{where}"
 
 
 def _tokens(spec: ModelSpec, bucket: tuple[int, int, int]) -> int:
@@ -147,8 +158,13 @@ class Planner:
     def __init__(self, spec: ModelSpec, cfg: Config, bucket: tuple[int, int, int], device: str = "cuda") -> None:
         self.spec, self.bucket, self.device = spec, bucket, device
         self.dtype = activation_dtype(cfg, device)
+        # the inputs' constants (masks, image embeddings) stay known where the forward reads them
+        self.known = KnownValues()
         try:
-            model, self.inputs = spec.plan_model(cfg.model.path, *bucket, cfg.training.batch_size, self.dtype)
+            with self.known, _item_fields(spec) as self.item_fields:
+                model, self.inputs = spec.plan_model(cfg.model.path, *bucket, cfg.training.batch_size, self.dtype)
+        except HubUnreachable as e:
+            raise PlanUnavailable(str(e)) from e
         except (OSError, ValueError) as e:
             raise PlanUnavailable(f"config key 'model.path': cannot read the transformer config: {e}") from e
         names = [n for n, _ in model.named_modules()]
@@ -165,9 +181,10 @@ class Planner:
                 self.model.disable_gradient_checkpointing()
             else:
                 self.model.enable_gradient_checkpointing()
-            self._profiles[checkpointing] = profile_step(
-                self.model, self.inputs, offload=checkpointing == "offload", autocast=self.autocast
-            )
+            with self.known:
+                self._profiles[checkpointing] = profile_step_extrapolated(
+                    self.model, self.spec.transformer_blocks(self.model), self.inputs,
+                    offload=checkpointing == "offload", autocast=self.autocast)
         return self._profiles[checkpointing]
 
     def predict(self, label: str, cfg: Config) -> Prediction:
@@ -228,6 +245,67 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", FP8: "fp8"}.get(dtype, str(dtype))
 
 
+@contextlib.contextmanager
+def _item_fields(spec: ModelSpec):
+    """The latent and the text / condition fields ``spec.plan_model`` hands ``transformer_inputs``
+    (what the cache stores per item, batch dim included), collected while the block runs."""
+    fields: dict[str, torch.Tensor] = {}
+    inner = spec.transformer_inputs
+
+    def spy(noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance: float):
+        fields.update(text, latent=noisy)
+        return inner(noisy, sigma, text, guidance)
+
+    spec.transformer_inputs = spy  # this instance only, for this block
+    try:
+        yield fields
+    finally:
+        del spec.transformer_inputs
+
+
+def caching_lines(spec: ModelSpec, cfg: Config, bucket: tuple[int, int, int], fields: Mapping[str, torch.Tensor],
+                  device: str) -> list[str]:
+    """The cache stage's side of the plan: the encoders' peak GPU memory and the cache's disk size."""
+    lines = encoder_lines(spec, cfg, device)
+    if "latent" not in fields:
+        return lines
+    cond_names = set(condition_fields(spec))
+    per = {k: (tuple(v.shape[1:]), 4 if k in cond_names else v.element_size()) for k, v in fields.items() if k != "latent"}
+    sizes = item_bytes(tuple(fields["latent"].shape[1:]), {k: v for k, v in per.items() if k not in cond_names},
+                       {k: v for k, v in per.items() if k in cond_names})
+    items = None
+    if cfg.data.sources:
+        try:
+            items = len(scan_sources(cfg.data).items)
+        except (OSError, HvTuneError) as e:
+            lines.append(f"cache on disk: the sources cannot be counted ({e})")
+    return lines + cache_disk(bucket, sizes, items, cfg.data.cache_dir).lines()
+
+
+def family_facts(spec: ModelSpec) -> Any:
+    """The family's ``plan`` module (``models/<family>/plan.py``: published configs, encoder sizes), or None."""
+    try:
+        return importlib.import_module(type(spec).__module__.rsplit(".", 1)[0] + ".plan")
+    except ImportError:
+        return None
+
+
+def encoder_lines(spec: ModelSpec, cfg: Config, device: str) -> list[str]:
+    """Peak GPU memory of the cache stage's encoders (loaded one at a time), from the family's facts."""
+    encoders = getattr(family_facts(spec), "CACHE_ENCODERS", {}).get(spec.name)
+    if not encoders:
+        return []
+    fp8 = cfg.model.text_encoder_dtype == "fp8"
+    itemsize = resolve_dtype(cfg.model.base_dtype, device).itemsize  # as the cache stage loads them
+    sizes = {name: (params - embed) * (1 if fp8 and can_fp8 else itemsize) + embed * itemsize
+             for name, params, embed, can_fp8 in encoders}
+    top = max(sizes, key=sizes.__getitem__)
+    listed = ", ".join(f"{n} {_gib(b)}" for n, b in sizes.items())
+    return [f"caching: encoders load one at a time; peak {_gib(sizes[top] + WORKSPACE_BYTES)} GiB with {top} "
+            f"(weights GiB: {listed}; + {_gib(WORKSPACE_BYTES)} workspace)"
+            + ("; model.text_encoder_dtype: fp8 halves the largest" if not fp8 and any(e[3] for e in encoders) else "")]
+
+
 # ----------------------------------------------------------------------------- the plan
 
 
@@ -247,6 +325,7 @@ def build_plan(
     rows += [planner.predict(name, cfg) for name, cfg in presets.items()]
     plan = MemoryPlan(bucket, source, rows, card)
     plan.recommended = choose_preset([r for r in rows if r.label in presets], card)
+    plan.notes += caching_lines(spec, given, bucket, planner.item_fields, device)
     return plan
 
 
@@ -328,12 +407,13 @@ def plan_config(
     from hv_tune.config import load_config
     from hv_tune.models import get_spec
 
-    given = load_config(path, list(overrides))
+    given = load_config(path, list(overrides), need_weights=False)
     spec = get_spec(given.model.name)
     if spec.meta_step_unavailable:
         raise PlanUnavailable(f"{spec.meta_step_unavailable}; choose memory.preset "
                               f"({', '.join(spec.memory_presets)}) or set the memory keys")
-    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"]) for n in spec.memory_presets}
+    presets = {n: load_config(path, [*overrides, f"memory.preset={n}"], need_weights=False)
+               for n in spec.memory_presets}
     if gpu_memory:
         card = parse_memory(gpu_memory, "--gpu-memory")
     elif given.memory.gpu_memory:
@@ -344,7 +424,7 @@ def plan_config(
 
 
 def config_for_training(
-    path: str | Path | None, overrides: Sequence[str] = (), gpu_memory: str | None = None
+    path: str | Path | None, overrides: Sequence[str] = (), gpu_memory: str | None = None, device: str | None = None
 ) -> tuple[Config, str]:
     """The config to train with and the plan's text, checked before any weight is loaded.
 
@@ -352,9 +432,15 @@ def config_for_training(
     is unknown). Raises ``ConfigError`` with the plan when no preset fits, or when the
     config as given is predicted to allocate more than the card holds (a clear miss: the
     margin is not even counted).
+
+    Without CUDA (``device`` ``cpu``; None = this machine) training runs on the CPU: ``auto``
+    picks no GPU preset (``none``) and a GPU preset that is set is applied with a warning (fp8
+    storage and pinned offload make a CPU step about 8x slower, docs/memory.md).
     """
     from hv_tune.config import load_config
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    load_config(path, list(overrides))  # every check training needs (weights reachable) before the plan
     try:
         plan, given = plan_config(path, overrides, gpu_memory)
     except PlanUnavailable as e:
@@ -364,9 +450,12 @@ def config_for_training(
             cfg = load_config(path, [*overrides, "memory.preset=none"])
         tail = ("\nmemory.preset auto: no plan, so no preset; the memory keys are as given" if preset == "auto"
                 else f"\nmemory.preset {preset}: applied as set (not checked against the card)" if preset != "none" else "")
-        return cfg, f"memory plan skipped: {e}{tail}"
+        return cfg, f"memory plan skipped: {e}{tail}" + _cpu_warning(cfg, device)
     text = format_plan(plan)
     if given.memory.preset == "auto":
+        if device == "cpu":
+            return (load_config(path, [*overrides, "memory.preset=none"]),
+                    text + "\nmemory.preset auto: no CUDA device, training runs on the CPU: no GPU preset (none)")
         if plan.card is None:
             return load_config(path, [*overrides, "memory.preset=none"]), text + "\nmemory.preset auto: card unknown, settings as given"
         if plan.recommended is None:
@@ -379,4 +468,12 @@ def config_for_training(
         fix = f"memory.preset={plan.recommended}" if plan.recommended else "a lower data.resolution or data.frame_buckets"
         raise ConfigError(f"{text}\nthis config is predicted to allocate {_gib(row.allocated)} GiB, more than the "
                           f"card's {_gib(plan.card)} GiB: training would run out of memory; use {fix}")
-    return given, text
+    return given, text + _cpu_warning(given, device)
+
+
+def _cpu_warning(cfg: Config, device: str) -> str:
+    """A warning line when a GPU memory preset is set but training runs on the CPU."""
+    if device != "cpu" or cfg.memory.preset in ("none", "auto"):
+        return ""
+    return (f"\nwarning: config key 'memory.preset' is {cfg.memory.preset}, a GPU preset, but there is no CUDA device: "
+            "on the CPU its fp8 storage and pinned offload make a step about 8x slower; set memory.preset=none")

@@ -36,6 +36,8 @@ from hv_tune.models.hunyuan_video import presets
 from hv_tune.models.hunyuan_video import text as hv_text
 from hv_tune.models.hunyuan_video.pipeline import HunyuanVideoPipelines
 from hv_tune.models.hunyuan_video.single_file import load_single_file, original_to_diffusers
+from hv_tune.models.hunyuan_video.plan import PUBLISHED
+from hv_tune.models.published import transformer_config
 
 
 class HunyuanVideoSpec:
@@ -190,9 +192,7 @@ class HunyuanVideoSpec:
         """
         from diffusers import HunyuanVideoTransformer3DModel
 
-        config = {}
-        if model_path is not None:
-            config = HunyuanVideoTransformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        config = transformer_config(HunyuanVideoTransformer3DModel, model_path, self.transformer_subfolder, PUBLISHED)
         with torch.device("meta"):
             model = HunyuanVideoTransformer3DModel.from_config(config)
         return {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -205,9 +205,7 @@ class HunyuanVideoSpec:
         """Meta transformer + inputs: latents [B, C, (F-1)/4+1, H/8, W/8], 256 text tokens (all valid)."""
         from diffusers import HunyuanVideoTransformer3DModel
 
-        config = {}
-        if model_path is not None:
-            config = HunyuanVideoTransformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        config = transformer_config(HunyuanVideoTransformer3DModel, model_path, self.transformer_subfolder, PUBLISHED)
         with torch.device("meta"):
             model = HunyuanVideoTransformer3DModel.from_config(config).to(dtype)
         c = model.config

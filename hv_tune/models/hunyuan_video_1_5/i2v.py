@@ -151,12 +151,13 @@ class HunyuanVideo15I2VSpec(HunyuanVideo15Spec):
     def plan_conditions(self, latent: tuple[int, ...], image_embed_dim: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """The condition fields on meta: ``cond_latents`` like ``latent`` [B, C, F', H', W'],
         ``cond_mask`` [B, 1, F', H', W'], ``image_embeds`` [B, 729, image_embed_dim]."""
+        from hv_tune.models.hunyuan_video_1_5.plan import I2V_IMAGE_EMBEDS
         from hv_tune.models.hunyuan_video_1_5.spec import VISION_TOKENS
 
         b, _, *rest = latent
         meta = {"dtype": dtype, "device": "meta"}
         return {"cond_latents": torch.empty(latent, **meta), "cond_mask": torch.empty(b, 1, *rest, **meta),
-                "image_embeds": torch.empty(b, VISION_TOKENS, image_embed_dim, **meta)}
+                "image_embeds": torch.full((b, VISION_TOKENS, image_embed_dim), I2V_IMAGE_EMBEDS, **meta)}
 
     def build_tiny(self, out_dir: Path, seed: int = 0, small: bool = False) -> Path:
         from hv_tune.models.hunyuan_video_1_5.tiny import build_tiny_hunyuan_video_1_5_i2v

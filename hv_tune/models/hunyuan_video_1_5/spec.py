@@ -38,6 +38,8 @@ from hv_tune.models.hunyuan_video_1_5 import keys as hv15_keys
 from hv_tune.models.hunyuan_video_1_5 import presets as hv15_presets
 from hv_tune.models.hunyuan_video_1_5 import text as hv15_text
 from hv_tune.models.hunyuan_video_1_5.pipeline import HunyuanVideo15Pipelines
+from hv_tune.models.hunyuan_video_1_5.plan import PUBLISHED
+from hv_tune.models.published import transformer_config
 
 _ATTN = r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
 _MLP = r"transformer_blocks\.\d+\.(ff|ff_context)\.net\.(0\.proj|2)"
@@ -106,9 +108,7 @@ class HunyuanVideo15Spec:
     text: TextStack = hv15_text.STACK
     #: ``_class_name`` of a model folder's ``model_index.json`` (verbs find the family from it)
     pipeline_class = "HunyuanVideo15Pipeline"
-    meta_step_unavailable: str | None = (
-        "the HunyuanVideo 1.5 forward reads tensor values (it tests whether image_embeds is all zero and "
-        "reorders text tokens by the mask), so it cannot run on the meta device")
+    meta_step_unavailable: str | None = None  # the values its forward reads: hunyuan_video_1_5/plan.py
     #: key names: original / kohya / ComfyUI tables, fused parts, prefixes, look-alikes
     keys: KeyLayout = hv15_keys.LAYOUT
 
@@ -253,9 +253,7 @@ class HunyuanVideo15Spec:
     def _meta_model(self, model_path: str | None, dtype: torch.dtype) -> nn.Module:
         from diffusers import HunyuanVideo15Transformer3DModel
 
-        config = {}
-        if model_path is not None:
-            config = HunyuanVideo15Transformer3DModel.load_config(model_path, subfolder=self.transformer_subfolder)
+        config = transformer_config(HunyuanVideo15Transformer3DModel, model_path, self.transformer_subfolder, PUBLISHED)
         with torch.device("meta"):
             model = HunyuanVideo15Transformer3DModel.from_config(config)  # float32
         # diffusers' ``to(dtype)`` warns about fp32-kept modules (none here): cast only when needed
