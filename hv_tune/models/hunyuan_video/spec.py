@@ -35,8 +35,8 @@ from hv_tune.models.hunyuan_video import keys as hv_keys
 from hv_tune.models.hunyuan_video import presets
 from hv_tune.models.hunyuan_video import text as hv_text
 from hv_tune.models.hunyuan_video.pipeline import HunyuanVideoPipelines
-from hv_tune.models.hunyuan_video.single_file import load_single_file, original_to_diffusers
 from hv_tune.models.hunyuan_video.plan import PUBLISHED
+from hv_tune.models.hunyuan_video.single_file import load_single_file, original_to_diffusers
 from hv_tune.models.published import transformer_config
 
 
