@@ -1,9 +1,9 @@
 """What a cache takes on disk, from the cache format's shapes, before anything is encoded.
 
-Per item the cache (``hv_tune.data.cache``) stores the VAE posterior (``latent_mean`` and
-``latent_logvar``, float32, [C, F', H', W'] each), one text file per caption (the spec's text
-fields, in the text encoder's dtype; masks int64) and, for specs with item encoders, one condition
-file (float32). safetensors adds a small JSON header per file (``HEADER_BYTES``, an estimate).
+Per item the cache (``hv_tune.data.cache``) stores one file per declared group: the VAE posterior
+(``latent_mean`` and ``latent_logvar``, float32, [C, F', H', W'] each), one text file per caption (the
+spec's text fields, in the text encoder's dtype; masks int64) and, for specs with condition
+encoders, their group (float32). safetensors adds a small JSON header per file (``HEADER_BYTES``, an estimate).
 With a built cache the index's own files are summed instead; with a ``summary.json`` of an earlier
 build, its encode time per item gives the time for the rest.
 
@@ -18,7 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from hv_tune.data.cache import INDEX_FILE, LATENT_KEYS, item_files, read_index
+from hv_tune.data.cache import INDEX_FILE, item_files, read_groups, read_index
+
+#: tensors of the latents group per item: the VAE posterior's mean and log-variance (``models.base.latents_group``)
+POSTERIOR_TENSORS = 2
 
 #: safetensors' header per file (JSON names, dtypes, shapes, offsets): about this for a few tensors
 HEADER_BYTES = 256
@@ -71,7 +74,7 @@ def item_bytes(latent_shape: Sequence[int], text: Mapping[str, tuple[Sequence[in
         text: field -> (shape without batch, element size) of one caption's text file.
         condition: field -> (shape without batch, element size) of the condition file; empty for none.
     """
-    latent = len(LATENT_KEYS) * tensor_bytes(latent_shape, 4) + HEADER_BYTES
+    latent = POSTERIOR_TENSORS * tensor_bytes(latent_shape, 4) + HEADER_BYTES
     txt = sum(tensor_bytes(s, n) for s, n in text.values()) + HEADER_BYTES
     cond = sum(tensor_bytes(s, n) for s, n in condition.values()) + HEADER_BYTES if condition else 0
     return latent, txt, cond
@@ -88,8 +91,8 @@ def cache_disk(bucket: tuple[int, int, int], sizes: tuple[int, int, int], items:
     out = CacheDisk(*sizes, bucket=bucket, items=items)
     root = Path(cache_dir)
     if (root / INDEX_FILE).is_file():
-        entries = read_index(root)
-        files = {rel for e in entries for rel, _ in item_files(e)}
+        entries, groups = read_index(root), read_groups(root)
+        files = {rel for e in entries for rel, _ in item_files(e, groups)}
         out.items, out.measured = len(entries), True
         out.total = sum((root / rel).stat().st_size for rel in files if (root / rel).is_file())
     elif items is not None:

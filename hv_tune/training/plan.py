@@ -252,9 +252,9 @@ def _item_fields(spec: ModelSpec):
     fields: dict[str, torch.Tensor] = {}
     inner = spec.transformer_inputs
 
-    def spy(noisy: torch.Tensor, sigma: torch.Tensor, text: Mapping[str, torch.Tensor], guidance: float):
-        fields.update(text, latent=noisy)
-        return inner(noisy, sigma, text, guidance)
+    def spy(noisy: torch.Tensor, sigma: torch.Tensor, batch: Mapping[str, torch.Tensor], *args: Any, **kwargs: Any):
+        fields.update(batch, latent=noisy)
+        return inner(noisy, sigma, batch, *args, **kwargs)
 
     spec.transformer_inputs = spy  # this instance only, for this block
     try:
