@@ -189,22 +189,21 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def _workers_rss() -> int:
-    import multiprocessing
-
-    return sum(_tree_rss(p.pid) for p in multiprocessing.active_children())
+def _own_rss() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmRSS:")) * 1024
 
 
 def measured_run(cfg: CurationConfig, inp: Path, out: Path, stage: ClipScores) -> dict[str, Any]:
-    """Wall time and peak RSS (this process; this process + workers) of one run."""
+    """Wall time and peak RSS of one run: this process alone, and with every process below it
+    (forkserver, workers, probe processes; pages they share are counted once per process)."""
     peak = {"main": 0, "all": 0}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            main = _tree_rss(os.getpid())
-            peak["main"] = max(peak["main"], main)
-            peak["all"] = max(peak["all"], main + _workers_rss())  # forkserver workers are not our children
+            peak["main"] = max(peak["main"], _own_rss())
+            peak["all"] = max(peak["all"], _tree_rss(os.getpid()))
             time.sleep(0.1)
 
     th = threading.Thread(target=sample, daemon=True)

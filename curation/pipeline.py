@@ -140,6 +140,10 @@ def stream_files(cfg: CurationConfig, walked: list[dict[str, Any]], state: State
             row = state.scores.get(c["id"], fps["score"]) if c["status"] == "pending" else None
             clips.append({**c, **{k: row[k] for k in SCORE_FIELDS}} if row else c)
         result.timings["stream_s"] = time.perf_counter() - t0
+    except BaseException:
+        flow.abort()
+        raise
+    try:
         flow.finish_cuts(decide(clips, cfg.filters, reviews))
     finally:
         result.stage_s.update(flow.times)

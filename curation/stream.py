@@ -82,9 +82,13 @@ class Stream:
             ok = True
         finally:
             if not ok:
-                self.progress.close()
-                self.pool.close(cancel=True)
+                self.abort()
         return [self.rows[i] for i in sorted(self.rows)]
+
+    def abort(self) -> None:
+        """Stop the workers now (Ctrl-C, an error): what is stored stays stored."""
+        self.progress.close()
+        self.pool.close(cancel=True)
 
     def finish_cuts(self, records: list[dict[str, Any]]) -> None:
         """After the decisions: cut every accepted clip not cut yet and make the report's
@@ -113,8 +117,7 @@ class Stream:
             self.progress.close()
             self.pool.close()
         except BaseException:
-            self.progress.close()
-            self.pool.close(cancel=True)
+            self.abort()
             raise
 
     # ------------------------------------------------------------------ scheduling
