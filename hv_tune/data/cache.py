@@ -133,7 +133,10 @@ def check_version(path: Path, header: Mapping) -> None:
 def read_groups(cache_dir: str | Path) -> dict[str, Group]:
     """The groups the index header records (name -> fields, per caption); {} without a readable header."""
     head = read_header(cache_dir) or {}
-    return {k: Group(tuple(g["fields"]), bool(g.get("per_caption"))) for k, g in (head.get("groups") or {}).items()}
+    try:
+        return {k: Group(tuple(g["fields"]), bool(g.get("per_caption"))) for k, g in (head.get("groups") or {}).items()}
+    except (KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{Path(cache_dir) / INDEX_FILE}: its header's groups are malformed ({e!r}); {REBUILD}") from e
 
 
 def read_index(cache_dir: str | Path) -> list[CacheEntry]:
