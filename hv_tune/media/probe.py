@@ -67,11 +67,15 @@ class VideoProbe:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> VideoProbe:
-        """A probe rebuilt from ``to_record`` data; ``VideoFrames`` reads the timestamps when needed."""
+        """A probe rebuilt from ``to_record`` data or a clip record.
+
+        ``VideoFrames`` reads the timestamps and the container's start time from the file when
+        needed: a clip record's ``start_time`` is the clip's, not the container's.
+        """
         return cls(rec["num_frames"], rec["fps"], rec["width"], rec["height"], rec.get("rotation", 0),
                    rec.get("codec", ""), rec.get("backend", ""), None, rec.get("duration", 0.0),
                    rec.get("vfr", False), rec.get("container_frames", 0), rec.get("container_duration"),
-                   rec.get("start_time", 0.0), rec.get("decoder_note"))
+                   0.0, rec.get("decoder_note"))
 
     def to_record(self) -> dict[str, Any]:
         """Plain data (no timestamps array) for manifests and state files."""
