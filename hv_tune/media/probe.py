@@ -182,9 +182,11 @@ def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
     from hv_tune.media.video import scaled_size
 
     reasons: list[str] = []
-    candidates = ["pyav", "torchcodec"] if torchcodec_available() else ["pyav"]
     small = scaled_size(probe.width, probe.height, 256)
-    for backend in candidates:
+    for backend in ("pyav", "torchcodec"):
+        if backend == "torchcodec" and not torchcodec_available():  # (imported only when needed)
+            reasons.append("torchcodec: not installed (it needs FFmpeg's shared libraries)")
+            break
         trial = dataclasses.replace(probe, backend=backend)
         try:
             n = _decodable_frames(path, trial, None)
