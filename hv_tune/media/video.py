@@ -174,6 +174,8 @@ class _PyavReader:
         the frames before it are dropped) is retried from earlier, finally from the start.
         """
         gap = self.times[i] - self.times[max(self._last, 0)]
+        if self._iter is None and self._last == -1 and self.times[i] <= SEEK_GAP_S:
+            self._iter = self.container.decode(self.stream)  # near the start of a fresh container: no seek
         if self._iter is not None and self._last < i and gap <= SEEK_GAP_S:
             frame = self._forward_to(i)
             if frame is not None:
@@ -220,7 +222,8 @@ class _PyavReader:
         w, h = self.size
         k = self.probe.rotation // 90
         sw, sh = (h, w) if k % 2 else (w, h)  # stored orientation of the output size
-        arr = frame.to_ndarray(format="rgb24", width=sw, height=sh)
+        same = (sw, sh) == (frame.width, frame.height)
+        arr = frame.to_ndarray(format="rgb24") if same else frame.to_ndarray(format="rgb24", width=sw, height=sh)
         return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
     def close(self) -> None:
