@@ -31,6 +31,7 @@ from hv_tune.media import (
 from hv_tune.media.probe import torchcodec_available
 from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
+    RED,
     decode_pyav,
     marked_frames,
     top_is_red,
@@ -222,6 +223,17 @@ def test_demo_prints_a_readable_prompt():
 # ----------------------------------------------------------------------------- the decoder of a file
 
 
+def _shots() -> np.ndarray:
+    """Three shots (30, 36, 30 frames, 96x64) of curation's sample shapes, a red band on top."""
+    from curation.samples import moving_shape
+
+    frames = np.concatenate([moving_shape(30, 64, 96, color=0, background=0, texture_seed=1),
+                             moving_shape(36, 64, 96, color=2, background=1, square=True, speed=-1, texture_seed=2),
+                             moving_shape(30, 64, 96, color=3, background=2, texture_seed=3)])
+    frames[:, :8] = RED
+    return frames
+
+
 @pytest.fixture(scope="module")
 def hard_media(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
     """Files that once decoded in one access pattern and failed in another: (path, displayed frames)."""
@@ -231,13 +243,15 @@ def hard_media(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray]]:
         ("tiny48x32", marked_frames(24, 32, 48, seed=20), {}),
         ("tiny_rot90", marked_frames(24, 48, 32, seed=21), {"rotation": 90}),
         ("av1_long_gop", marked_frames(72, 72, 100, seed=22), {"codec": "libsvtav1", "fps": 24}),
+        # three shots: x264 puts a key frame at each cut whose B-frames need the frames before it
+        ("scene_cuts", _shots(), {}),
     ]:
         out[name] = (write_video(d / f"{name}.mp4", frames, **kw), frames)
     return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", ["tiny48x32", "tiny_rot90", "av1_long_gop"])
+@pytest.mark.parametrize("name", ["tiny48x32", "tiny_rot90", "av1_long_gop", "scene_cuts"])
 def test_every_access_pattern_reads_the_same_frames(hard_media, name, backend):
     """Scene split (sequential, reduced), scoring (seeks, short side 256), cut (sequential chunks, full
     size): all decode, upright, and show the source's frames at their indices."""
@@ -252,6 +266,8 @@ def test_every_access_pattern_reads_the_same_frames(hard_media, name, backend):
     seeks = VideoFrames(path, probe, scaled_size(w, h, 256)).get([n - 1, 0, n // 2, n - 1])
     assert all(top_is_red(f) for f in [*cut, *scene, *seeks])
     assert np.array_equal(seeks[0], seeks[3])  # a repeated index is the same picture
+    alone = np.concatenate([VideoFrames(path, probe).get([i]) for i in range(n)])  # a cut may start anywhere
+    assert np.array_equal(alone, cut)  # the same decoder gives the same picture however it got there
 
 
 def test_truncated_file_keeps_its_decodable_prefix(tmp_path):
@@ -274,6 +290,7 @@ def test_the_decoder_choice_travels_with_the_record(hard_media):
     probe = probe_video(path)
     rebuilt = VideoProbe.from_record(probe.to_record())  # what a worker or the cache reads
     assert rebuilt.backend == probe.backend == "pyav" and rebuilt.times is None
+    clip = VideoProbe.from_record({**probe.to_record(), "start_time": 2.5})  # a clip record: the clip's start
     a = VideoFrames(path, probe, (64, 46)).get([70, 3])
-    b = VideoFrames(path, rebuilt, (64, 46)).get([70, 3])
-    assert np.array_equal(a, b)  # one decoder per file: identical whichever process reads it
+    assert np.array_equal(a, VideoFrames(path, rebuilt, (64, 46)).get([70, 3]))  # identical in any process
+    assert np.array_equal(a, VideoFrames(path, clip, (64, 46)).get([70, 3]))

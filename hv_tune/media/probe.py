@@ -67,11 +67,15 @@ class VideoProbe:
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> VideoProbe:
-        """A probe rebuilt from ``to_record`` data; ``VideoFrames`` reads the timestamps when needed."""
+        """A probe rebuilt from ``to_record`` data or a clip record.
+
+        ``VideoFrames`` reads the timestamps and the container's start time from the file when
+        needed: a clip record's ``start_time`` is the clip's, not the container's.
+        """
         return cls(rec["num_frames"], rec["fps"], rec["width"], rec["height"], rec.get("rotation", 0),
                    rec.get("codec", ""), rec.get("backend", ""), None, rec.get("duration", 0.0),
                    rec.get("vfr", False), rec.get("container_frames", 0), rec.get("container_duration"),
-                   rec.get("start_time", 0.0), rec.get("decoder_note"))
+                   0.0, rec.get("decoder_note"))
 
     def to_record(self) -> dict[str, Any]:
         """Plain data (no timestamps array) for manifests and state files."""
@@ -178,9 +182,11 @@ def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
     from hv_tune.media.video import scaled_size
 
     reasons: list[str] = []
-    candidates = ["pyav", "torchcodec"] if torchcodec_available() else ["pyav"]
     small = scaled_size(probe.width, probe.height, 256)
-    for backend in candidates:
+    for backend in ("pyav", "torchcodec"):
+        if backend == "torchcodec" and not torchcodec_available():  # (imported only when needed)
+            reasons.append("torchcodec: not installed (it needs FFmpeg's shared libraries)")
+            break
         trial = dataclasses.replace(probe, backend=backend)
         try:
             n = _decodable_frames(path, trial, None)

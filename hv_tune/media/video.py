@@ -26,6 +26,7 @@ from hv_tune.media.errors import MediaError
 from hv_tune.media.probe import VideoProbe, probe_video, pyav_times
 
 SEEK_GAP_S = 1.0  # PyAV: seek rather than decode forward through more than this many seconds
+SEEK_BACK_S = (0.0, 2.0, None)  # PyAV: seek this far before a frame, again earlier, then from the start
 
 
 def scaled_size(width: int, height: int, short_side: int, multiple: int = 32) -> tuple[int, int]:
@@ -60,7 +61,8 @@ class VideoFrames:
     def times(self) -> np.ndarray:
         """Presentation start time of every frame ``[num_frames]``, seconds from the first frame."""
         if self.probe.times is None:  # a probe rebuilt from a record: read the index now
-            self.probe.times = pyav_times(self.path)[0][: self.probe.num_frames]
+            times, _, self.probe.start_time = pyav_times(self.path)
+            self.probe.times = times[: self.probe.num_frames]
         return self.probe.times
 
     def __len__(self) -> int:
@@ -84,6 +86,7 @@ class VideoFrames:
         if min(indices) < 0 or max(indices) >= len(self):
             raise MediaError(f"frame index out of range 0..{len(self) - 1} (truncated file?)")
         if self._reader is None:
+            self.times  # noqa: B018  (a probe from a record: timestamps and start time, read once)
             self._reader = open_reader(self.path, self.probe, self.size)
         frames = self._reader.get(indices)
         if frames.shape[1:3] != (h, w) or len(frames) != len(indices):
@@ -151,7 +154,7 @@ class _PyavReader:
         except av.FFmpegError as e:
             raise MediaError(f"decode failed: {_short(e)}") from e
         self.stream.thread_count = 1  # one thread per decoder: curation runs one worker per core
-        self.times = probe.times if probe.times is not None else pyav_times(path)[0]
+        self.times = probe.times  # read by VideoFrames before it opens a reader
         self._iter: Any = None  # the running decode
         self._last = -1  # index of the frame the running decode returned last
 
@@ -165,13 +168,36 @@ class _PyavReader:
         return np.stack([got[i] for i in indices])
 
     def _frame(self, i: int) -> np.ndarray:
-        """Frame ``i``: decode forward from the last one, or seek back to a key frame first."""
+        """Frame ``i``: decode forward from the last one, else seek back to a key frame first.
+
+        A key frame that does not bring frame ``i`` back (B-frames of an open GOP that refer to
+        the frames before it are dropped) is retried from earlier, finally from the start.
+        """
         gap = self.times[i] - self.times[max(self._last, 0)]
-        if self._iter is None or i <= self._last or gap > SEEK_GAP_S:
-            start = self.probe.start_time
-            self.container.seek(int(round((self.times[i] + start) / self.stream.time_base)), stream=self.stream,
-                                backward=True)
-            self._iter, self._last = self.container.decode(self.stream), -1
+        if self._iter is None and self._last == -1 and self.times[i] <= SEEK_GAP_S:
+            self._iter = self.container.decode(self.stream)  # near the start of a fresh container: no seek
+        if self._iter is not None and self._last < i and gap <= SEEK_GAP_S:
+            frame = self._forward_to(i)
+            if frame is not None:
+                return frame
+        for back in SEEK_BACK_S:
+            self._seek(max(0.0, self.times[i] - back) if back is not None else None)
+            frame = self._forward_to(i)
+            if frame is not None:
+                return frame
+        raise MediaError(f"frame {i} did not decode (truncated file?)")
+
+    def _seek(self, t: float | None) -> None:
+        """Seek to the key frame at or before ``t`` seconds from the first frame (None: the start)."""
+        if t is None:
+            self.container.seek(0, stream=self.stream, backward=True, any_frame=False)
+        else:
+            pts = int(round((t + self.probe.start_time) / self.stream.time_base))
+            self.container.seek(pts, stream=self.stream, backward=True)
+        self._iter, self._last = self.container.decode(self.stream), -1
+
+    def _forward_to(self, i: int) -> np.ndarray | None:
+        """Decode forward until frame ``i`` (converted) or a later one (None: ``i`` was not shown)."""
         for frame in self._iter:
             if frame.pts is None:
                 continue
@@ -182,7 +208,7 @@ class _PyavReader:
             if k > i:
                 break
         self._iter = None
-        raise MediaError(f"frame {i} did not decode (truncated file?)")
+        return None
 
     def _index(self, t: float) -> int:
         """The frame whose timestamp is nearest ``t`` (seconds from the first frame)."""
@@ -196,7 +222,8 @@ class _PyavReader:
         w, h = self.size
         k = self.probe.rotation // 90
         sw, sh = (h, w) if k % 2 else (w, h)  # stored orientation of the output size
-        arr = frame.to_ndarray(format="rgb24", width=sw, height=sh)
+        same = (sw, sh) == (frame.width, frame.height)
+        arr = frame.to_ndarray(format="rgb24") if same else frame.to_ndarray(format="rgb24", width=sw, height=sh)
         return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
     def close(self) -> None:
