@@ -57,7 +57,7 @@ class ScenesConfig:
 @dataclass
 class FramesConfig:
     positions: list[float] = _f([0.1, 0.5, 0.9], "Where in a clip the scored frames sit (fractions; first/last compared).")
-    short_side: int = _f(256, "Short side of decoded scoring frames (decord resizes while decoding).")
+    short_side: int = _f(256, "Short side of decoded scoring frames (resized while decoding).")
 
 
 @dataclass

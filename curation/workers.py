@@ -26,7 +26,7 @@ from curation.config import CurationConfig
 
 PRELOAD = ["curation.workers", "curation.stages.probe", "curation.stages.scenes", "curation.stages.frames",
            "curation.stages.motion", "curation.stages.cut", "curation.report", "cv2", "scenedetect.detectors",
-           "PIL.Image", "av", "decord", "torchcodec"]  # decoders hv_tune.media may load lazily (missing: skipped)
+           "PIL.Image", "av", "torchcodec"]  # decoders hv_tune.media may load lazily (missing: skipped)
 _LOCAL: dict[str, Any] = {}  # per worker process: the probe stage (its child process is kept)
 
 

@@ -1,7 +1,7 @@
 """Find input files and probe them through hv_tune.media (display size, timestamps, decodable frames).
 
 The probe of one file runs in a separate process with a time limit and an address-space
-limit, because decord can allocate without bound on huge frames and hang on containers that
+limit, because a decoder can allocate without bound on huge frames and hang on containers that
 lie about their frame count. A file that fails is one ``error`` record with the reason.
 """
 

@@ -193,7 +193,7 @@ def clip_record(
         "start_frame": start, "end_frame": end, "num_frames": end - start,
         "start_time": round(float(times[start]), 6), "end_time": round(_t(times, end_time, end), 6),
         "fps": p["fps"], "width": p["width"], "height": p["height"],  # display size (rotation applied)
-        "rotation": p.get("rotation", 0), "backend": p.get("backend", "decord"), "source_frames": p["num_frames"],
+        "rotation": p.get("rotation", 0), "backend": p.get("backend", "pyav"), "source_frames": p["num_frames"],
         "status": "rejected" if reason else "pending", "reasons": [reason] if reason else [],
         "scores": {}, "metrics": {}, "caption": None, "caption_source": None, "clip_path": None,
         "probe_notes": list(p.get("notes", [])),

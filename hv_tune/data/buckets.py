@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TIME_EPS = 1e-4  # seconds: container timestamps are float32 (decord); far below any frame step
+TIME_EPS = 1e-4  # seconds: container timestamps may be float32; far below any frame step
 
 
 def resolution_buckets(

@@ -21,8 +21,8 @@ from hv_tune.media.captions import (
 )
 from hv_tune.media.errors import MediaError
 from hv_tune.media.images import image_size, image_to_rgb, read_image, resize_to
-from hv_tune.media.probe import VideoProbe, probe_video
-from hv_tune.media.video import VideoFrames, scaled_size
+from hv_tune.media.probe import VideoProbe
+from hv_tune.media.video import VideoFrames, probe_video, scaled_size
 from hv_tune.media.writer import write_h264
 
 __all__ = [

@@ -16,6 +16,8 @@ indices (a scene split in chunks, a cut) continue decoding without seeking again
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,14 @@ from typing import Any
 import numpy as np
 
 from hv_tune.media.errors import MediaError
-from hv_tune.media.probe import VideoProbe, probe_video, pyav_times
+from hv_tune.media.probe import (
+    CONVERT_HINT,
+    VFR_SPREAD,
+    VideoProbe,
+    container_info,
+    pyav_times,
+    torchcodec_available,
+)
 
 SEEK_GAP_S = 1.0  # PyAV: seek rather than decode forward through more than this many seconds
 SEEK_BACK_S = (0.0, 2.0, None)  # PyAV: seek this far before a frame, again earlier, then from the start
@@ -233,3 +242,98 @@ class _PyavReader:
 
 def _short(e: Exception) -> str:
     return " ".join(str(e).split())[:200]
+
+
+def probe_video(path: str | Path, max_pixels: int | None = None) -> VideoProbe:
+    """Probe ``path``: container facts, packet timestamps, and the decoder proven for it.
+
+    A few frames are decoded (``choose_decoder``); a truncated file keeps its decodable prefix.
+
+    Raises:
+        MediaError: empty file, no video stream, too many pixels, or a codec no decoder here reads
+            (the message names the codec and how to convert the file).
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise MediaError("file vanished")
+    if os.path.getsize(path) == 0:
+        raise MediaError("empty file (0 bytes)")
+    info = container_info(path)
+    w, h = info["width"], info["height"]
+    if max_pixels is not None and w * h > max_pixels:
+        raise MediaError(f"too large: {w}x{h} > {max_pixels} pixels")
+    times, end_time, start_time = pyav_times(path)
+    n = len(times)
+    duration = end_time if n > 1 or end_time > 0 else 0.0
+    steps = np.diff(times)
+    vfr = bool(len(steps) > 1) and float(steps.max() - steps.min()) > VFR_SPREAD * float(steps.mean())
+    fps = n / duration if duration > 0 else info["rate"]
+    probe = VideoProbe(n, fps, w, h, info["rotation"], info["codec"], "", times, end_time, vfr,
+                       info["frames"], info["duration"], start_time)
+    probe.backend, n_ok, probe.decoder_note = choose_decoder(path, probe)
+    if n_ok < n:  # a truncated file: its decodable prefix
+        probe.num_frames, probe.times, probe.end_time = n_ok, times[:n_ok], float(times[n_ok])
+        probe.fps = n_ok / probe.end_time if probe.end_time > 0 else probe.fps
+    return probe
+
+
+def choose_decoder(path: str, probe: VideoProbe) -> tuple[str, int, str | None]:
+    """The decoder for ``path``, proven on every access pattern later stages use, and its frame count.
+
+    PyAV first (the fastest on every pattern, bench/decoders.py), then torchcodec (FFmpeg's
+    system build, where installed). A decoder is proven when it
+    decodes, with the frame count the timestamps promise (or the decodable prefix of a truncated
+    file), the first two frames in sequence and the last one by seeking, at the full display
+    size (clip cutting) and at a reduced size (scene split, scoring, the cache), with the right
+    shapes. The choice goes into the probe record, so every stage and the cache read the file
+    with the same decoder whichever worker reads it.
+
+    Returns:
+        ``(backend, decodable frames, why PyAV failed on this file or None)``.
+
+    Raises:
+        MediaError: neither decoder reads the file.
+    """
+    reasons: list[str] = []
+    small = scaled_size(probe.width, probe.height, 256)
+    for backend in ("pyav", "torchcodec"):
+        if backend == "torchcodec" and not torchcodec_available():  # (imported only when needed)
+            reasons.append("torchcodec: not installed (it needs FFmpeg's shared libraries)")
+            break
+        trial = dataclasses.replace(probe, backend=backend)
+        try:
+            n = _decodable_frames(path, trial, None)
+            trial.num_frames = n
+            _decodes(path, trial, small, sorted({0, min(1, n - 1), n - 1}))
+            return backend, n, "; ".join(reasons) or None
+        except MediaError as e:
+            reasons.append(f"{backend}: {e}")
+    raise MediaError(f"codec {probe.codec}: no decoder here reads it ({'; '.join(reasons)[:300]}); {CONVERT_HINT}")
+
+
+def _decodable_frames(path: str, probe: VideoProbe, size: tuple[int, int] | None) -> int:
+    """Frames that really decode at ``size``: the index may promise frames the data lacks."""
+    n = probe.num_frames
+    _decodes(path, probe, size, [0, 1] if n > 1 else [0])
+    if _decodes(path, probe, size, [n - 1], fail=False):
+        return n
+    lo, hi = 0, n - 1  # invariant: frame lo decodes, frame hi does not
+    while lo < hi - 1:  # binary search by seeking, at most log2(n) decodes
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _decodes(path, probe, size, [mid], fail=False) else (lo, mid)
+    return lo + 1
+
+
+def _decodes(path: str, probe: VideoProbe, size: tuple[int, int] | None, indices: list[int],
+             fail: bool = True) -> bool:
+    """Whether ``indices`` decode at ``size`` (None = display size) with the probe's backend."""
+    reader = VideoFrames(path, probe, size)
+    try:
+        reader.get(indices)
+        return True
+    except MediaError:
+        if fail:
+            raise
+        return False
+    finally:
+        reader.close()
