@@ -173,10 +173,8 @@ def split_job(cfg: CurationConfig, rec: dict[str, Any]) -> tuple[dict[str, Any],
 
     probe = _LOCAL.get("probe")
     if probe is None or probe.cfg != cfg.probe:
-        # spawned, not forked: a worker has threads (its parent watch, decoder and OpenCV pools), and a
-        # fork of a threaded process can deadlock the probe's pool (seen: a fresh clone with torchcodec
-        # importable hung every probe); the pool is kept between files, so the ~1 s start is paid once
-        probe = _LOCAL["probe"] = Probe(cfg.probe, "spawn")
+        # a worker is single-threaded between jobs (its OpenCV pool idle): the probe's process forks from it
+        probe = _LOCAL["probe"] = Probe(cfg.probe, "fork" if _LOCAL.get("worker") else "spawn")
     t0 = time.perf_counter()
     rec = probe.one(rec)
     t1 = time.perf_counter()
