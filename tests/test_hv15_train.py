@@ -230,6 +230,7 @@ def test_objective_memorises_one_latent_and_the_pipeline_samples_it(hv15_tiny, t
         "model.name": "hunyuan-video-1.5", "lora.rank": 64, "lora.alpha": 64,
         "lora.targets": ["transformer_blocks.*", "norm_out.linear", "proj_out"], "training.batch_size": 1,
         "training.max_steps": 600, "training.learning_rate": 3e-3, "training.lr_warmup_steps": 20,
+        "training.lr_scheduler": "constant_with_warmup",
         "training.max_grad_norm": 1.0, "objective.timestep_sampling": "uniform", "objective.shift": 5.0,
         "data.frame_buckets": [1], "data.caption_dropout": 0.0, "training.gradient_checkpointing": False,
         "training.log_every": 100, "save.formats": "[diffusers, comfyui, kohya]"}))
