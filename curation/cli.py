@@ -50,11 +50,13 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> None:
     from curation.config import load_config
     from curation.pipeline import run
+    from curation.progress import format_stage_table
     from curation.summary import format_summary, summary
 
     cfg = load_config(args.config, args.overrides)
     result = run(cfg, args.input_dir, args.out)
     print(format_summary(summary(result.records, result.skipped, result.orphaned)))
+    print(format_stage_table(result.stage_table))
     print(f"manifest: {args.out / 'manifest.jsonl'}\nreport:   {args.out / 'report.html'}")
     print(json.dumps({"clips_scored": result.clips_scored, "captions_generated": result.captions_generated,
                       **{k: round(v, 2) for k, v in result.timings.items()}}))

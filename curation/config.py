@@ -152,7 +152,11 @@ class RayConfig:
 class CurationConfig:
     executor: Literal["local", "ray"] = _f("local", "Run stages in-process or on Ray Data.")
     batch_size: int = _f(8, "Clips per batch handed to a stage.")
-    workers: int = _f(2, "Local executor: batches decoded ahead in threads while models run.")
+    workers: int | Literal["auto"] = _f(
+        "auto", "Local executor: worker processes for the CPU stages (probe, scene split, frame decode, "
+        "motion, clip cutting); auto = the machine's cores, 0 = all in the calling process.")
+    frames_in_flight: int = _f(1024, "Local executor: no new file or clip is started while this many "
+                               "scoring frames wait for CLIP (bounds memory).")
     input: InputConfig = _f(InputConfig(), "Which files are inputs.")
     probe: ProbeConfig = _f(ProbeConfig(), "Bounds on what one file may cost.")
     scenes: ScenesConfig = _f(ScenesConfig(), "Scene split.")
@@ -232,7 +236,8 @@ def validate(cfg: CurationConfig) -> None:
     p, s, fr, m, c, cap, fl = cfg.probe, cfg.scenes, cfg.frames, cfg.motion, cfg.clip, cfg.caption, cfg.filters
     checks: list[tuple[bool, str, str]] = [
         (cfg.batch_size >= 1, "batch_size", "must be >= 1"),
-        (cfg.workers >= 0, "workers", "must be >= 0"),
+        (cfg.workers == "auto" or cfg.workers >= 0, "workers", "must be auto or >= 0"),
+        (cfg.frames_in_flight >= 1, "frames_in_flight", "must be >= 1"),
         (p.max_pixels > 0, "probe.max_pixels", "must be > 0"),
         (p.timeout_s > 0, "probe.timeout_s", "must be > 0"),
         (s.detect_width >= 32 and s.detect_width % 32 == 0, "scenes.detect_width", "must be a positive multiple of 32"),

@@ -4,9 +4,9 @@ A stage is a callable ``list[record] -> list[record]`` with ``name`` and ``uses_
 stages also have ``setup()``. Both executors yield finished records as they complete, so the
 caller can store each one at once (resume).
 
-- ``LocalExecutor``: CPU stages (decode, motion) run in a thread pool on batches ahead of the
-  model, which runs in the calling thread; decord, OpenCV and torch release the GIL, so decode
-  overlaps with the model's forward pass.
+- ``LocalExecutor``: CPU stages run in a thread pool on batches ahead of the model, which runs
+  in the calling thread (captions; the local run's split, scoring and cutting are one stream
+  over worker processes, ``curation.stream``).
 - ``RayExecutor``: ``ray.data`` ``map_batches``: CPU stages as tasks, model stages as actor pools
   (one model load per actor, ``num_gpus`` each). Records travel as pickled bytes in one column,
   so nested dicts and numpy frames need no Arrow schema.
@@ -177,4 +177,6 @@ class RayExecutor:
 
 def make_executor(cfg: CurationConfig) -> LocalExecutor | RayExecutor:
     """The executor the config names."""
-    return RayExecutor(cfg) if cfg.executor == "ray" else LocalExecutor(cfg.batch_size, cfg.workers)
+    from curation.workers import resolve_workers
+
+    return RayExecutor(cfg) if cfg.executor == "ray" else LocalExecutor(cfg.batch_size, resolve_workers(cfg.workers))

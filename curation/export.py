@@ -1,9 +1,7 @@
 """Outputs of a run: cut clips + captions, manifest (jsonl + parquet), report, summary.
 
-Clips are cut frame-accurately: frames ``[start_frame, end_frame)`` are decoded upright by
-``hv_tune.media`` (the decoder whose indices the scores and the manifest use) and encoded as
-H.264 with the source's own presentation timestamps, so a variable-rate clip keeps its real
-duration. Images are exported upright (EXIF applied) as PNG. Every file is written atomically.
+Clips are cut frame-accurately by ``curation.stages.cut.write_clip`` (the worker processes cut
+accepted clips ahead, while others are scored; what is left is cut here).
 """
 
 from __future__ import annotations
@@ -14,31 +12,12 @@ from typing import Any
 
 from curation.config import CurationConfig
 from curation.errors import out_of_space
-from curation.media import open_video
 from curation.report import write_report
+from curation.stages.cut import write_clip
 from curation.summary import summary
 from hv_tune.data.manifest import write_manifest
-from hv_tune.io import atomic_write, atomic_write_text
-from hv_tune.media import read_caption_file, read_image, write_h264
-
-CUT_CHUNK = 8  # frames decoded at a time while cutting: bounds memory on long 4K clips
-
-
-def write_clip(rec: dict[str, Any], path: Path, crf: int) -> Path:
-    """Cut the span of ``rec`` to an H.264 mp4 (an upright PNG for images), atomically."""
-    if rec["kind"] == "image":
-        from PIL import Image
-
-        img = read_image(rec["source"])
-        return atomic_write(path.with_suffix(".png"), lambda p: Image.fromarray(img).save(p, format="PNG"))
-    return atomic_write(path, lambda p: _encode(rec, p, crf))
-
-
-def _encode(rec: dict[str, Any], out: Path, crf: int) -> None:
-    reader = open_video(rec, None)  # full display size, upright
-    s, e = rec["start_frame"], rec["end_frame"]
-    chunks = (reader.get(range(i, min(e, i + CUT_CHUNK))) for i in range(s, e, CUT_CHUNK))
-    write_h264(out, chunks, reader.times[s:e], crf=crf)
+from hv_tune.io import atomic_write_text
+from hv_tune.media import read_caption_file
 
 
 def export_clips(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,

@@ -56,6 +56,8 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)  # walked files not used, with the reason
     orphaned: list[dict[str, Any]] = field(default_factory=list)  # review decisions whose clip is gone
+    stage_s: dict[str, float] = field(default_factory=dict)  # busy seconds per stage, summed over processes
+    stage_table: dict[str, Any] = field(default_factory=dict)  # curation.progress.stage_table
 
 
 @dataclass
@@ -105,14 +107,53 @@ def run(cfg: CurationConfig, input_dir: Path, out_dir: Path, stages: dict[str, A
     stages = stages or {}
     result = RunResult([], out_dir)
     skipped: list[dict[str, str]] = []
-    files = split_files(cfg, discover(input_dir, cfg.input, skipped, out_dir), state, fps["split"], skipped)
+    walked = discover(input_dir, cfg.input, skipped, out_dir)
+    if cfg.executor == "ray":
+        files = split_files(cfg, walked, state, fps["split"], skipped)
+        _write_inputs(out_dir, files, skipped)
+        result.timings["split_s"] = time.perf_counter() - t0
+        clips = [c for f in files for c in f["clips"]]
+        clips = score_clips(cfg, clips, state, fps["score"], stages, result)
+        result.timings["score_s"] = time.perf_counter() - t0 - result.timings["split_s"]
+        return finish(cfg, clips, state, out_dir, stages, result, t0)
+    clips = stream_files(cfg, walked, state, fps, stages, result, skipped)
+    return finish(cfg, clips, state, out_dir, stages, result, t0)
+
+
+def stream_files(cfg: CurationConfig, walked: list[dict[str, Any]], state: State, fps: dict[str, str],
+                 stages: dict[str, Any], result: RunResult, skipped: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The local executor: split, score and cut as one stream over worker processes
+    (``curation.stream``); returns every clip record with its stored scores."""
+    from curation.stream import Stream
+
+    t0 = time.perf_counter()
+    clip_stage = stages.setdefault("clip", ClipScores(cfg.clip))
+    images_before = getattr(clip_stage, "images_encoded", 0)
+    reviews = read_reviews(result.out_dir)
+    flow = Stream(cfg, state, fps, result.out_dir, clip_stage, reviews, result, skipped)
+    try:
+        files = flow.run(walked)
+        _write_inputs(result.out_dir, files, skipped)
+        result.clip_images_encoded = getattr(clip_stage, "images_encoded", 0) - images_before
+        clips = []
+        for c in (c for f in files for c in f["clips"]):
+            row = state.scores.get(c["id"], fps["score"]) if c["status"] == "pending" else None
+            clips.append({**c, **{k: row[k] for k in SCORE_FIELDS}} if row else c)
+        result.timings["stream_s"] = time.perf_counter() - t0
+    except BaseException:
+        flow.abort()
+        raise
+    try:
+        flow.finish_cuts(decide(clips, cfg.filters, reviews))
+    finally:
+        result.stage_s.update(flow.times)
+    result.timings["cut_s"] = time.perf_counter() - t0 - result.timings["stream_s"]
+    return clips
+
+
+def _write_inputs(out_dir: Path, files: list[dict[str, Any]], skipped: list[dict[str, str]]) -> None:
     write_json(out_dir / "state" / "skipped.json", sorted(skipped, key=lambda x: x["rel"]))
     write_json(out_dir / "state" / "inputs.json", [{k: f[k] for k in ("content", "rel", "source")} for f in files])
-    result.timings["split_s"] = time.perf_counter() - t0
-    clips = [c for f in files for c in f["clips"]]
-    clips = score_clips(cfg, clips, state, fps["score"], stages, result)
-    result.timings["score_s"] = time.perf_counter() - t0 - result.timings["split_s"]
-    return finish(cfg, clips, state, out_dir, stages, result, t0)
 
 
 def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_dir: Path,
@@ -127,6 +168,7 @@ def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_d
     t1 = time.perf_counter()
     records = caption_clips(cfg, records, state, out_dir, stages, result, reviews)
     result.timings["caption_s"] = time.perf_counter() - t1
+    result.stage_s["caption"] = result.stage_s.get("caption", 0.0) + result.timings["caption_s"]
     skipped_path = out_dir / "state" / "skipped.json"
     skipped = json.loads(skipped_path.read_text(encoding="utf-8")) if skipped_path.is_file() else []
     # captions we wrote or stored (model, last manifest, the page's by the rule): to tell ours from the user's
@@ -140,7 +182,19 @@ def finish(cfg: CurationConfig, clips: list[dict[str, Any]], state: State, out_d
     result.records = export_all(cfg, records, out_dir, skipped, stored, result.orphaned)
     result.skipped = skipped
     result.timings["total_s"] = time.perf_counter() - t0
+    record_stage_times(out_dir, result, time.perf_counter() - t1 - result.timings["caption_s"])
     return result
+
+
+def record_stage_times(out_dir: Path, result: RunResult, export_s: float) -> None:
+    """Add each stage's time and share of the wall time to ``summary.json`` (``stages``, ``wall_s``)."""
+    from curation.progress import stage_table
+
+    result.stage_s["export"] = result.stage_s.get("export", 0.0) + export_s
+    result.stage_table = stage_table(result.stage_s, result.timings["total_s"])
+    path = out_dir / "summary.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    write_json(path, {**data, **result.stage_table})
 
 
 def check_folders(input_dir: Path, out_dir: Path) -> None:

@@ -74,8 +74,10 @@ document.body.dataset.ready = '1';
 """
 
 
-def thumbnail_strip(rec: dict[str, Any], positions: list[float], height: int, cache: Path) -> str | None:
-    """A JPEG strip of the clip's frames as a data URI (cached in ``state/thumbs``)."""
+def thumbnail_strip(rec: dict[str, Any], positions: list[float], height: int, cache: Path,
+                    encode: bool = True) -> str | None:
+    """A JPEG strip of the clip's frames as a data URI (cached in ``state/thumbs``); with
+    ``encode=False`` only the cache file is written (worker processes make them ahead)."""
     from PIL import Image
 
     path = cache / f"{rec['id']}.jpg"
@@ -91,6 +93,8 @@ def thumbnail_strip(rec: dict[str, Any], positions: list[float], height: int, ca
         buf = io.BytesIO()
         Image.fromarray(strip).save(buf, format="JPEG", quality=80)
         atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+    if not encode:
+        return None
     return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 

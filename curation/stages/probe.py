@@ -160,16 +160,31 @@ def _probe_in_child(kind: str, path: str, max_pixels: int, max_duration_s: float
         return {"error": msg if msg.startswith(("too large", "too long")) else f"unreadable: {msg[:300]}"}
 
 
-def _limit_memory(max_mb: int) -> None:
+def _limit_memory(max_mb: int, on_top: bool = False) -> None:
     """Probe worker set-up: the address-space limit; Ctrl-C is the parent's to handle (the
-    terminal sends it to the whole process group: a worker would print its own traceback)."""
+    terminal sends it to the whole process group: a worker would print its own traceback).
+
+    ``on_top``: a process forked from a curation worker starts with the worker's mappings
+    (libraries, decoders); the limit is ``max_mb`` on top of those (what the probe itself may map).
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked from a curation worker: not the worker's handler
     if max_mb > 0:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (max_mb << 20, max_mb << 20))
+        limit = (max_mb << 20) + (_mapped_bytes() if on_top else 0)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _mapped_bytes() -> int:
+    """This process's address space in bytes (Linux ``VmSize``; 0 where unknown)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(ln.split()[1]) << 10 for ln in fh if ln.startswith("VmSize:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 class Probe:
@@ -183,14 +198,15 @@ class Probe:
     name = "probe"
     uses_model = False
 
-    def __init__(self, cfg: ProbeConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: ProbeConfig, start_method: str = "spawn"):
+        self.cfg, self.start_method = cfg, start_method  # "fork" from a curation worker: starts in ms
         self._pool = None
 
     def _get_pool(self) -> Any:
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = ctx.Pool(1, initializer=_limit_memory, initargs=(self.cfg.max_memory_mb,))
+            ctx = multiprocessing.get_context(self.start_method)
+            on_top = self.start_method == "fork"
+            self._pool = ctx.Pool(1, initializer=_limit_memory, initargs=(self.cfg.max_memory_mb, on_top))
         return self._pool
 
     def close(self) -> None:
@@ -200,7 +216,7 @@ class Probe:
             self._pool = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray ships stages to workers: the pool stays behind
-        return {"cfg": self.cfg, "_pool": None}
+        return {"cfg": self.cfg, "start_method": "spawn", "_pool": None}
 
     def __call__(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self.one(r) for r in records]

@@ -57,12 +57,13 @@ def _assert_complete(out: Path) -> None:
             json.loads(line)
 
 
-@pytest.mark.parametrize("phase", ["split", "score"])
-def test_ctrl_c_ends_in_one_line_and_exit_130_then_resumes(tmp_path, samples, tiny_models, tiny_config, phase):
+@pytest.mark.parametrize("phase,workers", [("split", 0), ("score", 0), ("score", 2)])
+def test_ctrl_c_ends_in_one_line_and_exit_130_then_resumes(tmp_path, samples, tiny_models, tiny_config, phase,
+                                                           workers):
     inp, out = _input(tmp_path, samples), tmp_path / "out"
     cmd = [sys.executable, "-m", "curation", "run", str(inp), "--out", str(out), "--config", str(TINY_CONFIG),
-           *model_overrides(tiny_models), *SLOW]
-    # its own process group, as a terminal's: Ctrl-C reaches the run and its probe worker alike
+           *model_overrides(tiny_models), *SLOW, f"workers={workers}"]
+    # its own process group, as a terminal's: Ctrl-C reaches the run and its worker processes alike
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     watched = out / "state" / ("files.jsonl" if phase == "split" else "scores.jsonl")
