@@ -158,3 +158,19 @@ def hv15_i2v_cache(tmp_path_factory, hv15_i2v_tiny, demo_folder) -> Path:
     summary = build_cache(get_spec("hunyuan-video-1.5-i2v"), cfg, "cpu")
     assert summary.items == 6 and summary.conditions_encoded == 6, summary.table()
     return out
+
+
+@pytest.fixture(autouse=True)
+def _thread_scheduling_unchanged():
+    """No test may leave the test process's main thread with another scheduling policy: a library
+    that makes it real-time (SVT-AV1 as root does) lets one spinning thread starve the others, and a
+    later test hangs far from the cause. Restored here, and the test that changed it fails."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    yield
+    after = (os.sched_getscheduler(0), os.sched_getparam(0))
+    if after != before:
+        os.sched_setscheduler(0, *before)
+        pytest.fail(f"the test changed this thread's scheduling policy/priority {before} -> {after}")

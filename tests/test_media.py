@@ -7,6 +7,7 @@ end up at the top), not only sizes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -294,3 +295,11 @@ def test_the_decoder_choice_travels_with_the_record(hard_media):
     a = VideoFrames(path, probe, (64, 46)).get([70, 3])
     assert np.array_equal(a, VideoFrames(path, rebuilt, (64, 46)).get([70, 3]))  # identical in any process
     assert np.array_equal(a, VideoFrames(path, clip, (64, 46)).get([70, 3]))
+
+
+def test_writing_av1_leaves_the_thread_scheduling_as_it_was(tmp_path):
+    """SVT-AV1 run as root makes the thread that opens it real-time (SCHED_FIFO 99); the project's
+    writer puts the policy back (a real-time spinning thread starved a later test's probe pool)."""
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    write_video(tmp_path / "av1.mp4", marked_frames(4, 64, 64, seed=1), codec="libsvtav1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before

@@ -6,7 +6,9 @@ another codec (tests that need AV1 input) pass ``codec``; nothing else differs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,7 +39,34 @@ def write_h264(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[f
         options: further encoder options (e.g. ``{"qp": "0"}`` with ``crf=None`` for lossless).
         rotation: display rotation in degrees counter-clockwise stored in the file (the frames are
             the stored ones; a player turns them by it).
+
+    The calling thread's scheduling policy is the same afterwards (``keep_thread_scheduling``).
     """
+    with keep_thread_scheduling():
+        return _encode(path, chunks, times, crf, preset, codec, options, rotation)
+
+
+@contextmanager
+def keep_thread_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy and priority (Linux) after the block.
+
+    An encoder may change them: SVT-AV1 (``libsvtav1``) run as root makes the thread that opens it
+    real-time (``SCHED_FIFO``, priority 99); a thread spinning at that priority starves every other
+    thread of its process (seen as a multiprocessing pool that never returns a result).
+    """
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
+def _encode(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[float], crf: int | None,
+            preset: str | None, codec: str, options: dict[str, str] | None, rotation: int) -> Path:
     import av
 
     times = np.asarray(times, np.float64) - float(times[0])
