@@ -95,6 +95,18 @@ def file_work(cfg: CurationConfig, rec: dict[str, Any], cuts: list[dict[str, Any
     return clips, t
 
 
+def busy_cores_since(start: tuple[int, int] | None = None) -> tuple[int, int] | float:
+    """The machine's busy CPU time (Linux ``/proc/stat``, all processes): called without an argument,
+    a reading; with an earlier reading, the mean number of busy cores since then (on a quiet machine,
+    how many cores a phase kept busy)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:]]
+    busy, total = sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+    if start is None:
+        return busy, total
+    return round(os.cpu_count() * (busy - start[0]) / max(1, total - start[1]), 2)
+
+
 def _warm(_: int) -> int:
     import curation.stages.cut  # noqa: F401 - what the jobs import
     import curation.stages.scenes  # noqa: F401
@@ -146,16 +158,19 @@ def decode_bound(workers: str = "auto", scale: float = 1.0) -> dict[str, Any]:
         stage = ClipScores(cfg.clip)
         stage.setup()
         load1 = os.getloadavg()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), busy_cores_since()
         result = run(cfg, tmp / "in", tmp / "pipeline", {"clip": stage})
-        pipeline_s = time.perf_counter() - t0
+        pipeline_s, busy = time.perf_counter() - t0, {"pipeline": busy_cores_since(c0)}
         files = discover(tmp / "in", cfg.input)
         cuts: dict[str, list] = {}
         for r in result.records:
             if r["status"] == "accepted" and r["kind"] == "video":
                 cuts.setdefault(r["source"], []).append(r)
+        c0 = busy_cores_since()
         one_s, one_stages = bare(cfg, files, cuts, stage, tmp / "bare1", 0)
+        busy["bare_1proc"], c0 = busy_cores_since(c0), busy_cores_since()
         many_s, _ = bare(cfg, files, cuts, stage, tmp / "bareN", n)
+        busy["bare_workers"] = busy_cores_since(c0)
         load2 = os.getloadavg()
     return {
         "mode": "decode-bound: tiny CLIP, captions off", "machine": platform.processor() or platform.machine(),
@@ -164,7 +179,7 @@ def decode_bound(workers: str = "auto", scale: float = 1.0) -> dict[str, Any]:
         "clips_cut": sum(len(v) for v in cuts.values()),
         "workers": n, "pipeline_s": round(pipeline_s, 2), "bare_1proc_s": round(one_s, 2),
         "bare_workers_s": round(many_s, 2), "ratio_to_1proc": round(pipeline_s / one_s, 3),
-        "ratio_to_workers": round(pipeline_s / many_s, 3),
+        "ratio_to_workers": round(pipeline_s / many_s, 3), "busy_cores": busy,
         "bare_1proc_stages_s": {k: round(v, 2) for k, v in one_stages.items()},
         "pipeline_stages": result.stage_table["stages"],
     }

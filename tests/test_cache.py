@@ -20,7 +20,7 @@ from hv_tune.data.encode import build_cache, encode_items, load_pixels
 from hv_tune.data.plan import model_identity, plan_items
 from hv_tune.data.sources import scan_sources
 from hv_tune.media.writer import frame_times, write_h264
-from hv_tune.models import get_spec
+from hv_tune.models import LoadOptions, get_spec
 
 from .conftest import REPO, cache_config
 
@@ -410,3 +410,25 @@ def test_old_cache_format_names_the_rebuild_and_train_rebuilds_it(spec, tiny_mod
     summary = json.loads((cache / "summary.json").read_text())
     assert (summary["latents_encoded"], summary["texts_encoded"], summary["latents_reused"]) == (0, 0, 7)
     assert len(read_index(cache)) == 7
+
+
+def test_models_are_released_after_their_group_even_when_a_cycle_holds_them(spec, tiny_model):
+    """The cache stage frees a group's models before the next group loads its own: by reference
+    counting when nothing else holds them, by a garbage collection when a cycle does."""
+    import gc
+
+    from hv_tune.data.encode import _free, _weak_refs
+
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
+    refs = _weak_refs(enc)
+    assert len(refs) == len(enc) >= 1  # every text encoder's module, found through TextEncoders
+    vae = spec.load_vae(LoadOptions(str(tiny_model)))
+    vae.held_by = [vae]  # a reference cycle: reference counting alone never frees it
+    refs += _weak_refs(vae)
+    gc.disable()
+    try:
+        del enc, vae
+        _free(refs)
+    finally:
+        gc.enable()
+    assert [r() for r in refs] == [None] * len(refs)
