@@ -155,3 +155,4 @@ def check_line_shape(spec: Any, line: PromptLine, frames: int, height: int, widt
         raise ConfigError(f"{line.where}: --s {line.steps}: must be >= 1")
     if line.shift is not None and line.shift <= 0:
         raise ConfigError(f"{line.where}: --fs {line.shift:g}: must be > 0")
+    spec.pipeline.check_guidance(line.where, line.negative_prompt, line.cfg_scale)
