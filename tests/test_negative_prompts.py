@@ -158,3 +158,52 @@ def test_validation_previews_honour_the_negative_prompt(spec, tiny_model, demo_c
                guidance_scale=cfg.validation.guidance, height=32, width=32, num_frames=1, num_inference_steps=2,
                output_type="np", generator=torch.Generator().manual_seed(1)).frames[0][0]
     assert np.abs(negative - _uint8(ref)).max() <= 2
+
+
+def test_hv15_preview_embeds_carry_the_negative_prompt_as_the_pipeline_encodes_it(hv15_tiny):
+    """What 1.5 validation previews pass as the unconditional side: the negative prompt's embeddings as
+    HunyuanVideo15Pipeline.encode_prompt computes them (our text stack is another code path: tolerance), not
+    the empty prompt's."""
+    from diffusers import HunyuanVideo15Pipeline
+
+    from hv_tune.models import LoadOptions, get_spec
+
+    spec = get_spec("hunyuan-video-1.5")
+    enc = spec.text.load(LoadOptions(str(hv15_tiny)))
+    mine = spec.pipeline.preview_embeds(enc, "a toy robot", 1, "a red ball")
+    pipe = HunyuanVideo15Pipeline.from_pretrained(str(hv15_tiny))
+    names = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
+    for text, prefix in (("a red ball", "negative_"), ("a toy robot", "")):
+        theirs = dict(zip(names, pipe.encode_prompt(prompt=text, device="cpu")))
+        for name in names:
+            a, b = mine[prefix + name].float(), theirs[name].float()
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5), (prefix, name)
+    empty = pipe.encode_prompt(prompt=None, device="cpu")[0]
+    assert not torch.allclose(mine["negative_prompt_embeds"].float(), empty.float(), atol=1e-3)
+
+
+def test_hv15_negative_prompt_is_encoded_when_the_folders_guider_has_no_cfg(hv15_tiny, tmp_path):
+    """A folder whose guider runs no CFG (scale 1, as a CFG-distilled checkpoint's may) with a line that asks for
+    CFG (--g 6) and --n: with --offload text-encoders the negative prompt is encoded up front too, so the image
+    is the pipeline's with that negative prompt (not the empty prompt's)."""
+    import json
+    import shutil
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+
+    folder = tmp_path / "model"
+    shutil.copytree(hv15_tiny, folder)
+    guider = folder / "guider" / "guider_config.json"
+    guider.write_text(json.dumps(json.loads(guider.read_text()) | {"guidance_scale": 1.0}))
+    f = tmp_path / "prompts.txt"
+    f.write_text("a toy robot --w 32 --h 32 --f 1 --d 2 --s 2 --g 6 --n a red ball\n")
+    assert main(["sample", "--model", str(folder), "--from-file", str(f), "--out", str(tmp_path / "o"),
+                 "--offload", "text-encoders"]) == 0
+    pipe = HunyuanVideo15Pipeline.from_pretrained(str(hv15_tiny))  # its guider: scale 6
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=7.0)
+    kw = {"height": 32, "width": 32, "num_frames": 1, "num_inference_steps": 2, "output_type": "np"}
+    ref = pipe("a toy robot", negative_prompt="a red ball", generator=torch.Generator().manual_seed(2), **kw)
+    empty = pipe("a toy robot", generator=torch.Generator().manual_seed(2), **kw)
+    got = _png(tmp_path / "o" / "00.png")
+    assert np.abs(got - _uint8(ref.frames[0][0])).max() <= 1
+    assert np.abs(_uint8(ref.frames[0][0]) - _uint8(empty.frames[0][0])).max() > 2

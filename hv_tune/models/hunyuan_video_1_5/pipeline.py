@@ -57,11 +57,12 @@ class HunyuanVideo15Pipelines:
     def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str,
                       negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """The pipeline's own encoding of ``prompt`` and of the unconditional side (``negative_prompt``, else
-        the empty prompt)."""
+        the empty prompt, when the folder's guider has one: ``call_arguments`` may set another scale later, so
+        a negative prompt is always encoded, never left to the pipeline's encoders)."""
         keys = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
         cond = pipe.encode_prompt(prompt=prompt, device=device)
         out = dict(zip(keys, cond))
-        if pipe.guider._enabled and pipe.guider.num_conditions > 1:
+        if negative_prompt is not None or (pipe.guider._enabled and pipe.guider.num_conditions > 1):
             uncond = pipe.encode_prompt(prompt=negative_prompt, device=device)
             out |= {f"negative_{k}": v for k, v in zip(keys, uncond)}
         return out
