@@ -68,8 +68,9 @@ class HunyuanVideo15Pipelines:
         return out
 
     def check_guidance(self, where: str, negative_prompt: str | None, cfg_scale: float | None) -> None:
-        """Nothing to refuse: 1.5 always runs classifier-free guidance (``--l`` or ``--g`` its scale, as
-        musubi-tuner reads ``--l`` for 1.5), and ``--n`` is its unconditional side."""
+        """Nothing to refuse: 1.5 runs classifier-free guidance at ``--l`` (musubi-tuner's scale for 1.5) or else
+        ``--g``, with ``--n`` (else the empty prompt) as its unconditional side; at scale 1 there is no
+        unconditional side and ``--n`` has no effect, as in musubi-tuner (README, ``sample``)."""
 
     def load_lora(self, pipe: Any, file: str, name: str) -> None:
         """A diffusers-format LoRA into ``pipe``: 1.5's pipelines have no LoRA loader, so the transformer's
