@@ -207,3 +207,25 @@ def test_hv15_negative_prompt_is_encoded_when_the_folders_guider_has_no_cfg(hv15
     got = _png(tmp_path / "o" / "00.png")
     assert np.abs(got - _uint8(ref.frames[0][0])).max() <= 1
     assert np.abs(_uint8(ref.frames[0][0]) - _uint8(empty.frames[0][0])).max() > 2
+
+
+def test_preview_embeddings_cache_follows_the_negative_prompt(spec, tiny_model, demo_cache, tmp_path):
+    """The previews' embeddings are cached under samples/ per run; editing a line's --n (same prompts) must
+    re-encode, not reuse the old negative prompt's embeddings."""
+    from accelerate import Accelerator
+
+    from hv_tune.config import load_config
+    from hv_tune.models import LoadOptions
+    from hv_tune.training.validation import Validator
+
+    from .conftest import train_overrides
+
+    f = tmp_path / "previews.txt"
+    enc = spec.text.load(LoadOptions(str(tiny_model)))
+    for negative in ("a blue square", "a green triangle"):
+        f.write_text(f"a red ball --w 32 --h 32 --f 1 --n {negative} --l 4\n")
+        cfg = load_config(None, train_overrides(tiny_model, demo_cache, tmp_path / "run", **{
+            "validation.every": 1, "validation.prompts": str(f), "validation.eval_items": 0}))
+        embeds = Validator(cfg, spec, Accelerator(cpu=True), LoadOptions(str(tiny_model)), None).embeds[0]
+        want = spec.text.encode(enc, [negative], 1)["prompt_embeds"]
+        assert torch.allclose(embeds["negative_prompt_embeds"], want), negative
