@@ -392,7 +392,7 @@ def _sample_from_file(args: argparse.Namespace, spec) -> None:
     for i, req in enumerate(requests):
         embeds = None
         if args.offload == "text-encoders":  # the encoders visit the device for each line's prompt only
-            embeds = offloaded_prompt_embeds(spec, pipe, req.prompt, device)
+            embeds = offloaded_prompt_embeds(spec, pipe, req.prompt, device, req.negative_prompt)
         out = args.out / f"{i:02d}.{'png' if req.frames == 1 else 'mp4'}"
         print(f"{lines[i].where}: written to {write_video(generate(spec, pipe, req, embeds), out, fps)}")
 

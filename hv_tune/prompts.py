@@ -14,8 +14,16 @@ option      meaning                                 value
 ``--g``     guidance scale                          number
 ``--fs``    flow shift of the sampler               number
 ``--i``     first frame (image-to-video models)     path (relative: to the file's folder)
-``--n``     negative prompt                         text (refused: not supported yet)
+``--n``     negative prompt                         text, as written, up to the next `` --``
+``--l``     classifier-free guidance scale          number
 ==========  ======================================  =================================
+
+``--n`` and ``--l`` follow musubi-tuner's meaning per family (docs/decisions.md, "Negative prompts"):
+on HunyuanVideo 1.5 (T2V and I2V) the negative prompt replaces the empty prompt on the unconditional side
+of the pipeline's classifier-free guidance, and ``--l`` is that guidance's scale (over ``--g``); on
+HunyuanVideo (v1, guidance-distilled: ``--g`` is the embedded guidance) ``--n`` runs diffusers' true
+classifier-free guidance at scale ``--l``, so a v1 line with ``--n`` needs ``--l`` above 1 and ``--l``
+needs ``--n`` (the family's ``PipelineAdapter.check_guidance``).
 
 A line whose first character is ``#`` is a comment, blank lines are skipped (musubi-tuner's
 rule: an indented ``#`` starts a prompt). Unlike musubi-tuner, which skips what it cannot read,
@@ -37,7 +45,7 @@ _FLOAT = re.compile(r"\d+(\.\d*)?|\.\d+")
 OPTIONS: dict[str, tuple[str, str]] = {
     "w": ("width", "int"), "h": ("height", "int"), "f": ("frames", "int"), "d": ("seed", "int"),
     "s": ("steps", "int"), "g": ("guidance", "float"), "fs": ("shift", "float"), "i": ("image", "path"),
-    "n": ("negative_prompt", "text"),
+    "n": ("negative_prompt", "text"), "l": ("cfg_scale", "float"),
 }
 
 
@@ -56,6 +64,7 @@ class PromptLine:
     shift: float | None = None
     image: str | None = None
     negative_prompt: str | None = None
+    cfg_scale: float | None = None
 
     def settings(self) -> dict[str, Any]:
         """The settings this line sets, by field name."""
@@ -84,8 +93,6 @@ def parse_prompt_line(text: str, where: str = "") -> PromptLine:
                               f"{', '.join('--' + o for o in OPTIONS)} (musubi-tuner's syntax)")
         name, kind = known
         setattr(line, name, _value(value, kind, f"{where}: --{option}"))
-    if line.negative_prompt is not None:
-        raise ConfigError(f"{where}: --n (negative prompt) is not supported by hv-tune's sampler yet; remove it")
     return line
 
 
@@ -132,7 +139,8 @@ def apply_line(defaults: Any, line: PromptLine) -> Any:
 
 
 def check_line_shape(spec: Any, line: PromptLine, frames: int, height: int, width: int) -> None:
-    """The line's frame count and size (after defaults) by the model's rules.
+    """The line's frame count and size (after defaults) by the model's rules, and its ``--n`` / ``--l``
+    by the family's (``spec.pipeline.check_guidance``).
 
     Raises:
         ConfigError: naming the line and the rule.
@@ -147,3 +155,4 @@ def check_line_shape(spec: Any, line: PromptLine, frames: int, height: int, widt
         raise ConfigError(f"{line.where}: --s {line.steps}: must be >= 1")
     if line.shift is not None and line.shift <= 0:
         raise ConfigError(f"{line.where}: --fs {line.shift:g}: must be > 0")
+    spec.pipeline.check_guidance(line.where, line.negative_prompt, line.cfg_scale)

@@ -38,6 +38,11 @@ class SampleRequest:
     #: the first frame (PIL image) when the spec's ``sample_input`` is ``image``; the pipeline then picks
     #: the output size from it
     image: Any = None
+    #: negative prompt (a prompt line's ``--n``): the unconditional side of classifier-free guidance
+    negative_prompt: str | None = None
+    #: classifier-free guidance scale (a prompt line's ``--l``); what it means is the family's
+    #: (``PipelineAdapter.call_arguments``); None = not given
+    cfg_scale: float | None = None
 
 
 def read_first_frame(path: str | Path, what: str, fix: str = "") -> Any:
@@ -179,14 +184,16 @@ def apply_deltas(transformer: torch.nn.Module, diffs: Mapping[str, torch.Tensor]
         target.copy_((target.float() + scale * delta.to(target.device).float()).to(target.dtype))
 
 
-def offloaded_prompt_embeds(spec: ModelSpec, pipe: Any, prompt: str, device: str) -> dict[str, torch.Tensor]:
-    """Encode with the pipeline's own text encoders (however many: its ``text_encoder*`` components),
-    moved to ``device`` only while they run."""
+def offloaded_prompt_embeds(
+    spec: ModelSpec, pipe: Any, prompt: str, device: str, negative_prompt: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Encode ``prompt`` (and ``negative_prompt``, where given) with the pipeline's own text encoders (however
+    many: its ``text_encoder*`` components), moved to ``device`` only while they run."""
     encoders = [m for name, m in pipe.components.items() if name.startswith("text_encoder") and m is not None]
     for enc in encoders:
         enc.to(device)
     try:
-        return spec.pipeline.prompt_embeds(pipe, prompt, device)
+        return spec.pipeline.prompt_embeds(pipe, prompt, device, negative_prompt)
     finally:
         for enc in encoders:
             enc.to("cpu")
@@ -201,14 +208,17 @@ def generate(
 
     Args:
         spec: the family of ``pipe`` (its call arguments: size or first frame, guidance).
-        embeds: precomputed prompt embeddings (keyword arguments of the pipeline call); the
-            prompt text is used when None.
+        embeds: precomputed prompt embeddings (keyword arguments of the pipeline call, the negative
+            prompt's included); the prompt texts (``req.prompt``, ``req.negative_prompt``) are used when None.
     """
     pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=req.shift)
     prompt: dict[str, Any] = dict(embeds) if embeds is not None else {"prompt": req.prompt}
+    if embeds is None and req.negative_prompt is not None:
+        prompt["negative_prompt"] = req.negative_prompt
+    guidance = spec.pipeline.call_arguments(pipe, req.height, req.width, req.image, req.guidance, req.cfg_scale)
     out = pipe(
         **prompt,
-        **spec.pipeline.call_arguments(pipe, req.height, req.width, req.image, req.guidance),  # size or first frame
+        **guidance,  # size or first frame, guidance
         num_frames=req.frames,
         num_inference_steps=req.steps,
         generator=torch.Generator("cpu").manual_seed(req.seed),

@@ -18,15 +18,26 @@ def test_a_line_reads_as_musubi_tuner_reads_it():
     assert parse_prompt_line("just a prompt").settings() == {}
 
 
+def test_negative_prompt_and_cfg_scale_read_as_musubi_tuner_reads_them():
+    """--n keeps its text as written (spaces, commas, quotes) up to the next " --"; --l is a number."""
+    line = parse_prompt_line('a cat --n blurry, low  quality "jpeg" --L 4.5 --w 32', "p:1")
+    assert (line.prompt, line.negative_prompt, line.cfg_scale, line.width) == (
+        "a cat", 'blurry, low  quality "jpeg"', 4.5, 32)
+    assert line.settings() == {"width": 32, "negative_prompt": 'blurry, low  quality "jpeg"', "cfg_scale": 4.5}
+    assert parse_prompt_line("a cat --N dark --l .5").settings() == {"negative_prompt": "dark", "cfg_scale": 0.5}
+
+
 @pytest.mark.parametrize("text, message", [
     ("a cat --x 3", "unknown option --x"),
-    ("a cat --l 7", "unknown option --l"),  # musubi's cfg scale for other models
+    ("a cat --l x", "--l 'x': must be a number"),
+    ("a cat --l -2", "--l '-2': must be a number >= 0"),
+    ("a cat --l", "--l '': must be a number"),
+    ("a cat --n", "--n: needs a value"),
     ("a cat --w 51.5", "--w '51.5': must be a whole number"),
     ("a cat --d -1", "--d '-1'"),
     ("a cat --g", "--g '': must be a number"),
     ("a cat --i", "--i: needs a value"),
     (" --w 32", "no prompt"),
-    ("a cat --n blurry", "--n (negative prompt) is not supported"),
 ])
 def test_a_bad_line_names_the_file_and_line(tmp_path, text, message):
     f = tmp_path / "prompts.txt"

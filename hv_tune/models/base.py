@@ -119,13 +119,22 @@ class PipelineAdapter(Protocol):
         """A pipeline around already-loaded parts and no text encoders (pass prompt embeddings)."""
         ...
 
-    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int,
+                       negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """Prompt embeddings from ``enc`` as keyword arguments of the pipeline's call, unconditional side
-        included where it needs one (previews run a pipeline without text encoders)."""
+        (``negative_prompt``'s where given) included where it needs one (previews run a pipeline without
+        text encoders)."""
         ...
 
-    def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """Embeddings exactly as ``pipe`` would compute them, as keyword arguments of its call."""
+    def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str,
+                      negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
+        """Embeddings exactly as ``pipe`` would compute them (``negative_prompt``'s too, where given), as
+        keyword arguments of its call."""
+        ...
+
+    def check_guidance(self, where: str, negative_prompt: str | None, cfg_scale: float | None) -> None:
+        """A prompt line's negative prompt (``--n``) and classifier-free guidance scale (``--l``) by the
+        family's rule. Raises ``ConfigError`` naming ``where`` (``FILE:LINE``) and the fix."""
         ...
 
     def load_lora(self, pipe: Any, file: str, name: str) -> None:
@@ -136,8 +145,10 @@ class PipelineAdapter(Protocol):
         """Activate the adapters ``names`` of ``pipe`` with ``scales``."""
         ...
 
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """Keyword arguments of ``pipe``'s call for the size (or first frame) and guidance; may set its guider."""
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float,
+                       cfg_scale: float | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``pipe``'s call for the size (or first frame) and guidance (``cfg_scale``: a
+        prompt line's ``--l``, None when not given); may set its guider."""
         ...
 
 

@@ -109,6 +109,8 @@ def preview_lines(cfg: Config) -> list[PromptLine]:
     lines = read_prompt_file(v.prompts) if isinstance(v.prompts, str) else [PromptLine(p) for p in v.prompts]
     for line in lines:
         line.prompt = replace_placeholder(line.prompt, cfg.data.trigger_word)[0]
+        if line.negative_prompt is not None:
+            line.negative_prompt = replace_placeholder(line.negative_prompt, cfg.data.trigger_word)[0]
     return lines
 
 
@@ -157,7 +159,9 @@ class Validator:
         if not self.prompts:
             return []
         frames = [r.frames for r in self.requests]
-        key = json.dumps({"prompts": self.prompts, "frames": frames, "model": self.cfg.model.path})
+        negatives = [r.negative_prompt for r in self.requests]
+        key = json.dumps({"prompts": self.prompts, "negative": negatives, "frames": frames,
+                          "model": self.cfg.model.path})
         cache = self.out / PROMPT_CACHE
         if cache.is_file():
             from safetensors import safe_open
@@ -169,7 +173,7 @@ class Validator:
                     return [{k: flat[f"{i}.{k}"] for n, k in parts if n == str(i)} for i in range(len(self.prompts))]
         # on the CPU: next to a transformer on a 24 GB card there is no room for the text encoders
         enc = self.spec.text.load(LoadOptions(self.opts.path, self.opts.dtype, self.opts.revision))
-        embeds = [self.spec.pipeline.preview_embeds(enc, r.prompt, r.frames) for r in self.requests]
+        embeds = [self.spec.pipeline.preview_embeds(enc, r.prompt, r.frames, r.negative_prompt) for r in self.requests]
         del enc
         flat = {f"{i}.{k}": v for i, e in enumerate(embeds) for k, v in e.items()}
         atomic_save_safetensors(cache, flat, {"key": key})

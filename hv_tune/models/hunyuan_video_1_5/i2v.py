@@ -41,9 +41,11 @@ class HunyuanVideo15I2VPipelines(HunyuanVideo15Pipelines):
     #: a sampling request gives the first frame; the pipeline takes the size from it and its target_size
     sample_input = "image"
 
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """The first frame (the I2V pipeline picks the output size from it); guidance through the guider."""
-        pipe.guider = pipe.guider.new(guidance_scale=guidance)
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float,
+                       cfg_scale: float | None = None) -> dict[str, Any]:
+        """The first frame (the I2V pipeline picks the output size from it); guidance through the guider
+        (``cfg_scale`` over ``guidance``, as text-to-video)."""
+        super().call_arguments(pipe, height, width, image, guidance, cfg_scale)
         return {"image": image}
 
     def load(self, opts: LoadOptions) -> Any:

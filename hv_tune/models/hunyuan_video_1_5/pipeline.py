@@ -43,24 +43,34 @@ class HunyuanVideo15Pipelines:
             guider=ClassifierFreeGuidance.from_pretrained(opts.path, subfolder="guider", **kw),
         )
 
-    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int) -> dict[str, torch.Tensor]:
-        """The prompt's and the empty prompt's (the unconditional side) embeddings under
-        ``HunyuanVideo15Pipeline.__call__``'s names."""
+    def preview_embeds(self, enc: TextEncoders, prompt: str, num_frames: int,
+                       negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
+        """The prompt's and the unconditional side's embeddings (the negative prompt's, else the empty
+        prompt's, as the pipeline encodes ``negative_prompt=None``) under ``HunyuanVideo15Pipeline.__call__``'s
+        names."""
         names = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
         cond = self.spec.text.encode(enc, [prompt], num_frames)
-        uncond = self.spec.text.encode(enc, [""], num_frames)
+        uncond = self.spec.text.encode(enc, ["" if negative_prompt is None else negative_prompt], num_frames)
         out = {n: cond[k] for n, k in zip(names, self.spec.text.fields)}
         return out | {f"negative_{n}": uncond[k] for n, k in zip(names, self.spec.text.fields)}
 
-    def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str) -> dict[str, torch.Tensor]:
-        """The pipeline's own encoding of ``prompt`` and of the unconditional (empty) prompt."""
+    def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str,
+                      negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
+        """The pipeline's own encoding of ``prompt`` and of the unconditional side (``negative_prompt``, else
+        the empty prompt, when the folder's guider has one: ``call_arguments`` may set another scale later, so
+        a negative prompt is always encoded, never left to the pipeline's encoders)."""
         keys = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
         cond = pipe.encode_prompt(prompt=prompt, device=device)
         out = dict(zip(keys, cond))
-        if pipe.guider._enabled and pipe.guider.num_conditions > 1:
-            uncond = pipe.encode_prompt(prompt=None, device=device)
+        if negative_prompt is not None or (pipe.guider._enabled and pipe.guider.num_conditions > 1):
+            uncond = pipe.encode_prompt(prompt=negative_prompt, device=device)
             out |= {f"negative_{k}": v for k, v in zip(keys, uncond)}
         return out
+
+    def check_guidance(self, where: str, negative_prompt: str | None, cfg_scale: float | None) -> None:
+        """Nothing to refuse: 1.5 runs classifier-free guidance at ``--l`` (musubi-tuner's scale for 1.5) or else
+        ``--g``, with ``--n`` (else the empty prompt) as its unconditional side; at scale 1 there is no
+        unconditional side and ``--n`` has no effect, as in musubi-tuner (README, ``sample``)."""
 
     def load_lora(self, pipe: Any, file: str, name: str) -> None:
         """A diffusers-format LoRA into ``pipe``: 1.5's pipelines have no LoRA loader, so the transformer's
@@ -71,7 +81,9 @@ class HunyuanVideo15Pipelines:
         """Activate the named adapters with these strengths (the transformer's own PEFT API)."""
         pipe.transformer.set_adapters(names, scales)
 
-    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float) -> dict[str, Any]:
-        """The pipeline call's size arguments; classifier-free guidance is the pipeline's guider, given ``guidance``."""
-        pipe.guider = pipe.guider.new(guidance_scale=guidance)
+    def call_arguments(self, pipe: Any, height: int, width: int, image: Any, guidance: float,
+                       cfg_scale: float | None = None) -> dict[str, Any]:
+        """The pipeline call's size arguments; classifier-free guidance is the pipeline's guider, given
+        ``cfg_scale`` (a line's ``--l``, musubi-tuner's CFG scale for 1.5) or else ``guidance``."""
+        pipe.guider = pipe.guider.new(guidance_scale=guidance if cfg_scale is None else cfg_scale)
         return {"height": height, "width": width}
