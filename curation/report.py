@@ -20,6 +20,7 @@ from curation.config import CurationConfig
 from curation.media import positions_to_indices, read_clip_frames
 from curation.summary import summary
 from hv_tune.io import atomic_write, atomic_write_text, count
+from hv_tune.media import resize_to, scaled_size
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1rem;background:#f4f4f6;color:#222}
@@ -74,12 +75,15 @@ document.body.dataset.ready = '1';
 """
 
 
+def thumbs_dir(out_dir: Path) -> Path:
+    """Where a run keeps its report's thumbnail strips (``CLIP_ID.jpg``)."""
+    return Path(out_dir) / "state" / "thumbs"
+
+
 def thumbnail_strip(rec: dict[str, Any], positions: list[float], height: int, cache: Path,
                     encode: bool = True) -> str | None:
     """A JPEG strip of the clip's frames as a data URI (cached in ``state/thumbs``); with
     ``encode=False`` only the cache file is written (worker processes make them ahead)."""
-    from PIL import Image
-
     path = cache / f"{rec['id']}.jpg"
     if not path.is_file():
         if rec["status"] == "error" or rec["end_frame"] <= rec["start_frame"]:
@@ -89,13 +93,30 @@ def thumbnail_strip(rec: dict[str, Any], positions: list[float], height: int, ca
             frames = read_clip_frames(rec, idx if rec["kind"] == "video" else [0], height)
         except Exception:  # a thumbnail is a convenience: the card shows without one
             return None
-        strip = np.concatenate(list(frames), axis=1)  # [K, H, W, 3] -> [H, K*W, 3]
-        buf = io.BytesIO()
-        Image.fromarray(strip).save(buf, format="JPEG", quality=80)
-        atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+        _write_strip(path, frames)
     if not encode:
         return None
     return "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def thumbnail_from_frames(rec: dict[str, Any], frames: np.ndarray, height: int, cache: Path) -> None:
+    """The clip's cached strip (``thumbnail_strip``'s file) made from frames already decoded at the
+    same positions (the scoring frames ``[K, H, W, 3]``, larger than a thumbnail): resized to the
+    thumbnail's size instead of decoding the clip again. An existing strip is kept."""
+    path = cache / f"{rec['id']}.jpg"
+    if path.is_file():
+        return
+    w, h = scaled_size(rec["width"], rec["height"], height)  # the size read_clip_frames decodes at
+    _write_strip(path, np.stack([resize_to(f, w, h) for f in frames]))
+
+
+def _write_strip(path: Path, frames: np.ndarray) -> None:
+    from PIL import Image
+
+    strip = np.concatenate(list(frames), axis=1)  # [K, H, W, 3] -> [H, K*W, 3]
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="JPEG", quality=80)
+    atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
 
 
 def _fmt(v: Any) -> str:
@@ -162,6 +183,6 @@ def render(records: list[dict[str, Any]], thumbs: dict[str, str | None], title: 
 def write_report(cfg: CurationConfig, records: list[dict[str, Any]], out_dir: Path,
                  skipped: list[dict[str, str]] = ()) -> Path:
     """Write ``OUT_DIR/report.html`` atomically (``skipped``: walked files not used, with reasons)."""
-    cache = out_dir / "state" / "thumbs"
+    cache = thumbs_dir(out_dir)
     thumbs = {r["id"]: thumbnail_strip(r, cfg.frames.positions, cfg.export.thumb_height, cache) for r in records}
     return atomic_write_text(out_dir / "report.html", render(records, thumbs, f"Curation report: {out_dir.name}", skipped))

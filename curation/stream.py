@@ -31,6 +31,7 @@ from curation.content import relocate, with_content, with_content_ids
 from curation.filters import decide
 from curation.manifest import public
 from curation.progress import Progress
+from curation.report import thumbs_dir
 from curation.workers import cut_job, make_pool, sample_job, split_job, thumbs_job
 
 SCORE_FIELDS = ("status", "reasons", "scores", "metrics", "embedding", "scored")
@@ -98,7 +99,7 @@ class Stream:
                 for rec in records:
                     if rec["status"] == "accepted":
                         self._queue_cut(rec)
-            cache = self.out_dir / "state" / "thumbs"
+            cache = thumbs_dir(self.out_dir)
             by_file: dict[str, list[dict[str, Any]]] = {}
             for rec in records:
                 if rec["status"] != "error" and rec["end_frame"] > rec["start_frame"]:
@@ -135,7 +136,7 @@ class Stream:
         while len(self.pending) < self.limit:
             if self.samples and (self.samples[0][0] == self.next or self.held < cap):
                 key, clips = heapq.heappop(self.samples)
-                self._start(("sample", key), sample_job, self.cfg, clips)
+                self._start(("sample", key), sample_job, self.cfg, clips, str(thumbs_dir(self.out_dir)))
             elif self.cuts:
                 self._start(("cut", 0), *self.cuts.popleft())
             elif self.files_left is not None and (self.held < cap or not self.pending):

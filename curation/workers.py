@@ -26,7 +26,7 @@ from curation.config import CurationConfig
 
 PRELOAD = ["curation.workers", "curation.stages.probe", "curation.stages.scenes", "curation.stages.frames",
            "curation.stages.motion", "curation.stages.cut", "curation.report", "cv2", "scenedetect.detectors",
-           "PIL.Image", "av", "torchcodec"]  # decoders hv_tune.media may load lazily (missing: skipped)
+           "PIL.Image", "av"]  # PyAV, the decoder of every pattern (torchcodec, the fallback, loads when a file needs it)
 _LOCAL: dict[str, Any] = {}  # per worker process: the probe stage (its child process is kept)
 
 
@@ -182,8 +182,12 @@ def split_job(cfg: CurationConfig, rec: dict[str, Any]) -> tuple[dict[str, Any],
     return rec, {"probe": t1 - t0, "scenes": time.perf_counter() - t1}
 
 
-def sample_job(cfg: CurationConfig, clips: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Scoring frames (``_frames``) and motion scores of clips of one source."""
+def sample_job(cfg: CurationConfig, clips: list[dict[str, Any]], thumbs: str | None = None,
+               ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Scoring frames (``_frames``) and motion scores of clips of one source; with ``thumbs`` (the
+    report's thumbnail folder) each video clip's thumbnail strip from its scoring frames (the same
+    positions), so the report decodes nothing again."""
+    from curation.report import thumbnail_from_frames
     from curation.stages.frames import SampleFrames
     from curation.stages.motion import Motion
 
@@ -192,7 +196,11 @@ def sample_job(cfg: CurationConfig, clips: list[dict[str, Any]]) -> tuple[list[d
     out = [stage.one(c, readers) for c in clips]
     t1 = time.perf_counter()
     out = Motion(cfg.motion)(out)
-    return out, {"frames": t1 - t0, "motion": time.perf_counter() - t1}
+    t2 = time.perf_counter()
+    for rec in out if thumbs else ():
+        if rec["kind"] == "video" and rec.get("_frames") is not None:
+            thumbnail_from_frames(rec, rec["_frames"], cfg.export.thumb_height, Path(thumbs))
+    return out, {"frames": t1 - t0, "motion": t2 - t1, "report": time.perf_counter() - t2}
 
 
 def cut_job(rec: dict[str, Any], path: str, crf: int) -> tuple[str | None, dict[str, float]]:

@@ -13,9 +13,10 @@ import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # torch is imported where tensors are written: curation's workers write media only
+    import torch
 
 TMP_PREFIX = ".tmp-"
 
@@ -98,6 +99,8 @@ def atomic_save_safetensors(
     path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
     """``save_file`` to a temporary sibling, metadata order made deterministic, then renamed."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
     def write(p: Path) -> None:
@@ -109,6 +112,8 @@ def atomic_save_safetensors(
 
 def atomic_torch_save(path: str | os.PathLike, obj: object) -> Path:
     """``torch.save`` for plain containers of tensors (loadable with ``weights_only=True``)."""
+    import torch
+
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 

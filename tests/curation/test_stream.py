@@ -124,3 +124,39 @@ def test_a_duplicate_cut_ahead_is_removed(tmp_path, samples, tiny_config):
     accepted = {f"{r['id']}.mp4" for r in result.records if r["status"] == "accepted" and r["kind"] == "video"}
     assert dups  # at cosine 0.5 random tiny-CLIP embeddings of moving shapes collide
     assert {p.name for p in (tmp_path / "out" / "clips").glob("*.mp4")} == accepted
+
+
+def test_report_thumbnails_come_from_the_scoring_frames_and_match_a_fresh_decode(tmp_path, one_worker, tiny_config):
+    """Every video clip's strip is written by the job that sampled its scoring frames (the same
+    positions, resized), so the report decodes nothing again; it matches the decoded strip."""
+    import numpy as np
+    from PIL import Image
+
+    from curation.report import thumbnail_strip, thumbs_dir
+    from curation.workers import sample_job
+
+    ref, out = one_worker
+    cfg = tiny_config("workers=0", "caption.enabled=false")
+    videos = [r for r in ref.records if r["kind"] == "video" and r["status"] != "error"]
+    assert len(videos) >= 3
+    sample_job(cfg, [{**r, "status": "pending"} for r in videos], str(tmp_path / "job"))  # the job alone
+    for rec in videos:
+        made = np.asarray(Image.open(tmp_path / "job" / f"{rec['id']}.jpg"), np.float32)
+        assert (thumbs_dir(out) / f"{rec['id']}.jpg").read_bytes() == (tmp_path / "job" / f"{rec['id']}.jpg").read_bytes()
+        thumbnail_strip(rec, cfg.frames.positions, cfg.export.thumb_height, tmp_path, encode=False)
+        decoded = np.asarray(Image.open(tmp_path / f"{rec['id']}.jpg"), np.float32)
+        assert made.shape == decoded.shape
+        assert np.abs(made - decoded).mean() < 6.0  # two resizes (JPEG, bicubic) of the same frames
+
+
+def test_worker_processes_do_not_import_torch():
+    """The workers' modules stay light (the forkserver starts in a fraction of a second and each
+    worker's memory holds no torch): the model side is the calling process's."""
+    import subprocess
+    import sys
+
+    from curation.workers import PRELOAD
+
+    code = f"import importlib, sys\nfor m in {PRELOAD!r}: importlib.import_module(m)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
