@@ -71,18 +71,20 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--size", default="320x240")
-    ap.add_argument("--repeats", type=int, default=2, help="pipeline + bare CLIP pairs; medians are reported")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="pipeline + bare CLIP pairs (medians reported); --decode-bound: rounds (minima reported)")
     ap.add_argument("--decode-bound", action="store_true",
                     help="tiny CLIP, captions off: the pipeline against its stages' own work run bare (bench.curation_cpu)")
     ap.add_argument("--many", type=int, default=0, metavar="N",
                     help="N short clips, tiny CLIP: wall time and peak memory (bench.curation_cpu)")
     ap.add_argument("--workers", default="auto", help="--decode-bound/--many: the pipeline's workers")
-    ap.add_argument("--scale", type=float, default=1.0, help="--decode-bound: clip lengths times this")
+    ap.add_argument("--scale", type=float, default=2.5,
+                    help="--decode-bound: clip lengths times this (2.5: over 30 s of bare work on 2 cores)")
     args = ap.parse_args()
     if args.decode_bound or args.many:
         from bench.curation_cpu import decode_bound, many_clips
 
-        out = many_clips(args.many, args.workers) if args.many else decode_bound(args.workers, args.scale)
+        out = many_clips(args.many, args.workers) if args.many else decode_bound(args.workers, args.scale, args.repeats)
         print(json.dumps(out, indent=2))
         return
     width, height = map(int, args.size.split("x"))

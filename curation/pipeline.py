@@ -125,6 +125,7 @@ def stream_files(cfg: CurationConfig, walked: list[dict[str, Any]], state: State
     """The local executor: split, score and cut as one stream over worker processes
     (``curation.stream``); returns every clip record with its stored scores."""
     from curation.stream import Stream
+    from curation.workers import stream_threads
 
     t0 = time.perf_counter()
     clip_stage = stages.setdefault("clip", ClipScores(cfg.clip))
@@ -132,7 +133,8 @@ def stream_files(cfg: CurationConfig, walked: list[dict[str, Any]], state: State
     reviews = read_reviews(result.out_dir)
     flow = Stream(cfg, state, fps, result.out_dir, clip_stage, reviews, result, skipped)
     try:
-        files = flow.run(walked)
+        with stream_threads():  # CLIP next to the busy workers, one thread whatever their number
+            files = flow.run(walked)
         _write_inputs(result.out_dir, files, skipped)
         result.clip_images_encoded = getattr(clip_stage, "images_encoded", 0) - images_before
         clips = []

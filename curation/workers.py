@@ -18,7 +18,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,31 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+
+
+#: torch threads of the calling process while the stream runs (CLIP on a CPU), whatever ``workers``
+CLIP_THREADS = 1
+
+
+@contextmanager
+def stream_threads() -> Iterator[None]:
+    """The calling process's torch uses ``CLIP_THREADS`` threads while the stream runs, restored after.
+
+    The workers hold the cores (one thread each per core); CLIP next to them on every core ran 4 %
+    slower (bench.curation --decode-bound). The count is fixed, not ``cores - workers``: a CPU matmul's
+    result depends on its thread count in the last bits (ViT-L-14: up to 1.6e-6), and a run's scores
+    must not depend on ``workers``. On a GPU it changes nothing.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(CLIP_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _stop_worker(*_: Any) -> None:

@@ -160,3 +160,34 @@ def test_worker_processes_do_not_import_torch():
     code = f"import importlib, sys\nfor m in {PRELOAD!r}: importlib.import_module(m)\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+class _ThreadsSeen:
+    """The real CLIP stage, noting the calling process's torch threads at each batch."""
+
+    def __init__(self, stage):
+        self.stage, self.threads = stage, set()
+
+    def __getattr__(self, name):
+        return getattr(self.stage, name)
+
+    def __call__(self, records):
+        import torch
+
+        self.threads.add(torch.get_num_threads())
+        return self.stage(records)
+
+
+def test_clip_runs_with_the_same_threads_whatever_the_worker_count(tmp_path, samples, tiny_config):
+    """A CPU matmul's last bits depend on its thread count, so CLIP's count must not follow ``workers``."""
+    import torch
+
+    before = torch.get_num_threads()
+    seen = {}
+    for workers in (0, 2):
+        cfg = tiny_config(f"workers={workers}", "caption.enabled=false")
+        stage = _ThreadsSeen(ClipScores(cfg.clip))
+        run(cfg, samples, tmp_path / f"w{workers}", {"clip": stage})
+        seen[workers] = stage.threads
+    assert seen[0] == seen[2] == {1}
+    assert torch.get_num_threads() == before  # restored after the stream
