@@ -124,6 +124,7 @@ def stream_files(cfg: CurationConfig, walked: list[dict[str, Any]], state: State
                  stages: dict[str, Any], result: RunResult, skipped: list[dict[str, str]]) -> list[dict[str, Any]]:
     """The local executor: split, score and cut as one stream over worker processes
     (``curation.stream``); returns every clip record with its stored scores."""
+    from curation.stages.clip_scores import resolve_device
     from curation.stream import Stream
     from curation.workers import stream_threads
 
@@ -133,7 +134,7 @@ def stream_files(cfg: CurationConfig, walked: list[dict[str, Any]], state: State
     reviews = read_reviews(result.out_dir)
     flow = Stream(cfg, state, fps, result.out_dir, clip_stage, reviews, result, skipped)
     try:
-        with stream_threads():  # CLIP next to the busy workers, one thread whatever their number
+        with stream_threads(resolve_device(cfg.clip.device)):  # (a GPU's CLIP leaves the CPU to the workers)
             files = flow.run(walked)
         _write_inputs(result.out_dir, files, skipped)
         result.clip_images_encoded = getattr(clip_stage, "images_encoded", 0) - images_before

@@ -51,25 +51,22 @@ def limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-#: torch threads of the calling process while the stream runs (CLIP on a CPU), whatever ``workers``
-CLIP_THREADS = 1
-
-
 @contextmanager
-def stream_threads() -> Iterator[None]:
-    """The calling process's torch uses ``CLIP_THREADS`` threads while the stream runs, restored after.
+def stream_threads(clip_device: Any) -> Iterator[None]:
+    """While the stream runs with CLIP on a GPU, the calling process's torch uses one CPU thread (the
+    workers hold the cores); restored after. With CLIP on the CPU the count stays as it is.
 
-    The workers hold the cores (one thread each per core); CLIP next to them on every core ran 4 %
-    slower (bench.curation --decode-bound). The count is fixed, not ``cores - workers``: a CPU matmul's
-    result depends on its thread count in the last bits (ViT-L-14: up to 1.6e-6), and a run's scores
-    must not depend on ``workers``. On a GPU it changes nothing.
+    Never ``cores - workers``: a CPU matmul's result depends on its thread count in the last bits
+    (ViT-L-14: up to 1.6e-6 between 1 and 2 threads), and a run's scores must not depend on
+    ``workers``. One thread for a CPU CLIP would halve a model-bound run's speed (it ran 4 % faster
+    only in the decode-bound bench, where the model is tiny).
     """
     torch = sys.modules.get("torch")
-    if torch is None:
+    if torch is None or getattr(clip_device, "type", str(clip_device)) != "cuda":
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(CLIP_THREADS)
+    torch.set_num_threads(1)
     try:
         yield
     finally:

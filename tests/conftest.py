@@ -174,3 +174,13 @@ def _thread_scheduling_unchanged():
     if after != before:
         os.sched_setscheduler(0, *before)
         pytest.fail(f"the test changed this thread's scheduling policy/priority {before} -> {after}")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests are skipped where no CUDA device is (the marker's promise in pyproject.toml)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -178,16 +178,18 @@ class _ThreadsSeen:
         return self.stage(records)
 
 
-def test_clip_runs_with_the_same_threads_whatever_the_worker_count(tmp_path, samples, tiny_config):
-    """A CPU matmul's last bits depend on its thread count, so CLIP's count must not follow ``workers``."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_clip_runs_with_the_same_threads_whatever_the_worker_count(tmp_path, samples, tiny_config, device):
+    """A CPU matmul's last bits depend on its thread count, so CLIP's count must not follow ``workers``:
+    on the CPU it keeps the process's count, next to a GPU's CLIP one thread (the CPU is the workers')."""
     import torch
 
     before = torch.get_num_threads()
     seen = {}
     for workers in (0, 2):
-        cfg = tiny_config(f"workers={workers}", "caption.enabled=false")
+        cfg = tiny_config(f"workers={workers}", "caption.enabled=false", f"clip.device={device}")
         stage = _ThreadsSeen(ClipScores(cfg.clip))
         run(cfg, samples, tmp_path / f"w{workers}", {"clip": stage})
         seen[workers] = stage.threads
-    assert seen[0] == seen[2] == {1}
+    assert seen[0] == seen[2] == ({before} if device == "cpu" else {1})
     assert torch.get_num_threads() == before  # restored after the stream
