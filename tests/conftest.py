@@ -184,3 +184,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def memorisation_ratios(pipe, prompt: str, x0: torch.Tensor, seeds=(0, 1)) -> list[float]:
+    """Per seed, ``|sample - x0| / |sample - noise|`` of a 30-step, 16x16, one-frame latent sample of
+    ``pipe`` (HunyuanVideo, guidance 1): near 0 when the model learned to produce the memorised latent
+    ``x0`` ``[1, 4, 1, 2, 2]``, near 1 or above when it did not."""
+    out = []
+    for seed in seeds:
+        noise = torch.randn(1, 4, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+        sample = pipe(prompt=prompt, height=16, width=16, num_frames=1, num_inference_steps=30, guidance_scale=1.0,
+                      output_type="latent", generator=torch.Generator().manual_seed(seed)).frames
+        out.append(((sample - x0).norm() / (sample - noise).norm()).item())
+    return out

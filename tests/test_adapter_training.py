@@ -29,7 +29,7 @@ from hv_tune.training.checkpoint import list_checkpoints, load_checkpoint
 from hv_tune.training.step import step_generator, training_loss
 from hv_tune.training.trainer import train
 
-from .conftest import train_overrides, write_fixed_latent_cache
+from .conftest import memorisation_ratios, train_overrides, write_fixed_latent_cache
 
 #: family -> (tiny model fixture, cache fixture, overrides that fit the cache)
 SMALL = {"data.frame_buckets": [1], "data.resolution": 16}
@@ -324,18 +324,9 @@ def test_lokr_memorises_one_latent_and_sample_reproduces_it(spec, tiny_model, tm
     result = train(cfg)
     x0 = x0_raw.unsqueeze(0) * spec.load_vae_config(LoadOptions(str(tiny_model)))["scaling_factor"]
 
-    def ratios(pipe):
-        out = []
-        for seed in (0, 1):
-            noise = torch.randn(1, 4, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
-            sample = pipe(prompt=prompt, height=16, width=16, num_frames=1, num_inference_steps=30,
-                          guidance_scale=1.0, output_type="latent",
-                          generator=torch.Generator().manual_seed(seed)).frames
-            out.append(((sample - x0).norm() / (sample - noise).norm()).item())
-        return out
-
-    untrained = ratios(HunyuanVideoPipeline.from_pretrained(tiny_model))
-    trained = ratios(load_pipeline(spec, str(tiny_model), [(str(result.lora_path), 1.0)], "cpu", torch.float32))
+    untrained = memorisation_ratios(HunyuanVideoPipeline.from_pretrained(tiny_model), prompt, x0)
+    trained = memorisation_ratios(load_pipeline(spec, str(tiny_model), [(str(result.lora_path), 1.0)], "cpu", torch.float32),
+                                   prompt, x0)
     print("LoKr memorisation ratio trained", trained, "untrained", untrained)
     assert min(untrained) > 0.8, untrained
     assert max(trained) < 0.5, trained

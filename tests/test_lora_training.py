@@ -12,7 +12,7 @@ from hv_tune.lora import add_lora, load_lora_state_dict, peft_config, resolve_ta
 from hv_tune.models import LoadOptions
 from hv_tune.training.trainer import train
 
-from .conftest import train_overrides, write_fixed_latent_cache
+from .conftest import memorisation_ratios, train_overrides, write_fixed_latent_cache
 
 
 def _inputs(spec, tiny_model, frames=5):
@@ -92,20 +92,10 @@ def test_objective_memorises_one_latent_and_diffusers_samples_it(spec, tiny_mode
     result = train(cfg)
     x0 = x0_raw.unsqueeze(0) * spec.load_vae_config(LoadOptions(str(tiny_model)))["scaling_factor"]
 
-    def ratios(pipe):
-        out = []
-        for seed in (0, 1):
-            noise = torch.randn(1, 4, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
-            sample = pipe(prompt=prompt, height=16, width=16, num_frames=1, num_inference_steps=30,
-                          guidance_scale=1.0, output_type="latent",
-                          generator=torch.Generator().manual_seed(seed)).frames
-            out.append(((sample - x0).norm() / (sample - noise).norm()).item())
-        return out
-
     pipe = HunyuanVideoPipeline.from_pretrained(tiny_model)
-    untrained = ratios(pipe)
+    untrained = memorisation_ratios(pipe, prompt, x0)
     pipe.load_lora_weights(str(result.lora_path))
-    trained = ratios(pipe)
+    trained = memorisation_ratios(pipe, prompt, x0)
     print("memorisation ratio trained", trained, "untrained", untrained)
     assert min(untrained) > 0.8, untrained
     assert max(trained) < 0.35, trained

@@ -155,23 +155,16 @@ def build_full_width_hunyuan_video(out_dir: Path, component: str, max_shard_size
     layout) and a ``model_index.json``: the transformer at the 13B width (3072) with one double, one single
     and one refiner block, in bf16 (about 1.4 GB); the VAE at full size (diffusers' default config, fp32).
     Returns the module (what the benches time or count)."""
-    import json
-
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
 
-    torch.manual_seed(seed)
-    if component == "transformer":
-        model = HunyuanVideoTransformer3DModel(num_layers=1, num_single_layers=1, num_refiner_layers=1)
-        model = model.to(torch.bfloat16)
-    elif component == "vae":
-        model = AutoencoderKLHunyuanVideo()
-    else:
-        raise ValueError(f"component {component!r}: 'transformer' or 'vae'")
-    model.save_pretrained(Path(out_dir) / component, max_shard_size=max_shard_size)
-    index = Path(out_dir) / "model_index.json"
-    if not index.is_file():
-        index.write_text(json.dumps({"_class_name": "HunyuanVideoPipeline"}))
-    return model
+    from hv_tune.models.full_width import save_full_width
+
+    builders = {
+        "transformer": lambda: HunyuanVideoTransformer3DModel(
+            num_layers=1, num_single_layers=1, num_refiner_layers=1).to(torch.bfloat16),
+        "vae": AutoencoderKLHunyuanVideo,
+    }
+    return save_full_width(out_dir, component, builders, "HunyuanVideoPipeline", max_shard_size, seed)
 
 
 def reference_transformer(file: str, model_folder: str, dtype: torch.dtype):

@@ -164,19 +164,12 @@ def build_full_width_hunyuan_video_1_5(out_dir: Path, component: str, max_shard_
     """A random-weight component at the released 1.5 size in ``out_dir/<component>`` (diffusers layout) and
     a ``model_index.json``: the transformer at its released width (2048) with one block and one refiner
     block, in bf16; the VAE at full size (diffusers' default config, fp32). Returns the module."""
-    import json
-
     from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15Transformer3DModel
 
-    torch.manual_seed(seed)
-    if component == "transformer":
-        model = HunyuanVideo15Transformer3DModel(num_layers=1, num_refiner_layers=1).to(torch.bfloat16)
-    elif component == "vae":
-        model = AutoencoderKLHunyuanVideo15()
-    else:
-        raise ValueError(f"component {component!r}: 'transformer' or 'vae'")
-    model.save_pretrained(Path(out_dir) / component, max_shard_size=max_shard_size)
-    index = Path(out_dir) / "model_index.json"
-    if not index.is_file():
-        index.write_text(json.dumps({"_class_name": "HunyuanVideo15Pipeline"}))
-    return model
+    from hv_tune.models.full_width import save_full_width
+
+    builders = {
+        "transformer": lambda: HunyuanVideo15Transformer3DModel(num_layers=1, num_refiner_layers=1).to(torch.bfloat16),
+        "vae": AutoencoderKLHunyuanVideo15,
+    }
+    return save_full_width(out_dir, component, builders, "HunyuanVideo15Pipeline", max_shard_size, seed)
