@@ -38,17 +38,22 @@ def _v1_pipeline(model, shift: float = 7.0):
     return pipe
 
 
+def _sample_with_and_without_offload(model, tmp_path, lines: list[str], *extra: str) -> None:
+    """``sample --from-file`` of ``lines`` into ``tmp_path/none`` (the pipeline encodes the text), and of
+    the first line alone into ``tmp_path/text-encoders`` (``--offload text-encoders``: embeddings)."""
+    (tmp_path / "prompts.txt").write_text("".join(f"{ln}\n" for ln in lines))
+    (tmp_path / "first.txt").write_text(f"{lines[0]}\n")
+    for offload, name in (("none", "prompts.txt"), ("text-encoders", "first.txt")):
+        assert main(["sample", "--model", str(model), "--from-file", str(tmp_path / name), "--out",
+                     str(tmp_path / offload), *extra, "--offload", offload]) == 0
+
+
 def test_v1_negative_prompt_runs_the_pipelines_true_cfg(tiny_model, tmp_path):
     """v1 (guidance-distilled): `--n TEXT --l 4` = HunyuanVideoPipeline(negative_prompt=TEXT, true_cfg_scale=4),
     with the text encoded by the pipeline (no offload) or passed as embeddings (--offload text-encoders);
     the same line without them is another image."""
-    f = tmp_path / "prompts.txt"
     line = "a red circle --w 32 --h 32 --f 1 --d 3 --s 2"
-    f.write_text(f"{line} --n a blue square, blurry --l 4\n{line}\n")
-    (tmp_path / "first.txt").write_text(f"{line} --n a blue square, blurry --l 4\n")
-    for offload, prompts in (("none", f), ("text-encoders", tmp_path / "first.txt")):  # embeddings: first line
-        assert main(["sample", "--model", str(tiny_model), "--from-file", str(prompts), "--out",
-                     str(tmp_path / offload), "--offload", offload]) == 0
+    _sample_with_and_without_offload(tiny_model, tmp_path, [f"{line} --n a blue square, blurry --l 4", line])
     pipe = _v1_pipeline(str(tiny_model))
     ref = pipe("a red circle", negative_prompt="a blue square, blurry", true_cfg_scale=4.0, guidance_scale=6.0,
                height=32, width=32, num_frames=1, num_inference_steps=2, output_type="np",
@@ -88,13 +93,9 @@ def test_hv15_negative_prompt_replaces_the_empty_prompt(hv15_tiny, tmp_path):
     as embeddings (--offload text-encoders). Without --n the image is another one."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
 
-    f = tmp_path / "prompts.txt"
     line = "a toy robot --w 32 --h 32 --f 1 --d 2 --s 2"
-    f.write_text(f"{line} --n a red ball\n{line}\n{line} --n a red ball --l 2.5 --g 9\n")
-    (tmp_path / "first.txt").write_text(f"{line} --n a red ball\n")
-    for offload, prompts in (("none", f), ("text-encoders", tmp_path / "first.txt")):  # embeddings: first line
-        assert main(["sample", "--model", str(hv15_tiny), "--from-file", str(prompts), "--out",
-                     str(tmp_path / offload), "--shift", "4", "--offload", offload]) == 0
+    _sample_with_and_without_offload(hv15_tiny, tmp_path, [f"{line} --n a red ball", line,
+                                                           f"{line} --n a red ball --l 2.5 --g 9"], "--shift", "4")
     pipe = HunyuanVideo15Pipeline.from_pretrained(str(hv15_tiny))
     pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift=4.0)
     refs = []
