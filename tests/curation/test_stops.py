@@ -63,9 +63,11 @@ def test_ctrl_c_ends_in_one_line_and_exit_130_then_resumes(tmp_path, samples, ti
     inp, out = _input(tmp_path, samples), tmp_path / "out"
     cmd = [sys.executable, "-m", "curation", "run", str(inp), "--out", str(out), "--config", str(TINY_CONFIG),
            *model_overrides(tiny_models), *SLOW, f"workers={workers}"]
-    # its own process group, as a terminal's: Ctrl-C reaches the run and its worker processes alike
+    # its own process group, as a terminal's: Ctrl-C reaches the run and its worker processes alike; SIGINT
+    # at its default as in a terminal's foreground job (a test run started in the background, e.g. `make test &`
+    # from a script, ignores SIGINT, and children inherit that)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watched = out / "state" / ("files.jsonl" if phase == "split" else "scores.jsonl")
     deadline = time.monotonic() + 120
     while _lines(watched) < 1 and proc.poll() is None and time.monotonic() < deadline:
