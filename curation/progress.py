@@ -26,13 +26,14 @@ class Progress:
         self.bar = tqdm(total=files, desc="curate", unit="file", dynamic_ncols=True)
         self.clips = self.todo = self.done = self.cut = 0
         self.events: deque[tuple[float, str, int]] = deque()
+        self.start = time.monotonic()
 
     def _event(self, stage: str, n: int) -> None:
         now = time.monotonic()
         self.events.append((now, stage, n))
         while self.events and self.events[0][0] < now - WINDOW:
             self.events.popleft()
-        span = max(1e-3, min(WINDOW, now - self.events[0][0])) if self.events else 1.0
+        span = max(1e-3, min(WINDOW, now - self.start))  # the window, or the run's age while it is younger
         rate = {s: sum(k for _, st, k in self.events if st == s) / span for s in ("split", "score", "cut")}
         self.bar.set_postfix_str(
             f"clips {self.done}/{self.todo} scored, {self.cut} cut | split {rate['split']:.1f} files/s, "

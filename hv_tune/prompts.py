@@ -97,14 +97,14 @@ def parse_prompt_line(text: str, where: str = "") -> PromptLine:
 
 
 def _value(value: str, kind: str, what: str) -> Any:
+    if not value:
+        raise ConfigError(f"{what}: needs a value")
     if kind in ("int", "float"):
         pattern = _INT if kind == "int" else _FLOAT
         if not pattern.fullmatch(value):
             number = "a whole number >= 0" if kind == "int" else "a number >= 0"
             raise ConfigError(f"{what} {value!r}: must be {number}")
         return int(value) if kind == "int" else float(value)
-    if not value:
-        raise ConfigError(f"{what}: needs a value")
     return value
 
 

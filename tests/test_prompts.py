@@ -31,11 +31,12 @@ def test_negative_prompt_and_cfg_scale_read_as_musubi_tuner_reads_them():
     ("a cat --x 3", "unknown option --x"),
     ("a cat --l x", "--l 'x': must be a number"),
     ("a cat --l -2", "--l '-2': must be a number >= 0"),
-    ("a cat --l", "--l '': must be a number"),
+    ("a cat --l", "--l: needs a value"),
     ("a cat --n", "--n: needs a value"),
+    ("a cat --w", "--w: needs a value"),  # as for every option, not "'': must be a whole number"
     ("a cat --w 51.5", "--w '51.5': must be a whole number"),
     ("a cat --d -1", "--d '-1'"),
-    ("a cat --g", "--g '': must be a number"),
+    ("a cat --g", "--g: needs a value"),
     ("a cat --i", "--i: needs a value"),
     (" --w 32", "no prompt"),
 ])

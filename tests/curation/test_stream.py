@@ -193,3 +193,15 @@ def test_clip_runs_with_the_same_threads_whatever_the_worker_count(tmp_path, sam
         seen[workers] = stage.threads
     assert seen[0] == seen[2] == ({before} if device == "cpu" else {1})
     assert torch.get_num_threads() == before  # restored after the stream
+
+
+def test_the_first_rate_is_over_the_runs_age_not_over_one_event():
+    """A file split 0.2 s into the run is 5 files/s or less, not 1000 (one event over a near-zero span)."""
+    from curation.progress import Progress
+
+    progress = Progress(3)
+    time.sleep(0.2)
+    progress.file_done(2, 2)
+    rate = float(re.search(r"split ([\d.]+) files/s", progress.bar.postfix).group(1))
+    progress.close()
+    assert 0 < rate <= 5.0
