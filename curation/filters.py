@@ -8,6 +8,7 @@ import numpy as np
 
 from curation.config import FilterConfig
 from curation.decisions import apply_decisions
+from curation.manifest import decode_b64
 from curation.review_log import Review
 
 
@@ -64,10 +65,6 @@ def decide(records: list[dict[str, Any]], f: FilterConfig, reviews: dict[str, Re
 def _mark_duplicates(candidates: list[dict[str, Any]], threshold: float) -> None:
     if len(candidates) < 2:
         return
-    from curation.stages.clip_scores import (
-        decode_b64,  # (imports torch: not at module level, workers import us)
-    )
-
     order = sorted(candidates, key=lambda r: (r.get("decided_by") != "human", -(r["scores"].get("aesthetic") or 0.0),
                                               r["id"]))
     emb = np.stack([decode_b64(r["embedding"]) for r in order])  # [N, D], unit rows

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 
 from curation.config import ClipConfig
 from curation.errors import ConfigError
+from curation.manifest import encode_b64
 
 AESTHETIC_KEYS = ("layers.0", "layers.2", "layers.4", "layers.6", "layers.7")
 
@@ -69,15 +69,6 @@ def load_aesthetic_head(path: str | Path, embed_dim: int) -> AestheticHead:
     head = AestheticHead(dims)
     head.load_state_dict(sd)
     return head.eval()
-
-
-def encode_b64(vec: np.ndarray) -> str:
-    """A vector as base64 float16 (compact, exact enough for cosine >= 0.98 tests)."""
-    return base64.b64encode(vec.astype(np.float16).tobytes()).decode("ascii")
-
-
-def decode_b64(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -11,8 +11,9 @@ from PIL import Image
 
 from curation.config import ClipConfig
 from curation.errors import ConfigError
+from curation.manifest import decode_b64
 from curation.stages.caption import Captioner, build_prompt, caption_by_rule
-from curation.stages.clip_scores import ClipScores, decode_b64, load_aesthetic_head
+from curation.stages.clip_scores import ClipScores, load_aesthetic_head
 from curation.tiny import aesthetic_state_dict
 
 

@@ -10,9 +10,8 @@ import pytest
 
 from curation.config import FilterConfig, MotionConfig, ScenesConfig
 from curation.filters import decide, reason_kind, score_reasons
-from curation.manifest import StateLog, clip_id
+from curation.manifest import StateLog, clip_id, encode_b64
 from curation.media import evenly_spaced, positions_to_indices, scaled_size
-from curation.stages.clip_scores import encode_b64
 from curation.stages.frames import motion_indices
 from curation.stages.motion import motion_scores
 from curation.stages.scenes import split_spans
