@@ -95,16 +95,19 @@ def file_work(cfg: CurationConfig, rec: dict[str, Any], cuts: list[dict[str, Any
     return clips, t
 
 
-def busy_cores_since(start: tuple[int, int] | None = None) -> tuple[int, int] | float:
-    """The machine's busy CPU time (Linux ``/proc/stat``, all processes): called without an argument,
-    a reading; with an earlier reading, the mean number of busy cores since then (on a quiet machine,
-    how many cores a phase kept busy)."""
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's (busy, total) CPU time in ticks since boot (Linux ``/proc/stat``, all processes;
+    idle and iowait are not busy)."""
     with open("/proc/stat") as fh:
         ticks = [int(x) for x in fh.readline().split()[1:]]
-    busy, total = sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
-    if start is None:
-        return busy, total
-    return round(os.cpu_count() * (busy - start[0]) / max(1, total - start[1]), 2)
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_cores(since: tuple[int, int]) -> float:
+    """The mean number of busy cores since the ``cpu_ticks()`` reading ``since`` (on a quiet machine,
+    how many cores a phase kept busy)."""
+    busy, total = cpu_ticks()
+    return round(os.cpu_count() * (busy - since[0]) / max(1, total - since[1]), 2)
 
 
 def _warm(_: int) -> int:
@@ -145,7 +148,7 @@ def bare(cfg: CurationConfig, files: list[dict[str, Any]], cuts: dict[str, list]
     return wall, stages
 
 
-def decode_bound(workers: str = "auto", scale: float = 1.0, repeats: int = 1) -> dict[str, Any]:
+def decode_bound(workers: str = "auto", scale: float = 2.5, repeats: int = 1) -> dict[str, Any]:
     """The ``--decode-bound`` JSON (see the module docstring): ``repeats`` rounds of pipeline, bare work
     in one process and bare work over the workers, alternating; the minimum of each (the run least
     disturbed by the rest of the machine) and the ratios of the minima, with every sample."""
@@ -164,19 +167,19 @@ def decode_bound(workers: str = "auto", scale: float = 1.0, repeats: int = 1) ->
         load1 = os.getloadavg()
         files = discover(tmp / "in", cfg.input)
         for r in range(repeats):
-            t0, c0 = time.perf_counter(), busy_cores_since()
+            t0, c0 = time.perf_counter(), cpu_ticks()
             result = run(cfg, tmp / "in", tmp / f"pipeline{r}", {"clip": stage})
             times["pipeline"].append(time.perf_counter() - t0)
-            busy["pipeline"].append(busy_cores_since(c0))
+            busy["pipeline"].append(busy_cores(c0))
             cuts: dict[str, list] = {}
             for rec in result.records:
                 if rec["status"] == "accepted" and rec["kind"] == "video":
                     cuts.setdefault(rec["source"], []).append(rec)
             for key, count in (("bare_1proc", 0), ("bare_workers", n)):
-                c0 = busy_cores_since()
+                c0 = cpu_ticks()
                 wall, stages = bare(cfg, files, cuts, stage, tmp / f"{key}{r}", count)
                 times[key].append(wall)
-                busy[key].append(busy_cores_since(c0))
+                busy[key].append(busy_cores(c0))
                 if count == 0 and wall <= min(times[key]):
                     one_stages = stages
         load2 = os.getloadavg()

@@ -22,9 +22,12 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation.config import CurationConfig
+
+if TYPE_CHECKING:  # (workers never import torch)
+    import torch
 
 PRELOAD = ["curation.workers", "curation.stages.probe", "curation.stages.scenes", "curation.stages.frames",
            "curation.stages.motion", "curation.stages.cut", "curation.report", "cv2", "scenedetect.detectors",
@@ -52,7 +55,7 @@ def limit_threads(threads: int) -> None:
 
 
 @contextmanager
-def stream_threads(clip_device: Any) -> Iterator[None]:
+def stream_threads(clip_device: torch.device) -> Iterator[None]:
     """While the stream runs with CLIP on a GPU, the calling process's torch uses one CPU thread (the
     workers hold the cores); restored after. With CLIP on the CPU the count stays as it is.
 
@@ -62,7 +65,7 @@ def stream_threads(clip_device: Any) -> Iterator[None]:
     only in the decode-bound bench, where the model is tiny).
     """
     torch = sys.modules.get("torch")
-    if torch is None or getattr(clip_device, "type", str(clip_device)) != "cuda":
+    if torch is None or clip_device.type != "cuda":
         yield
         return
     before = torch.get_num_threads()

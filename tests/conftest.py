@@ -16,6 +16,7 @@ from hv_tune.config import load_config  # noqa: E402
 from hv_tune.data.cache import CacheEntry, Group, write_group, write_index  # noqa: E402
 from hv_tune.data.demo import write_demo_folder  # noqa: E402
 from hv_tune.data.encode import build_cache  # noqa: E402
+from hv_tune.media.writer import thread_scheduling  # noqa: E402
 from hv_tune.models import LoadOptions, get_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,12 +166,9 @@ def _thread_scheduling_unchanged():
     """No test may leave the test process's main thread with another scheduling policy: a library
     that makes it real-time (SVT-AV1 as root does) lets one spinning thread starve the others, and a
     later test hangs far from the cause. Restored here, and the test that changed it fails."""
-    if not hasattr(os, "sched_getscheduler"):
-        yield
-        return
-    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    before = thread_scheduling()
     yield
-    after = (os.sched_getscheduler(0), os.sched_getparam(0))
+    after = thread_scheduling()
     if after != before:
         os.sched_setscheduler(0, *before)
         pytest.fail(f"the test changed this thread's scheduling policy/priority {before} -> {after}")

@@ -7,7 +7,6 @@ end up at the top), not only sizes.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from hv_tune.media import (
     write_h264,
 )
 from hv_tune.media.probe import torchcodec_available
+from hv_tune.media.writer import thread_scheduling
 from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
     RED,
@@ -300,6 +300,6 @@ def test_the_decoder_choice_travels_with_the_record(hard_media):
 def test_writing_av1_leaves_the_thread_scheduling_as_it_was(tmp_path):
     """SVT-AV1 run as root makes the thread that opens it real-time (SCHED_FIFO 99); the project's
     writer puts the policy back (a real-time spinning thread starved a later test's probe pool)."""
-    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    before = thread_scheduling()
     write_video(tmp_path / "av1.mp4", marked_frames(4, 64, 64, seed=1), codec="libsvtav1")
-    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    assert thread_scheduling() == before

@@ -54,15 +54,19 @@ def keep_thread_scheduling() -> Iterator[None]:
     real-time (``SCHED_FIFO``, priority 99); a thread spinning at that priority starves every other
     thread of its process (seen as a multiprocessing pool that never returns a result).
     """
-    if not hasattr(os, "sched_getscheduler"):
-        yield
-        return
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    before = thread_scheduling()
     try:
         yield
     finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
-            os.sched_setscheduler(0, policy, param)
+        if thread_scheduling() != before:
+            os.sched_setscheduler(0, *before)
+
+
+def thread_scheduling() -> tuple[int, os.sched_param] | None:
+    """The calling thread's scheduling ``(policy, param)``; None where the platform has none (not Linux)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return None
+    return os.sched_getscheduler(0), os.sched_getparam(0)
 
 
 def _encode(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[float], crf: int | None,
