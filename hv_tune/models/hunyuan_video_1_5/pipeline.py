@@ -11,6 +11,10 @@ from torch import nn
 
 from hv_tune.models.base import LoadOptions, TextEncoders
 
+#: ``HunyuanVideo15Pipeline.__call__``'s prompt-embedding arguments, in ``encode_prompt``'s return order
+#: (the unconditional side's are the same names after ``negative_``)
+EMBED_NAMES = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
+
 
 class HunyuanVideo15Pipelines:
     """How sampling, previews and the demo drive ``HunyuanVideo15Pipeline`` for ``spec``."""
@@ -48,23 +52,21 @@ class HunyuanVideo15Pipelines:
         """The prompt's and the unconditional side's embeddings (the negative prompt's, else the empty
         prompt's, as the pipeline encodes ``negative_prompt=None``) under ``HunyuanVideo15Pipeline.__call__``'s
         names."""
-        names = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
         cond = self.spec.text.encode(enc, [prompt], num_frames)
         uncond = self.spec.text.encode(enc, ["" if negative_prompt is None else negative_prompt], num_frames)
-        out = {n: cond[k] for n, k in zip(names, self.spec.text.fields)}
-        return out | {f"negative_{n}": uncond[k] for n, k in zip(names, self.spec.text.fields)}
+        out = {n: cond[k] for n, k in zip(EMBED_NAMES, self.spec.text.fields)}
+        return out | {f"negative_{n}": uncond[k] for n, k in zip(EMBED_NAMES, self.spec.text.fields)}
 
     def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str,
                       negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """The pipeline's own encoding of ``prompt`` and of the unconditional side (``negative_prompt``, else
         the empty prompt, when the folder's guider has one: ``call_arguments`` may set another scale later, so
         a negative prompt is always encoded, never left to the pipeline's encoders)."""
-        keys = ("prompt_embeds", "prompt_embeds_mask", "prompt_embeds_2", "prompt_embeds_mask_2")
         cond = pipe.encode_prompt(prompt=prompt, device=device)
-        out = dict(zip(keys, cond))
+        out = dict(zip(EMBED_NAMES, cond))
         if negative_prompt is not None or (pipe.guider._enabled and pipe.guider.num_conditions > 1):
             uncond = pipe.encode_prompt(prompt=negative_prompt, device=device)
-            out |= {f"negative_{k}": v for k, v in zip(keys, uncond)}
+            out |= {f"negative_{k}": v for k, v in zip(EMBED_NAMES, uncond)}
         return out
 
     def check_guidance(self, where: str, negative_prompt: str | None, cfg_scale: float | None) -> None:
