@@ -29,6 +29,7 @@ from hv_tune.media import (
     write_h264,
 )
 from hv_tune.media.probe import torchcodec_available
+from hv_tune.media.video import quarter_turns
 from hv_tune.media.writer import thread_scheduling
 from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
@@ -82,6 +83,31 @@ def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
         frames = VideoFrames(rotated[rotation], probe, size).get([0, 11, 5])
         assert frames.shape == (3, *((320, 176) if size is None else (116, 64)), 3)
         assert all(top_is_red(f) for f in frames)
+
+
+@pytest.mark.parametrize("rotation", [0, *ROTATIONS])
+def test_pyav_frames_are_pyavs_own_conversion_turned(rotated, rotation):
+    """The PyAV reader converts on one thread and turns with ``quarter_turns``: the pixels are those of
+    PyAV's default conversion (threads chosen by FFmpeg) turned by numpy, at full and reduced size."""
+    import av
+
+    probe = probe_video(rotated[rotation])
+    assert probe.backend == "pyav"
+    for size in (None, (64, 116)):
+        got = VideoFrames(rotated[rotation], probe, size).get(range(12))
+        turned = (size[1], size[0]) if size and rotation % 180 else size
+        with av.open(str(rotated[rotation])) as c:
+            ref = [f.to_ndarray(format="rgb24", **({"width": turned[0], "height": turned[1]} if size else {}))
+                   for f in c.decode(video=0)]
+        assert np.array_equal(got, np.stack([np.rot90(f, k=(rotation // 90) % 4) for f in ref]))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_quarter_turns_is_numpys_rot90(channels):
+    image = np.random.default_rng(0).integers(0, 256, (7, 5, channels), dtype=np.uint8)
+    for k in range(-4, 6):
+        out = quarter_turns(image, k)
+        assert np.array_equal(out, np.rot90(image, k=k)) and out.flags.c_contiguous
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
