@@ -148,7 +148,7 @@ def bare(cfg: CurationConfig, files: list[dict[str, Any]], cuts: dict[str, list]
     return wall, stages
 
 
-def decode_bound(workers: str = "auto", scale: float = 2.5, repeats: int = 1) -> dict[str, Any]:
+def decode_bound(workers: str = "auto", scale: float = 3.0, repeats: int = 1) -> dict[str, Any]:
     """The ``--decode-bound`` JSON (see the module docstring): ``repeats`` rounds of pipeline, bare work
     in one process and bare work over the workers, alternating; the minimum of each (the run least
     disturbed by the rest of the machine) and the ratios of the minima, with every sample."""
