@@ -30,7 +30,7 @@ from hv_tune.media import (
 )
 from hv_tune.media.probe import torchcodec_available
 from hv_tune.media.video import quarter_turns
-from hv_tune.media.writer import thread_scheduling
+from hv_tune.media.writer import frame_times, thread_scheduling
 from hv_tune.models import DEFAULT_MODEL, get_spec
 from tests.media_files import (
     RED,
@@ -321,6 +321,17 @@ def test_the_decoder_choice_travels_with_the_record(hard_media):
     a = VideoFrames(path, probe, (64, 46)).get([70, 3])
     assert np.array_equal(a, VideoFrames(path, rebuilt, (64, 46)).get([70, 3]))  # identical in any process
     assert np.array_equal(a, VideoFrames(path, clip, (64, 46)).get([70, 3]))
+
+
+@pytest.mark.parametrize("height,width", [(64, 48), (64, 96), (64, 112), (128, 96), (90, 160), (240, 320)])
+def test_the_writer_gives_the_same_bytes_for_the_same_frames(tmp_path, height, width):
+    """With x264's macroblock tree these sizes gave several different files for one set of frames
+    (what the process had run before decided which); a cut clip is a function of its frames."""
+    from curation.samples import moving_shape
+
+    frames = moving_shape(24, height, width, color=1, background=2, texture_seed=3, speed=2.0)
+    files = {write_h264(tmp_path / f"{i}.mp4", [frames], frame_times(24, 12)).read_bytes() for i in range(8)}
+    assert len(files) == 1
 
 
 def test_writing_av1_leaves_the_thread_scheduling_as_it_was(tmp_path):

@@ -16,6 +16,11 @@ import numpy as np
 
 TIME_BASE = Fraction(1, 90000)  # the MPEG clock: exact for 24, 25, 30, 48, 60 and 1001-based rates
 CONTAINERS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")  # chosen by the file's extension
+# x264's macroblock tree off: with it, x264 (core 165, in PyAV 18.1's wheel) wrote different bytes for
+# the same frames at 13 of 40 small sizes tested (96x64, 320x240, ...; decoded pixels up to 33 levels
+# apart), so a clip depended on what the process had run before; without it every size gave one file.
+# It costs ~20 % more bytes at the same crf (docs/decisions.md).
+X264_PARAMS = "mbtree=0"
 
 
 def frame_times(n: int, fps: float) -> np.ndarray:
@@ -40,7 +45,8 @@ def write_h264(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[f
         rotation: display rotation in degrees counter-clockwise stored in the file (the frames are
             the stored ones; a player turns them by it).
 
-    The calling thread's scheduling policy is the same afterwards (``keep_thread_scheduling``).
+    The same frames, times and settings give the same bytes (``X264_PARAMS``). The calling thread's
+    scheduling policy is the same afterwards (``keep_thread_scheduling``).
     """
     with keep_thread_scheduling():
         return _encode(path, chunks, times, crf, preset, codec, options, rotation)
@@ -78,7 +84,8 @@ def _encode(path: str | Path, chunks: Iterable[np.ndarray], times: Sequence[floa
     rate = Fraction(1 / float(np.median(steps))).limit_denominator(1001) if len(steps) else Fraction(24)
     opts = {}
     if codec == "libx264":
-        opts = {**({"crf": str(crf)} if crf is not None else {}), **({"preset": preset} if preset else {})}
+        opts = {**({"crf": str(crf)} if crf is not None else {}), **({"preset": preset} if preset else {}),
+                "x264-params": X264_PARAMS}
     opts.update(options or {})
     # x264 keeps any timestamp on the MPEG clock; other encoders (mpeg4 allows denominators up to
     # 65535) get 1/rate when the rate is constant
