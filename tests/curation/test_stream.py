@@ -43,8 +43,9 @@ def test_worker_processes_give_the_one_worker_manifest(tmp_path, samples, tiny_c
     result = run(cfg, samples, tmp_path / "out")
     assert _manifest(tmp_path / "out") == _manifest(ref_out)  # same ids, order, scores (same CLIP inputs and batches)
     assert result.clips_scored == ref.clips_scored == 6
-    assert sorted(p.name for p in (tmp_path / "out" / "clips").iterdir()) == \
-        sorted(p.name for p in (ref_out / "clips").iterdir())
+    clips = {p.name: p.read_bytes() for p in (tmp_path / "out" / "clips").iterdir()}
+    assert clips.keys() == {p.name for p in (ref_out / "clips").iterdir()}
+    assert all(clips[name] == (ref_out / "clips" / name).read_bytes() for name in clips)  # the same bytes
     assert sorted(p.name for p in (tmp_path / "out" / "state" / "thumbs").iterdir()) == \
         sorted(p.name for p in (ref_out / "state" / "thumbs").iterdir())
 
