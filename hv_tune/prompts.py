@@ -26,8 +26,9 @@ classifier-free guidance at scale ``--l``, so a v1 line with ``--n`` needs ``--l
 needs ``--n`` (the family's ``PipelineAdapter.check_guidance``).
 
 A line whose first character is ``#`` is a comment, blank lines are skipped (musubi-tuner's
-rule: an indented ``#`` starts a prompt). Unlike musubi-tuner, which skips what it cannot read,
-an unknown option or a malformed value is an error naming the file and line.
+rule: an indented ``#`` starts a prompt). Unlike musubi-tuner, which skips what it cannot read
+and keeps the last of a repeated option, an unknown, repeated or malformed option is an error
+naming the file and line.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def parse_prompt_line(text: str, where: str = "") -> PromptLine:
     """One line (already stripped, not a comment) as a ``PromptLine``.
 
     Raises:
-        ConfigError: an empty prompt, an unknown option, or a value that is not what the option takes;
-            the message starts with ``where``.
+        ConfigError: an empty prompt, an unknown option, an option given twice (``--w`` and ``--W``
+            too), or a value that is not what the option takes; the message starts with ``where``.
     """
     prompt, *parts = text.split(" --")
     line = PromptLine(prompt.strip(), where)
@@ -92,6 +93,8 @@ def parse_prompt_line(text: str, where: str = "") -> PromptLine:
             raise ConfigError(f"{where}: unknown option --{option}; a line takes "
                               f"{', '.join('--' + o for o in OPTIONS)} (musubi-tuner's syntax)")
         name, kind = known
+        if getattr(line, name) is not None:
+            raise ConfigError(f"{where}: --{option} is given twice; give each option once")
         setattr(line, name, _value(value, kind, f"{where}: --{option}"))
     return line
 

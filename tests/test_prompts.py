@@ -39,6 +39,8 @@ def test_negative_prompt_and_cfg_scale_read_as_musubi_tuner_reads_them():
     ("a cat --g", "--g: needs a value"),
     ("a cat --i", "--i: needs a value"),
     (" --w 32", "no prompt"),
+    ("a cat --w 64 --s 4 --w 96", "--w is given twice"),  # musubi-tuner keeps the last one silently
+    ("a cat --n blurry --N dark --l 5", "--N is given twice"),
 ])
 def test_a_bad_line_names_the_file_and_line(tmp_path, text, message):
     f = tmp_path / "prompts.txt"
