@@ -389,12 +389,28 @@ def _sample_from_file(args: argparse.Namespace, spec) -> None:
     device, dtype = _device_dtype(args.dtype)
     opts = LoadOptions(args.model, dtype, transformer_path=args.transformer, vae_path=args.vae)
     pipe = load_pipeline(spec, args.model, loras, device, dtype, args.vae_tiling, args.offload, opts)
+    written = set()
     for i, req in enumerate(requests):
         embeds = None
         if args.offload == "text-encoders":  # the encoders visit the device for each line's prompt only
             embeds = offloaded_prompt_embeds(spec, pipe, req.prompt, device, req.negative_prompt)
         out = args.out / f"{i:02d}.{'png' if req.frames == 1 else 'mp4'}"
         print(f"{lines[i].where}: written to {write_video(generate(spec, pipe, req, embeds), out, fps)}")
+        written.add(out.name)
+    _note_earlier_outputs(args.out, written)
+
+
+def _note_earlier_outputs(folder: Path, written: set[str]) -> None:
+    """Say which ``NN.mp4``/``NN.png`` in ``folder`` this run did not write (an earlier run's, left as
+    they are), so a reused ``--out`` does not pass them off as this prompt file's."""
+    import re
+
+    earlier = sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d{2,}\.(mp4|png)", p.name)
+                     and p.name not in written)
+    if earlier:
+        shown = ", ".join(earlier[:6]) + (", ..." if len(earlier) > 6 else "")
+        print(f"note: {folder} also holds {len(earlier)} file(s) this run did not write ({shown}): an earlier "
+              "run's, left as they are; remove them or give a new --out", file=sys.stderr)
 
 
 def _refuse_sample_inputs(args: argparse.Namespace, loras: list[tuple[str, float]]) -> None:

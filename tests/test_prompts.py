@@ -62,7 +62,7 @@ def test_comments_blank_lines_and_image_paths(tmp_path):
         read_prompt_file(tmp_path / "empty.txt")
 
 
-def test_sample_from_file_renders_each_line_at_its_size_and_seed(tiny_model, tmp_path):
+def test_sample_from_file_renders_each_line_at_its_size_and_seed(tiny_model, tmp_path, capsys):
     """Two lines with their own sizes, frames and seeds (and a comment): each file has its line's size, and
     the second line's image is the one `sample --prompt` renders with the same settings (same code path, so
     the same bytes)."""
@@ -82,6 +82,11 @@ def test_sample_from_file_renders_each_line_at_its_size_and_seed(tiny_model, tmp
     assert main(["sample", "--model", str(tiny_model), "--prompt", "a blue square", "--width", "32", "--height",
                  "64", "--frames", "1", "--seed", "7", "--steps", "3", "--out", str(single)]) == 0
     assert single.read_bytes() == (out / "01.png").read_bytes()  # (another seed gives another image: test_cli)
+    assert "note:" not in capsys.readouterr().err
+    f.write_text("one line --w 32 --h 32 --f 1\n")  # the same --out again: 00.png; 00.mp4 and 01.png are older
+    assert main(["sample", "--model", str(tiny_model), "--from-file", str(f), "--steps", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["00.mp4", "00.png", "01.png"]
+    assert f"{out} also holds 2 file(s) this run did not write (00.mp4, 01.png)" in capsys.readouterr().err
 
 
 def test_sample_from_file_checks_every_line_before_loading(tiny_model, tmp_path, capsys):
