@@ -30,23 +30,24 @@ def summary(records: list[dict[str, Any]], skipped: list[dict[str, str]] = (),
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    """The end-of-run table."""
-    lines = [f"{'clips':<32}{s['clips']:>8}", f"{'accepted':<32}{s['accepted']:>8}", f"{'rejected':<32}{s['rejected']:>8}"]
-    lines += [f"  {k:<30}{v:>8}" for k, v in s["rejected_by_reason"].items()]
-    lines += [f"{'errors':<32}{s['error']:>8}"]
-    lines += [f"  {k:<30}{v:>8}" for k, v in s["errors_by_reason"].items()]
+    """The end-of-run table: counts right-aligned in one column, however long a label is."""
+    rows: list[tuple[str, Any]] = [("clips", s["clips"]), ("accepted", s["accepted"]), ("rejected", s["rejected"])]
+    rows += [(f"  {k}", v) for k, v in s["rejected_by_reason"].items()]
+    rows += [("errors", s["error"])]
+    rows += [(f"  {k}", v) for k, v in s["errors_by_reason"].items()]
     if "captions" in s:
-        lines += [f"{'captions':<32}{s['captions']:>8}"]
-        lines += [f"  {EDITS[k]:<30}{v:>8}" for k, v in s.get("captions_edited", {}).items()]
+        rows += [("captions", s["captions"])]
+        rows += [(f"  {EDITS[k]}", v) for k, v in s.get("captions_edited", {}).items()]
     skipped = s.get("skipped_files", [])
-    lines += [f"{'skipped files':<32}{len(skipped):>8}"]
-    lines += [f"  {f['rel']}: {f['reason']}" for f in skipped]
+    rows += [("skipped files", len(skipped))]
+    rows += [(f"  {f['rel']}: {f['reason']}", None) for f in skipped]
     if "decided_by_human" in s:
-        lines += [f"{'decided in review':<32}{s['decided_by_human']:>8}",
-                  f"{'captions written in review':<32}{s['captions_by_human']:>8}"]
+        rows += [("decided in review", s["decided_by_human"]), ("captions written in review", s["captions_by_human"])]
     orphans = s.get("orphaned_reviews", [])
     if orphans:  # kept in review.jsonl; their clips are gone (e.g. a re-run with other scene settings)
-        lines += [f"{'review decisions, clip gone':<32}{len(orphans):>8}"]
-        lines += [f"  {o['id']}: {o['decision'] or 'caption only'}" for o in orphans]
-    rule = "-" * 40
+        rows += [("review decisions, clip gone", len(orphans))]
+        rows += [(f"  {o['id']}: {o['decision'] or 'caption only'}", None) for o in orphans]
+    width = max([32, *(len(label) + 1 for label, value in rows if value is not None)])
+    lines = [label if value is None else f"{label:<{width}}{value:>8}" for label, value in rows]
+    rule = "-" * (width + 8)
     return "\n".join([rule, *lines, rule])

@@ -62,6 +62,8 @@ def test_user_captions_any_case_follow_the_rule_and_are_counted(tmp_path, sample
     assert summary["skipped_files"] == []
     table = format_summary(summary)
     assert "prefixed with the trigger word" in table and "joined from several lines" in table
+    counts = [ln for ln in table.splitlines()[1:-1] if ln.split()[-1].isdigit()]
+    assert "  with control characters removed" in table and len({len(ln) for ln in counts}) == 1  # one column
     again = run(tiny_config("caption.trigger_word=sks"), inp, out)  # clips/*.txt read back: nothing doubles
     assert {r["id"]: r["caption"] for r in again.records} == {r["id"]: r["caption"] for r in result.records}
 
