@@ -208,6 +208,12 @@ def test_hv15_negative_prompt_is_encoded_when_the_folders_guider_has_no_cfg(hv15
     got = _png(tmp_path / "o" / "00.png")
     assert np.abs(got - _uint8(ref.frames[0][0])).max() <= 1
     assert np.abs(_uint8(ref.frames[0][0]) - _uint8(empty.frames[0][0])).max() > 2
+    # the same with `sample --prompt --guidance 6` and no negative prompt: the empty prompt's side, encoded up
+    # front (the pipeline, its encoders offloaded, cannot encode it: it raised AttributeError)
+    assert main(["sample", "--model", str(folder), "--prompt", "a toy robot", "--width", "32", "--height", "32",
+                 "--frames", "1", "--seed", "2", "--steps", "2", "--guidance", "6", "--offload", "text-encoders",
+                 "--out", str(tmp_path / "plain.png")]) == 0
+    assert np.abs(_png(tmp_path / "plain.png") - _uint8(empty.frames[0][0])).max() <= 1
 
 
 def test_preview_embeddings_cache_follows_the_negative_prompt(spec, tiny_model, demo_cache, tmp_path):

@@ -60,14 +60,12 @@ class HunyuanVideo15Pipelines:
     def prompt_embeds(self, pipe: Any, prompt: str, device: torch.device | str,
                       negative_prompt: str | None = None) -> dict[str, torch.Tensor]:
         """The pipeline's own encoding of ``prompt`` and of the unconditional side (``negative_prompt``, else
-        the empty prompt, when the folder's guider has one: ``call_arguments`` may set another scale later, so
-        a negative prompt is always encoded, never left to the pipeline's encoders)."""
+        the empty prompt). Both always: ``call_arguments`` sets the guider's scale afterwards, so whether the
+        pipeline runs CFG is not known here, and with the encoders offloaded the pipeline cannot encode the
+        unconditional side itself (a guider that runs no CFG ignores it)."""
         cond = pipe.encode_prompt(prompt=prompt, device=device)
-        out = dict(zip(EMBED_NAMES, cond))
-        if negative_prompt is not None or (pipe.guider._enabled and pipe.guider.num_conditions > 1):
-            uncond = pipe.encode_prompt(prompt=negative_prompt, device=device)
-            out |= {f"negative_{k}": v for k, v in zip(EMBED_NAMES, uncond)}
-        return out
+        uncond = pipe.encode_prompt(prompt=negative_prompt, device=device)
+        return dict(zip(EMBED_NAMES, cond)) | {f"negative_{k}": v for k, v in zip(EMBED_NAMES, uncond)}
 
     def check_guidance(self, where: str, negative_prompt: str | None, cfg_scale: float | None) -> None:
         """Nothing to refuse: 1.5 runs classifier-free guidance at ``--l`` (musubi-tuner's scale for 1.5) or else
