@@ -88,7 +88,8 @@ def test_probe_and_frames_are_upright_display_size(rotated, rotation, backend):
 @pytest.mark.parametrize("rotation", [0, *ROTATIONS])
 def test_pyav_frames_are_pyavs_own_conversion_turned(rotated, rotation):
     """The PyAV reader converts on one thread and turns with ``quarter_turns``: the pixels are those of
-    PyAV's default conversion (threads chosen by FFmpeg) turned by numpy, at full and reduced size."""
+    PyAV's default conversion (threads chosen by FFmpeg) turned by numpy, at full and reduced size (identical
+    on the 2-core machine; 1 level allowed, as the default's slices follow the machine's core count)."""
     import av
 
     probe = probe_video(rotated[rotation])
@@ -99,7 +100,8 @@ def test_pyav_frames_are_pyavs_own_conversion_turned(rotated, rotation):
         with av.open(str(rotated[rotation])) as c:
             ref = [f.to_ndarray(format="rgb24", **({"width": turned[0], "height": turned[1]} if size else {}))
                    for f in c.decode(video=0)]
-        assert np.array_equal(got, np.stack([np.rot90(f, k=(rotation // 90) % 4) for f in ref]))
+        turned_ref = np.stack([np.rot90(f, k=(rotation // 90) % 4) for f in ref])
+        assert got.shape == turned_ref.shape and np.abs(got.astype(int) - turned_ref).max() <= 1
 
 
 @pytest.mark.parametrize("channels", [1, 3])
