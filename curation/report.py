@@ -76,15 +76,20 @@ document.body.dataset.ready = '1';
 
 
 def thumbs_dir(out_dir: Path) -> Path:
-    """Where a run keeps its report's thumbnail strips (``CLIP_ID.jpg``)."""
+    """Where a run keeps its report's thumbnail strips (``strip_path``)."""
     return Path(out_dir) / "state" / "thumbs"
+
+
+def strip_path(cache: Path, rec: dict[str, Any]) -> Path:
+    """A clip's cached thumbnail strip in ``cache`` (``thumbs_dir``): ``CLIP_ID.jpg``."""
+    return Path(cache) / f"{rec['id']}.jpg"
 
 
 def thumbnail_strip(rec: dict[str, Any], positions: list[float], height: int, cache: Path,
                     encode: bool = True) -> str | None:
     """A JPEG strip of the clip's frames as a data URI (cached in ``state/thumbs``); with
     ``encode=False`` only the cache file is written (worker processes make them ahead)."""
-    path = cache / f"{rec['id']}.jpg"
+    path = strip_path(cache, rec)
     if not path.is_file():
         if rec["status"] == "error" or rec["end_frame"] <= rec["start_frame"]:
             return None
@@ -103,7 +108,7 @@ def thumbnail_from_frames(rec: dict[str, Any], frames: np.ndarray, height: int, 
     """The clip's cached strip (``thumbnail_strip``'s file) made from frames already decoded at the
     same positions (the scoring frames ``[K, H, W, 3]``, larger than a thumbnail): resized to the
     thumbnail's size instead of decoding the clip again. An existing strip is kept."""
-    path = cache / f"{rec['id']}.jpg"
+    path = strip_path(cache, rec)
     if path.is_file():
         return
     w, h = scaled_size(rec["width"], rec["height"], height)  # the size read_clip_frames decodes at

@@ -31,7 +31,7 @@ from curation.content import relocate, with_content, with_content_ids
 from curation.filters import decide
 from curation.manifest import public
 from curation.progress import Progress
-from curation.report import thumbs_dir
+from curation.report import strip_path, thumbs_dir
 from curation.workers import cut_job, make_pool, sample_job, split_job, thumbs_job
 
 SCORE_FIELDS = ("status", "reasons", "scores", "metrics", "embedding", "scored")
@@ -103,7 +103,7 @@ class Stream:
             by_file: dict[str, list[dict[str, Any]]] = {}
             for rec in records:
                 if rec["status"] != "error" and rec["end_frame"] > rec["start_frame"]:
-                    if not (cache / f"{rec['id']}.jpg").is_file():
+                    if not strip_path(cache, rec).is_file():
                         by_file.setdefault(rec["source"], []).append(rec)
             thumbs = [(thumbs_job, recs, self.cfg.frames.positions, self.cfg.export.thumb_height, str(cache))
                       for recs in by_file.values()]
